@@ -1,0 +1,27 @@
+"""kpcodec: a keypoint video codec for talking-head and motion video.
+
+Library API: `kpcodec.encode(input, output, ...)`, `kpcodec.decode(input, output, ...)`,
+`kpcodec.info(input)`. torch is imported only when a model is needed.
+"""
+__version__ = "0.1.0"
+
+
+def encode(*args, **kwargs):
+    from .api import encode as _encode
+
+    return _encode(*args, **kwargs)
+
+
+def decode(*args, **kwargs):
+    from .api import decode as _decode
+
+    return _decode(*args, **kwargs)
+
+
+def info(*args, **kwargs):
+    from .api import info as _info
+
+    return _info(*args, **kwargs)
+
+
+__all__ = ["encode", "decode", "info", "__version__"]

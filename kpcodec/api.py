@@ -1,0 +1,200 @@
+"""The library API behind the CLI: `encode`, `decode`, `info`.
+
+encode: video -> crop/scale to the model's resolution -> code frame 0 as an image -> FOMM
+keypoints of every keep_every-th frame -> quantised, entropy-coded .kpc.
+decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
+rendered by the dense-motion network and generator -> H.264 MP4, streamed frame by frame.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import bitstream, predict, source_image, video
+from .errors import ModelError, OutputExistsError, UsageError
+
+Progress = Callable[[int, int | None], None]  # (frames done, total or None)
+
+
+@dataclass
+class Summary:
+    """What a command did, for its one closing line and for --json."""
+
+    frames: int
+    seconds: float
+    bytes: int
+    duration_s: float
+    output: str
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def kbps(self) -> float:
+        return self.bytes * 8 / self.duration_s / 1000 if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fps": self.fps, "kbps": self.kbps}
+
+
+def check_output(path, force: bool) -> None:
+    if path != "-" and os.path.exists(path) and not force:
+        raise OutputExistsError(f"{path} exists (use -f/--force to overwrite)")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _model(name: str | None):
+    from .models.registry import DEFAULT_MODEL, get_weights, load_model
+
+    name = name or DEFAULT_MODEL
+    return name, get_weights(name).sha256, load_model(name)
+
+
+def _batches(frames, size: int):
+    batch = []
+    for item in frames:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _to_tensor(frames: list[np.ndarray]):
+    torch = _torch()
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _to_uint8(images) -> np.ndarray:
+    torch = _torch()
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def encode(input, output, *, keep_every: int = 2, model: str | None = None,
+           source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
+           crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
+           progress: Progress | None = None) -> Summary:
+    """Encode video file `input` to .kpc `output` ("-" for stdout)."""
+    from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
+
+    if keep_every < 1:
+        raise UsageError(f"--keep-every must be >= 1 (got {keep_every})")
+    check_output(output, force)
+    start = time.perf_counter()
+    info = video.probe(input)
+    name, sha, net = _model(model)
+    size = net.cfg.image_size
+    torch = _torch()
+    sent_idx, kps, jacs = [], [], []
+    source = None
+    count = 0
+
+    def sent_frames():
+        nonlocal source, count
+        for i, frame in enumerate(video.read_frames(input, size=size, crop=crop)):
+            count = i + 1
+            if i == 0:
+                source = frame
+            if progress:
+                progress(count, info.frame_count)
+            if i % keep_every == 0:
+                yield i, frame
+
+    with torch.inference_mode():
+        # Only the frames that are sent go through the detector, in batches.
+        for chunk in _batches(sent_frames(), batch):
+            kp, jac = net.detect(_to_tensor([f for _, f in chunk]))
+            sent_idx.extend(i for i, _ in chunk)
+            kps.append(kp.numpy())
+            jacs.append(jac.numpy())
+    if count == 0:
+        raise video.VideoError(f"{input}: no frames decoded")
+    header = bitstream.Header(
+        model=name, weights_sha256=sha, width=size, height=size, fps_num=info.fps.numerator,
+        fps_den=info.fps.denominator, frame_count=count, keep_every=keep_every,
+        num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
+        predictor=predict.DEFAULT_PREDICTOR,
+    )
+    stream = bitstream.KpcStream(
+        header=header, source_codec=source_codec,
+        source_data=source_image.encode_image(source, source_codec, source_quality),
+        sent_indices=np.asarray(sent_idx, dtype=np.int64), keypoints=np.concatenate(kps).astype(np.float32),
+        jacobians=np.concatenate(jacs).astype(np.float32),
+    )
+    data = bitstream.dumps(stream)
+    bitstream.write_bytes(output, data)
+    return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output))
+
+
+def _check_weights(header: bitstream.Header):
+    from .models.registry import WEIGHTS, load_model
+
+    entry = WEIGHTS.get(header.model)
+    if entry is None:
+        raise ModelError(f"file was made with model {header.model!r}, which this kpcodec does not ship "
+                         f"(have: {', '.join(sorted(WEIGHTS)) or 'none'})")
+    if entry.sha256 != header.weights_sha256:
+        raise ModelError(f"file was made with other weights for {header.model!r} "
+                         f"(sha256 {header.weights_sha256[:12]}…, this kpcodec has {entry.sha256[:12]}…)")
+    return load_model(header.model)
+
+
+def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
+           progress: Progress | None = None) -> Summary:
+    """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout)."""
+    check_output(output, force)
+    start = time.perf_counter()
+    stream = bitstream.read_file(input)
+    h = stream.header
+    net = _check_weights(h)
+    if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
+        raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model {h.model!r}")
+    torch = _torch()
+    src = source_image.decode_image(stream.source_data, stream.source_codec)
+    if src.shape[:2] != (h.height, h.width):
+        raise bitstream.KpcFormatError(f"source image is {src.shape[1]}x{src.shape[0]}, header says {h.width}x{h.height}")
+    filled = predict.fill_keypoints(stream.sent_indices, stream.keypoints, stream.jacobians, h.frame_count,
+                                    predictor or h.predictor)
+    done = 0
+    with torch.inference_mode(), video.VideoWriter(output, h.fps, (h.width, h.height)) as writer:
+        state = net.prepare_source(_to_tensor([src]))
+        for chunk in _batches(filled, batch):
+            kp = torch.from_numpy(np.stack([k for k, _ in chunk])).float()
+            jac = torch.from_numpy(np.stack([j for _, j in chunk])).float()
+            for frame in _to_uint8(net.render(state, kp, jac)):
+                writer.write(frame)
+            done += len(chunk)
+            if progress:
+                progress(done, h.frame_count)
+    size = os.path.getsize(output) if output != "-" else 0
+    return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output))
+
+
+def info(input) -> dict:
+    """Header, chunk sizes (bytes, kb/s) and keypoint statistics of a .kpc file."""
+    data = bitstream.read_bytes(input)
+    stream = bitstream.loads(data)
+    h = stream.header
+    duration = h.duration_s
+    parts = [{"chunk": kind, "bytes": n, "kbps": n * 8 / duration / 1000 if duration else 0.0}
+             for kind, n in bitstream.chunk_table(data)]
+    header = asdict(h)
+    header["fps"] = str(h.fps)
+    return {
+        "file": str(input), "format_version": "%d.%d" % bitstream.FORMAT_VERSION, "header": header,
+        "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
+        "source_codec": stream.source_codec, "sent_frames": len(stream.sent_indices), "chunks": parts,
+    }

@@ -1,0 +1,57 @@
+"""The whole FOMM motion model: detector + dense motion + generator, with the two entry
+points a codec needs (`detect` for the sender, `prepare_source`/`render` for the receiver)
+and `forward` for training."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .generator import Generator
+from .keypoints import KeypointDetector
+from .motion import DenseMotion
+
+
+@dataclass
+class SourceState:
+    """What the receiver computes once per source frame and reuses for every output frame."""
+
+    features: torch.Tensor  # generator encoder output (1,C,h,w)
+    small: torch.Tensor  # downscaled source for the dense motion network (1,3,s,s)
+    kp: torch.Tensor  # (1,K,2)
+    jac: torch.Tensor  # (1,K,2,2)
+
+
+class MotionModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.detector = KeypointDetector(cfg)
+        self.dense_motion = DenseMotion(cfg)
+        self.generator = Generator(cfg)
+
+    def detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B,3,H,W) in [0,1] -> keypoints (B,K,2) in [-1,1], Jacobians (B,K,2,2)."""
+        return self.detector(frames)
+
+    def prepare_source(self, source: torch.Tensor, kp=None, jac=None) -> SourceState:
+        if kp is None:
+            kp, jac = self.detect(source)
+        return SourceState(self.generator.encode(source), self.dense_motion.small_source(source), kp, jac)
+
+    def render(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+        """Frames (B,3,H,W) in [0,1] for driving keypoints (B,K,2) and Jacobians (B,K,2,2)."""
+        b = kp.shape[0]
+        motion = self.dense_motion(
+            state.small, state.kp.expand(b, -1, -1), state.jac.expand(b, -1, -1, -1), kp, jac
+        )
+        return self.generator.decode(state.features, motion["flow"], motion["occlusion"])
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> dict:
+        kp_s, jac_s = self.detect(source)
+        kp_d, jac_d = self.detect(driving)
+        motion = self.dense_motion(self.dense_motion.small_source(source), kp_s, jac_s, kp_d, jac_d)
+        image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"])
+        return {"image": image, "kp_source": kp_s, "jac_source": jac_s, "kp_driving": kp_d,
+                "jac_driving": jac_d, **motion}

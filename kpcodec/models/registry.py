@@ -1,0 +1,121 @@
+"""Named model configs and their shipped weights.
+
+A config is looked up by name, never by position. Weights live in kpcodec/weights/ as
+fp16 state dicts named `<config>-<sha256[:8]>.pt`; loading checks the full sha256 so a
+decoder never renders with weights other than the ones the encoder named.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    image_size: int = 256
+    num_keypoints: int = 10
+    kp_scale: float = 0.25  # detector and dense motion work on image_size * kp_scale
+    kp_temperature: float = 0.1
+    kp_variance: float = 0.01
+    kp_expansion: int = 32
+    kp_max_features: int = 1024
+    kp_num_blocks: int = 5
+    dm_expansion: int = 64
+    dm_max_features: int = 1024
+    dm_num_blocks: int = 5
+    gen_expansion: int = 64
+    gen_max_features: int = 512
+    gen_num_down: int = 2
+    gen_num_bottleneck: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_FULL = ModelConfig("fomm-256-full")
+CONFIGS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        _FULL,
+        # Published widths halved / quartered: what 2 CPU cores can train and run in real time.
+        replace(_FULL, name="fomm-256-half", kp_expansion=16, kp_max_features=512, dm_expansion=32,
+                dm_max_features=512, gen_expansion=32, gen_max_features=256),
+        replace(_FULL, name="fomm-256-quarter", kp_expansion=8, kp_max_features=256, dm_expansion=16,
+                dm_max_features=256, gen_expansion=16, gen_max_features=128),
+        # For tests: tiny and fast, 64x64 frames, 4 keypoints.
+        ModelConfig("tiny", image_size=64, num_keypoints=4, kp_scale=0.5, kp_expansion=4, kp_max_features=16,
+                    kp_num_blocks=3, dm_expansion=4, dm_max_features=16, dm_num_blocks=3, gen_expansion=4,
+                    gen_max_features=16, gen_num_down=2, gen_num_bottleneck=1),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Weights:
+    config: str
+    file: str
+    sha256: str
+
+
+# Shipped weights, by model name (what a .kpc header records). The model name may differ
+# from the config name so one config can ship several trained versions.
+WEIGHTS: dict[str, Weights] = {}
+
+DEFAULT_MODEL = "tiny"
+
+
+def weights_dir() -> Path:
+    return Path(str(resources.files("kpcodec") / "weights"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ModelError(f"unknown model config {name!r} (known: {', '.join(sorted(CONFIGS))})") from None
+
+
+def get_weights(model: str) -> Weights:
+    try:
+        return WEIGHTS[model]
+    except KeyError:
+        raise ModelError(f"no shipped weights for model {model!r} (have: {', '.join(sorted(WEIGHTS)) or 'none'})") from None
+
+
+def build_model(config: str):
+    """An untrained model for a config (training, tests)."""
+    from .fomm import MotionModel
+
+    return MotionModel(get_config(config))
+
+
+@lru_cache(maxsize=4)
+def load_model(model: str | None = None):
+    """The shipped model `model` (default: DEFAULT_MODEL), eval mode, fp32, sha256 checked."""
+    import torch
+
+    entry = get_weights(model or DEFAULT_MODEL)
+    path = weights_dir() / entry.file
+    if not path.is_file():
+        raise ModelError(f"weights file missing: {path}")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise ModelError(f"weights {path.name} fail their sha256 check ({digest[:12]}… != {entry.sha256[:12]}…)")
+    net = build_model(entry.config)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.eval()

@@ -1,0 +1,1 @@
+"""Training of kpcodec's models (motion model and keypoint predictors)."""

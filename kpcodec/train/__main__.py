@@ -1,0 +1,8 @@
+"""`python -m kpcodec.train ...` is the same as `kpcodec train ...`."""
+from ..cli import app
+
+if __name__ == "__main__":
+    import sys
+
+    sys.argv.insert(1, "train")
+    app()

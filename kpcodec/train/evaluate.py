@@ -1,0 +1,124 @@
+"""Reconstruction quality of a motion model on val clips: source = first frame, every
+frame's own keypoints used (the codec at keep-every 1 with unquantised keypoints).
+
+Face-landmark measures use mediapipe (optional, training/eval only); keypoint spread is the
+RMS distance of the keypoints from their centroid in [-1,1] units (collapse -> ~0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import decode_clip
+
+# A fixed, varied monitoring subset of the val split: different people, head turns, speech, expressions.
+MONITOR_CLIPS = [
+    "talking-heads/val/liveportrait_d10.mp4",
+    "talking-heads/val/dreamtalk_W011_front_surprised_level3_001.mp4",
+    "talking-heads/val/vox1_id10284_Rzpm9hlXV6I_005604.mp4",
+    "talking-heads/val/vox1_id10289_Rn0Z_lIiL1w_000852.mp4",
+    "talking-heads/val/tpsmm_driving.mp4",
+    "talking-heads/val/dagan_driving.mp4",
+]
+
+
+@dataclass
+class EvalClip:
+    name: str
+    frames: np.ndarray  # (T,H,W,3) uint8, T frames at `stride`
+    landmarks: np.ndarray | None  # (T,478,2) pixels, NaN where no face
+
+
+def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: int,
+                    landmark_dir: Path | None) -> list[EvalClip]:
+    clips = []
+    for f in files:
+        frames, index = decode_clip(data_dir / f, stride, max_frames)
+        lm = None
+        npz = landmark_dir / (Path(f).stem + ".npz") if landmark_dir else None
+        if npz is not None and npz.is_file():
+            with np.load(npz) as z:
+                lm = z["landmarks"].astype(np.float32)[index]
+        clips.append(EvalClip(Path(f).stem, frames, lm))
+    return clips
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.inference_mode()
+def reconstruct(model, frames: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded frames (T,H,W,3) uint8 and keypoints (T,K,2) of every frame from frame 0."""
+    state = model.prepare_source(to_tensor(frames[:1]))
+    out, kps = [], []
+    for i in range(0, len(frames), batch):
+        x = to_tensor(frames[i:i + batch])
+        kp, jac = model.detect(x)
+        out.append(to_uint8(model.render(state, kp, jac)))
+        kps.append(kp.numpy())
+    return np.concatenate(out), np.concatenate(kps)
+
+
+def keypoint_spread(kps: np.ndarray) -> float:
+    centred = kps - kps.mean(axis=1, keepdims=True)
+    return float(np.sqrt((centred ** 2).sum(-1).mean()))
+
+
+def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
+    from ..metrics import l1, ssim
+
+    size = model.cfg.image_size
+    if clip.frames.shape[1] != size:  # small test configs: compare at the model's resolution
+        from ..models.blocks import resize
+
+        clip = EvalClip(clip.name, to_uint8(resize(to_tensor(clip.frames), size)), None)
+    decoded, kps = reconstruct(model, clip.frames)
+    row = {
+        "clip": clip.name,
+        "frames": len(decoded),
+        "l1": float(np.mean([l1(a, b) for a, b in zip(clip.frames, decoded)])),
+        "ssim": float(np.mean([ssim(a, b) for a, b in zip(clip.frames, decoded)])),
+        "l1_frozen": float(np.mean([l1(a, clip.frames[0]) for a in clip.frames])),
+        "ssim_frozen": float(np.mean([ssim(a, clip.frames[0]) for a in clip.frames])),
+        "kp_spread": keypoint_spread(kps),
+    }
+    if landmarker_factory is not None and clip.landmarks is not None:
+        from ..landmarks import fidelity_from_landmarks
+
+        with landmarker_factory() as mark:
+            found = [mark.detect(f) for f in decoded]
+        fid = fidelity_from_landmarks(list(clip.landmarks), found)
+        frozen = fidelity_from_landmarks(list(clip.landmarks), [clip.landmarks[0]] * len(found))
+        row.update({k: fid[k] for k in ("landmark_error_px", "lip_gap_corr", "eye_opening_corr", "face_found_share")})
+        row["landmark_error_px_frozen"] = frozen["landmark_error_px"]
+    return row
+
+
+def evaluate(model, clips: list[EvalClip], use_landmarks: bool = True) -> dict:
+    factory = None
+    if use_landmarks:
+        try:
+            from ..landmarks import FaceLandmarker
+
+            FaceLandmarker().close()
+            factory = FaceLandmarker
+        except Exception:  # mediapipe missing: pixel metrics only
+            factory = None
+    was_training = model.training
+    model.eval()
+    rows = [evaluate_clip(model, c, factory) for c in clips]
+    model.train(was_training)
+    mean = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if key != "clip" and vals:
+            mean[key] = float(np.mean(vals))
+    return {"mean": mean, "clips": rows}

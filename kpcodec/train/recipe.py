@@ -1,0 +1,28 @@
+"""Training recipes: loss weights and optimiser settings, by name, next to the model configs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    batch: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    stride: int = 2  # keep every stride-th training frame in memory
+    w_pyramid: float = 10.0
+    w_ssim: float = 5.0
+    w_equiv_value: float = 10.0
+    w_equiv_jacobian: float = 10.0
+    w_separation: float = 10.0
+    separation_distance: float = 0.15
+    w_landmark_flow: float = 10.0  # 0 disables face-mesh supervision of the flow
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES = {
+    "base": Recipe(),
+    "tiny": Recipe(batch=2, stride=8),
+}

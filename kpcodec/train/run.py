@@ -1,0 +1,47 @@
+"""`kpcodec train`: load data, resume if asked, train with a progress bar on stderr."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import UsageError
+from .trainer import Trainer
+
+
+def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = False, recipe: str = "base",
+                 threads: int = 1, landmarks: Path | None = None, val_every: int = 300,
+                 checkpoint_minutes: float = 5.0, seed: int = 0, max_train_clips: int | None = None,
+                 monitor_frames: int = 100, quiet: bool = False) -> Trainer:
+    if not (Path(data) / "manifest.csv").is_file():
+        raise UsageError(f"{data}: no manifest.csv (expected the shared data folder)")
+    console = Console(stderr=True, quiet=quiet)
+    trainer = Trainer(config, data, out, recipe=recipe, seed=seed, threads=threads, landmark_dir=landmarks,
+                      max_train_clips=max_train_clips, monitor_frames=monitor_frames)
+    if resume and trainer.resume():
+        console.print(f"resumed {out} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
+    elif resume:
+        console.print(f"no checkpoint in {out}: starting from scratch")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=console, disable=quiet) as progress:
+        task = progress.add_task("loading clips", total=None, info="")
+        trainer.load_data(progress=lambda: progress.advance(task))
+        console.print(f"{trainer.train_frames} training frames, {trainer.have_landmarks} clips with landmarks, "
+                      f"device {trainer.device}")
+        progress.update(task, description="training", total=steps, completed=trainer.step)
+
+        def report(step: int, rec: dict) -> None:
+            progress.update(task, completed=step)
+            if "val" in rec:
+                v = rec["val"]
+                console.print("val @%d: " % step + ", ".join(f"{k} {x:.4g}" for k, x in v.items()))
+            else:
+                progress.update(task, info=f"loss {rec['total']:.3f} spread {rec['kp_spread']:.3f} "
+                                           f"{rec['s_per_step']:.2f} s/step")
+
+        trainer.run(steps, val_every=val_every, checkpoint_minutes=checkpoint_minutes, report=report)
+    console.print(f"stopped at step {trainer.step}, {trainer.cpu_seconds / 3600:.2f} CPU-hours -> {out}")
+    return trainer

@@ -1,0 +1,174 @@
+"""Resumable trainer for the motion model.
+
+Everything needed to continue lives in `<out>/checkpoint.pt` (fp32 weights, optimiser,
+step, CPU time, RNG); it is rewritten atomically every few minutes and on SIGINT/SIGTERM.
+`<out>/log.jsonl` gets a line per logged step and per validation; `<out>/weights-fp16.pt`
+is the latest weights for shipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.blocks import resize
+from ..models.registry import build_model, get_config
+from . import losses
+from .data import PairSampler, load_clips
+from .evaluate import MONITOR_CLIPS, evaluate, load_eval_clips
+from .recipe import RECIPES
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fp16_state(model) -> dict:
+    return {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach().clone()
+            for k, v in model.state_dict().items()}
+
+
+class Trainer:
+    def __init__(self, config: str, data_dir: Path, out_dir: Path, recipe: str = "base", seed: int = 0,
+                 threads: int = 1, landmark_dir: Path | None = None, device: str | None = None,
+                 max_train_clips: int | None = None, monitor_frames: int = 100):
+        self.cfg = get_config(config)
+        self.recipe = RECIPES[recipe]
+        self.recipe_name = recipe
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir)
+        self.landmark_dir = Path(landmark_dir) if landmark_dir else None
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.seed = seed
+        self.model = build_model(config).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.recipe.lr, betas=self.recipe.betas)
+        self.step = 0
+        self.cpu_seconds = 0.0
+        self.max_train_clips = max_train_clips
+        self.monitor_frames = monitor_frames
+        self._stop = False
+
+    # -- state ---------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save(self) -> None:
+        save_atomic({
+            "config": self.cfg.name, "recipe": self.recipe_name, "step": self.step,
+            "cpu_seconds": self.cpu_seconds, "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+        }, self.checkpoint_path())
+        save_atomic(fp16_state(self.model), self.out / "weights-fp16.pt")
+
+    def resume(self, path: Path | None = None) -> bool:
+        path = path or self.checkpoint_path()
+        if not path.is_file():
+            return False
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        state = ck.get("model", ck)
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        if "optimizer" in ck:
+            self.opt.load_state_dict(ck["optimizer"])
+        self.step = ck.get("step", 0)
+        self.cpu_seconds = ck.get("cpu_seconds", 0.0)
+        if "torch_rng" in ck:
+            torch.set_rng_state(ck["torch_rng"].cpu())
+        self._sampler_rng = ck.get("sampler_rng")
+        return True
+
+    def log(self, record: dict) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- data ----------------------------------------------------------------------------
+    def load_data(self, progress=None) -> None:
+        clips = load_clips(self.data_dir, "train", self.recipe.stride, self.landmark_dir,
+                           limit=self.max_train_clips, progress=progress)
+        self.sampler = PairSampler(clips, self.seed + self.step)
+        if getattr(self, "_sampler_rng", None):
+            self.sampler.rng.bit_generator.state = self._sampler_rng
+        self.train_frames = sum(len(c.frames) for c in clips)
+        self.have_landmarks = sum(c.landmarks is not None and np.isfinite(c.landmarks).any() for c in clips)
+        files = [f for f in MONITOR_CLIPS if (self.data_dir / f).is_file()]
+        self.monitor = load_eval_clips(self.data_dir, files, self.monitor_frames, 2, self.landmark_dir)
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        r = self.recipe
+        batch = {k: v.to(self.device) for k, v in self.sampler.batch(r.batch).items()}
+        for key in ("source", "driving"):  # small test configs train on downscaled frames
+            batch[key] = resize(batch[key], self.cfg.image_size)
+        out = self.model(batch["source"], batch["driving"])
+        terms = {
+            "pyramid": losses.pyramid_l1(out["image"], batch["driving"]),
+            "ssim": 1.0 - losses.ssim(out["image"], batch["driving"]),
+            "separation": losses.separation(out["kp_driving"], r.separation_distance),
+        }
+        terms["equiv_value"], terms["equiv_jacobian"] = losses.equivariance(
+            self.model.detector, batch["driving"], out["kp_driving"], out["jac_driving"])
+        if r.w_landmark_flow > 0 and "lm_driving" in batch:
+            terms["landmark_flow"] = losses.flow_at_landmarks(out["flow"], batch["lm_driving"], batch["lm_source"])
+        weights = {"pyramid": r.w_pyramid, "ssim": r.w_ssim, "separation": r.w_separation,
+                   "equiv_value": r.w_equiv_value, "equiv_jacobian": r.w_equiv_jacobian,
+                   "landmark_flow": r.w_landmark_flow}
+        total = sum(weights[k] * v for k, v in terms.items())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.opt.step()
+        from .evaluate import keypoint_spread
+
+        rec = {k: v.item() for k, v in terms.items()}
+        rec["total"] = total.item()
+        rec["kp_spread"] = keypoint_spread(out["kp_driving"].detach().cpu().numpy())
+        return rec
+
+    def validate(self) -> dict:
+        result = evaluate(self.model, self.monitor)
+        self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "val": result["mean"],
+                  "val_clips": result["clips"], "time": time.time()})
+        return result["mean"]
+
+    # -- loop ----------------------------------------------------------------------------
+    def _handle_signal(self, signum, frame):
+        self._stop = True
+
+    def run(self, steps: int, val_every: int = 300, checkpoint_minutes: float = 5.0, log_every: int = 10,
+            report=None) -> None:
+        signal.signal(signal.SIGTERM, self._handle_signal)
+        signal.signal(signal.SIGINT, self._handle_signal)
+        last_ckpt = time.time()
+        acc: dict[str, list[float]] = {}
+        while self.step < steps and not self._stop:
+            t_wall, t_cpu = time.time(), time.process_time()
+            rec = self.train_step()
+            self.step += 1
+            self.cpu_seconds += time.process_time() - t_cpu
+            for k, v in rec.items():
+                acc.setdefault(k, []).append(v)
+            acc.setdefault("s_per_step", []).append(time.time() - t_wall)
+            if self.step % log_every == 0:
+                mean = {k: float(np.mean(v)) for k, v in acc.items()}
+                acc = {}
+                self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "train": mean, "time": time.time()})
+                if report:
+                    report(self.step, mean)
+            if self.step % val_every == 0:
+                val = self.validate()
+                if report:
+                    report(self.step, {"val": val})
+            if time.time() - last_ckpt > checkpoint_minutes * 60:
+                self.save()
+                last_ckpt = time.time()
+        self.save()
