@@ -7,6 +7,7 @@ decoder never renders with weights other than the ones the encoder named.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -63,15 +64,24 @@ class Weights:
     sha256: str
 
 
-# Shipped weights, by model name (what a .kpc header records). The model name may differ
-# from the config name so one config can ship several trained versions.
-WEIGHTS: dict[str, Weights] = {}
-
-DEFAULT_MODEL = "tiny"
-
-
 def weights_dir() -> Path:
     return Path(str(resources.files("kpcodec") / "weights"))
+
+
+def _read_weights_index() -> tuple[dict[str, Weights], str]:
+    """kpcodec/weights/index.json: {"default": NAME, "models": {NAME: {config, file, sha256}}}.
+
+    Kept as data so that exporting a newly trained checkpoint is one script, not a code edit.
+    """
+    path = weights_dir() / "index.json"
+    index = json.loads(path.read_text())
+    models = {name: Weights(**entry) for name, entry in index["models"].items()}
+    return models, index["default"]
+
+
+# Shipped weights, by model name (what a .kpc header records). The model name may differ
+# from the config name so one config can ship several trained versions.
+WEIGHTS, DEFAULT_MODEL = _read_weights_index()
 
 
 def sha256_file(path: Path) -> str:

@@ -18,6 +18,7 @@ import torch
 @dataclass
 class Clip:
     name: str
+    file: str
     frames: np.ndarray  # (T,H,W,3) uint8
     landmarks: np.ndarray | None  # (T,N,2) float32 in [-1,1], NaN where no face
     frame_index: np.ndarray  # (T,) index of each kept frame in the original clip
@@ -72,10 +73,23 @@ def load_clips(data_dir: Path, split: str, stride: int, landmark_dir: Path | Non
         lm = load_landmarks(landmark_dir, row["file"], index, frames.shape[1], landmark_subset)
         if lm is None and landmark_dir is not None:  # no cache for this clip: masked out of the loss
             lm = np.full((len(frames), 478 if landmark_subset is None else len(landmark_subset), 2), np.nan, np.float32)
-        clips.append(Clip(Path(row["file"]).stem, frames, lm, index))
+        clips.append(Clip(Path(row["file"]).stem, row["file"], frames, lm, index))
         if progress is not None:
             progress()
     return clips
+
+
+def refresh_landmarks(clips: list[Clip], landmark_dir: Path | None) -> int:
+    """Pick up landmark caches written since the clips were loaded; returns how many were added."""
+    added = 0
+    for clip in clips:
+        if landmark_dir is None or (clip.landmarks is not None and np.isfinite(clip.landmarks).any()):
+            continue
+        lm = load_landmarks(landmark_dir, clip.file, clip.frame_index, clip.frames.shape[1], None)
+        if lm is not None:
+            clip.landmarks = lm
+            added += 1
+    return added
 
 
 class PairSampler:

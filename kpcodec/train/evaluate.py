@@ -30,6 +30,13 @@ class EvalClip:
     name: str
     frames: np.ndarray  # (T,H,W,3) uint8, T frames at `stride`
     landmarks: np.ndarray | None  # (T,478,2) pixels, NaN where no face
+    index: np.ndarray | None = None  # frame numbers in the original clip
+
+    def load_landmarks(self, landmark_dir: Path | None) -> None:
+        npz = landmark_dir / (self.name + ".npz") if landmark_dir else None
+        if self.landmarks is None and npz is not None and npz.is_file():
+            with np.load(npz) as z:
+                self.landmarks = z["landmarks"].astype(np.float32)[self.index]
 
 
 def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: int,
@@ -37,12 +44,9 @@ def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: i
     clips = []
     for f in files:
         frames, index = decode_clip(data_dir / f, stride, max_frames)
-        lm = None
-        npz = landmark_dir / (Path(f).stem + ".npz") if landmark_dir else None
-        if npz is not None and npz.is_file():
-            with np.load(npz) as z:
-                lm = z["landmarks"].astype(np.float32)[index]
-        clips.append(EvalClip(Path(f).stem, frames, lm))
+        clip = EvalClip(Path(f).stem, frames, None, index)
+        clip.load_landmarks(landmark_dir)
+        clips.append(clip)
     return clips
 
 

@@ -19,7 +19,7 @@ import torch
 from ..models.blocks import resize
 from ..models.registry import build_model, get_config
 from . import losses
-from .data import PairSampler, load_clips
+from .data import PairSampler, load_clips, refresh_landmarks
 from .evaluate import MONITOR_CLIPS, evaluate, load_eval_clips
 from .recipe import RECIPES
 
@@ -99,9 +99,12 @@ class Trainer:
         if getattr(self, "_sampler_rng", None):
             self.sampler.rng.bit_generator.state = self._sampler_rng
         self.train_frames = sum(len(c.frames) for c in clips)
-        self.have_landmarks = sum(c.landmarks is not None and np.isfinite(c.landmarks).any() for c in clips)
+        self.have_landmarks = self._count_landmarks()
         files = [f for f in MONITOR_CLIPS if (self.data_dir / f).is_file()]
         self.monitor = load_eval_clips(self.data_dir, files, self.monitor_frames, 2, self.landmark_dir)
+
+    def _count_landmarks(self) -> int:
+        return sum(c.landmarks is not None and bool(np.isfinite(c.landmarks).any()) for c in self.sampler.clips)
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -135,6 +138,8 @@ class Trainer:
         return rec
 
     def validate(self) -> dict:
+        for clip in self.monitor:  # the landmark cache may have been written since loading
+            clip.load_landmarks(self.landmark_dir)
         result = evaluate(self.model, self.monitor)
         self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "val": result["mean"],
                   "val_clips": result["clips"], "time": time.time()})
@@ -170,5 +175,7 @@ class Trainer:
                     report(self.step, {"val": val})
             if time.time() - last_ckpt > checkpoint_minutes * 60:
                 self.save()
+                if refresh_landmarks(self.sampler.clips, self.landmark_dir):
+                    self.have_landmarks = self._count_landmarks()
                 last_ckpt = time.time()
         self.save()

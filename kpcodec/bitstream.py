@@ -1,0 +1,501 @@
+"""The .kpc container, format version 1.0 (specified in man/kpc.5).
+
+Holds the in-memory stream (:class:`Header`, :class:`KpcStream`), the
+serialiser (:func:`dumps`, :func:`write_file`), the parser (:func:`loads`,
+:func:`read_file`), :func:`chunk_table` for inspecting a file's layout, and
+the raw file helpers :func:`write_bytes` / :func:`read_bytes`.
+
+A file is ``MAGIC``, a major and a minor version byte, then chunks until
+``KEND``. Each chunk is a 4-letter type, a u32 LE payload length, the payload
+and a u32 LE CRC-32 of type+payload. Every parse failure raises
+KpcFormatError (KpcVersionError for an unknown major version).
+
+Only numpy, zstandard and the standard library are used: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from kpcodec import quantize as q
+from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
+
+FORMAT_VERSION = (1, 0)
+MAGIC = b"\x89KPC\r\n\x1a\n"
+
+_PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
+_FRAMING_SIZE = 12  # type, length, CRC
+_REQUIRED_ORDER = ("HEAD", "SRCF", "KPTS", "KEND")
+_U32_MAX = 2**32 - 1
+# Decoder limit on S*K: keeps a hostile file from asking for gigabytes.
+MAX_SENT_KEYPOINTS = 2**24
+
+
+@dataclass
+class Header:
+    """Stream-wide parameters (the HEAD chunk)."""
+
+    model: str
+    weights_sha256: str  # 64 hex characters
+    width: int
+    height: int
+    fps_num: int
+    fps_den: int
+    frame_count: int
+    keep_every: int
+    num_keypoints: int
+    kp_step: float
+    jac_step: float
+    predictor: str
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame_count * self.fps_den / self.fps_num
+
+
+@dataclass
+class KpcStream:
+    """Everything a .kpc file holds, with keypoints already dequantised."""
+
+    header: Header
+    source_codec: str
+    source_data: bytes
+    sent_indices: np.ndarray  # (S,) int64
+    keypoints: np.ndarray  # (S, K, 2) float32
+    jacobians: np.ndarray  # (S, K, 2, 2) float32
+    extra_chunks: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# Small helpers shared by both directions
+
+
+def _is_chunk_type(name: str) -> bool:
+    return len(name) == 4 and name.isascii() and name.isalpha()
+
+
+def _is_critical(name: str) -> bool:
+    return name[0].isupper()
+
+
+def _f32(x: float) -> float:
+    """The value a float becomes after a round trip through an f32 field."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except (OverflowError, struct.error, TypeError):
+        raise KpcFormatError(f"step {x!r} does not fit in an f32") from None
+
+
+def _check_step(name: str, step: float) -> None:
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.floating)) \
+            or not (np.isfinite(step) and step >= q.MIN_STEP):
+        raise KpcFormatError(f"bad HEAD field {name}={step!r} (must be finite and >= 2**-16)")
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise KpcFormatError(f"bad HEAD field {name}={value!r} (not an integer)")
+    if not lo <= value <= hi:
+        raise KpcFormatError(f"bad HEAD field {name}={value} (must be {lo}..{hi})")
+
+
+def _check_header(h: Header) -> None:
+    """Raise KpcFormatError unless every field can be written and makes sense."""
+    for name, bits in (("width", 16), ("height", 16), ("fps_num", 32), ("fps_den", 32),
+                       ("frame_count", 32), ("keep_every", 16), ("num_keypoints", 8)):
+        _check_int(name, getattr(h, name), 1, 2**bits - 1)
+    _check_step("kp_step", h.kp_step)
+    _check_step("jac_step", h.jac_step)
+
+
+def _check_indices(indices: np.ndarray, frame_count: int) -> None:
+    if len(indices) < 1:
+        raise KpcFormatError("no sent frames (S must be >= 1)")
+    if indices[0] != 0:
+        raise KpcFormatError("frame 0 is not among the sent frames")
+    if np.any(np.diff(indices) <= 0):
+        raise KpcFormatError("sent frame indices are not strictly increasing")
+    if indices[-1] >= frame_count:
+        raise KpcFormatError(f"sent frame index {int(indices[-1])} >= frame_count {frame_count}")
+
+
+def _check_levels(levels: np.ndarray, clip: float, step: float, what: str) -> None:
+    """Reject levels the encoder cannot produce, so every valid file re-encodes."""
+    if levels.size and np.abs(levels).max() > q.max_level(clip, step):
+        raise KpcFormatError(f"{what} outside [-{clip:g}, {clip:g}]")
+
+
+# --------------------------------------------------------------------------
+# Writing
+
+
+def _short_string(text: str, encoding: str, what: str) -> bytes:
+    try:
+        raw = text.encode(encoding)
+    except (UnicodeEncodeError, AttributeError):
+        raise KpcFormatError(f"{what} is not {encoding} text") from None
+    if len(raw) > 255:
+        raise KpcFormatError(f"{what} is longer than 255 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def _sha_bytes(hex_digest: str) -> bytes:
+    try:
+        raw = bytes.fromhex(hex_digest)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32 or len(hex_digest) != 64:
+        raise KpcFormatError("weights_sha256 must be 64 hex characters")
+    return raw
+
+
+def _encode_head(h: Header) -> bytes:
+    return b"".join((
+        _short_string(h.model, "utf-8", "model name"),
+        _sha_bytes(h.weights_sha256),
+        struct.pack("<HHIIIHB", h.width, h.height, h.fps_num, h.fps_den,
+                    h.frame_count, h.keep_every, h.num_keypoints),
+        struct.pack("<ff", h.kp_step, h.jac_step),
+        _short_string(h.predictor, "utf-8", "predictor name"),
+        struct.pack("<H", 0),  # flags: reserved
+    ))
+
+
+def _encode_srcf(codec: str, data: bytes) -> bytes:
+    if not (isinstance(codec, str) and codec and _printable_ascii(codec.encode("utf-8"))):
+        raise KpcFormatError(f"source codec name {codec!r} is not printable ASCII")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise KpcFormatError("source_data is not bytes")
+    return _short_string(codec, "ascii", "source codec name") + bytes(data)
+
+
+def _printable_ascii(raw: bytes) -> bool:
+    return all(0x21 <= c <= 0x7E for c in raw)
+
+
+def _blob(data: bytes) -> bytes:
+    return struct.pack("<I", len(data)) + data
+
+
+def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
+    h = s.header
+    indices = np.asarray(s.sent_indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise KpcFormatError("sent_indices must be a 1-D integer array")
+    indices = indices.astype(np.int64)
+    _check_indices(indices, h.frame_count)
+    if len(indices) * h.num_keypoints > MAX_SENT_KEYPOINTS:  # loads would refuse it
+        raise KpcFormatError("too many sent keypoints for a decoder (S*K > 2**24)")
+    shape = (len(indices), h.num_keypoints, 2)
+    if np.shape(s.keypoints) != shape or np.shape(s.jacobians) != shape + (2,):
+        raise KpcFormatError(
+            f"keypoints/jacobians must have shapes {shape} and {shape + (2,)}, "
+            f"got {np.shape(s.keypoints)} and {np.shape(s.jacobians)}")
+    try:
+        q_kp, q_jac = q.quantize_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
+    except ValueError as exc:
+        raise KpcFormatError(str(exc)) from None
+    deltas = np.diff(indices, prepend=0)
+    return b"".join((
+        struct.pack("<I", len(indices)),
+        _blob(q.pack_symbols(deltas)),
+        _blob(q.pack_symbols(q_kp)),
+        _blob(q.pack_symbols(q_jac)),
+    ))
+
+
+def _crc(tag: bytes, payload: bytes) -> int:
+    """CRC-32 (as zlib/PNG) over type then payload, without copying the payload."""
+    return zlib.crc32(payload, zlib.crc32(tag)) & 0xFFFFFFFF
+
+
+def _chunk(kind: str, payload: bytes) -> bytes:
+    if len(payload) > _U32_MAX:
+        raise KpcFormatError(f"chunk {kind} is larger than 4 GiB")
+    tag = kind.encode("ascii")
+    return tag + struct.pack("<I", len(payload)) + payload + struct.pack("<I", _crc(tag, payload))
+
+
+def _check_extra(kind, payload) -> None:
+    if not (isinstance(kind, str) and _is_chunk_type(kind)) or _is_critical(kind):
+        raise KpcFormatError(f"extra chunk type {kind!r} must be 4 ASCII letters, first lowercase")
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise KpcFormatError(f"extra chunk {kind} payload is not bytes")
+
+
+def dumps(stream: KpcStream) -> bytes:
+    """Serialise a stream; keypoints are quantised with the header's steps.
+
+    Optional chunks are written after KPTS, in list order. Invalid content
+    raises KpcFormatError naming the field.
+    """
+    h = stream.header
+    _check_header(h)
+    # Quantise with the steps exactly as the decoder will read them back.
+    kp_step, jac_step = _f32(h.kp_step), _f32(h.jac_step)
+    _check_step("kp_step", kp_step)
+    _check_step("jac_step", jac_step)
+    for kind, payload in stream.extra_chunks:
+        _check_extra(kind, payload)
+    parts = [
+        MAGIC, bytes(FORMAT_VERSION),
+        _chunk("HEAD", _encode_head(h)),
+        _chunk("SRCF", _encode_srcf(stream.source_codec, stream.source_data)),
+        _chunk("KPTS", _encode_kpts(stream, kp_step, jac_step)),
+    ]
+    parts += [_chunk(kind, bytes(payload)) for kind, payload in stream.extra_chunks]
+    parts.append(_chunk("KEND", b""))
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+class _Reader:
+    """Cursor over one chunk payload; short reads raise KpcFormatError."""
+
+    def __init__(self, payload: bytes, kind: str, base: int):
+        self.payload, self.kind, self.base, self.pos = payload, kind, base, 0
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.payload) - self.pos:
+            raise KpcFormatError(f"truncated chunk {self.kind} at byte {self.base + self.pos}")
+        out = self.payload[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+    def text(self, encoding: str, what: str) -> str:
+        raw = self.take(self.unpack("B")[0])
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            raise KpcFormatError(f"{what} in chunk {self.kind} is not {encoding}") from None
+
+    def rest(self) -> bytes:
+        return self.take(len(self.payload) - self.pos)
+
+    def finish(self, strict: bool) -> None:
+        """Trailing bytes are fields of a newer minor version: error only if strict."""
+        if strict and self.pos != len(self.payload):
+            raise KpcFormatError(
+                f"{len(self.payload) - self.pos} unexpected bytes at end of chunk {self.kind}")
+
+
+def _split_chunks(data: bytes):
+    """Yield (type, payload, offset) for each chunk up to KEND, checking framing."""
+    pos = _PREAMBLE_SIZE
+    while True:
+        if len(data) - pos < 8:
+            raise KpcFormatError(f"truncated file: missing chunk header at byte {pos}"
+                                 if pos < len(data) else f"file ends without KEND at byte {pos}")
+        tag = data[pos:pos + 4]
+        kind = tag.decode("latin-1")
+        if not _is_chunk_type(kind):
+            raise KpcFormatError(f"bad chunk type {tag!r} at byte {pos}")
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        if length > len(data) - pos - _FRAMING_SIZE:
+            raise KpcFormatError(f"truncated chunk {kind} at byte {pos}")
+        payload = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack_from("<I", data, pos + 8 + length)
+        if crc != _crc(tag, payload):
+            raise KpcFormatError(f"CRC mismatch in chunk {kind}")
+        yield kind, payload, pos
+        pos += length + _FRAMING_SIZE
+        if kind == "KEND":
+            if pos != len(data):
+                raise KpcFormatError(f"{len(data) - pos} bytes of data after KEND")
+            return
+
+
+def _read_preamble(data) -> tuple[bytes, int]:
+    """Check magic and version; returns (data as bytes, minor version)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if data[:len(MAGIC)] != MAGIC:
+        if len(data) < len(MAGIC) and MAGIC.startswith(data):
+            raise KpcFormatError(f"truncated file: only {len(data)} bytes")
+        raise KpcFormatError("not a .kpc file (bad magic)")
+    if len(data) < _PREAMBLE_SIZE:
+        raise KpcFormatError("truncated file: version bytes missing")
+    major, minor = data[len(MAGIC)], data[len(MAGIC) + 1]
+    if major != FORMAT_VERSION[0]:
+        raise KpcVersionError(
+            f"unsupported .kpc major version {major} (this decoder reads {FORMAT_VERSION[0]})")
+    return data, minor
+
+
+def _decode_head(r: _Reader, strict: bool) -> Header:
+    model = r.text("utf-8", "model name")
+    sha = r.take(32).hex()
+    width, height, fps_num, fps_den, frame_count, keep_every, k = r.unpack("HHIIIHB")
+    kp_step, jac_step = r.unpack("ff")
+    predictor = r.text("utf-8", "predictor name")
+    (flags,) = r.unpack("H")
+    if strict and flags:
+        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags:04x})")
+    r.finish(strict)
+    h = Header(model, sha, width, height, fps_num, fps_den, frame_count,
+               keep_every, k, kp_step, jac_step, predictor)
+    _check_header(h)
+    return h
+
+
+def _decode_srcf(r: _Reader) -> tuple[str, bytes]:
+    raw = r.take(r.unpack("B")[0])
+    if not raw or not _printable_ascii(raw):
+        raise KpcFormatError("source codec name in chunk SRCF is not printable ASCII")
+    return raw.decode("ascii"), r.rest()
+
+
+def _read_blob(r: _Reader, count: int, what: str) -> np.ndarray:
+    data = r.take(r.unpack("I")[0])
+    try:
+        return q.unpack_symbols(data, count)
+    except KpcFormatError as exc:
+        raise KpcFormatError(f"{what} in chunk KPTS: {exc}") from None
+
+
+def _decode_kpts(r: _Reader, h: Header, strict: bool):
+    (count,) = r.unpack("I")
+    k = h.num_keypoints
+    if count < 1 or count > h.frame_count:
+        raise KpcFormatError(f"sent frame count {count} not in 1..frame_count")
+    if count * k > MAX_SENT_KEYPOINTS:
+        raise KpcFormatError(f"{count} sent frames x {k} keypoints exceeds decoder limit")
+    indices = np.cumsum(_read_blob(r, count, "frame indices").astype(np.int64))
+    _check_indices(indices, h.frame_count)
+    q_kp = _read_blob(r, count * k * 2, "keypoints").reshape(count, k, 2)
+    q_jac = _read_blob(r, count * k * 4, "jacobians").reshape(count, k, 2, 2)
+    r.finish(strict)
+    kp_levels, jac_levels = q.reconstruct_levels(q_kp), q.reconstruct_levels(q_jac)
+    _check_levels(kp_levels, q.KP_CLIP, h.kp_step, "keypoint values")
+    _check_levels(jac_levels, q.JAC_CLIP, h.jac_step, "jacobian values")
+    keypoints = q.levels_to_values(kp_levels, h.kp_step)
+    jacobians = q.levels_to_values(jac_levels, h.jac_step)
+    return indices, keypoints, jacobians
+
+
+def _check_order(kind: str, seen: list[str]) -> None:
+    """Critical chunks must come exactly as HEAD, SRCF, KPTS, KEND."""
+    if not _is_critical(kind):
+        if not seen:
+            raise KpcFormatError(f"optional chunk {kind} before HEAD")
+        return
+    if kind not in _REQUIRED_ORDER:
+        raise KpcFormatError(f"unknown critical chunk {kind}")
+    expected = _REQUIRED_ORDER[len(seen)]
+    if kind != expected:
+        raise KpcFormatError(f"chunk {kind} where {expected} was expected")
+    seen.append(kind)
+
+
+def loads(data: bytes) -> KpcStream:
+    """Parse a .kpc file; keypoints come back dequantised as float32."""
+    data, minor = _read_preamble(data)
+    strict = minor <= FORMAT_VERSION[1]  # a newer minor may append fields
+    seen: list[str] = []
+    parts: dict = {}
+    extra: list[tuple[str, bytes]] = []
+    for kind, payload, offset in _split_chunks(data):
+        _check_order(kind, seen)
+        r = _Reader(payload, kind, offset + 8)
+        if kind == "HEAD":
+            parts["header"] = _decode_head(r, strict)
+        elif kind == "SRCF":
+            parts["source"] = _decode_srcf(r)
+        elif kind == "KPTS":
+            parts["kpts"] = _decode_kpts(r, parts["header"], strict)
+        elif kind == "KEND":
+            r.finish(True)
+        else:
+            extra.append((kind, payload))
+    indices, keypoints, jacobians = parts["kpts"]
+    codec, source = parts["source"]
+    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra)
+
+
+def chunk_table(data: bytes) -> list[tuple[str, int]]:
+    """List (chunk type, total bytes including 12 bytes framing) in file order.
+
+    The magic and version bytes come first as ("magic", 10). Framing, CRCs
+    and version are checked; chunk payloads are not decoded.
+    """
+    data, _ = _read_preamble(data)
+    table = [("magic", _PREAMBLE_SIZE)]
+    for kind, payload, _ in _split_chunks(data):
+        table.append((kind, len(payload) + _FRAMING_SIZE))
+    return table
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+def write_file(path, stream: KpcStream) -> None:
+    """Serialise ``stream`` and write it with :func:`write_bytes`."""
+    write_bytes(path, dumps(stream))
+
+
+def read_file(path) -> KpcStream:
+    """Read a .kpc file with :func:`read_bytes` and parse it; "-" reads stdin."""
+    return loads(read_bytes(path))
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write atomically (path + ".tmp", then rename); "-" writes to stdout.
+
+    Failure raises KpcodecError("cannot write X: reason") and leaves no .tmp.
+    """
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not expose a half-written file
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise KpcodecError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def read_bytes(path) -> bytes:
+    """All bytes of a file; "-" reads stdin.
+
+    Failure raises KpcodecError("cannot read X: reason") (not KpcFormatError:
+    the file may be fine, it just could not be read).
+    """
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise KpcodecError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from None

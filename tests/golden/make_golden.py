@@ -1,0 +1,69 @@
+"""Build the golden .kpc file that pins down format 1.0 byte for byte.
+
+Run from anywhere: ``python tests/golden/make_golden.py``. It writes
+``v1_0.kpc`` (the encoded stream) and ``v1_0.npz`` (the sent indices,
+keypoints and Jacobians a decoder must return) next to this script. Only
+rerun it on purpose: a changed golden file means a changed format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
+
+from kpcodec.bitstream import Header, KpcStream, dumps, loads  # noqa: E402
+
+
+def tiny_png(width: int = 8, height: int = 8) -> bytes:
+    """A valid 8-bit RGB PNG with a colour gradient, built by hand."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    rows = b"".join(
+        b"\x00" + bytes(c for x in range(width) for c in (x * 32, y * 32, 128))
+        for y in range(height)
+    )
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def golden_stream() -> KpcStream:
+    """Small deterministic stream: 10 frames at 25 fps, every 2nd sent, K=4."""
+    rng = np.random.default_rng(0)
+    indices = np.arange(0, 10, 2, dtype=np.int64)
+    s, k = len(indices), 4
+    keypoints = np.cumsum(rng.normal(0.0, 0.05, (s, k, 2)), axis=0) + rng.uniform(-0.8, 0.8, (1, k, 2))
+    jacobians = np.eye(2) + rng.normal(0.0, 0.1, (s, k, 2, 2))
+    header = Header(
+        model="tiny",
+        weights_sha256=hashlib.sha256(b"golden").hexdigest(),
+        width=64, height=64, fps_num=25, fps_den=1, frame_count=10,
+        keep_every=2, num_keypoints=k, kp_step=1 / 256, jac_step=1 / 64,
+        predictor="dpcm",
+    )
+    return KpcStream(header, "png", tiny_png(), indices,
+                     keypoints.astype(np.float32), jacobians.astype(np.float32))
+
+
+def main() -> None:
+    data = dumps(golden_stream())
+    decoded = loads(data)
+    (HERE / "v1_0.kpc").write_bytes(data)
+    np.savez(HERE / "v1_0.npz", sent_indices=decoded.sent_indices,
+             keypoints=decoded.keypoints, jacobians=decoded.jacobians)
+    print(f"wrote {HERE / 'v1_0.kpc'} ({len(data)} bytes) and v1_0.npz")
+
+
+if __name__ == "__main__":
+    main()
