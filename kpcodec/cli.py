@@ -23,7 +23,7 @@ from .errors import KpcodecError, UsageError
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kpcodec: a keypoint video codec for talking-head and motion video.")
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
 
 
 class Interrupted(Exception):

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = f"{s.new_frames / s.seconds:.1f} frames/s" if s.seconds else "n/a"
         console.print(
             f"  {split}: {s.clips} clips ({s.cached} already cached, {s.failed} failed), "
-            f"{s.frames} frames, face found in {share}; "
+            f"{s.frames} frames, face found in {share} ({s.found}/{s.frames}); "
             f"{s.new_frames} frames detected in {s.seconds:.1f} s ({rate})"
         )
     all_frames = sum(s.frames for s in stats.values())
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     all_new = sum(s.new_frames for s in stats.values())
     share = f"{all_found / all_frames:.2%}" if all_frames else "n/a"
     console.print(
-        f"  total: {len(clips)} clips, {all_frames} frames, face found in {share}, "
+        f"  total: {len(clips)} clips, {all_frames} frames, face found in {share} "
+        f"({all_found}/{all_frames}), "
         f"{total_seconds:.1f} s ({all_new / total_seconds:.1f} new frames/s overall)"
     )
     failures = [f for s in stats.values() for f in s.failures]
