@@ -77,7 +77,7 @@ def keypoint_spread(kps: np.ndarray) -> float:
 
 
 def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
-    from ..metrics import l1, ssim
+    from ..metrics import l1, psnr, ssim
 
     size = model.cfg.image_size
     if clip.frames.shape[1] != size:  # small test configs: compare at the model's resolution
@@ -90,8 +90,10 @@ def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
         "frames": len(decoded),
         "l1": float(np.mean([l1(a, b) for a, b in zip(clip.frames, decoded)])),
         "ssim": float(np.mean([ssim(a, b) for a, b in zip(clip.frames, decoded)])),
+        "psnr": float(np.mean([psnr(a, b) for a, b in zip(clip.frames, decoded)])),
         "l1_frozen": float(np.mean([l1(a, clip.frames[0]) for a in clip.frames])),
         "ssim_frozen": float(np.mean([ssim(a, clip.frames[0]) for a in clip.frames])),
+        "psnr_frozen": float(np.mean([psnr(a, clip.frames[0]) for a in clip.frames[1:]])) if len(clip.frames) > 1 else None,
         "kp_spread": keypoint_spread(kps),
     }
     if landmarker_factory is not None and clip.landmarks is not None:
