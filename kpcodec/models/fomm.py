@@ -21,6 +21,7 @@ class SourceState:
     small: torch.Tensor  # downscaled source for the dense motion network (1,3,s,s)
     kp: torch.Tensor  # (1,K,2)
     jac: torch.Tensor  # (1,K,2,2)
+    image: torch.Tensor  # the source itself (1,3,H,W), for the warp-blend path
 
 
 class MotionModel(nn.Module):
@@ -38,7 +39,7 @@ class MotionModel(nn.Module):
     def prepare_source(self, source: torch.Tensor, kp=None, jac=None) -> SourceState:
         if kp is None:
             kp, jac = self.detect(source)
-        return SourceState(self.generator.encode(source), self.dense_motion.small_source(source), kp, jac)
+        return SourceState(self.generator.encode(source), self.dense_motion.small_source(source), kp, jac, source)
 
     def render(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
         """Frames (B,3,H,W) in [0,1] for driving keypoints (B,K,2) and Jacobians (B,K,2,2)."""
@@ -46,12 +47,12 @@ class MotionModel(nn.Module):
         motion = self.dense_motion(
             state.small, state.kp.expand(b, -1, -1), state.jac.expand(b, -1, -1, -1), kp, jac
         )
-        return self.generator.decode(state.features, motion["flow"], motion["occlusion"])
+        return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image)
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> dict:
         kp_s, jac_s = self.detect(source)
         kp_d, jac_d = self.detect(driving)
         motion = self.dense_motion(self.dense_motion.small_source(source), kp_s, jac_s, kp_d, jac_d)
-        image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"])
+        image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"], source)
         return {"image": image, "kp_source": kp_s, "jac_source": jac_s, "kp_driving": kp_d,
                 "jac_driving": jac_d, **motion}

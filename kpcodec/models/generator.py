@@ -24,7 +24,12 @@ class Generator(nn.Module):
         self.down = nn.ModuleList(DownBlock(width(i), width(i + 1)) for i in range(n))
         self.bottleneck = nn.Sequential(*(ResBlock(width(n)) for _ in range(cfg.gen_num_bottleneck)))
         self.up = nn.ModuleList(UpBlock(width(n - i), width(n - i - 1)) for i in range(n))
-        self.final = nn.Conv2d(e, 3, 7, padding=3)
+        self.warp_blend = cfg.warp_blend
+        self.final = nn.Conv2d(e, 4 if self.warp_blend else 3, 7, padding=3)
+        if self.warp_blend:
+            # Start by trusting the warped source (sigmoid(2) = 0.88): sharp from step one.
+            with torch.no_grad():
+                self.final.bias[3] = 2.0
 
     def encode(self, source: torch.Tensor) -> torch.Tensor:
         out = self.first(source)
@@ -32,8 +37,10 @@ class Generator(nn.Module):
             out = block(out)
         return out
 
-    def decode(self, features: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+    def decode(self, features: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor,
+               source: torch.Tensor | None = None) -> torch.Tensor:
         b = flow.shape[0]
+        full_flow = flow
         if features.shape[0] != b:
             features = features.expand(b, -1, -1, -1)
         h, w = features.shape[-2:]
@@ -45,4 +52,14 @@ class Generator(nn.Module):
         out = self.bottleneck(out)
         for block in self.up:
             out = block(out)
-        return torch.sigmoid(self.final(out).float())
+        out = self.final(out).float()
+        image = torch.sigmoid(out[:, :3])
+        if not self.warp_blend:
+            return image
+        size = source.shape[-2:]
+        full_flow = F.interpolate(full_flow.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
+        if source.shape[0] != b:
+            source = source.expand(b, -1, -1, -1)
+        warped = warp(source.float(), full_flow.permute(0, 2, 3, 1))
+        mask = torch.sigmoid(out[:, 3:4])
+        return mask * warped + (1 - mask) * image
