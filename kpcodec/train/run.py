@@ -14,7 +14,8 @@ from .trainer import Trainer
 def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = False, recipe: str = "base",
                  threads: int = 1, landmarks: Path | None = None, val_every: int = 300,
                  checkpoint_minutes: float = 5.0, seed: int = 0, max_train_clips: int | None = None,
-                 monitor_frames: int = 100, quiet: bool = False) -> Trainer:
+                 monitor_frames: int = 100, quiet: bool = False, init: Path | None = None,
+                 compact: Path | None = None, log_every: int = 10) -> Trainer:
     if not (Path(data) / "manifest.csv").is_file():
         raise UsageError(f"{data}: no manifest.csv (expected the shared data folder)")
     console = Console(stderr=True, quiet=quiet)
@@ -22,6 +23,11 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
                       max_train_clips=max_train_clips, monitor_frames=monitor_frames)
     if resume and trainer.resume():
         console.print(f"resumed {out} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
+    elif init is not None:
+        if not Path(init).is_file():
+            raise UsageError(f"--init {init}: no such checkpoint")
+        trainer.resume(Path(init))
+        console.print(f"started from {init} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
     elif resume:
         console.print(f"no checkpoint in {out}: starting from scratch")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -42,6 +48,7 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
                 progress.update(task, info=f"loss {rec['total']:.3f} spread {rec['kp_spread']:.3f} "
                                            f"{rec['s_per_step']:.2f} s/step")
 
-        trainer.run(steps, val_every=val_every, checkpoint_minutes=checkpoint_minutes, report=report)
+        trainer.run(steps, val_every=val_every, checkpoint_minutes=checkpoint_minutes, report=report,
+                    compact=compact, log_every=log_every)
     console.print(f"stopped at step {trainer.step}, {trainer.cpu_seconds / 3600:.2f} CPU-hours -> {out}")
     return trainer

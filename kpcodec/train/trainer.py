@@ -71,6 +71,23 @@ class Trainer:
         }, self.checkpoint_path())
         save_atomic(fp16_state(self.model), self.out / "weights-fp16.pt")
 
+    def save_compact(self, path: Path) -> None:
+        """A small resume file to commit: fp16 weights, bf16 Adam moments (bf16 keeps fp32's range,
+        so tiny second moments do not underflow to 0 and blow up the first steps after resuming)."""
+        opt = self.opt.state_dict()
+        # state_dict() shares the per-parameter dicts with the live optimiser: build new ones.
+        opt["state"] = {
+            i: {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v
+                for k, v in state.items()}
+            for i, state in opt["state"].items()
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic({
+            "config": self.cfg.name, "recipe": self.recipe_name, "step": self.step,
+            "cpu_seconds": self.cpu_seconds, "model": fp16_state(self.model), "optimizer": opt,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+        }, path)
+
     def resume(self, path: Path | None = None) -> bool:
         path = path or self.checkpoint_path()
         if not path.is_file():
@@ -80,6 +97,10 @@ class Trainer:
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         if "optimizer" in ck:
             self.opt.load_state_dict(ck["optimizer"])
+            for state in self.opt.state.values():  # compact files keep moments in bf16
+                for k, v in state.items():
+                    if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
+                        state[k] = v.float()
         self.step = ck.get("step", 0)
         self.cpu_seconds = ck.get("cpu_seconds", 0.0)
         if "torch_rng" in ck:
@@ -150,7 +171,9 @@ class Trainer:
         self._stop = True
 
     def run(self, steps: int, val_every: int = 300, checkpoint_minutes: float = 5.0, log_every: int = 10,
-            report=None) -> None:
+            report=None, compact: Path | None = None) -> None:
+        """Train to `steps`; checkpoints every `checkpoint_minutes` (plus the compact resume
+        file `compact`, the one to commit, when given) and on SIGINT/SIGTERM."""
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
         last_ckpt = time.time()
@@ -169,13 +192,17 @@ class Trainer:
                 self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "train": mean, "time": time.time()})
                 if report:
                     report(self.step, mean)
-            if self.step % val_every == 0:
+            if self.step % val_every == 0 and self.monitor:
                 val = self.validate()
                 if report:
                     report(self.step, {"val": val})
             if time.time() - last_ckpt > checkpoint_minutes * 60:
                 self.save()
+                if compact:
+                    self.save_compact(compact)
                 if refresh_landmarks(self.sampler.clips, self.landmark_dir):
                     self.have_landmarks = self._count_landmarks()
                 last_ckpt = time.time()
         self.save()
+        if compact:
+            self.save_compact(compact)

@@ -1,0 +1,72 @@
+"""The motion-model trainer on a synthetic data folder: steps, logs, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kpcodec.train import losses
+from kpcodec.train.run import run_training
+from tests.conftest import make_clip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "talking-heads" / "train").mkdir(parents=True)
+    rows = ["file,split,source_repo,source_path,license,identity,fps,frames,width,height,seconds,generated,notes"]
+    for i in range(2):
+        name = f"talking-heads/train/c{i}.mp4"
+        make_clip(root / name, frames=24, size=(64, 64))
+        rows.append(f"{name},train,x,x,MIT,p{i},25,24,64,64,0.96,no,")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_train_resume_and_compact_checkpoint(data_dir, tmp_path):
+    out, compact = tmp_path / "run", tmp_path / "resume.pt"
+    t = run_training("tiny", data_dir, out, steps=3, recipe="tiny", quiet=True, compact=compact)
+    assert t.step == 3 and (out / "checkpoint.pt").is_file() and (out / "weights-fp16.pt").is_file()
+    state = torch.load(compact, weights_only=False)
+    assert state["step"] == 3
+    assert all(v.dtype in (torch.float16, torch.int64) or not v.is_floating_point() for v in state["model"].values())
+    moments = [v for s in state["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments)
+    # A fresh run folder started from the compact file continues at its step.
+    t2 = run_training("tiny", data_dir, tmp_path / "run2", steps=5, recipe="tiny", quiet=True, init=compact)
+    assert t2.step == 5
+    # And --resume picks up the run folder's own checkpoint.
+    t3 = run_training("tiny", data_dir, out, steps=4, recipe="tiny", quiet=True, resume=True, log_every=1)
+    assert t3.step == 4
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train"]["total"]) for r in logged if "train" in r)
+
+
+def test_separation_pushes_close_keypoints_apart():
+    close = torch.tensor([[[0.0, 0.0], [0.01, 0.0], [0.5, 0.5]]])
+    far = torch.tensor([[[0.0, 0.0], [0.4, 0.0], [0.5, 0.5]]])
+    assert losses.separation(close, 0.15) > 0 and losses.separation(far, 0.15) == 0
+
+
+def test_equivariance_is_zero_for_an_equivariant_detector():
+    tps = losses.RandomTPS(2, generator=torch.Generator().manual_seed(0))
+    pts = torch.rand(2, 5, 2) * 1.2 - 0.6
+    # Inverting a warp numerically is not needed: check warp/Jacobian consistency instead.
+    jac = tps.jacobian(pts)
+    eps = 1e-3
+    dx = (tps.warp_coordinates(pts + torch.tensor([eps, 0.0])) - tps.warp_coordinates(pts - torch.tensor([eps, 0.0]))) / (2 * eps)
+    assert torch.allclose(jac[..., 0], dx, atol=1e-3)
+
+
+def test_flow_at_landmarks_zero_for_a_perfect_flow():
+    from kpcodec.models.blocks import make_coordinate_grid
+
+    flow = make_coordinate_grid(16, 16)[None] + torch.tensor([0.1, -0.05])
+    lm_d = torch.rand(1, 20, 2) * 1.6 - 0.8
+    assert losses.flow_at_landmarks(flow, lm_d, lm_d + torch.tensor([0.1, -0.05])) < 1e-5
+    assert losses.flow_at_landmarks(flow, lm_d, lm_d) > 0.1
+    lm_nan = lm_d.clone()
+    lm_nan[0, :5] = float("nan")
+    assert torch.isfinite(losses.flow_at_landmarks(flow, lm_nan, lm_nan))
