@@ -35,6 +35,20 @@ def fp16_state(model) -> dict:
             for k, v in model.state_dict().items()}
 
 
+def compact_checkpoint(full: dict) -> dict:
+    """A small resume file to commit: fp16 weights, bf16 Adam moments (bf16 keeps fp32's range,
+    so tiny second moments do not underflow to 0 and blow up the first steps after resuming)."""
+    opt = dict(full["optimizer"])
+    # state_dict() shares the per-parameter dicts with the live optimiser: build new ones.
+    opt["state"] = {
+        i: {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v
+            for k, v in state.items()}
+        for i, state in opt["state"].items()
+    }
+    model = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in full["model"].items()}
+    return {**{k: v for k, v in full.items() if k != "torch_rng"}, "model": model, "optimizer": opt}
+
+
 class Trainer:
     def __init__(self, config: str, data_dir: Path, out_dir: Path, recipe: str = "base", seed: int = 0,
                  threads: int = 1, landmark_dir: Path | None = None, device: str | None = None,
@@ -62,31 +76,21 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def save(self) -> None:
-        save_atomic({
+    def full_state(self) -> dict:
+        return {
             "config": self.cfg.name, "recipe": self.recipe_name, "step": self.step,
             "cpu_seconds": self.cpu_seconds, "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "sampler_rng": self.sampler.rng.bit_generator.state,
-        }, self.checkpoint_path())
+        }
+
+    def save(self) -> None:
+        save_atomic(self.full_state(), self.checkpoint_path())
         save_atomic(fp16_state(self.model), self.out / "weights-fp16.pt")
 
     def save_compact(self, path: Path) -> None:
-        """A small resume file to commit: fp16 weights, bf16 Adam moments (bf16 keeps fp32's range,
-        so tiny second moments do not underflow to 0 and blow up the first steps after resuming)."""
-        opt = self.opt.state_dict()
-        # state_dict() shares the per-parameter dicts with the live optimiser: build new ones.
-        opt["state"] = {
-            i: {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v
-                for k, v in state.items()}
-            for i, state in opt["state"].items()
-        }
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic({
-            "config": self.cfg.name, "recipe": self.recipe_name, "step": self.step,
-            "cpu_seconds": self.cpu_seconds, "model": fp16_state(self.model), "optimizer": opt,
-            "sampler_rng": self.sampler.rng.bit_generator.state,
-        }, path)
+        save_atomic(compact_checkpoint(self.full_state()), path)
 
     def resume(self, path: Path | None = None) -> bool:
         path = path or self.checkpoint_path()
