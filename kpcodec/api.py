@@ -1,13 +1,18 @@
 """The library API behind the CLI: `encode`, `decode`, `info`.
 
 encode: video -> crop/scale to the model's resolution -> code frame 0 as an image -> FOMM
-keypoints of every keep_every-th frame -> quantised, entropy-coded .kpc.
+keypoints of the sent frames only (every keep_every-th, or a send:skip block pattern) ->
+quantised, entropy-coded .kpc.
 decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
 rendered by the dense-motion network and generator -> H.264 MP4, streamed frame by frame.
 """
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .errors import ModelError, OutputExistsError, UsageError
+from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 
@@ -30,6 +36,8 @@ class Summary:
     bytes: int
     duration_s: float
     output: str
+    skipped: int = 0  # input frames that did not decode (encode --ignore-errors)
+    audio_bytes: int = 0  # the opus chunk, framing included
 
     @property
     def fps(self) -> float:
@@ -46,6 +54,36 @@ class Summary:
 def check_output(path, force: bool) -> None:
     if path != "-" and os.path.exists(path) and not force:
         raise OutputExistsError(f"{path} exists (use -f/--force to overwrite)")
+
+
+def _stdin_input(fn):
+    """Let `fn(input, ...)` take input "-": stdin is copied to a temp file first.
+
+    PyAV needs a seekable file for mp4 (its index may sit at the end). The copy is
+    removed however `fn` ends, interruptions included; messages name "<stdin>".
+    """
+    @functools.wraps(fn)
+    def wrapper(input, *args, **kwargs):
+        if str(input) != "-":
+            return fn(input, *args, **kwargs)
+        fd, path = tempfile.mkstemp(prefix="kpcodec-stdin-", suffix=".video")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+                except OSError as exc:
+                    raise KpcodecError(f"cannot read <stdin>: {exc.strerror or exc}") from None
+            try:
+                return fn(path, *args, **kwargs)
+            except KpcodecError as exc:
+                raise type(exc)(str(exc).replace(path, "<stdin>")) from None
+        finally:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    return wrapper
 
 
 def _torch():
@@ -83,15 +121,29 @@ def _to_uint8(images) -> np.ndarray:
     return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+@_stdin_input
 def encode(input, output, *, keep_every: int = 2, model: str | None = None,
            source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
            crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
-           progress: Progress | None = None) -> Summary:
-    """Encode video file `input` to .kpc `output` ("-" for stdout)."""
+           progress: Progress | None = None, audio: bool = True,
+           audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
+           keep_pattern: str | None = None, predictor: str | None = None) -> Summary:
+    """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
+
+    The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
+    unless `audio` is False. With `ignore_errors`, frames that do not decode are
+    replaced by the previous frame and counted in `Summary.skipped`.
+
+    `keep_pattern` "S:K" (send S frames, skip K; kpcodec.patterns) replaces `keep_every`.
+    `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
+    """
+    from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
-    if keep_every < 1:
-        raise UsageError(f"--keep-every must be >= 1 (got {keep_every})")
+    pattern = SendPattern.parse(keep_pattern) if keep_pattern else SendPattern.keep_every(keep_every)
+    predictor = predict.get_predictor(predictor).name if predictor else predict.DEFAULT_PREDICTOR
+    if audio:
+        audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
     check_output(output, force)
     start = time.perf_counter()
     info = video.probe(input)
@@ -101,16 +153,18 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
     sent_idx, kps, jacs = [], [], []
     source = None
     count = 0
+    bad_frames: list[int] = []
+    on_error = (lambda frame, reason: bad_frames.append(frame)) if ignore_errors else None
 
     def sent_frames():
         nonlocal source, count
-        for i, frame in enumerate(video.read_frames(input, size=size, crop=crop)):
+        for i, frame in enumerate(video.read_frames(input, size=size, crop=crop, on_error=on_error)):
             count = i + 1
             if i == 0:
                 source = frame
             if progress:
                 progress(count, info.frame_count)
-            if i % keep_every == 0:
+            if pattern.is_sent(i):
                 yield i, frame
 
     with torch.inference_mode():
@@ -124,19 +178,26 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
         raise video.VideoError(f"{input}: no frames decoded")
     header = bitstream.Header(
         model=name, weights_sha256=sha, width=size, height=size, fps_num=info.fps.numerator,
-        fps_den=info.fps.denominator, frame_count=count, keep_every=keep_every,
+        fps_den=info.fps.denominator, frame_count=count, keep_every=pattern.nominal_spacing,
         num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
-        predictor=predict.DEFAULT_PREDICTOR,
+        predictor=predictor,
     )
+    extra, audio_bytes = [], 0
+    if audio and info.has_audio:
+        track = audio_codec.encode_audio(input, header.duration_s, audio_bitrate, ignore_errors=ignore_errors)
+        if track is not None:
+            extra.append((audio_codec.CHUNK_TYPE, audio_codec.pack(track)))
+            audio_bytes = len(extra[0][1]) + 12  # + chunk framing
     stream = bitstream.KpcStream(
         header=header, source_codec=source_codec,
         source_data=source_image.encode_image(source, source_codec, source_quality),
         sent_indices=np.asarray(sent_idx, dtype=np.int64), keypoints=np.concatenate(kps).astype(np.float32),
-        jacobians=np.concatenate(jacs).astype(np.float32),
+        jacobians=np.concatenate(jacs).astype(np.float32), extra_chunks=extra,
     )
     data = bitstream.dumps(stream)
     bitstream.write_bytes(output, data)
-    return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output))
+    return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output),
+                   skipped=len(bad_frames), audio_bytes=audio_bytes)
 
 
 def _check_weights(header: bitstream.Header):
@@ -153,12 +214,16 @@ def _check_weights(header: bitstream.Header):
 
 
 def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
-           progress: Progress | None = None) -> Summary:
-    """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout)."""
+           progress: Progress | None = None, audio: bool = True) -> Summary:
+    """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout).
+
+    The file's audio (an `opus` chunk) is muxed into the MP4 as is, unless `audio` is False.
+    """
     check_output(output, force)
     start = time.perf_counter()
     stream = bitstream.read_file(input)
     h = stream.header
+    track = audio_codec.from_stream(stream) if audio else None
     net = _check_weights(h)
     if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
         raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model {h.model!r}")
@@ -167,9 +232,11 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     if src.shape[:2] != (h.height, h.width):
         raise bitstream.KpcFormatError(f"source image is {src.shape[1]}x{src.shape[0]}, header says {h.width}x{h.height}")
     filled = predict.fill_keypoints(stream.sent_indices, stream.keypoints, stream.jacobians, h.frame_count,
-                                    predictor or h.predictor)
+                                    predictor or predict.file_predictor(h.predictor))
     done = 0
     with torch.inference_mode(), video.VideoWriter(output, h.fps, (h.width, h.height)) as writer:
+        if track is not None:
+            writer.add_audio(track)
         state = net.prepare_source(_to_tensor([src]))
         for chunk in _batches(filled, batch):
             kp = torch.from_numpy(np.stack([k for k, _ in chunk])).float()
@@ -193,8 +260,17 @@ def info(input) -> dict:
              for kind, n in bitstream.chunk_table(data)]
     header = asdict(h)
     header["fps"] = str(h.fps)
+    track = audio_codec.from_stream(stream)
+    sound = None
+    if track is not None:
+        n = sum(p["bytes"] for p in parts if p["chunk"] == audio_codec.CHUNK_TYPE)
+        sound = {"codec": "opus", "bytes": n, "kbps": n * 8 / duration / 1000 if duration else 0.0,
+                 "sample_rate": track.sample_rate, "channels": track.channels,
+                 "bitrate_kbps": track.bitrate / 1000, "duration_s": track.duration_s,
+                 "packets": len(track.packets)}
     return {
         "file": str(input), "format_version": "%d.%d" % bitstream.FORMAT_VERSION, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
         "source_codec": stream.source_codec, "sent_frames": len(stream.sent_indices), "chunks": parts,
+        "audio": sound,
     }

@@ -463,8 +463,11 @@ def write_bytes(path, data: bytes) -> None:
     Failure raises KpcodecError("cannot write X: reason") and leaves no .tmp.
     """
     if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except OSError as exc:  # e.g. the reader of a pipe went away
+            raise KpcodecError(f"cannot write <stdout>: {exc.strerror or exc}") from None
         return
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -477,6 +480,9 @@ def write_bytes(path, data: bytes) -> None:
     except OSError as exc:
         _remove_quietly(tmp)
         raise KpcodecError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: no .tmp may stay behind
+        _remove_quietly(tmp)
+        raise
 
 
 def _remove_quietly(path: str) -> None:

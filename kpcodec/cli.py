@@ -26,7 +26,10 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: a BaseException, so that no `except Exception`
+    (in kpcodec or in the libraries it calls, e.g. during an import) can swallow it."""
+
     def __init__(self, code: int):
         self.code = code
 
@@ -61,6 +64,12 @@ def _progress(label: str, quiet: bool):
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _check_stdout(output: str) -> None:
+    """`-o -` writes binary to stdout: not into a terminal."""
+    if output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write binary to a terminal (redirect stdout or pipe it)")
 
 
 def _kib(n: int) -> str:
@@ -104,23 +113,35 @@ def encode(
     input: Annotated[str, typer.Argument(help="Input video (mp4, mov, mkv, webm, ...).")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output .kpc file ('-' for stdout).")],
     keep_every: Annotated[int, typer.Option("--keep-every", "-k", help="Send the keypoints of one frame in N.")] = 2,
+    keep_pattern: Annotated[Optional[str], typer.Option("--keep-pattern", help="Send S frames, skip K, repeat: S:K (e.g. 12:12); replaces --keep-every.")] = None,
+    predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor the file asks the decoder to use (default: the best measured).")] = None,
     source_quality: Annotated[Optional[int], typer.Option("--source-quality", help="Source image quality 0-100.")] = None,
     source_codec: Annotated[Optional[str], typer.Option("--source-codec", help="Source image codec: webp, avif, png, jpeg.")] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Model name from the registry.")] = None,
+    audio_bitrate: Annotated[float, typer.Option("--audio-bitrate", help="Opus audio bit rate in kb/s (6-64).")] = 12.0,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the input's audio out.")] = False,
+    ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
     force: Force = False,
     quiet: Quiet = False,
 ):
-    """Encode a video into a .kpc keypoint stream."""
+    """Encode a video ('-' for stdin) into a .kpc keypoint stream."""
     from . import api, source_image
 
-    with _errors_to_exit(), _progress("encoding", quiet) as progress:
-        s = api.encode(input, output, keep_every=keep_every, model=model, crop=_parse_crop(crop),
-                       source_codec=source_codec or source_image.DEFAULT_CODEC,
-                       source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
-                       force=force, progress=progress)
+    with _errors_to_exit():
+        _check_stdout(output)
+        with _progress("encoding", quiet) as progress:
+            s = api.encode(input, output, keep_every=keep_every, model=model, crop=_parse_crop(crop),
+                           source_codec=source_codec or source_image.DEFAULT_CODEC,
+                           source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
+                           force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
+                           ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor)
+    if s.skipped:  # a warning, so even --quiet says it
+        err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
+                  "was repeated in their place", markup=False)
     if not quiet:
-        err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s, "
+        sound = f" (audio {s.audio_bytes * 8 / s.duration_s / 1000:.2f})" if s.audio_bytes and s.duration_s else ""
+        err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}, "
                   f"{_kib(s.bytes)} -> {s.output}", markup=False)
 
 
@@ -128,15 +149,18 @@ def encode(
 def decode(
     input: Annotated[str, typer.Argument(help="Input .kpc file ('-' for stdin).")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output MP4 ('-' for stdout).")],
-    predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames (default: the file's).")] = None,
+    predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the MP4.")] = False,
     force: Force = False,
     quiet: Quiet = False,
 ):
-    """Decode a .kpc file into an H.264 MP4."""
+    """Decode a .kpc file into an H.264 MP4 (with its Opus audio, if any)."""
     from . import api
 
-    with _errors_to_exit(), _progress("decoding", quiet) as progress:
-        s = api.decode(input, output, predictor=predictor, force=force, progress=progress)
+    with _errors_to_exit():
+        _check_stdout(output)
+        with _progress("decoding", quiet) as progress:
+            s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio)
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)
@@ -146,6 +170,7 @@ def decode(
 def info(
     input: Annotated[str, typer.Argument(help="A .kpc file ('-' for stdin).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    quiet: Quiet = False,
 ):
     """Show a .kpc file's header and where its bytes go."""
     from . import api
@@ -170,11 +195,14 @@ def info(
     parts.add_column("bytes", justify="right")
     parts.add_column("kb/s", justify="right")
     for p in d["chunks"]:
-        parts.add_row(p["chunk"], str(p["bytes"]), f"{p['kbps']:.3f}")
+        label = "audio (opus)" if p["chunk"] == "opus" else p["chunk"]
+        parts.add_row(label, str(p["bytes"]), f"{p['kbps']:.3f}")
     parts.add_row("total", str(d["bytes"]), f"{d['kbps']:.3f}")
     out.print(parts)
-    err.print(f"{d['file']}: {h['frame_count']} frames, {h['fps']} fps, {d['kbps']:.2f} kb/s, {_kib(d['bytes'])}",
-              markup=False)
+    if not quiet:
+        sound = f" (audio {d['audio']['kbps']:.2f})" if d.get("audio") else ""
+        err.print(f"{d['file']}: {h['frame_count']} frames, {h['fps']} fps, {d['kbps']:.2f} kb/s{sound}, "
+                  f"{_kib(d['bytes'])}", markup=False)
 
 
 @app.command()
@@ -190,6 +218,8 @@ def train(
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps.")] = 300,
     checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes")] = 5.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint when OUT has none (e.g. the committed checkpoints/CONFIG/resume.pt).")] = None,
+    compact: Annotated[Optional[Path], typer.Option("--compact", help="Also keep a small resume file (fp16 weights, bf16 Adam) here, to commit.")] = None,
     quiet: Quiet = False,
 ):
     """Train (or resume training) the motion model on talking-head clips."""
@@ -198,4 +228,127 @@ def train(
     with _errors_to_exit():
         run_training(config, data, out_dir or Path("runs") / config, steps, resume=resume, recipe=recipe,
                      threads=threads, landmarks=landmarks, val_every=val_every,
-                     checkpoint_minutes=checkpoint_minutes, seed=seed, quiet=quiet)
+                     checkpoint_minutes=checkpoint_minutes, seed=seed, quiet=quiet, init=init, compact=compact)
+
+
+@app.command("train-predictor")
+def train_predictor(
+    kind: Annotated[str, typer.Option("--kind", help="Learned predictor: rnn, vae, vrnn (causal) or rnn-interp (interpolating).")] = "vrnn",
+    trajectories: Annotated[Path, typer.Option("--trajectories", help="Folder from python -m kpcodec.train.trajectories.")] = Path("runs/cache/trajectories"),
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/pred-KIND).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Train until this step.")] = 3000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads.")] = 1,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps.")] = 250,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Quiet = False,
+):
+    """Train (or resume training) a keypoint predictor on detector trajectories."""
+    from .train.predictor import run_predictor_training
+
+    with _errors_to_exit():
+        run_predictor_training(kind, trajectories, out_dir or Path("runs") / f"pred-{kind}", steps, resume=resume,
+                               seed=seed, threads=threads, val_every=val_every, quiet=quiet)
+
+
+def _compare_summary(result, written: list[str]) -> str:
+    """The one closing line of `kpcodec compare`."""
+    from .compare import _kb
+
+    codecs = ",".join(dict.fromkeys(r.codec for r in result.rows))
+    line = (f"compared {len(result.rows)} settings ({codecs}) on {result.frames} frames at "
+            f"{result.size}x{result.size} in {result.seconds:.0f} s")
+    kp = sorted(result.rows_for("kpcodec"), key=lambda r: (abs(r.param - 2), r.param))
+    ssim_items = [h for h in result.headline if h.rate == "total" and h.metric == "ssim"
+                  and kp and h.keep_every == kp[0].param]
+    versus = next((h for h in ssim_items if h.codec == "x264"), ssim_items[0] if ssim_items else None)
+    if versus is not None:
+        r = kp[0]
+        verdict = {
+            "ratio": (f"{versus.codec} needs {versus.ratio:.1f}x its rate for that SSIM"
+                      if versus.ratio is not None and versus.ratio >= 1
+                      else f"{versus.codec} wins ({versus.ratio or 0:.2f}x its rate for that SSIM)"),
+            "classic-wins": f"{versus.codec} wins outright",
+            "no-overlap": f"no overlap with {versus.codec} (its floor: {_kb(versus.classic_kbps)} kb/s at "
+                          f"SSIM {versus.classic_value:.3f})",
+            "above-sweep": f"{versus.codec} needs more than its whole sweep",
+        }[versus.verdict]
+        line += f"; kpcodec k={r.param}: {_kb(r.kbps)} kb/s at SSIM {r.ssim:.3f}, {verdict}"
+    if written:
+        line += " -> " + ", ".join(written)
+    return line
+
+
+@app.command()
+def compare(
+    input: Annotated[str, typer.Argument(help="Input video: the clip to compare the codecs on.")],
+    codecs: Annotated[str, typer.Option("--codecs", help="Codecs to run, comma-separated.")] = "x264,x265,av1,kpcodec",
+    keep_every: Annotated[str, typer.Option("--keep-every", "-k", help="kpcodec keep-every values, comma-separated.")] = "1,2,4",
+    crf_x264: Annotated[Optional[str], typer.Option("--crf-x264", help="H.264 CRF sweep (default 27,31,35,39,43,47,51).")] = None,
+    crf_x265: Annotated[Optional[str], typer.Option("--crf-x265", help="H.265 CRF sweep (default 27,31,35,39,43,47,51).")] = None,
+    crf_av1: Annotated[Optional[str], typer.Option("--crf-av1", help="SVT-AV1 CRF sweep (default 35,41,47,53,58,63).")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Use only the first N frames.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="kpcodec model; its resolution is every codec's.")] = None,
+    crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
+    landmarks: Annotated[bool, typer.Option("--landmarks/--no-landmarks", help="Face-landmark metrics (mediapipe).")] = True,
+    threads: Annotated[int, typer.Option("--threads", help="Threads for every codec (and torch), so fps compare.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (with per-frame scores) on stdout.")] = False,
+    csv_path: Annotated[Optional[str], typer.Option("--csv", help="Write the table as CSV to FILE.")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Write a rate-quality plot (PNG) to FILE.")] = None,
+    side_by_side: Annotated[Optional[str], typer.Option("--side-by-side", help="Write original | kpcodec | H.264 as an MP4 to FILE.")] = None,
+    sbs_keep_every: Annotated[int, typer.Option("--sbs-keep-every", help="kpcodec keep-every shown in --side-by-side.")] = 2,
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Compare kpcodec with H.264, H.265 and AV1 on a clip: rate, quality, speed."""
+    from . import api, report
+    from .compare import compare as run_compare
+    from .compare import parse_codecs, parse_ints
+
+    with _errors_to_exit():
+        names = parse_codecs(codecs)
+        ks = parse_ints(keep_every, "--keep-every")
+        crfs = {key: parse_ints(text, f"--crf-{key}")
+                for key, text in [("x264", crf_x264), ("x265", crf_x265), ("av1", crf_av1)] if text is not None}
+        # Everything that would fail after minutes of work fails now instead.
+        for path in (csv_path, plot, side_by_side):
+            if path is not None:
+                api.check_output(path, force)
+        if plot is not None:
+            report.check_plot_available()
+        if side_by_side is not None and "kpcodec" not in names:
+            raise UsageError("--side-by-side needs kpcodec among --codecs")
+        with _progress("comparing", quiet) as progress:
+            result = run_compare(input, codecs=names, keep_every=ks, crfs=crfs, model=model,
+                                 crop=_parse_crop(crop), max_frames=max_frames, landmarks=landmarks,
+                                 threads=threads, progress=progress)
+        written = []
+        if csv_path is not None:
+            report.write_csv(result.rows, csv_path, force)
+            written.append(csv_path)
+        if plot is not None:
+            title = (f"{Path(input).name}: {result.frames} frames at {result.size}x{result.size}, "
+                     f"{result.fps} fps, model {result.model}")
+            report.plot_rd(result.rows, plot, title, force)
+            written.append(plot)
+        if side_by_side is not None:
+            report.side_by_side(result, side_by_side, sbs_keep_every, force)
+            written.append(side_by_side)
+    if as_json:
+        out.print(json.dumps(result.to_dict(), indent=1), markup=False, soft_wrap=True)
+    else:
+        title = (f"{result.input}: {result.frames} frames at {result.size}x{result.size}, {result.fps} fps, "
+                 f"{result.duration_s:.2f} s; model {result.model}")
+        # The table is wider than 80 columns: in a pipe (no terminal width to honour) give it room.
+        wide = out if out.is_terminal else Console(highlight=False, width=200, file=sys.stdout)
+        wide.print(report.rows_table(result.rows, title))
+        lines = report.headline_lines(result.headline, "total")
+        if lines:
+            out.print("headline: a classic codec's kb/s at kpcodec's quality / kpcodec's kb/s "
+                      "(interpolated on its curve, log-rate linear in quality)", markup=False)
+            for line in lines:
+                out.print(line, markup=False, soft_wrap=True)
+    if not quiet:
+        for note in result.notes:
+            err.print(f"kpcodec: note: {note}", markup=False)
+        err.print(_compare_summary(result, written), markup=False)

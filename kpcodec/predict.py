@@ -1,17 +1,41 @@
 """Filling in the keypoints of frames that were not sent.
 
 A predictor turns the sent frames' keypoints into one (keypoints, Jacobians) pair for every
-frame, streaming, in frame order. Causal predictors use only frames already received (no
-added latency); `interp` waits for the next sent frame. numpy only: learned predictors plug
-in behind the same `PREDICTORS` registry.
+frame, streaming, in frame order, carrying its state from frame to frame. Causal predictors
+use only frames already received (no added latency); interpolating ones (`interp`) wait for
+the next sent frame.
+
+Predictors are named entries of a registry, kpcodec/weights/predictors.json, next to the
+motion models' index.json:
+
+    {"default": NAME,
+     "predictors": {NAME: {"kind": KIND, "config": {...}, "options": {...},
+                           "file": "pred-NAME-<sha256[:8]>.pt", "sha256": "...", ...}}}
+
+Kinds: `hold`, `linear` (damped velocity; config.damping), `interp` (numpy, here) and the
+learned `rnn`, `vae`, `vrnn` and interpolating `rnn-interp` (kpcodec.models.predictors; torch is imported only when one is
+used, so this module and kpcodec.bitstream stay torch-free). Learned weights are small fp16
+state dicts whose sha256 is checked on load. `options` tune inference: `sample` (draw the
+latent instead of taking the prior mean; `seed`), `hold_jacobians` (predict keypoints only).
+Learned predictors share their weights across keypoints, so they work for any K.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import ModelError, UsageError
+
+NUMPY_KINDS = ("hold", "linear", "interp")
+LEARNED_KINDS = ("rnn", "vae", "vrnn", "rnn-interp")
+INTERPOLATING_KINDS = ("interp", "rnn-interp")
+DEFAULT_DAMPING = 0.8
 
 
 def _hold(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -22,7 +46,7 @@ def _hold(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.ndar
         yield kps[s], jacs[s]
 
 
-def _linear(indices, kps, jacs, frame_count, damping: float = 0.8) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _linear(indices, kps, jacs, frame_count, damping: float = DEFAULT_DAMPING) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Damped-velocity extrapolation from the last two sent frames (causal)."""
     s = 0
     for t in range(frame_count):
@@ -35,7 +59,7 @@ def _linear(indices, kps, jacs, frame_count, damping: float = 0.8) -> Iterator[t
         span = indices[s] - indices[s - 1]
         velocity = (kps[s] - kps[s - 1]) / span
         # Sum of a geometric series: each further frame moves `damping` times the last.
-        travel = damping * (1 - damping ** gap) / (1 - damping)
+        travel = gap if damping == 1 else damping * (1 - damping ** gap) / (1 - damping)
         yield kps[s] + velocity * travel, jacs[s]
 
 
@@ -52,15 +76,160 @@ def _interp(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.nd
         yield (1 - a) * kps[s] + a * kps[s + 1], (1 - a) * jacs[s] + a * jacs[s + 1]
 
 
-PREDICTORS = {"hold": _hold, "linear": _linear, "interp": _interp}
-DEFAULT_PREDICTOR = "interp"
+@dataclass(frozen=True)
+class PredictorEntry:
+    """One registry entry: a kind, its settings and (learned kinds) its weights file."""
+
+    name: str
+    kind: str
+    config: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    file: str | None = None
+    sha256: str | None = None
+    description: str = ""
+
+    @property
+    def mode(self) -> str:
+        return "interpolating" if self.kind in INTERPOLATING_KINDS else "causal"
+
+    @property
+    def learned(self) -> bool:
+        return self.kind in LEARNED_KINDS
+
+
+_BUILTIN = {
+    "hold": PredictorEntry("hold", "hold", description="repeat the last sent frame"),
+    "linear": PredictorEntry("linear", "linear", {"damping": DEFAULT_DAMPING},
+                             description="damped-velocity extrapolation from the last two sent frames"),
+    "interp": PredictorEntry("interp", "interp", description="linear interpolation to the next sent frame (latency)"),
+}
+
+
+def predictor_dir() -> Path:
+    return Path(str(resources.files("kpcodec") / "weights"))
+
+
+def registry_path() -> Path:
+    return predictor_dir() / "predictors.json"
+
+
+def read_registry(path: Path | None = None) -> tuple[dict[str, PredictorEntry], str]:
+    """The built-in numpy predictors overlaid with kpcodec/weights/predictors.json."""
+    entries = dict(_BUILTIN)
+    default = "linear"
+    path = path or registry_path()
+    if path.is_file():
+        data = json.loads(path.read_text())
+        for name, e in data.get("predictors", {}).items():
+            entries[name] = PredictorEntry(name, e["kind"], e.get("config", {}), e.get("options", {}),
+                                           e.get("file"), e.get("sha256"), e.get("description", ""))
+        default = data.get("default", default)
+    if default not in entries:
+        default = "linear"
+    return entries, default
+
+
+PREDICTORS, DEFAULT_PREDICTOR = read_registry()
+
+
+def get_predictor(name: str) -> PredictorEntry:
+    try:
+        return PREDICTORS[name]
+    except KeyError:
+        raise UsageError(f"unknown predictor {name!r} (known: {', '.join(PREDICTORS)})") from None
+
+
+def file_predictor(name: str | None) -> str:
+    """The predictor to use for a file whose header names `name`: that one if this decoder
+    has it, else the default (the container does not interpret the field; it may be empty)."""
+    return name if name in PREDICTORS else DEFAULT_PREDICTOR
+
+
+@lru_cache(maxsize=8)
+def load_learned(name: str):
+    """The learned predictor `name` in eval mode, fp32, its weights' sha256 checked."""
+    import torch
+
+    from .models.predictors import build_predictor
+    from .models.registry import sha256_file
+
+    entry = get_predictor(name)
+    if not entry.learned:
+        raise UsageError(f"predictor {name!r} has no weights (kind {entry.kind})")
+    path = predictor_dir() / (entry.file or "")
+    if not entry.file or not path.is_file():
+        raise ModelError(f"weights file of predictor {name!r} missing: {path}")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise ModelError(f"predictor weights {path.name} fail their sha256 check "
+                         f"({digest[:12]}… != {(entry.sha256 or '')[:12]}…)")
+    net = build_predictor({**entry.config, "kind": entry.kind})
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.eval()
+
+
+def _learned(net, indices, kps, jacs, frame_count, sample: bool = False, seed: int = 0,
+             hold_jacobians: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream a learned predictor: one step per frame, the state carried along. Causal kinds
+    see sent frames up to the current one; interpolating kinds also the next sent frame."""
+    import torch
+
+    def tensor(x):
+        return torch.from_numpy(np.asarray(x, np.float32))[None]
+
+    def ahead(t: int, s: int):
+        """The next sent frame after frame t (s: the last sent at or before t)."""
+        if not net.lookahead:
+            return None
+        if s + 1 >= len(indices):
+            return None
+        nxt = int(indices[s + 1])
+        return tensor(kps[s + 1]), tensor(jacs[s + 1]), torch.tensor([nxt - t]), torch.ones(1, dtype=torch.bool)
+
+    gen = torch.Generator().manual_seed(int(seed)) if sample else None
+    sent_at = {int(i): s for s, i in enumerate(indices)}
+    with torch.inference_mode():
+        state = net.init_state(tensor(kps[0]), tensor(jacs[0]), ahead(0, 0))
+        yield kps[0], jacs[0]
+        last, last_jac = 0, jacs[0]
+        yes, no = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
+        for t in range(1, frame_count):
+            s = sent_at.get(t)
+            if s is None:
+                kp, jac, state, _ = net.step(state, None, None, no, sample, gen, ahead(t, last))
+                jac_out = last_jac if hold_jacobians else jac[0].numpy()
+                yield kp[0].numpy(), jac_out
+            else:
+                last, last_jac = s, jacs[s]
+                _, _, state, _ = net.step(state, tensor(kps[s]), tensor(jacs[s]), yes, False, None, ahead(t, s))
+                yield kps[s], jacs[s]
+
+
+def _check_inputs(indices, kps, jacs, frame_count) -> np.ndarray:
+    indices = np.asarray(indices)
+    if len(indices) == 0 or indices[0] != 0:
+        raise UsageError("frame 0 must be among the sent frames")
+    if np.shape(kps)[0] != len(indices) or np.shape(jacs)[0] != len(indices):
+        raise UsageError("one keypoint set per sent frame expected")
+    return indices
 
 
 def fill_keypoints(indices: np.ndarray, kps: np.ndarray, jacs: np.ndarray, frame_count: int,
-                   predictor: str = DEFAULT_PREDICTOR) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order."""
-    try:
-        fn = PREDICTORS[predictor]
-    except KeyError:
-        raise UsageError(f"unknown predictor {predictor!r} (known: {', '.join(PREDICTORS)})") from None
-    return fn(np.asarray(indices), kps, jacs, frame_count)
+                   predictor: str = DEFAULT_PREDICTOR, **options) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order.
+
+    `options` override the registry entry's (sample, seed, hold_jacobians for learned kinds).
+    """
+    entry = get_predictor(predictor)
+    indices = _check_inputs(indices, kps, jacs, frame_count)
+    if entry.kind == "hold":
+        return _hold(indices, kps, jacs, frame_count)
+    if entry.kind == "linear":
+        return _linear(indices, kps, jacs, frame_count, float(entry.config.get("damping", DEFAULT_DAMPING)))
+    if entry.kind == "interp":
+        return _interp(indices, kps, jacs, frame_count)
+    if entry.learned:
+        net = load_learned(predictor)
+        return _learned(net, indices, kps, jacs, frame_count, **{**entry.options, **options})
+    raise ModelError(f"predictor {predictor!r} has unknown kind {entry.kind!r}")

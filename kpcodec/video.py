@@ -200,18 +200,29 @@ def _count_packets(path: str) -> int:
 class _Decoder:
     """Demux + decode one video stream, counting packets to detect truncation."""
 
-    def __init__(self, path: str, container, stream):
+    def __init__(self, path: str, container, stream, on_error=None):
         self.path, self.container, self.stream = path, container, stream
         self.packets = 0
         self.frames = 0
+        # on_error(frame, reason): skip a packet that does not decode instead of raising.
+        self.on_error = on_error
         self._it = self._gen()
+
+    def _decode(self, packet):
+        if self.on_error is None:
+            return packet.decode()
+        try:
+            return packet.decode()
+        except (av.FFmpegError, ValueError) as e:
+            self.on_error(self.frames, _reason(e))
+            return ()
 
     def _gen(self):
         try:
             for packet in self.container.demux(self.stream):
                 if packet.size:
                     self.packets += 1
-                for frame in packet.decode():  # the empty packet flushes the decoder
+                for frame in self._decode(packet):  # the empty packet flushes the decoder
                     self.frames += 1
                     yield frame
         except (av.FFmpegError, OSError) as e:
@@ -328,7 +339,7 @@ def _to_rgb(frame, box: tuple[int, int, int, int], size: int) -> np.ndarray:
 
 
 def read_frames(path, size: int = 256, crop: tuple[int, int, int, int] | None = None,
-                *, fps=None) -> Iterator[np.ndarray]:
+                *, fps=None, on_error=None) -> Iterator[np.ndarray]:
     """Yield the frames of ``path`` as ``size x size x 3`` uint8 RGB arrays.
 
     Geometry: a rotation stored in the container is applied first; then the
@@ -353,6 +364,11 @@ def read_frames(path, size: int = 256, crop: tuple[int, int, int, int] | None = 
     file that ends before its header says (truncated download) raises
     VideoError after the last frame.  The file stays open until the iterator
     is exhausted, closed (``.close()``) or garbage-collected.
+
+    ``on_error(frame, reason)``, if given, makes reading go on past a packet that
+    does not decode: it is called with the number of frames decoded so far, the
+    packet is skipped, and the timing policy above fills its slot with the previous
+    frame (a duplicate).  Errors of the container itself still raise.
     """
     p = os.fspath(path)
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0:
@@ -361,7 +377,7 @@ def read_frames(path, size: int = 256, crop: tuple[int, int, int, int] | None = 
     container, stream = _open_input(p)
     try:
         rate = _as_rate(fps) if fps is not None else _pick_rate(p, stream)
-        decoder = _Decoder(p, container, stream)
+        decoder = _Decoder(p, container, stream, on_error)
         first = _first_frame(p, decoder)
         box = _crop_box(p, *_display_size(first), crop)
     except BaseException:
@@ -458,6 +474,7 @@ class VideoWriter:
     * ``path == "-"``: fragmented MP4 (``frag_keyframe+empty_moov``) to
       ``sys.stdout.buffer``; this needs no seeking, so it works into a pipe.
     * Closing a writer that got no frames raises VideoError (no file is made).
+    * :meth:`add_audio` (before the first frame) adds an Opus track, muxed as is.
     """
 
     def __init__(self, path, fps, size=(256, 256), codec: str = "libx264",
@@ -465,6 +482,7 @@ class VideoWriter:
         self._container = None
         self._tmp: str | None = None
         self._closed = False
+        self._audio = None  # an Opus stream, see add_audio()
         self.path = os.fspath(path)
         self.fps = _as_rate(fps)
         try:
@@ -522,13 +540,51 @@ class VideoWriter:
             self.abort()
             raise
 
-    # Audio hook: an audio stream must be added before the first write(), because
-    # the container header is written with the first packet.  A future
-    # ``add_audio(template_stream)`` would call ``self._container.add_stream(...)``
-    # here and ``write_audio(frame)`` would encode and mux like write() does.
-    def add_audio(self, *args, **kwargs):
-        """Reserved for audio passthrough; not implemented yet."""
-        raise NotImplementedError("VideoWriter does not write audio yet")
+    def add_audio(self, track) -> None:
+        """Mux an Opus track (a :class:`kpcodec.audio.OpusTrack`) unchanged, next to the video.
+
+        Call it before the first :meth:`write` (the container header is written with
+        the first packet).  The packets keep their timestamps (48 kHz ticks from
+        frame 0); they are interleaved with the video as frames are written, and an
+        ``OpusHead`` with the track's pre-skip goes into the stream's extradata, so
+        players drop the encoder priming.  mp4/mov/mkv/webm carry Opus.
+        """
+        from kpcodec.audio import CLOCK, opus_head
+
+        if self.frames_written or self._audio is not None or self._closed:
+            raise ValueError("add_audio() must come once, before the first write()")
+        try:
+            stream = self._container.add_stream("libopus", rate=CLOCK)
+            stream.layout = "mono" if track.channels == 1 else "stereo"
+            stream.time_base = Fraction(1, CLOCK)
+            # Opening sets the encoder's own OpusHead; ours (the track's pre-skip) replaces it.
+            stream.codec_context.open()
+            stream.codec_context.extradata = opus_head(track)
+        except (av.FFmpegError, ValueError) as e:
+            raise VideoError(f"cannot add Opus audio to {self.path}: {_reason(e)}") from e
+        self._audio = stream
+        self._audio_packets = list(zip(track.packets, (int(t) for t in track.pts),
+                                       (int(d) for d in track.durations())))
+        self._audio_next = 0
+
+    def _mux_audio(self, until_s: float | None) -> None:
+        """Mux the queued audio packets that start before ``until_s`` (None: all)."""
+        if self._audio is None:
+            return
+        from kpcodec.audio import CLOCK
+
+        limit = None if until_s is None else until_s * CLOCK
+        while self._audio_next < len(self._audio_packets):
+            data, pts, duration = self._audio_packets[self._audio_next]
+            if limit is not None and pts >= limit:
+                break
+            packet = av.Packet(data)
+            packet.pts = packet.dts = pts
+            packet.duration = duration
+            packet.time_base = self._audio.time_base
+            packet.stream = self._audio
+            self._container.mux(packet)
+            self._audio_next += 1
 
     def write(self, frame: np.ndarray) -> None:
         """Encode one ``h x w x 3`` uint8 RGB frame."""
@@ -546,6 +602,7 @@ class VideoWriter:
         try:
             for packet in self._stream.encode(vf):
                 self._container.mux(packet)
+            self._mux_audio((self.frames_written + 1) / self.fps)
         except (av.FFmpegError, OSError) as e:
             raise VideoError(f"cannot write {self.path}: {_reason(e)}") from e
         self.frames_written += 1
@@ -560,6 +617,7 @@ class VideoWriter:
         try:
             for packet in self._stream.encode(None):  # drain delayed (B-)frames
                 self._container.mux(packet)
+            self._mux_audio(None)
             self._container.close()
             if self._tmp is not None:
                 # mkstemp made the file 0600; give it the mode a plain open() would.

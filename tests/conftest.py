@@ -38,3 +38,44 @@ def runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+def make_clip_with_audio(path: Path, seconds: float = 2.0, fps: int = 25, size=(96, 80), tone: float = 440.0,
+                         rate: int = 44100, audio_codec: str = "aac", audio_delay: float = 0.0) -> Path:
+    """make_clip's drifting portrait with a sine-wave audio track (stereo AAC by default).
+
+    audio_delay > 0 starts the audio that many seconds after the video (the first
+    audio frame's timestamp), to check that encode lines the two up.
+    """
+    frames = int(round(seconds * fps))
+    w, h = size
+    img = (resize(astronaut(), (h + 16, w + 16), anti_aliasing=True) * 255).astype(np.uint8)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=Fraction(fps))
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        a = c.add_stream(audio_codec, rate=rate)
+        a.layout = "stereo"
+        for i in range(frames):
+            dx = int(round(8 + 6 * np.sin(i / 3)))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[8:8 + h, dx:dx + w]), format="rgb24")
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        fmt = a.codec_context.format
+        block = a.codec_context.frame_size or 1024
+        t = np.arange(int(round((seconds - audio_delay) * rate))) / rate
+        x = (0.3 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
+        offset = int(round(audio_delay * rate))
+        for s in range(0, len(x), block):
+            blk = x[s:s + block]
+            arr = np.stack([blk, blk]) if fmt.is_planar else np.repeat(blk, 2)[None]
+            if fmt.name.startswith("s16"):
+                arr = (arr * 32767).astype(np.int16)
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt.name, layout="stereo")
+            af.sample_rate, af.pts, af.time_base = rate, offset + s, Fraction(1, rate)
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    return path

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-KINDS = ("rnn", "vae", "vrnn")
+KINDS = ("rnn", "vae", "vrnn", "rnn-interp")
 FEATURES = 20  # per keypoint, see _features
 GLOBAL = 6  # mean over keypoints of velocity (2) and Jacobian velocity (4)
+AHEAD = 8  # interpolating kinds: offset of the next sent frame (6), whether there is one, how far
 
 
 @dataclass(frozen=True)
@@ -67,29 +68,49 @@ _EYE = torch.tensor([1.0, 0.0, 0.0, 1.0])
 
 
 class KeypointPredictor(nn.Module):
-    """Common state bookkeeping and input features; subclasses add the networks."""
+    """Common state bookkeeping and input features; subclasses add the networks.
+
+    Kinds ending in `-interp` also see the next sent frame (its keypoints relative to the
+    latest frame and how many frames away it is): they interpolate, which adds latency.
+    """
 
     def __init__(self, cfg: PredictorConfig):
         super().__init__()
         self.cfg = cfg
+        self.lookahead = cfg.kind.endswith("-interp")
+        self.inputs = FEATURES + GLOBAL + (AHEAD if self.lookahead else 0)
 
     # -- state ---------------------------------------------------------------------------
-    def init_state(self, kp: torch.Tensor, jac: torch.Tensor) -> dict:
-        """kp (N,K,2), jac (N,K,2,2) of frame 0 (sent)."""
+    def init_state(self, kp: torch.Tensor, jac: torch.Tensor, ahead=None) -> dict:
+        """kp (N,K,2), jac (N,K,2,2) of frame 0 (sent); `ahead` as for `step`."""
         n, k, _ = kp.shape
         j = jac.reshape(n, k, 4)
         sent = torch.ones(n, dtype=torch.bool, device=kp.device)
         state = {"kp": kp, "jac": j, "dkp": torch.zeros_like(kp), "djac": torch.zeros_like(j),
-                 "anchor_kp": kp, "anchor_jac": j, "gap": torch.zeros(n, device=kp.device), "sent": sent}
+                 "anchor_kp": kp, "anchor_jac": j, "gap": torch.zeros(n, device=kp.device), "sent": sent,
+                 **self._ahead(ahead, kp, j)}
         return self._init_model_state(state)
 
-    def _advance(self, state: dict, kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor) -> dict:
+    def _ahead(self, ahead, kp: torch.Tensor, jac: torch.Tensor) -> dict:
+        """The next sent frame after the current one: (kp (N,K,2), jac (N,K,2,2), frames away (N,),
+        exists (N,) bool) or None for none; kept only by interpolating kinds."""
+        if not self.lookahead:
+            return {}
+        n, k, _ = kp.shape
+        if ahead is None:
+            z = torch.zeros(n, device=kp.device)
+            return {"next_kp": kp, "next_jac": jac, "to_next": z, "has_next": z}
+        nkp, njac, dist, has = ahead
+        return {"next_kp": nkp, "next_jac": njac.reshape(n, k, 4), "to_next": dist.float(), "has_next": has.float()}
+
+    def _advance(self, state: dict, kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor, ahead=None) -> dict:
         """The bookkeeping part of a state update, with this frame's (N,K,2)/(N,K,4) values."""
         s = sent.view(-1, 1, 1)
         return {"kp": kp, "jac": jac, "dkp": kp - state["kp"], "djac": jac - state["jac"],
                 "anchor_kp": torch.where(s, kp, state["anchor_kp"]),
                 "anchor_jac": torch.where(s, jac, state["anchor_jac"]),
-                "gap": torch.where(sent, torch.zeros_like(state["gap"]), state["gap"] + 1), "sent": sent}
+                "gap": torch.where(sent, torch.zeros_like(state["gap"]), state["gap"] + 1), "sent": sent,
+                **self._ahead(ahead, kp, jac)}
 
     def _features(self, st: dict) -> torch.Tensor:
         """(N,K,FEATURES+GLOBAL) inputs describing the latest frame, for predicting the next."""
@@ -105,7 +126,13 @@ class KeypointPredictor(nn.Module):
             ((st["gap"] + 1) / c.max_gap).view(n, 1, 1).expand(n, k, 1),
         ], dim=-1)
         glob = torch.cat([vel, jvel], dim=-1).mean(dim=1, keepdim=True).expand(n, k, GLOBAL)
-        return torch.cat([per, glob], dim=-1).clamp(-10.0, 10.0)
+        parts = [per, glob]
+        if self.lookahead:
+            has = st["has_next"].view(n, 1, 1)
+            parts.append(torch.cat([
+                (st["next_kp"] - kp) * c.kp_scale * has, (st["next_jac"] - jac) * c.jac_scale * has,
+                has.expand(n, k, 1), (st["to_next"] / c.max_gap).view(n, 1, 1).expand(n, k, 1)], -1))
+        return torch.cat(parts, dim=-1).clamp(-10.0, 10.0)
 
     def _apply(self, st: dict, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network output (N,K,6), scaled change from the latest frame -> (kp, jac (N,K,4))."""
@@ -117,16 +144,17 @@ class KeypointPredictor(nn.Module):
 
     # -- the step ------------------------------------------------------------------------
     def step(self, state: dict, kp: torch.Tensor | None, jac: torch.Tensor | None, sent: torch.Tensor,
-             sample: bool = False, generator: torch.Generator | None = None):
+             sample: bool = False, generator: torch.Generator | None = None, ahead=None):
         """Predict the next frame; advance with the truth where `sent`, the prediction elsewhere.
 
         kp (N,K,2), jac (N,K,2,2) of the next frame, or None (then `sent` must be all false).
+        `ahead` (interpolating kinds): the next sent frame after that one, see `_ahead`.
         Returns predicted kp (N,K,2), jac (N,K,2,2), the new state and a dict of loss terms
         (empty unless the truth was given and the model has a latent).
         """
         n, k, _ = state["kp"].shape
         j = jac.reshape(n, k, 4) if jac is not None else None
-        pred_kp, pred_jac, new_state, terms = self._step(state, kp, j, sent, sample, generator)
+        pred_kp, pred_jac, new_state, terms = self._step(state, kp, j, sent, sample, generator, ahead)
         if "rec_jac" in terms:
             terms["rec_jac"] = terms["rec_jac"].reshape(n, k, 2, 2)
         return pred_kp, pred_jac.reshape(n, k, 2, 2), new_state, terms
@@ -134,7 +162,7 @@ class KeypointPredictor(nn.Module):
     def _init_model_state(self, state: dict) -> dict:
         raise NotImplementedError
 
-    def _step(self, state, kp, jac, sent, sample, generator):
+    def _step(self, state, kp, jac, sent, sample, generator, ahead):
         raise NotImplementedError
 
 
@@ -156,7 +184,7 @@ class _Recurrent(KeypointPredictor):
     def __init__(self, cfg: PredictorConfig):
         super().__init__(cfg)
         self.mix = nn.Linear(cfg.hidden, cfg.mix)
-        self.gru = nn.GRUCell(FEATURES + GLOBAL + cfg.mix + self.z_in, cfg.hidden)
+        self.gru = nn.GRUCell(self.inputs + cfg.mix + self.z_in, cfg.hidden)
 
     def _recur(self, st: dict, h: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         x = self._features(st)
@@ -180,21 +208,26 @@ class RNNPredictor(_Recurrent):
         h = torch.zeros(n * k, self.cfg.hidden, device=state["kp"].device)
         return {**state, "h": self._recur(state, h)}
 
-    def _step(self, st, kp, jac, sent, sample, generator):
+    def _step(self, st, kp, jac, sent, sample, generator, ahead):
         n, k, _ = st["kp"].shape
         pred_kp, pred_jac = self._apply(st, self.head(st["h"]).view(n, k, 6))
         s = sent.view(-1, 1, 1)
         new = self._advance(st, torch.where(s, kp, pred_kp) if kp is not None else pred_kp,
-                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent)
+                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead)
         new["h"] = self._recur(new, st["h"])
         return pred_kp, pred_jac, new, {}
 
 
 class VRNNPredictor(_Recurrent):
-    """VRNN (Chung et al. 2015) per keypoint: prior p(z_t|h_{t-1}), encoder q(z_t|x_t,h_{t-1}),
-    decoder p(x_t|z_t,h_{t-1}) and recurrence h_t = GRU(phi_x(x_t), phi_z(z_t), h_{t-1}).
+    """VRNN (Chung et al. 2015) per keypoint: prior p(z_t|h_{t-1}), encoder q(z_t|phi_x(x_t),h_{t-1}),
+    decoder p(x_t|phi_z(z_t),h_{t-1}) and recurrence h_t = GRU([f_t, phi_z(z_t)], h_{t-1}), where
+    the frame features f_t (as for `rnn`) contain x_t, the frame's change from the previous one.
 
-    x_t is the frame's change from the latest frame (network units). Where a frame is sent
+    x_t is in network units; the decoder gives a point estimate, scored by the same distance
+    as every prediction (keypoint error in pixels plus Jacobian L1: the negative log-likelihood
+    of a fixed-scale density, up to constants). Training adds to reconstruction + KL a
+    prediction term through the prior's mean,
+    which is what decoding uses. Where a frame is sent
     the state advances with z from the encoder (a sample in training, its mean when
     decoding); where it is predicted, with the prior's mean (or a sample) and the decoded x.
     """
@@ -217,7 +250,7 @@ class VRNNPredictor(_Recurrent):
         z = torch.zeros(n, k, self.z_in, device=h.device)
         return {**state, "h": self._recur(state, h, z)}
 
-    def _step(self, st, kp, jac, sent, sample, generator):
+    def _step(self, st, kp, jac, sent, sample, generator, ahead):
         n, k, _ = st["kp"].shape
         h = st["h"]
         mu_p, logvar_p = self.prior(h).chunk(2, dim=-1)
@@ -237,7 +270,7 @@ class VRNNPredictor(_Recurrent):
             z_used = torch.where(sent.repeat_interleave(k).view(-1, 1), z_q, z_p)
         s = sent.view(-1, 1, 1)
         new = self._advance(st, torch.where(s, kp, pred_kp) if kp is not None else pred_kp,
-                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent)
+                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead)
         new["h"] = self._recur(new, h, self.phi_z(z_used).view(n, k, -1))
         return pred_kp, pred_jac, new, terms
 
@@ -250,7 +283,7 @@ class VAEPredictor(KeypointPredictor):
     def __init__(self, cfg: PredictorConfig):
         super().__init__(cfg)
         w, z, m = cfg.window, cfg.latent, cfg.mlp
-        self.cond_dim = 7 * w + 2 * w + FEATURES + GLOBAL
+        self.cond_dim = 7 * w + 2 * w + self.inputs
         self.cond = nn.Sequential(nn.Linear(self.cond_dim, m), nn.SiLU())
         self.prior = _mlp(m, m, 2 * z, cfg.layers)
         self.encoder = _mlp(m + 6, m, 2 * z, cfg.layers)
@@ -273,7 +306,7 @@ class VAEPredictor(KeypointPredictor):
         glob = rel_kp.mean(dim=1, keepdim=True).expand(n, k, -1).clamp(-10.0, 10.0)
         return self.cond(torch.cat([per, glob, self._features(st)], -1))
 
-    def _step(self, st, kp, jac, sent, sample, generator):
+    def _step(self, st, kp, jac, sent, sample, generator, ahead):
         n, k, _ = st["kp"].shape
         c = self._condition(st)
         mu_p, logvar_p = self.prior(c).chunk(2, dim=-1)
@@ -290,14 +323,14 @@ class VAEPredictor(KeypointPredictor):
             terms = {"rec_kp": rec_kp, "rec_jac": rec_jac, "kl": _gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)}
         s = sent.view(-1, 1, 1)
         new = self._advance(st, torch.where(s, kp, pred_kp) if kp is not None else pred_kp,
-                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent)
+                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead)
         new["win_kp"] = torch.cat([st["win_kp"][:, :, 1:], new["kp"].unsqueeze(2)], 2)
         new["win_jac"] = torch.cat([st["win_jac"][:, :, 1:], new["jac"].unsqueeze(2)], 2)
         new["win_sent"] = torch.cat([st["win_sent"][:, 1:], sent.float().unsqueeze(1)], 1)
         return pred_kp, pred_jac, new, terms
 
 
-_CLASSES = {"rnn": RNNPredictor, "vae": VAEPredictor, "vrnn": VRNNPredictor}
+_CLASSES = {"rnn": RNNPredictor, "vae": VAEPredictor, "vrnn": VRNNPredictor, "rnn-interp": RNNPredictor}
 
 
 def build_predictor(cfg: PredictorConfig | dict) -> KeypointPredictor:
@@ -313,16 +346,36 @@ def rollout(model: KeypointPredictor, kp: torch.Tensor, jac: torch.Tensor, sent:
     """Run a predictor over whole windows: kp (N,T,K,2), jac (N,T,K,2,2), sent (N,T) bool
     with sent[:, 0] true. Returns predictions for frames 1..T-1 (kp (N,T-1,K,2), jac
     (N,T-1,K,2,2)) and the per-frame loss terms stacked on dim 1."""
-    state = model.init_state(kp[:, 0], jac[:, 0])
+    ahead = next_sent(kp, jac, sent) if model.lookahead else None
+
+    def at(t):
+        return None if ahead is None else tuple(a[:, t] for a in ahead)
+
+    state = model.init_state(kp[:, 0], jac[:, 0], at(0))
     preds_kp, preds_jac, terms = [], [], {}
     for t in range(1, kp.shape[1]):
-        p, j, state, tt = model.step(state, kp[:, t], jac[:, t], sent[:, t], sample, generator)
+        p, j, state, tt = model.step(state, kp[:, t], jac[:, t], sent[:, t], sample, generator, at(t))
         preds_kp.append(p)
         preds_jac.append(j)
         for name, v in tt.items():
             terms.setdefault(name, []).append(v)
     return (torch.stack(preds_kp, 1), torch.stack(preds_jac, 1),
             {name: torch.stack(v, 1) for name, v in terms.items()})
+
+
+def next_sent(kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor):
+    """For every frame t of (N,T) windows, the first sent frame after t: its kp (N,T,K,2),
+    jac (N,T,K,2,2), distance (N,T) and whether there is one (N,T)."""
+    n, t = sent.shape
+    pos = torch.arange(t).expand(n, t)
+    later = torch.where(sent, pos, t)
+    later = torch.cat([later[:, 1:], torch.full((n, 1), t)], 1)  # frames strictly after t
+    first = later.flip(1).cummin(1).values.flip(1)
+    has = first < t
+    idx = first.clamp(max=t - 1)
+    nkp = torch.gather(kp, 1, idx.view(n, t, 1, 1).expand_as(kp))
+    njac = torch.gather(jac, 1, idx.view(n, t, 1, 1, 1).expand_as(jac))
+    return nkp, njac, torch.where(has, first - pos, 0), has
 
 
 def parameter_count(model: nn.Module) -> int:

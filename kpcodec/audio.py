@@ -1,0 +1,340 @@
+"""Audio for kpcodec: the input's sound, as Opus packets in the optional ``opus`` chunk.
+
+* :func:`encode_audio` reads a video file's first audio stream, downmixes it to mono,
+  resamples it, lines it up with the video (time 0 = the first video frame; silence
+  is added where the audio starts late, and it is cut at the end of the video) and
+  codes it with libopus (through PyAV) at a low bit rate.
+* :func:`pack` / :func:`unpack` turn an :class:`OpusTrack` into the ``opus`` chunk
+  payload and back; the layout is specified in man/kpc.5.  :func:`unpack` raises
+  KpcFormatError for every defect.
+* :func:`from_stream` finds the track in a parsed :class:`~kpcodec.bitstream.KpcStream`.
+* :func:`decode_pcm` decodes a track to float samples (tests, tools).
+* :func:`opus_head` is the Ogg/MP4 ``OpusHead`` for muxing the packets unchanged
+  (see :meth:`kpcodec.video.VideoWriter.add_audio`).
+
+All timestamps are counted in 48 kHz samples ("ticks"), Opus's own clock, whatever
+rate the audio was coded at.  Only numpy, zstandard (via kpcodec.quantize) and PyAV.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import KpcFormatError, UsageError, VideoError
+
+CHUNK_TYPE = "opus"
+CLOCK = 48000  # Opus timestamps and pre-skip are always in 48 kHz samples
+DEFAULT_KBPS = 12.0
+MIN_KBPS, MAX_KBPS = 6.0, 64.0
+SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)  # what an Opus encoder takes
+MAX_PACKET_TICKS = 5760  # 120 ms: the longest Opus packet
+FRAME_MS = 60  # long frames: the fewest packets (and TOC bytes) per second
+_FIXED = struct.Struct("<IBHIII")  # sample_rate, channels, pre_skip, bitrate, length, N
+
+
+@dataclass
+class OpusTrack:
+    """One Opus stream: what the ``opus`` chunk holds.
+
+    ``pts[i]`` is the time of packet i's first decoded sample, in 48 kHz ticks from
+    video frame 0.  The first ``pre_skip`` decoded samples are encoder priming and
+    are dropped; after them, ``length`` ticks of audio play, starting at
+    ``pts[0] + pre_skip``.
+    """
+
+    sample_rate: int  # rate the audio was coded at (Hz); decoders may output at any rate
+    channels: int
+    pre_skip: int  # 48 kHz ticks
+    bitrate: int  # target bit rate, b/s (informational)
+    length: int  # 48 kHz ticks of audio after pre-skip
+    pts: np.ndarray  # (N,) int64, strictly increasing
+    packets: list[bytes]
+
+    @property
+    def start_s(self) -> float:
+        return (int(self.pts[0]) + self.pre_skip) / CLOCK
+
+    @property
+    def duration_s(self) -> float:
+        return self.length / CLOCK
+
+    @property
+    def end_tick(self) -> int:
+        return int(self.pts[0]) + self.pre_skip + self.length
+
+    def durations(self) -> np.ndarray:
+        """Each packet's duration in ticks; the last one ends where the audio ends."""
+        ends = np.append(self.pts[1:], max(self.end_tick, int(self.pts[-1]) + 1))
+        return ends - self.pts
+
+
+# --------------------------------------------------------------------------- chunk
+
+
+def pack(track: OpusTrack) -> bytes:
+    """The ``opus`` chunk payload for ``track`` (layout in man/kpc.5)."""
+    from .quantize import pack_symbols
+
+    pts = np.asarray(track.pts, dtype=np.int64)
+    sizes = np.array([len(p) for p in track.packets], dtype=np.int64)
+    _check(track.sample_rate, track.channels, track.pre_skip, track.length, pts, sizes)
+    if not 0 <= track.bitrate <= 2**32 - 1:
+        raise KpcFormatError(f"bad opus field bitrate={track.bitrate}")
+    deltas = np.diff(pts, prepend=0)
+    return b"".join((
+        _FIXED.pack(track.sample_rate, track.channels, track.pre_skip, track.bitrate, track.length, len(pts)),
+        _blob(pack_symbols(sizes)),
+        _blob(pack_symbols(deltas)),
+        *track.packets,
+    ))
+
+
+def _blob(data: bytes) -> bytes:
+    return struct.pack("<I", len(data)) + data
+
+
+def _check(sample_rate, channels, pre_skip, length, pts, sizes) -> None:
+    if sample_rate not in SAMPLE_RATES:
+        raise KpcFormatError(f"bad opus field sample_rate={sample_rate}")
+    if channels not in (1, 2):
+        raise KpcFormatError(f"bad opus field channels={channels}")
+    if not 0 <= pre_skip <= 0xFFFF:
+        raise KpcFormatError(f"bad opus field pre_skip={pre_skip}")
+    if len(pts) < 1 or len(pts) != len(sizes):
+        raise KpcFormatError("opus chunk needs at least one packet")
+    if np.any(sizes < 1):
+        raise KpcFormatError("empty packet in chunk opus")
+    steps = np.diff(pts)
+    if np.any(steps < 1) or np.any(steps > MAX_PACKET_TICKS):
+        raise KpcFormatError("opus packet times are not increasing by 1..5760 ticks")
+    start = int(pts[0]) + pre_skip
+    if start < 0 or start > 2**31 - 1:
+        raise KpcFormatError(f"opus audio starts at tick {start}, before the video or too late")
+    if not 1 <= length <= int(pts[-1]) + MAX_PACKET_TICKS - start:
+        raise KpcFormatError(f"bad opus field length={length} (the packets cannot cover it)")
+
+
+def unpack(payload: bytes) -> OpusTrack:
+    """Parse an ``opus`` chunk payload; any defect raises KpcFormatError."""
+    from .quantize import unpack_symbols
+
+    data = bytes(payload)
+    if len(data) < _FIXED.size:
+        raise KpcFormatError("truncated chunk opus")
+    sample_rate, channels, pre_skip, bitrate, length, count = _FIXED.unpack_from(data)
+    pos = _FIXED.size
+    if count < 1 or count > len(data) - pos:  # every packet has at least one byte
+        raise KpcFormatError(f"bad opus packet count {count}")
+    blobs = []
+    for what in ("packet sizes", "packet times"):
+        if len(data) - pos < 4:
+            raise KpcFormatError("truncated chunk opus")
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if n > len(data) - pos:
+            raise KpcFormatError("truncated chunk opus")
+        try:
+            blobs.append(unpack_symbols(data[pos:pos + n], count).astype(np.int64))
+        except KpcFormatError as exc:
+            raise KpcFormatError(f"{what} in chunk opus: {exc}") from None
+        pos += n
+    sizes, deltas = blobs
+    pts = np.cumsum(deltas)
+    _check(sample_rate, channels, pre_skip, length, pts, sizes)
+    if int(sizes.sum()) != len(data) - pos:
+        raise KpcFormatError(f"opus packet sizes add up to {int(sizes.sum())} bytes, chunk has {len(data) - pos}")
+    ends = pos + np.cumsum(sizes)
+    packets = [data[int(a):int(b)] for a, b in zip(np.append(pos, ends[:-1]), ends)]
+    return OpusTrack(sample_rate, channels, pre_skip, bitrate, length, pts, packets)
+
+
+def from_stream(stream) -> OpusTrack | None:
+    """The audio of a parsed .kpc stream (its first ``opus`` chunk), or None."""
+    for kind, payload in stream.extra_chunks:
+        if kind == CHUNK_TYPE:
+            return unpack(payload)
+    return None
+
+
+def opus_head(track: OpusTrack) -> bytes:
+    """RFC 7845 identification header (``OpusHead``), channel mapping family 0."""
+    return b"OpusHead" + struct.pack("<BBHIhB", 1, track.channels, track.pre_skip, track.sample_rate, 0, 0)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def check_bitrate(kbps: float) -> float:
+    try:
+        kbps = float(kbps)
+    except (TypeError, ValueError):
+        raise UsageError(f"--audio-bitrate must be a number of kb/s (got {kbps!r})") from None
+    if not MIN_KBPS <= kbps <= MAX_KBPS:
+        raise UsageError(f"--audio-bitrate must be {MIN_KBPS:g}..{MAX_KBPS:g} kb/s (got {kbps:g})")
+    return kbps
+
+
+def rate_for(kbps: float) -> int:
+    """Coding rate: 16 kHz (wideband) below 20 kb/s, 24 kHz (super-wideband) from there."""
+    return 16000 if kbps < 20 else 24000
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "strerror", None) or exc or type(exc).__name__).split())
+
+
+def _aligned_pcm(path: str, container, stream, start_s: float, rate: int, total: int, ignore_errors: bool):
+    """Yield mono int16 blocks of the audio stream, placed on the video's clock.
+
+    Sample n of the output plays at start_s + n / rate in the input's timeline.  Gaps
+    (late start, dropped packets) become silence, overlaps are cut, and output stops
+    after ``total`` samples.
+    """
+    import av
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    origin = round(start_s * rate)
+    pos = 0  # next output sample
+
+    def place(frames):
+        nonlocal pos
+        for f in frames:
+            x = f.to_ndarray().reshape(-1)
+            at = pos if f.pts is None else int(f.pts) - origin
+            if at > pos:  # a gap: fill with silence
+                fill = min(at, total) - pos
+                if fill > 0:
+                    yield np.zeros(fill, np.int16)
+                    pos += fill
+            elif at < pos:  # overlap (or before the video): drop the part already played
+                x = x[pos - at:]
+            x = x[: total - pos]
+            if len(x):
+                yield x
+                pos += len(x)
+
+    def decoded():
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except (av.FFmpegError, ValueError) as e:
+                if not ignore_errors:
+                    raise VideoError(f"{path}: corrupt audio data ({_reason(e)})") from e
+
+    try:
+        for frame in decoded():
+            # The resampler starts its pts at the input frame's time; keep the stream's own origin.
+            yield from place(resampler.resample(frame))
+            if pos >= total:
+                return
+        yield from place(resampler.resample(None))
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{path}: corrupt audio data ({_reason(e)})") from e
+
+
+def encode_audio(path, duration_s: float, kbps: float = DEFAULT_KBPS, *,
+                 ignore_errors: bool = False) -> OpusTrack | None:
+    """Code the first audio stream of video file ``path`` as Opus, lined up with its video.
+
+    The result covers [0, duration_s) of the video (time 0 = the video stream's start).
+    Returns None if the file has no audio stream or the stream yields no samples.
+    """
+    import av
+
+    kbps = check_bitrate(kbps)
+    rate = rate_for(kbps)
+    p = os.fspath(path)
+    total = int(round(duration_s * rate))
+    if total <= 0:
+        return None
+    try:
+        container = av.open(p, mode="r")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{p}: not a video or corrupt ({_reason(e)})") from e
+    try:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        video = container.streams.video[0] if container.streams.video else None
+        start_s = 0.0
+        if video is not None and video.start_time is not None and video.time_base:
+            start_s = float(video.start_time * video.time_base)
+        enc = av.CodecContext.create("libopus", "w")
+        enc.sample_rate, enc.layout, enc.format = rate, "mono", "s16"
+        enc.bit_rate = int(round(kbps * 1000))
+        enc.time_base = Fraction(1, rate)
+        enc.options = {"application": "voip", "frame_duration": str(FRAME_MS), "vbr": "on"}
+        enc.open()
+        frame_size = enc.frame_size
+        scale = CLOCK // rate
+        pts, packets = [], []
+        got = 0
+
+        def emit(block: np.ndarray | None, at: int) -> None:
+            if block is None:
+                out = enc.encode(None)
+            else:
+                f = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
+                f.sample_rate, f.pts, f.time_base = rate, at, Fraction(1, rate)
+                out = enc.encode(f)
+            for pk in out:
+                packets.append(bytes(pk))
+                pts.append(int(pk.pts) * scale)
+
+        pending = np.zeros(0, np.int16)
+        for block in _aligned_pcm(p, container, stream, start_s, rate, total, ignore_errors):
+            pending = np.concatenate((pending, block)) if len(pending) else block
+            while len(pending) >= frame_size:
+                emit(np.ascontiguousarray(pending[:frame_size]), got)
+                got += frame_size
+                pending = pending[frame_size:]
+        if got == 0 and len(pending) == 0:
+            return None
+        if len(pending):
+            emit(np.ascontiguousarray(pending), got)
+            got += len(pending)
+        emit(None, got)
+        pre_skip = struct.unpack_from("<H", bytes(enc.extradata), 10)[0] if enc.extradata else 0
+    except av.FFmpegError as e:
+        raise VideoError(f"{p}: cannot encode its audio ({_reason(e)})") from e
+    finally:
+        container.close()
+    # Packets come out at pts = -pre_skip + k * frame: shift so decoded sample pre_skip is t = 0.
+    shift = -pre_skip - pts[0]
+    return OpusTrack(rate, 1, pre_skip, int(round(kbps * 1000)), got * scale,
+                     np.asarray(pts, dtype=np.int64) + shift, packets)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_pcm(track: OpusTrack) -> np.ndarray:
+    """Decode to float32 samples, shape (channels, length), at 48 kHz, pre-skip dropped."""
+    import av
+
+    dec = av.CodecContext.create("libopus", "r")
+    dec.sample_rate, dec.layout = CLOCK, "mono" if track.channels == 1 else "stereo"
+    dec.extradata = opus_head(track)
+    blocks = []
+
+    def keep(frames):
+        for f in frames:
+            x = f.to_ndarray().reshape(track.channels, -1) if f.format.is_planar else \
+                f.to_ndarray().reshape(-1, track.channels).T
+            blocks.append(x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32))
+
+    try:
+        for data, t in zip(track.packets, track.pts):
+            pk = av.Packet(data)
+            pk.pts, pk.time_base = int(t), Fraction(1, CLOCK)
+            keep(dec.decode(pk))
+        keep(dec.decode(None))
+    except av.FFmpegError as e:
+        raise KpcFormatError(f"opus packets do not decode ({_reason(e)})") from e
+    pcm = np.concatenate(blocks, axis=1) if blocks else np.zeros((track.channels, 0), np.float32)
+    # FFmpeg drops the pre-skip itself (the decoder's delay, from OpusHead); cut the end padding.
+    return pcm[:, :track.length]

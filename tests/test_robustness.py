@@ -1,0 +1,149 @@
+"""Interrupted commands leave nothing behind; corrupt input names the frame, --ignore-errors goes on."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_clip
+
+from kpcodec import bitstream
+from kpcodec.cli import app
+
+KPCODEC = [sys.executable, "-m", "kpcodec"]
+
+
+def run(runner, *args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------ interruption
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=150)
+
+
+@pytest.fixture(scope="module")
+def long_kpc(long_clip, tmp_path_factory):
+    import kpcodec
+
+    out = tmp_path_factory.mktemp("longkpc") / "long.kpc"
+    kpcodec.encode(long_clip, out, keep_every=2, model="tiny")
+    return out
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (Linux /proc)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fd_dir / fd) == str(path) for fd in os.listdir(fd_dir))
+    except (FileNotFoundError, PermissionError):
+        return False
+
+
+def _wait_for(condition, proc, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"kpcodec ended (rc {proc.returncode}) before it could be interrupted: "
+                        f"{proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("kpcodec never started writing")
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="polls /proc")
+@pytest.mark.parametrize("command,signum,code", [
+    ("encode", signal.SIGINT, 130), ("encode", signal.SIGTERM, 143), ("encode-stdin", signal.SIGTERM, 143),
+    ("decode", signal.SIGINT, 130), ("decode", signal.SIGTERM, 143),
+])
+def test_interrupt_leaves_no_output(command, signum, code, long_clip, long_kpc, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work)}
+    stdin = subprocess.DEVNULL
+    if command == "decode":
+        out = work / "out.mp4"
+        args = ["decode", str(long_kpc), "-o", str(out)]
+
+        def started():  # the writer's temp file exists: frames are being rendered and written
+            return any(p.name.startswith(".out.mp4.") for p in work.iterdir())
+    else:
+        out = work / "out.kpc"
+        src = "-" if command == "encode-stdin" else str(long_clip)
+        args = ["encode", src, "-o", str(out), "--model", "tiny", "--keep-every", "1"]
+        if command == "encode-stdin":
+            stdin = open(long_clip, "rb")
+
+            def started():  # stdin has been copied to its temp file
+                return any(p.name.startswith("kpcodec-stdin-") and p.stat().st_size == long_clip.stat().st_size
+                           for p in work.iterdir())
+        else:
+            def started():  # reading the input video
+                return _has_open(proc.pid, long_clip.resolve())
+    try:
+        proc = subprocess.Popen(KPCODEC + args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, cwd=work)
+        _wait_for(started, proc)
+        time.sleep(0.2)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()
+    assert proc.returncode == code, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1] == "kpcodec: interrupted"
+    assert "Traceback" not in stderr.decode() and stdout == b""
+    assert list(work.iterdir()) == []  # no output, no temp file, no stdin copy
+
+
+# ------------------------------------------------------------------ corrupt input
+
+
+@pytest.fixture(scope="module")
+def corrupt_clip(tmp_path_factory):
+    """A 40-frame clip whose coded frames 20 and 21 (in the middle of mdat) are noise."""
+    import av
+
+    folder = tmp_path_factory.mktemp("corrupt")
+    good = make_clip(folder / "good.mp4", frames=40)
+    with av.open(str(good)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    data = bytearray(good.read_bytes())
+    mdat = data.find(b"mdat")
+    rng = np.random.default_rng(3)
+    for pos, size in packets[20:22]:
+        assert pos > mdat
+        data[pos:pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    bad = folder / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+def test_corrupt_input_names_the_frame(runner, corrupt_clip, tmp_path):
+    result = run(runner, "encode", corrupt_clip, "-o", tmp_path / "x.kpc", "--model", "tiny")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.mp4: corrupt data at frame " in lines[0], result.stderr
+    frame = int(lines[0].split("at frame ")[1].split()[0])
+    assert 15 <= frame <= 21  # the frames before it decoded
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ignore_errors_keeps_going(runner, corrupt_clip, tmp_path):
+    out = tmp_path / "x.kpc"
+    result = run(runner, "encode", corrupt_clip, "-o", out, "--model", "tiny", "--ignore-errors", "-q")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kpcodec: warning: ") and "did not decode" in lines[0]
+    skipped = int(lines[0].split("warning: ")[1].split()[0])
+    assert skipped >= 1
+    assert bitstream.read_file(out).header.frame_count == 40  # bad frames were repeated, not dropped
