@@ -88,7 +88,7 @@ class KeypointPredictor(nn.Module):
         sent = torch.ones(n, dtype=torch.bool, device=kp.device)
         state = {"kp": kp, "jac": j, "dkp": torch.zeros_like(kp), "djac": torch.zeros_like(j),
                  "anchor_kp": kp, "anchor_jac": j, "gap": torch.zeros(n, device=kp.device), "sent": sent,
-                 **self._ahead(ahead, kp, j)}
+                 "true_kp": kp, "true_jac": j, **self._ahead(ahead, kp, j)}
         return self._init_model_state(state)
 
     def _ahead(self, ahead, kp: torch.Tensor, jac: torch.Tensor) -> dict:
@@ -103,14 +103,17 @@ class KeypointPredictor(nn.Module):
         nkp, njac, dist, has = ahead
         return {"next_kp": nkp, "next_jac": njac.reshape(n, k, 4), "to_next": dist.float(), "has_next": has.float()}
 
-    def _advance(self, state: dict, kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor, ahead=None) -> dict:
-        """The bookkeeping part of a state update, with this frame's (N,K,2)/(N,K,4) values."""
+    def _advance(self, state: dict, kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor, ahead=None,
+                 truth=None) -> dict:
+        """The bookkeeping part of a state update, with this frame's (N,K,2)/(N,K,4) values;
+        `truth` (training: the true values even where not sent) feeds the latent's target."""
         s = sent.view(-1, 1, 1)
+        true_kp, true_jac = truth if truth is not None and truth[0] is not None else (kp, jac)
         return {"kp": kp, "jac": jac, "dkp": kp - state["kp"], "djac": jac - state["jac"],
                 "anchor_kp": torch.where(s, kp, state["anchor_kp"]),
                 "anchor_jac": torch.where(s, jac, state["anchor_jac"]),
                 "gap": torch.where(sent, torch.zeros_like(state["gap"]), state["gap"] + 1), "sent": sent,
-                **self._ahead(ahead, kp, jac)}
+                "true_kp": true_kp, "true_jac": true_jac, **self._ahead(ahead, kp, jac)}
 
     def _features(self, st: dict) -> torch.Tensor:
         """(N,K,FEATURES+GLOBAL) inputs describing the latest frame, for predicting the next."""
@@ -138,9 +141,15 @@ class KeypointPredictor(nn.Module):
         """Network output (N,K,6), scaled change from the latest frame -> (kp, jac (N,K,4))."""
         return st["kp"] + out[..., :2] / self.cfg.kp_scale, st["jac"] + out[..., 2:] / self.cfg.jac_scale
 
-    def _target(self, st: dict, kp: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
-        """The true change from the latest frame, in network units (N,K,6)."""
-        return torch.cat([(kp - st["kp"]) * self.cfg.kp_scale, (jac - st["jac"]) * self.cfg.jac_scale], -1)
+    def _target(self, st: dict, kp: torch.Tensor, jac: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+        """What the latent encodes, in network units (N,K,6): for a sent frame its change from
+        the latest (maybe predicted) frame, as the decoder sees it; for a predicted frame (in
+        training) the true motion since the previous frame, so that the prior models motion,
+        not the correction of errors accumulated over a gap (samples stay sensible)."""
+        s = sent.view(-1, 1, 1)
+        ref_kp = torch.where(s, st["kp"], st["true_kp"])
+        ref_jac = torch.where(s, st["jac"], st["true_jac"])
+        return torch.cat([(kp - ref_kp) * self.cfg.kp_scale, (jac - ref_jac) * self.cfg.jac_scale], -1)
 
     # -- the step ------------------------------------------------------------------------
     def step(self, state: dict, kp: torch.Tensor | None, jac: torch.Tensor | None, sent: torch.Tensor,
@@ -155,8 +164,9 @@ class KeypointPredictor(nn.Module):
         n, k, _ = state["kp"].shape
         j = jac.reshape(n, k, 4) if jac is not None else None
         pred_kp, pred_jac, new_state, terms = self._step(state, kp, j, sent, sample, generator, ahead)
-        if "rec_jac" in terms:
-            terms["rec_jac"] = terms["rec_jac"].reshape(n, k, 2, 2)
+        for name in ("rec_jac", "rec_ref_jac"):
+            if name in terms:
+                terms[name] = terms[name].reshape(n, k, 2, 2)
         return pred_kp, pred_jac.reshape(n, k, 2, 2), new_state, terms
 
     def _init_model_state(self, state: dict) -> dict:
@@ -238,9 +248,10 @@ class VRNNPredictor(_Recurrent):
         z, m = cfg.latent, cfg.mlp
         self.phi_z = nn.Sequential(nn.Linear(z, self.z_in), nn.SiLU())
         self.phi_x = nn.Sequential(nn.Linear(6, m // 2), nn.SiLU())
-        self.prior = _mlp(cfg.hidden, m, 2 * z, cfg.layers)
-        self.encoder = _mlp(cfg.hidden + m // 2, m, 2 * z, cfg.layers)
-        self.decoder = _mlp(cfg.hidden + self.z_in, m, 6, cfg.layers)
+        # All three also see whether the frame is sent (a receiver knows which frames arrived).
+        self.prior = _mlp(cfg.hidden + 1, m, 2 * z, cfg.layers)
+        self.encoder = _mlp(cfg.hidden + m // 2 + 1, m, 2 * z, cfg.layers)
+        self.decoder = _mlp(cfg.hidden + self.z_in + 1, m, 6, cfg.layers)
         _zero_last(self.decoder)
         _zero_last(self.prior)
 
@@ -253,24 +264,27 @@ class VRNNPredictor(_Recurrent):
     def _step(self, st, kp, jac, sent, sample, generator, ahead):
         n, k, _ = st["kp"].shape
         h = st["h"]
-        mu_p, logvar_p = self.prior(h).chunk(2, dim=-1)
+        flag = sent.float().repeat_interleave(k).view(-1, 1)
+        mu_p, logvar_p = self.prior(torch.cat([h, flag], -1)).chunk(2, dim=-1)
         logvar_p = logvar_p.clamp(-8, 8)
         z_p = _draw(mu_p, logvar_p, generator) if sample else mu_p
-        pred_kp, pred_jac = self._apply(st, self.decoder(torch.cat([h, self.phi_z(z_p)], -1)).view(n, k, 6))
+        pred_kp, pred_jac = self._apply(st, self.decoder(torch.cat([h, self.phi_z(z_p), flag], -1)).view(n, k, 6))
         terms = {}
         z_used = z_p
         if kp is not None:
-            x = self._target(st, kp, jac).reshape(n * k, 6)
-            mu_q, logvar_q = self.encoder(torch.cat([h, self.phi_x(x)], -1)).chunk(2, dim=-1)
+            x = self._target(st, kp, jac, sent)
+            mu_q, logvar_q = self.encoder(torch.cat([h, self.phi_x(x.reshape(n * k, 6)), flag], -1)).chunk(2, dim=-1)
             logvar_q = logvar_q.clamp(-8, 8)
             z_q = _draw(mu_q, logvar_q, generator) if (self.training or sample) else mu_q
-            rec_kp, rec_jac = self._apply(st, self.decoder(torch.cat([h, self.phi_z(z_q)], -1)).view(n, k, 6))
-            terms = {"rec_kp": rec_kp, "rec_jac": rec_jac,
+            rec = self.decoder(torch.cat([h, self.phi_z(z_q), flag], -1)).view(n, k, 6)
+            rec_kp, rec_jac = self._apply(st, rec)
+            ref_kp, ref_jac = self._apply(st, x)
+            terms = {"rec_kp": rec_kp, "rec_jac": rec_jac, "rec_ref_kp": ref_kp, "rec_ref_jac": ref_jac,
                      "kl": _gaussian_kl(mu_q, logvar_q, mu_p, logvar_p).view(n, k)}
-            z_used = torch.where(sent.repeat_interleave(k).view(-1, 1), z_q, z_p)
+            z_used = torch.where(flag > 0, z_q, z_p)
         s = sent.view(-1, 1, 1)
         new = self._advance(st, torch.where(s, kp, pred_kp) if kp is not None else pred_kp,
-                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead)
+                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead, (kp, jac))
         new["h"] = self._recur(new, h, self.phi_z(z_used).view(n, k, -1))
         return pred_kp, pred_jac, new, terms
 
@@ -285,9 +299,9 @@ class VAEPredictor(KeypointPredictor):
         w, z, m = cfg.window, cfg.latent, cfg.mlp
         self.cond_dim = 7 * w + 2 * w + self.inputs
         self.cond = nn.Sequential(nn.Linear(self.cond_dim, m), nn.SiLU())
-        self.prior = _mlp(m, m, 2 * z, cfg.layers)
-        self.encoder = _mlp(m + 6, m, 2 * z, cfg.layers)
-        self.decoder = _mlp(m + z, m, 6, cfg.layers)
+        self.prior = _mlp(m + 1, m, 2 * z, cfg.layers)  # + whether the frame is sent, as for vrnn
+        self.encoder = _mlp(m + 6 + 1, m, 2 * z, cfg.layers)
+        self.decoder = _mlp(m + z + 1, m, 6, cfg.layers)
         _zero_last(self.decoder)
         _zero_last(self.prior)
 
@@ -309,21 +323,24 @@ class VAEPredictor(KeypointPredictor):
     def _step(self, st, kp, jac, sent, sample, generator, ahead):
         n, k, _ = st["kp"].shape
         c = self._condition(st)
-        mu_p, logvar_p = self.prior(c).chunk(2, dim=-1)
+        flag = sent.float().view(n, 1, 1).expand(n, k, 1)
+        mu_p, logvar_p = self.prior(torch.cat([c, flag], -1)).chunk(2, dim=-1)
         logvar_p = logvar_p.clamp(-8, 8)
         z_p = _draw(mu_p, logvar_p, generator) if sample else mu_p
-        pred_kp, pred_jac = self._apply(st, self.decoder(torch.cat([c, z_p], -1)))
+        pred_kp, pred_jac = self._apply(st, self.decoder(torch.cat([c, z_p, flag], -1)))
         terms = {}
         if kp is not None:
-            x = self._target(st, kp, jac)
-            mu_q, logvar_q = self.encoder(torch.cat([c, x], -1)).chunk(2, dim=-1)
+            x = self._target(st, kp, jac, sent)
+            mu_q, logvar_q = self.encoder(torch.cat([c, x, flag], -1)).chunk(2, dim=-1)
             logvar_q = logvar_q.clamp(-8, 8)
             z_q = _draw(mu_q, logvar_q, generator) if self.training else mu_q
-            rec_kp, rec_jac = self._apply(st, self.decoder(torch.cat([c, z_q], -1)))
-            terms = {"rec_kp": rec_kp, "rec_jac": rec_jac, "kl": _gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)}
+            rec_kp, rec_jac = self._apply(st, self.decoder(torch.cat([c, z_q, flag], -1)))
+            ref_kp, ref_jac = self._apply(st, x)
+            terms = {"rec_kp": rec_kp, "rec_jac": rec_jac, "rec_ref_kp": ref_kp, "rec_ref_jac": ref_jac,
+                     "kl": _gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)}
         s = sent.view(-1, 1, 1)
         new = self._advance(st, torch.where(s, kp, pred_kp) if kp is not None else pred_kp,
-                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead)
+                            torch.where(s, jac, pred_jac) if jac is not None else pred_jac, sent, ahead, (kp, jac))
         new["win_kp"] = torch.cat([st["win_kp"][:, :, 1:], new["kp"].unsqueeze(2)], 2)
         new["win_jac"] = torch.cat([st["win_jac"][:, :, 1:], new["jac"].unsqueeze(2)], 2)
         new["win_sent"] = torch.cat([st["win_sent"][:, 1:], sent.float().unsqueeze(1)], 1)

@@ -139,7 +139,8 @@ def loss_terms(model, recipe: PredictorRecipe, kp, jac, sent, beta: float | None
            "jac_l1_skipped": (e_jac * skipped.unsqueeze(-1)).sum().item() / max(skipped.sum().item() * kp.shape[2], 1)}
     total = pred
     if "kl" in terms:
-        r_kp, r_jac = errors(terms["rec_kp"], terms["rec_jac"], truth_kp, truth_jac)
+        # Reconstruction against what the latent encodes (kpcodec.models.predictors._target).
+        r_kp, r_jac = errors(terms["rec_kp"], terms["rec_jac"], terms["rec_ref_kp"], terms["rec_ref_jac"])
         recon = (r_kp + recipe.w_jac * r_jac).mean()
         kl = terms["kl"].mean()
         total = recipe.w_pred * pred + recipe.w_rec * recon + (recipe.beta if beta is None else beta) * kl
