@@ -106,32 +106,21 @@ def keypoint_table(trajs: list[dict], predictors: list[tuple[str, str, dict]]) -
 
 
 def load_motion(args):
-    import torch
-
-    from kpcodec.models.registry import build_model, load_model
+    from kpcodec.models.registry import load_checkpoint, load_model
 
     if args.checkpoint:
-        net = build_model(args.config)
-        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        state = ck.get("model", ck)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return net.eval(), f"{args.config} @ {args.checkpoint} (step {ck.get('step', '?')})"
+        net, ck = load_checkpoint(args.config, args.checkpoint)
+        return net, f"{args.config} @ {args.checkpoint} (step {ck.get('step', '?')})"
     return load_model(args.model), args.model
 
 
 def _motion_sha(args) -> str:
     """The detector sha256 as kpcodec.train.trajectories records it for the same arguments."""
-    import torch
-
-    from kpcodec.models.registry import build_model, get_weights
+    from kpcodec.models.registry import get_weights, load_checkpoint
     from kpcodec.train.trajectories import state_sha256
 
     if args.checkpoint:
-        net = build_model(args.config)
-        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        state = ck.get("model", ck)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return state_sha256(net.detector.state_dict())
+        return state_sha256(load_checkpoint(args.config, args.checkpoint)[0].detector.state_dict())
     return get_weights(args.model).sha256
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kpcodec.models.registry import build_model, load_model
+from kpcodec.models.registry import load_checkpoint, load_model
 from kpcodec.train.data import manifest_rows
 from kpcodec.train.evaluate import evaluate, load_eval_clips
 
@@ -31,11 +30,7 @@ COLUMNS = ["l1", "psnr", "ssim", "landmark_error_px", "lip_gap_corr", "eye_openi
 
 def load(args):
     if args.checkpoint:
-        net = build_model(args.config)
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        state = state.get("model", state)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return net.eval(), f"{args.config} @ {args.checkpoint}"
+        return load_checkpoint(args.config, args.checkpoint)[0], f"{args.config} @ {args.checkpoint}"
     return load_model(args.model), args.model
 
 

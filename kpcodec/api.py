@@ -16,13 +16,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
+from .errors import KpcodecError, ModelError, OutputExistsError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 

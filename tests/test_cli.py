@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
-
-import numpy as np
 import pytest
 
 from kpcodec import bitstream

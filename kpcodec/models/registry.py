@@ -118,6 +118,18 @@ def build_model(config: str):
     return MotionModel(get_config(config))
 
 
+def load_checkpoint(config: str, path) -> tuple:
+    """(model in eval mode, the raw checkpoint dict) for a training checkpoint or a weights file
+    of `config`, in any float dtype; for training, export and benchmarks (no sha256 check)."""
+    import torch
+
+    net = build_model(config)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    state = ck.get("model", ck)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net.eval(), ck
+
+
 @lru_cache(maxsize=4)
 def load_model(model: str | None = None):
     """The shipped model `model` (default: DEFAULT_MODEL), eval mode, fp32, sha256 checked."""

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..models.registry import build_model, sha256_file, weights_dir
+from ..models.registry import load_checkpoint, sha256_file, weights_dir
 
 
 def export(checkpoint: Path, name: str, config: str, make_default: bool = False) -> Path:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = state.get("model", state)
-    net = build_model(config)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net, _ = load_checkpoint(config, checkpoint)
     fp16 = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in net.state_dict().items()}
     buf = io.BytesIO()
     torch.save(fp16, buf)

@@ -1,7 +1,6 @@
 """`kpcodec train`: load data, resume if asked, train with a progress bar on stderr."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from rich.console import Console

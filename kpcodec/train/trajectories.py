@@ -44,15 +44,12 @@ def load_detector(checkpoint: Path | None, config: str | None, model: str | None
     """(detector module in eval mode, label, sha256)."""
     import torch
 
-    from ..models.registry import build_model, get_weights
+    from ..models.registry import get_weights, load_checkpoint
 
     if checkpoint is not None:
         if not config:
             raise SystemExit("--checkpoint needs --config")
-        net = build_model(config)
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        state = ck.get("model", ck)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        net, ck = load_checkpoint(config, checkpoint)
         step = ck.get("step") if isinstance(ck, dict) else None
         label = f"{config} @ {checkpoint}" + (f" step {step}" if step is not None else "")
         return net.detector.eval(), label, state_sha256(net.detector.state_dict())
