@@ -159,7 +159,7 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
     from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
     from kpcodec.metrics import l1, psnr, ssim
     from kpcodec.train.data import decode_clip
-    from kpcodec.train.evaluate import to_tensor, to_uint8
+    from kpcodec.models.frames import frames_to_tensor as to_tensor, tensor_to_frames as to_uint8
 
     rows = []
     for f in files:

@@ -109,18 +109,6 @@ def _batches(frames, size: int):
         yield batch
 
 
-def _to_tensor(frames: list[np.ndarray]):
-    torch = _torch()
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _to_uint8(images) -> np.ndarray:
-    torch = _torch()
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-@_stdin_input
 def encode(input, output, *, keep_every: int = 2, model: str | None = None,
            source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
            crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
@@ -136,6 +124,7 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
     `keep_pattern` "S:K" (send S frames, skip K; kpcodec.patterns) replaces `keep_every`.
     `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
     """
+    from .models.frames import frames_to_tensor
     from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
@@ -169,7 +158,7 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
     with torch.inference_mode():
         # Only the frames that are sent go through the detector, in batches.
         for chunk in _batches(sent_frames(), batch):
-            kp, jac = net.detect(_to_tensor([f for _, f in chunk]))
+            kp, jac = net.detect(frames_to_tensor([f for _, f in chunk]))
             sent_idx.extend(i for i, _ in chunk)
             kps.append(kp.numpy())
             jacs.append(jac.numpy())
@@ -227,6 +216,8 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
         raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model {h.model!r}")
     torch = _torch()
+    from .models.frames import frames_to_tensor, tensor_to_frames
+
     src = source_image.decode_image(stream.source_data, stream.source_codec)
     if src.shape[:2] != (h.height, h.width):
         raise bitstream.KpcFormatError(f"source image is {src.shape[1]}x{src.shape[0]}, header says {h.width}x{h.height}")
@@ -236,11 +227,11 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     with torch.inference_mode(), video.VideoWriter(output, h.fps, (h.width, h.height)) as writer:
         if track is not None:
             writer.add_audio(track)
-        state = net.prepare_source(_to_tensor([src]))
+        state = net.prepare_source(frames_to_tensor([src]))
         for chunk in _batches(filled, batch):
             kp = torch.from_numpy(np.stack([k for k, _ in chunk])).float()
             jac = torch.from_numpy(np.stack([j for _, j in chunk])).float()
-            for frame in _to_uint8(net.render(state, kp, jac)):
+            for frame in tensor_to_frames(net.render(state, kp, jac)):
                 writer.write(frame)
             done += len(chunk)
             if progress:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.frames import frames_to_tensor, tensor_to_frames
 from .data import decode_clip
 
 # A fixed, varied monitoring subset of the val split: different people, head turns, speech, expressions.
@@ -50,23 +51,15 @@ def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: i
     return clips
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.inference_mode()
 def reconstruct(model, frames: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Decoded frames (T,H,W,3) uint8 and keypoints (T,K,2) of every frame from frame 0."""
-    state = model.prepare_source(to_tensor(frames[:1]))
+    state = model.prepare_source(frames_to_tensor(frames[:1]))
     out, kps = [], []
     for i in range(0, len(frames), batch):
-        x = to_tensor(frames[i:i + batch])
+        x = frames_to_tensor(frames[i:i + batch])
         kp, jac = model.detect(x)
-        out.append(to_uint8(model.render(state, kp, jac)))
+        out.append(tensor_to_frames(model.render(state, kp, jac)))
         kps.append(kp.numpy())
     return np.concatenate(out), np.concatenate(kps)
 
@@ -83,7 +76,7 @@ def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
     if clip.frames.shape[1] != size:  # small test configs: compare at the model's resolution
         from ..models.blocks import resize
 
-        clip = EvalClip(clip.name, to_uint8(resize(to_tensor(clip.frames), size)), None)
+        clip = EvalClip(clip.name, tensor_to_frames(resize(frames_to_tensor(clip.frames), size)), None)
     decoded, kps = reconstruct(model, clip.frames)
     row = {
         "clip": clip.name,
