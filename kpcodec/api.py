@@ -109,6 +109,7 @@ def _batches(frames, size: int):
         yield batch
 
 
+@_stdin_input
 def encode(input, output, *, keep_every: int = 2, model: str | None = None,
            source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
            crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
