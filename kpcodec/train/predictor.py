@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .meter import StepMeter
 from ..errors import UsageError
 from ..models.predictors import KINDS, PredictorConfig, build_predictor, parameter_count, rollout
 from ..patterns import SendPattern
@@ -308,18 +309,12 @@ class PredictorTrainer:
         old = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             last = time.time()
-            acc: dict[str, list[float]] = {}
+            meter = StepMeter()
             while self.step < steps and not self._stop:
-                t_wall, t_cpu = time.time(), time.process_time()
-                rec = self.train_step(steps)
+                self.cpu_seconds += meter.measure(lambda: self.train_step(steps))
                 self.step += 1
-                self.cpu_seconds += time.process_time() - t_cpu
-                for k, v in rec.items():
-                    acc.setdefault(k, []).append(v)
-                acc.setdefault("s_per_step", []).append(time.time() - t_wall)
                 if self.step % log_every == 0:
-                    mean = {k: float(np.mean(v)) for k, v in acc.items()}
-                    acc = {}
+                    mean = meter.flush()
                     self.log({"step": self.step, "cpu_seconds": self.cpu_seconds, "train": mean, "time": time.time()})
                     if report:
                         report(self.step, mean)

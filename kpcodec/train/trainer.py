@@ -20,6 +20,7 @@ from ..models.blocks import resize
 from ..models.registry import build_model, get_config
 from . import losses
 from .data import PairSampler, load_clips, refresh_landmarks
+from .meter import StepMeter
 from .evaluate import MONITOR_CLIPS, evaluate, load_eval_clips
 from .recipe import RECIPES
 
@@ -181,18 +182,12 @@ class Trainer:
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
         last_ckpt = time.time()
-        acc: dict[str, list[float]] = {}
+        meter = StepMeter()
         while self.step < steps and not self._stop:
-            t_wall, t_cpu = time.time(), time.process_time()
-            rec = self.train_step()
+            self.cpu_seconds += meter.measure(self.train_step)
             self.step += 1
-            self.cpu_seconds += time.process_time() - t_cpu
-            for k, v in rec.items():
-                acc.setdefault(k, []).append(v)
-            acc.setdefault("s_per_step", []).append(time.time() - t_wall)
             if self.step % log_every == 0:
-                mean = {k: float(np.mean(v)) for k, v in acc.items()}
-                acc = {}
+                mean = meter.flush()
                 self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "train": mean, "time": time.time()})
                 if report:
                     report(self.step, mean)
