@@ -95,7 +95,7 @@ def _model(name: str | None):
     from .models.registry import DEFAULT_MODEL, get_weights, load_model
 
     name = name or DEFAULT_MODEL
-    return name, get_weights(name).sha256, load_model(name)
+    return name, get_weights(name).sha256, load_model(name, inference=True)
 
 
 def _batches(frames, size: int):
@@ -199,7 +199,7 @@ def _check_weights(header: bitstream.Header):
     if entry.sha256 != header.weights_sha256:
         raise ModelError(f"file was made with other weights for {header.model!r} "
                          f"(sha256 {header.weights_sha256[:12]}…, this kpcodec has {entry.sha256[:12]}…)")
-    return load_model(header.model)
+    return load_model(header.model, inference=True)
 
 
 def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,

@@ -44,6 +44,26 @@ def test_train_resume_and_compact_checkpoint(data_dir, tmp_path):
     assert all(np.isfinite(r["train"]["total"]) for r in logged if "train" in r)
 
 
+def test_generator_only_recipe_starts_from_another_config_and_freezes_the_motion(data_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from kpcodec.models import registry
+
+    narrow = replace(registry.CONFIGS["tiny"], name="tiny-narrow", gen_expansion=2, gen_num_bottleneck=2)
+    monkeypatch.setitem(registry.CONFIGS, "tiny-narrow", narrow)
+    teacher = run_training("tiny", data_dir, tmp_path / "teacher", steps=2, recipe="tiny", quiet=True)
+    t = run_training("tiny-narrow", data_dir, tmp_path / "student", steps=2, recipe="generator-only", quiet=True,
+                     init=tmp_path / "teacher" / "checkpoint.pt")
+    done, total = t.initialised
+    assert 0 < done < total  # detector and dense motion, not the narrower generator
+    before = teacher.model.state_dict()
+    after = t.model.state_dict()
+    for name in before:
+        if name.startswith(("detector.", "dense_motion.")):
+            assert torch.equal(before[name], after[name]), name  # frozen, BatchNorm statistics included
+    assert t.step == 2 and all(p.requires_grad == n.startswith("generator.") for n, p in t.model.named_parameters())
+
+
 def test_separation_pushes_close_keypoints_apart():
     close = torch.tensor([[[0.0, 0.0], [0.01, 0.0], [0.5, 0.5]]])
     far = torch.tensor([[[0.0, 0.0], [0.4, 0.0], [0.5, 0.5]]])

@@ -54,6 +54,10 @@ CONFIGS: dict[str, ModelConfig] = {
                 dm_max_features=512, gen_expansion=32, gen_max_features=256, warp_blend=True),
         replace(_FULL, name="fomm-256-quarter", kp_expansion=8, kp_max_features=256, dm_expansion=16,
                 dm_max_features=256, gen_expansion=16, gen_max_features=128, warp_blend=True),
+        # Real time on 2 cores: the quarter model's detector and dense motion with a generator
+        # of half its width and 2 bottleneck blocks (a third of its per-frame compute).
+        replace(_FULL, name="fomm-256-fast", kp_expansion=8, kp_max_features=256, dm_expansion=16,
+                dm_max_features=256, gen_expansion=8, gen_max_features=64, gen_num_bottleneck=2, warp_blend=True),
         # For tests: tiny and fast, 64x64 frames, 4 keypoints.
         ModelConfig("tiny", image_size=64, num_keypoints=4, kp_scale=0.5, kp_expansion=4, kp_max_features=16,
                     kp_num_blocks=3, dm_expansion=4, dm_max_features=16, dm_num_blocks=3, gen_expansion=4,
@@ -131,8 +135,10 @@ def load_checkpoint(config: str, path) -> tuple:
 
 
 @lru_cache(maxsize=4)
-def load_model(model: str | None = None):
-    """The shipped model `model` (default: DEFAULT_MODEL), eval mode, fp32, sha256 checked."""
+def load_model(model: str | None = None, inference: bool = False):
+    """The shipped model `model` (default: DEFAULT_MODEL), eval mode, fp32, sha256 checked.
+
+    `inference`: folded norms and channels_last (kpcodec.models.inference), for the codec."""
     import torch
 
     entry = get_weights(model or DEFAULT_MODEL)
@@ -145,4 +151,8 @@ def load_model(model: str | None = None):
     net = build_model(entry.config)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})
+    if inference:
+        from .inference import prepare_for_inference
+
+        return prepare_for_inference(net)
     return net.eval()

@@ -17,6 +17,9 @@ class Recipe:
     w_separation: float = 10.0
     separation_distance: float = 0.15
     w_landmark_flow: float = 10.0  # 0 disables face-mesh supervision of the flow
+    # Submodules to train ("detector", "dense_motion", "generator"); empty trains all. The rest
+    # stay frozen in eval mode, e.g. to fit a lighter generator to a trained detector's motion.
+    train_modules: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -25,4 +28,8 @@ class Recipe:
 RECIPES = {
     "base": Recipe(),
     "tiny": Recipe(batch=2, stride=8),
+    # A new generator behind a trained, frozen detector and dense motion network (`--init` from
+    # the model whose motion it reuses): image losses only, as the motion terms cannot change.
+    "generator-only": Recipe(lr=5e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
+                             w_separation=0.0, w_landmark_flow=0.0),
 }

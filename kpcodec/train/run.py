@@ -26,7 +26,11 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
         if not Path(init).is_file():
             raise UsageError(f"--init {init}: no such checkpoint")
         trainer.resume(Path(init))
-        console.print(f"started from {init} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
+        if hasattr(trainer, "initialised"):
+            done, total = trainer.initialised
+            console.print(f"initialised {done} of {total} tensors from {init} (another config)")
+        else:
+            console.print(f"started from {init} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
     elif resume:
         console.print(f"no checkpoint in {out}: starting from scratch")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -66,12 +66,24 @@ class Trainer:
         torch.manual_seed(seed)
         self.seed = seed
         self.model = build_model(config).to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.recipe.lr, betas=self.recipe.betas)
+        self._freeze()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=self.recipe.lr, betas=self.recipe.betas)
         self.step = 0
         self.cpu_seconds = 0.0
         self.max_train_clips = max_train_clips
         self.monitor_frames = monitor_frames
         self._stop = False
+
+    def _freeze(self) -> None:
+        """Modules outside the recipe's train_modules: no gradients, BatchNorm in eval mode."""
+        trained = self.recipe.train_modules
+        if not trained:
+            return
+        for name, module in self.model.named_children():
+            if name not in trained:
+                module.eval()
+                module.requires_grad_(False)
 
     # -- state ---------------------------------------------------------------------------
     def checkpoint_path(self) -> Path:
@@ -99,6 +111,9 @@ class Trainer:
             return False
         ck = torch.load(path, map_location=self.device, weights_only=False)
         state = ck.get("model", ck)
+        if ck.get("config", self.cfg.name) != self.cfg.name:
+            self.init_from(state)
+            return True
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         if "optimizer" in ck:
             self.opt.load_state_dict(ck["optimizer"])
@@ -112,6 +127,14 @@ class Trainer:
             torch.set_rng_state(ck["torch_rng"].cpu())
         self._sampler_rng = ck.get("sampler_rng")
         return True
+
+    def init_from(self, state: dict) -> None:
+        """Start from another config's weights: every tensor whose name and shape match."""
+        own = self.model.state_dict()
+        match = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+                 if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(match, strict=False)
+        self.initialised = (len(match), len(own))
 
     def log(self, record: dict) -> None:
         with open(self.out / "log.jsonl", "a") as f:
@@ -138,14 +161,17 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in self.sampler.batch(r.batch).items()}
         for key in ("source", "driving"):  # small test configs train on downscaled frames
             batch[key] = resize(batch[key], self.cfg.image_size)
+        self._freeze()  # validation puts the whole model back in train mode
         out = self.model(batch["source"], batch["driving"])
         terms = {
             "pyramid": losses.pyramid_l1(out["image"], batch["driving"]),
             "ssim": 1.0 - losses.ssim(out["image"], batch["driving"]),
-            "separation": losses.separation(out["kp_driving"], r.separation_distance),
         }
-        terms["equiv_value"], terms["equiv_jacobian"] = losses.equivariance(
-            self.model.detector, batch["driving"], out["kp_driving"], out["jac_driving"])
+        if r.w_separation > 0:
+            terms["separation"] = losses.separation(out["kp_driving"], r.separation_distance)
+        if r.w_equiv_value > 0 or r.w_equiv_jacobian > 0:
+            terms["equiv_value"], terms["equiv_jacobian"] = losses.equivariance(
+                self.model.detector, batch["driving"], out["kp_driving"], out["jac_driving"])
         if r.w_landmark_flow > 0 and "lm_driving" in batch:
             terms["landmark_flow"] = losses.flow_at_landmarks(out["flow"], batch["lm_driving"], batch["lm_source"])
         weights = {"pyramid": r.w_pyramid, "ssim": r.w_ssim, "separation": r.w_separation,
@@ -154,7 +180,7 @@ class Trainer:
         total = sum(weights[k] * v for k, v in terms.items())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 10.0)
         self.opt.step()
         from .evaluate import keypoint_spread
 

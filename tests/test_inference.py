@@ -1,0 +1,45 @@
+"""Folded norms and channels_last must not change what the model computes."""
+import copy
+
+import torch
+
+from kpcodec.models.inference import prepare_for_inference
+from kpcodec.models.registry import build_model
+
+
+def _model_with_running_stats():
+    torch.manual_seed(0)
+    net = build_model("tiny")
+    # Fresh BatchNorms are identities; give them real statistics so folding has work to do.
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def test_folded_model_renders_like_the_original():
+    net = _model_with_running_stats()
+    fast = prepare_for_inference(copy.deepcopy(net))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and name.endswith("norm2")
+                   for name, m in fast.named_modules())
+    frames = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        kp, jac = net.detect(frames)
+        kp2, jac2 = fast.detect(frames)
+        torch.testing.assert_close(kp2, kp, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(jac2, jac, atol=1e-4, rtol=1e-4)
+        out = net.render(net.prepare_source(frames[:1]), kp, jac)
+        out2 = fast.render(fast.prepare_source(frames[:1]), kp, jac)
+    assert out.shape == (3, 3, 64, 64)
+    torch.testing.assert_close(out2, out, atol=1e-4, rtol=1e-4)
+
+
+def test_folding_removes_every_norm_that_follows_a_conv():
+    fast = prepare_for_inference(_model_with_running_stats())
+    norms = [name for name, m in fast.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # Only the pre-activation norm in front of each ResBlock is left.
+    assert norms and all(name.endswith("norm1") for name in norms)
+    assert not any(p.requires_grad for p in fast.parameters())
