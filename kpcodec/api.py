@@ -1,8 +1,9 @@
 """The library API behind the CLI: `encode`, `decode`, `info`.
 
 encode: video -> crop/scale to the model's resolution -> code frame 0 as an image -> FOMM
-keypoints of the sent frames only (every keep_every-th, or a send:skip block pattern) ->
-quantised, entropy-coded .kpc.
+keypoints of the sent frames only (every keep_every-th, a send:skip block pattern, or with
+keep_every "auto" the frames the decoder's predictor would get more than max_error px
+wrong: kpcodec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1.
 decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
 rendered by the dense-motion network and generator -> H.264 MP4, streamed frame by frame.
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .errors import KpcodecError, ModelError, OutputExistsError
+from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 
@@ -109,13 +110,30 @@ def _batches(frames, size: int):
         yield batch
 
 
+AUTO = "auto"
+
+
+def parse_keep_every(value) -> int | str:
+    """A positive int or "auto" (as --keep-every takes it); UsageError otherwise."""
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            value = int(value)
+        except ValueError:
+            raise UsageError(f"--keep-every takes a number >= 1 or 'auto' (got {value!r})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"--keep-every must be >= 1 or 'auto' (got {value!r})")
+    return int(value)
+
+
 @_stdin_input
-def encode(input, output, *, keep_every: int = 2, model: str | None = None,
+def encode(input, output, *, keep_every: int | str = 2, model: str | None = None,
            source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
            crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
            progress: Progress | None = None, audio: bool = True,
            audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
-           keep_pattern: str | None = None, predictor: str | None = None) -> Summary:
+           keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None) -> Summary:
     """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
 
     The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
@@ -123,14 +141,29 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
     replaced by the previous frame and counted in `Summary.skipped`.
 
     `keep_pattern` "S:K" (send S frames, skip K; kpcodec.patterns) replaces `keep_every`.
+    `keep_every` "auto" detects every frame and sends those the decoder's predictor would
+    get more than `max_error` px wrong (default kpcodec.adaptive.DEFAULT_MAX_ERROR).
     `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
     """
+    from .adaptive import DEFAULT_MAX_ERROR, check_max_error, choose_sent_frames
     from .models.frames import frames_to_tensor
     from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
-    pattern = SendPattern.parse(keep_pattern) if keep_pattern else SendPattern.keep_every(keep_every)
+    keep_every = parse_keep_every(keep_every)
+    auto = keep_every == AUTO
+    if auto and keep_pattern:
+        raise UsageError("--keep-every auto and --keep-pattern exclude each other")
+    if max_error is not None and not auto:
+        raise UsageError("--max-error needs --keep-every auto")
+    if auto:
+        max_error = check_max_error(DEFAULT_MAX_ERROR if max_error is None else max_error)
+    # auto: the detector sees every frame; the choice comes after.
+    pattern = (SendPattern.parse(keep_pattern) if keep_pattern
+               else SendPattern.keep_every(1 if auto else keep_every))
     predictor = predict.get_predictor(predictor).name if predictor else predict.DEFAULT_PREDICTOR
+    if auto and predict.get_predictor(predictor).mode != "causal":
+        raise UsageError(f"--keep-every auto needs a causal predictor ({predictor!r} interpolates)")
     if audio:
         audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
     check_output(output, force)
@@ -165,11 +198,18 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
             jacs.append(jac.numpy())
     if count == 0:
         raise video.VideoError(f"{input}: no frames decoded")
+    sent_idx = np.asarray(sent_idx, dtype=np.int64)
+    kps, jacs = np.concatenate(kps).astype(np.float32), np.concatenate(jacs).astype(np.float32)
+    spacing = pattern.nominal_spacing
+    if auto:
+        chosen = choose_sent_frames(kps, jacs, predictor, max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
+        sent_idx, kps, jacs = sent_idx[chosen], kps[chosen], jacs[chosen]
+        spacing = min(65535, max(1, round(count / len(chosen))))
     header = bitstream.Header(
         model=name, weights_sha256=sha, width=size, height=size, fps_num=info.fps.numerator,
-        fps_den=info.fps.denominator, frame_count=count, keep_every=pattern.nominal_spacing,
+        fps_den=info.fps.denominator, frame_count=count, keep_every=spacing,
         num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
-        predictor=predictor,
+        predictor=predictor, adaptive=auto,
     )
     extra, audio_bytes = [], 0
     if audio and info.has_audio:
@@ -180,8 +220,7 @@ def encode(input, output, *, keep_every: int = 2, model: str | None = None,
     stream = bitstream.KpcStream(
         header=header, source_codec=source_codec,
         source_data=source_image.encode_image(source, source_codec, source_quality),
-        sent_indices=np.asarray(sent_idx, dtype=np.int64), keypoints=np.concatenate(kps).astype(np.float32),
-        jacobians=np.concatenate(jacs).astype(np.float32), extra_chunks=extra,
+        sent_indices=sent_idx, keypoints=kps, jacobians=jacs, extra_chunks=extra,
     )
     data = bitstream.dumps(stream)
     bitstream.write_bytes(output, data)
@@ -241,8 +280,28 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output))
 
 
+_BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "keypoints": ("KPTS", "KPRC"),
+                 "audio": (audio_codec.CHUNK_TYPE,)}
+
+
+def bit_budget(chunks: list[tuple[str, int]], duration_s: float, sent_frames: int) -> dict:
+    """Bytes and kb/s per part of a file (header with magic and KEND, source image,
+    keypoints, audio, other optional chunks, total), from bitstream.chunk_table."""
+    def part(n: int) -> dict:
+        return {"bytes": n, "kbps": n * 8 / duration_s / 1000 if duration_s else 0.0}
+
+    known = {kind for kinds in _BUDGET_PARTS.values() for kind in kinds}
+    out = {name: part(sum(n for kind, n in chunks if kind in kinds)) for name, kinds in _BUDGET_PARTS.items()}
+    out["other"] = part(sum(n for kind, n in chunks if kind not in known))
+    out["total"] = part(sum(n for _, n in chunks))
+    out["keypoints"]["bits_per_sent_frame"] = out["keypoints"]["bytes"] * 8 / sent_frames if sent_frames else 0.0
+    # The steady state of a long call: everything but the one-off source image.
+    out["without_source"] = part(out["total"]["bytes"] - out["source"]["bytes"])
+    return out
+
+
 def info(input) -> dict:
-    """Header, chunk sizes (bytes, kb/s) and keypoint statistics of a .kpc file."""
+    """Header, chunk sizes (bytes, kb/s), the bit budget and keypoint statistics of a .kpc file."""
     data = bitstream.read_bytes(input)
     stream = bitstream.loads(data)
     h = stream.header
@@ -259,9 +318,10 @@ def info(input) -> dict:
                  "sample_rate": track.sample_rate, "channels": track.channels,
                  "bitrate_kbps": track.bitrate / 1000, "duration_s": track.duration_s,
                  "packets": len(track.packets)}
+    table = bitstream.chunk_table(data)
     return {
-        "file": str(input), "format_version": "%d.%d" % bitstream.FORMAT_VERSION, "header": header,
+        "file": str(input), "format_version": "%d.%d" % stream.version, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
         "source_codec": stream.source_codec, "sent_frames": len(stream.sent_indices), "chunks": parts,
-        "audio": sound,
+        "budget": bit_budget(table, duration, len(stream.sent_indices)), "audio": sound,
     }

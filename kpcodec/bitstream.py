@@ -1,4 +1,4 @@
-"""The .kpc container, format version 1.0 (specified in man/kpc.5).
+"""The .kpc container, format version 1.1, and the reader and writer of 1.0 (man/kpc.5).
 
 Holds the in-memory stream (:class:`Header`, :class:`KpcStream`), the
 serialiser (:func:`dumps`, :func:`write_file`), the parser (:func:`loads`,
@@ -10,7 +10,12 @@ A file is ``MAGIC``, a major and a minor version byte, then chunks until
 and a u32 LE CRC-32 of type+payload. Every parse failure raises
 KpcFormatError (KpcVersionError for an unknown major version).
 
-Only numpy, zstandard and the standard library are used: no torch.
+The two versions differ in the keypoint chunk: 1.0's KPTS holds plain DPCM residuals
+packed as varints + zstd; 1.1's KPRC holds residuals of an integer in-loop predictor
+(kpcodec.quantize), range-coded with adaptive models (kpcodec.entropy). A stream
+remembers its version, so a 1.0 file re-serialises byte for byte.
+
+Only numpy, zstandard, constriction and the standard library are used: no torch.
 """
 
 from __future__ import annotations
@@ -24,15 +29,22 @@ from fractions import Fraction
 
 import numpy as np
 
+from kpcodec import entropy
 from kpcodec import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
+READABLE_MINORS = (0, 1)  # and any newer minor of major 1, leniently
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
 _PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
 _FRAMING_SIZE = 12  # type, length, CRC
-_REQUIRED_ORDER = ("HEAD", "SRCF", "KPTS", "KEND")
+_ORDER_1_0 = ("HEAD", "SRCF", "KPTS", "KEND")
+_ORDER_1_1 = ("HEAD", "SRCF", "KPRC", "KEND")
+_CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_1)
+FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
+_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE}  # per minor version
+KPRC_CODER = 0  # the adaptive context coder of kpcodec.entropy
 _U32_MAX = 2**32 - 1
 # Decoder limit on S*K: keeps a hostile file from asking for gigabytes.
 MAX_SENT_KEYPOINTS = 2**24
@@ -54,6 +66,7 @@ class Header:
     kp_step: float
     jac_step: float
     predictor: str
+    adaptive: bool = False  # 1.1 flag: keep_every is then the mean spacing, rounded
 
     @property
     def fps(self) -> Fraction:
@@ -75,6 +88,7 @@ class KpcStream:
     keypoints: np.ndarray  # (S, K, 2) float32
     jacobians: np.ndarray  # (S, K, 2, 2) float32
     extra_chunks: list[tuple[str, bytes]] = field(default_factory=list)
+    version: tuple[int, int] = FORMAT_VERSION  # (1, 0) writes KPTS, (1, 1) KPRC
 
 
 # --------------------------------------------------------------------------
@@ -160,7 +174,9 @@ def _sha_bytes(hex_digest: str) -> bytes:
     return raw
 
 
-def _encode_head(h: Header) -> bytes:
+def _encode_head(h: Header, minor: int) -> bytes:
+    if h.adaptive and not _KNOWN_FLAGS[minor] & FLAG_ADAPTIVE:
+        raise KpcFormatError("adaptive sent frames need format 1.1")
     return b"".join((
         _short_string(h.model, "utf-8", "model name"),
         _sha_bytes(h.weights_sha256),
@@ -168,7 +184,7 @@ def _encode_head(h: Header) -> bytes:
                     h.frame_count, h.keep_every, h.num_keypoints),
         struct.pack("<ff", h.kp_step, h.jac_step),
         _short_string(h.predictor, "utf-8", "predictor name"),
-        struct.pack("<H", 0),  # flags: reserved
+        struct.pack("<H", FLAG_ADAPTIVE if h.adaptive else 0),  # other bits reserved
     ))
 
 
@@ -188,7 +204,7 @@ def _blob(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
+def _checked_indices(s: KpcStream) -> np.ndarray:
     h = s.header
     indices = np.asarray(s.sent_indices)
     if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
@@ -202,6 +218,12 @@ def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
         raise KpcFormatError(
             f"keypoints/jacobians must have shapes {shape} and {shape + (2,)}, "
             f"got {np.shape(s.keypoints)} and {np.shape(s.jacobians)}")
+    return indices
+
+
+def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
+    """Format 1.0's keypoint chunk: plain DPCM, varints, zstd."""
+    indices = _checked_indices(s)
     try:
         q_kp, q_jac = q.quantize_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
     except ValueError as exc:
@@ -212,6 +234,24 @@ def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
         _blob(q.pack_symbols(deltas)),
         _blob(q.pack_symbols(q_kp)),
         _blob(q.pack_symbols(q_jac)),
+    ))
+
+
+def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
+    """Format 1.1's keypoint chunk: in-loop prediction, adaptive range coding."""
+    indices = _checked_indices(s)
+    count = len(indices)
+    try:
+        kp, jac = q.check_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
+    except ValueError as exc:
+        raise KpcFormatError(str(exc)) from None
+    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR)
+    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR)
+    deltas = np.diff(indices, prepend=0).reshape(count, 1)
+    coded = entropy.encode([deltas, r_kp.reshape(count, -1), r_jac.reshape(count, -1)])
+    return b"".join((
+        struct.pack("<IBBB", count, KPRC_CODER, q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+        _blob(coded),
     ))
 
 
@@ -241,6 +281,9 @@ def dumps(stream: KpcStream) -> bytes:
     raises KpcFormatError naming the field.
     """
     h = stream.header
+    version = tuple(stream.version)
+    if version[0] != FORMAT_VERSION[0] or version[1] not in READABLE_MINORS:
+        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 and 1.1)")
     _check_header(h)
     # Quantise with the steps exactly as the decoder will read them back.
     kp_step, jac_step = _f32(h.kp_step), _f32(h.jac_step)
@@ -248,11 +291,13 @@ def dumps(stream: KpcStream) -> bytes:
     _check_step("jac_step", jac_step)
     for kind, payload in stream.extra_chunks:
         _check_extra(kind, payload)
+    keypoints = (_chunk("KPTS", _encode_kpts(stream, kp_step, jac_step)) if version == (1, 0)
+                 else _chunk("KPRC", _encode_kprc(stream, kp_step, jac_step)))
     parts = [
-        MAGIC, bytes(FORMAT_VERSION),
-        _chunk("HEAD", _encode_head(h)),
+        MAGIC, bytes(version),
+        _chunk("HEAD", _encode_head(h, version[1])),
         _chunk("SRCF", _encode_srcf(stream.source_codec, stream.source_data)),
-        _chunk("KPTS", _encode_kpts(stream, kp_step, jac_step)),
+        keypoints,
     ]
     parts += [_chunk(kind, bytes(payload)) for kind, payload in stream.extra_chunks]
     parts.append(_chunk("KEND", b""))
@@ -340,18 +385,20 @@ def _read_preamble(data) -> tuple[bytes, int]:
     return data, minor
 
 
-def _decode_head(r: _Reader, strict: bool) -> Header:
+def _decode_head(r: _Reader, minor: int) -> Header:
+    strict = minor <= FORMAT_VERSION[1]
     model = r.text("utf-8", "model name")
     sha = r.take(32).hex()
     width, height, fps_num, fps_den, frame_count, keep_every, k = r.unpack("HHIIIHB")
     kp_step, jac_step = r.unpack("ff")
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
-    if strict and flags:
-        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags:04x})")
+    known = _KNOWN_FLAGS[min(minor, FORMAT_VERSION[1])]
+    if strict and flags & ~known:
+        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
     r.finish(strict)
     h = Header(model, sha, width, height, fps_num, fps_den, frame_count,
-               keep_every, k, kp_step, jac_step, predictor)
+               keep_every, k, kp_step, jac_step, predictor, bool(flags & known & FLAG_ADAPTIVE))
     _check_header(h)
     return h
 
@@ -371,13 +418,17 @@ def _read_blob(r: _Reader, count: int, what: str) -> np.ndarray:
         raise KpcFormatError(f"{what} in chunk KPTS: {exc}") from None
 
 
+def _check_count(count: int, h: Header) -> None:
+    if count < 1 or count > h.frame_count:
+        raise KpcFormatError(f"sent frame count {count} not in 1..frame_count")
+    if count * h.num_keypoints > MAX_SENT_KEYPOINTS:
+        raise KpcFormatError(f"{count} sent frames x {h.num_keypoints} keypoints exceeds decoder limit")
+
+
 def _decode_kpts(r: _Reader, h: Header, strict: bool):
     (count,) = r.unpack("I")
     k = h.num_keypoints
-    if count < 1 or count > h.frame_count:
-        raise KpcFormatError(f"sent frame count {count} not in 1..frame_count")
-    if count * k > MAX_SENT_KEYPOINTS:
-        raise KpcFormatError(f"{count} sent frames x {k} keypoints exceeds decoder limit")
+    _check_count(count, h)
     indices = np.cumsum(_read_blob(r, count, "frame indices").astype(np.int64))
     _check_indices(indices, h.frame_count)
     q_kp = _read_blob(r, count * k * 2, "keypoints").reshape(count, k, 2)
@@ -391,15 +442,44 @@ def _decode_kpts(r: _Reader, h: Header, strict: bool):
     return indices, keypoints, jacobians
 
 
-def _check_order(kind: str, seen: list[str]) -> None:
-    """Critical chunks must come exactly as HEAD, SRCF, KPTS, KEND."""
+def _decode_kprc(r: _Reader, h: Header, strict: bool):
+    count, coder, kp_pred, jac_pred = r.unpack("IBBB")
+    k = h.num_keypoints
+    _check_count(count, h)
+    if coder != KPRC_CODER:
+        raise KpcFormatError(f"unknown keypoint coder {coder} in chunk KPRC")
+    for what, kind in (("keypoint", kp_pred), ("jacobian", jac_pred)):
+        if kind not in q.PREDICTORS:
+            raise KpcFormatError(f"unknown {what} predictor {kind} in chunk KPRC")
+    coded = r.take(r.unpack("I")[0])
+    r.finish(strict)
+    try:
+        deltas, r_kp, r_jac = entropy.decode(coded, count, [1, 2 * k, 4 * k])
+    except KpcFormatError as exc:
+        raise KpcFormatError(f"chunk KPRC: {exc}") from None
+    indices = np.cumsum(deltas[:, 0])
+    _check_indices(indices, h.frame_count)
+    levels = []
+    for res, kind, clip, step, what in ((r_kp, kp_pred, q.KP_CLIP, h.kp_step, "keypoint values"),
+                                        (r_jac, jac_pred, q.JAC_CLIP, h.jac_step, "jacobian values")):
+        try:
+            levels.append(q.levels_from_residuals(res, kind, q.max_level_rounded_up(clip, step)))
+        except ValueError:
+            raise KpcFormatError(f"{what} outside [-{clip:g}, {clip:g}]") from None
+    keypoints = q.levels_to_values(levels[0], h.kp_step).reshape(count, k, 2)
+    jacobians = q.levels_to_values(levels[1], h.jac_step).reshape(count, k, 2, 2)
+    return indices, keypoints, jacobians
+
+
+def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
+    """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1), KEND."""
     if not _is_critical(kind):
         if not seen:
             raise KpcFormatError(f"optional chunk {kind} before HEAD")
         return
-    if kind not in _REQUIRED_ORDER:
+    if kind not in _CRITICAL:
         raise KpcFormatError(f"unknown critical chunk {kind}")
-    expected = _REQUIRED_ORDER[len(seen)]
+    expected = order[len(seen)]
     if kind != expected:
         raise KpcFormatError(f"chunk {kind} where {expected} was expected")
     seen.append(kind)
@@ -409,25 +489,29 @@ def loads(data: bytes) -> KpcStream:
     """Parse a .kpc file; keypoints come back dequantised as float32."""
     data, minor = _read_preamble(data)
     strict = minor <= FORMAT_VERSION[1]  # a newer minor may append fields
+    order = _ORDER_1_0 if minor == 0 else _ORDER_1_1
     seen: list[str] = []
     parts: dict = {}
     extra: list[tuple[str, bytes]] = []
     for kind, payload, offset in _split_chunks(data):
-        _check_order(kind, seen)
+        _check_order(kind, seen, order)
         r = _Reader(payload, kind, offset + 8)
         if kind == "HEAD":
-            parts["header"] = _decode_head(r, strict)
+            parts["header"] = _decode_head(r, minor)
         elif kind == "SRCF":
             parts["source"] = _decode_srcf(r)
         elif kind == "KPTS":
             parts["kpts"] = _decode_kpts(r, parts["header"], strict)
+        elif kind == "KPRC":
+            parts["kpts"] = _decode_kprc(r, parts["header"], strict)
         elif kind == "KEND":
             r.finish(True)
         else:
             extra.append((kind, payload))
     indices, keypoints, jacobians = parts["kpts"]
     codec, source = parts["source"]
-    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra)
+    version = (1, 0) if minor == 0 else FORMAT_VERSION
+    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version)
 
 
 def chunk_table(data: bytes) -> list[tuple[str, int]]:

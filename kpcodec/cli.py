@@ -112,7 +112,8 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or s
 def encode(
     input: Annotated[str, typer.Argument(help="Input video (mp4, mov, mkv, webm, ...).")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output .kpc file ('-' for stdout).")],
-    keep_every: Annotated[int, typer.Option("--keep-every", "-k", help="Send the keypoints of one frame in N.")] = 2,
+    keep_every: Annotated[str, typer.Option("--keep-every", "-k", help="Send the keypoints of one frame in N, or 'auto': only frames the decoder would predict worse than --max-error.")] = "2",
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="With --keep-every auto: send a frame when the decoder's prediction of its keypoints is more than E px off (at 256x256; default 2).")] = None,
     keep_pattern: Annotated[Optional[str], typer.Option("--keep-pattern", help="Send S frames, skip K, repeat: S:K (e.g. 12:12); replaces --keep-every.")] = None,
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor the file asks the decoder to use (default: the best measured).")] = None,
     source_quality: Annotated[Optional[int], typer.Option("--source-quality", help="Source image quality 0-100.")] = None,
@@ -135,7 +136,8 @@ def encode(
                            source_codec=source_codec or source_image.DEFAULT_CODEC,
                            source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
                            force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
-                           ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor)
+                           ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
+                           max_error=max_error)
     if s.skipped:  # a warning, so even --quiet says it
         err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
                   "was repeated in their place", markup=False)
@@ -187,18 +189,31 @@ def info(
     for key, value in h.items():
         table.add_row(key, str(value))
     table.add_row("duration", f"{d['duration_s']:.2f} s")
-    table.add_row("sent frames", f"{d['sent_frames']} of {h['frame_count']}")
+    table.add_row("sent frames", f"{d['sent_frames']} of {h['frame_count']}"
+                  + (" (chosen by the encoder's error test)" if h.get("adaptive") else ""))
     table.add_row("source codec", d["source_codec"])
     out.print(table)
-    parts = Table(title="bit budget", title_justify="left")
-    parts.add_column("part")
-    parts.add_column("bytes", justify="right")
-    parts.add_column("kb/s", justify="right")
+    chunks = Table(title="chunks", title_justify="left")
+    chunks.add_column("chunk")
+    chunks.add_column("bytes", justify="right")
+    chunks.add_column("kb/s", justify="right")
     for p in d["chunks"]:
-        label = "audio (opus)" if p["chunk"] == "opus" else p["chunk"]
-        parts.add_row(label, str(p["bytes"]), f"{p['kbps']:.3f}")
-    parts.add_row("total", str(d["bytes"]), f"{d['kbps']:.3f}")
-    out.print(parts)
+        chunks.add_row(p["chunk"], str(p["bytes"]), f"{p['kbps']:.3f}")
+    out.print(chunks)
+    b = d["budget"]
+    budget = Table(title="bit budget (framing included)", title_justify="left")
+    budget.add_column("part")
+    budget.add_column("bytes", justify="right")
+    budget.add_column("kb/s", justify="right")
+    kp_chunk = next((p["chunk"] for p in d["chunks"] if p["chunk"] in ("KPRC", "KPTS")), "")
+    rows = [("header (magic, HEAD, KEND)", b["header"]), (f"source image ({d['source_codec']})", b["source"]),
+            (f"keypoints ({kp_chunk}, {b['keypoints']['bits_per_sent_frame']:.0f} bits per sent frame)",
+             b["keypoints"]), ("audio (opus)", b["audio"]), ("other optional chunks", b["other"]),
+            ("total", b["total"]), ("total without the source image", b["without_source"])]
+    for label, part in rows:
+        if part["bytes"] or label.startswith(("total", "keypoints", "source", "header")):
+            budget.add_row(label, str(part["bytes"]), f"{part['kbps']:.3f}")
+    out.print(budget)
     if not quiet:
         sound = f" (audio {d['audio']['kbps']:.2f})" if d.get("audio") else ""
         err.print(f"{d['file']}: {h['frame_count']} frames, {h['fps']} fps, {d['kbps']:.2f} kb/s{sound}, "

@@ -206,6 +206,70 @@ def _learned(net, indices, kps, jacs, frame_count, sample: bool = False, seed: i
                 yield kps[s], jacs[s]
 
 
+class OnlineFill:
+    """A causal predictor run one frame at a time, for an encoder that decides what to send.
+
+    `predict()` gives the next frame's (keypoints, Jacobians) as the decoder would fill
+    them; `commit(sent)` moves on by one frame, with that frame's sent values or, with
+    None, the prediction. Fed the same sent frames, it yields exactly what
+    `fill_keypoints` yields (tests check this); sampling predictors are not supported.
+    """
+
+    def __init__(self, predictor: str, kp0: np.ndarray, jac0: np.ndarray):
+        self.entry = entry = get_predictor(predictor)
+        if entry.mode != "causal" or entry.kind not in ("hold", "linear") + LEARNED_KINDS:
+            raise UsageError(f"predictor {predictor!r} cannot run online (it needs later frames)")
+        if entry.options.get("sample"):
+            raise UsageError(f"predictor {predictor!r} samples: its predictions depend on what is sent later")
+        self.t = 1  # the frame predict() is about
+        self.sent = [(0, kp0, jac0)]  # (frame, kp, jac) of the last two sent frames
+        self.damping = float(entry.config.get("damping", DEFAULT_DAMPING))
+        self.net = self.state = self._pending = None
+        if entry.learned:
+            import torch
+
+            self.net = load_learned(predictor)
+            self._torch = torch
+            with torch.inference_mode():
+                self.state = self.net.init_state(self._tensor(kp0), self._tensor(jac0), None)
+
+    def _tensor(self, x):
+        return self._torch.from_numpy(np.asarray(x, np.float32))[None]
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray]:
+        i, kp, jac = self.sent[-1]
+        if self.entry.kind == "hold" or (self.entry.kind == "linear" and len(self.sent) == 1):
+            return kp, jac
+        if self.entry.kind == "linear":
+            j, kp_before, _ = self.sent[-2]
+            # int64 frame numbers, as fill_keypoints has them: the same numpy promotions
+            gap, span, d = np.int64(self.t - i), np.int64(i - j), self.damping
+            travel = gap if d == 1 else d * (1 - d ** gap) / (1 - d)
+            return kp + (kp - kp_before) / span * travel, jac
+        if self._pending is None:
+            torch = self._torch
+            with torch.inference_mode():
+                pk, pj, state, _ = self.net.step(self.state, None, None, torch.zeros(1, dtype=torch.bool))
+            pj = jac if self.entry.options.get("hold_jacobians") else pj[0].numpy()
+            self._pending = (pk[0].numpy(), pj, state)
+        return self._pending[0], self._pending[1]
+
+    def commit(self, sent: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if self.net is not None:
+            if sent is None:
+                self.predict()
+                self.state = self._pending[2]
+            else:
+                torch = self._torch
+                with torch.inference_mode():
+                    _, _, self.state, _ = self.net.step(self.state, self._tensor(sent[0]), self._tensor(sent[1]),
+                                                        torch.ones(1, dtype=torch.bool))
+            self._pending = None
+        if sent is not None:
+            self.sent = [self.sent[-1], (self.t, sent[0], sent[1])]
+        self.t += 1
+
+
 def _check_inputs(indices, kps, jacs, frame_count) -> np.ndarray:
     indices = np.asarray(indices)
     if len(indices) == 0 or indices[0] != 0:

@@ -1,9 +1,12 @@
 """Keypoint quantisation and symbol packing for the .kpc container.
 
-Holds the closed-loop DPCM quantiser for FOMM keypoints and their 2x2
-Jacobians (:func:`quantize_keypoints` / :func:`dequantize_keypoints`) and the
+Holds the closed-loop predictive quantiser for FOMM keypoints and their 2x2
+Jacobians: format 1.1's (:func:`quantize_closed_loop` / :func:`levels_from_residuals`,
+with an integer in-loop predictor per quantity) and format 1.0's plain DPCM
+(:func:`quantize_keypoints` / :func:`dequantize_keypoints`), and format 1.0's
 lossless packing of integer symbols into bytes (:func:`pack_symbols` /
-:func:`unpack_symbols`: zigzag, LEB128 varints, zstd).
+:func:`unpack_symbols`: zigzag, LEB128 varints, zstd). Format 1.1's entropy
+coder is kpcodec.entropy.
 
 Only numpy and zstandard are used here: the decoder must run without torch.
 """
@@ -15,8 +18,23 @@ import zstandard
 
 from kpcodec.errors import KpcFormatError
 
-DEFAULT_KP_STEP = 1.0 / 256.0  # in [-1, 1] units: half a pixel at 256 px
-DEFAULT_JAC_STEP = 1.0 / 64.0
+# Format 1.0's steps (its writer always used these).
+V1_0_KP_STEP = 1.0 / 256.0  # in [-1, 1] units: half a pixel at 256 px
+V1_0_JAC_STEP = 1.0 / 64.0
+# Format 1.1's defaults, chosen by the rendered video's SSIM against unquantised keypoints
+# (benchmarks/results/bitrate.md): 1/64 is 2 px at 256 px (error <= 1 px).
+DEFAULT_KP_STEP = 1.0 / 64.0
+DEFAULT_JAC_STEP = 1.0 / 32.0
+
+# In-loop predictors of format 1.1 (a u8 per quantity in the KPRC chunk). Integer
+# arithmetic on the decoder's own levels, so encoder and decoder agree bit for bit.
+PREVIOUS = 0  # the last reconstructed level
+HALF_VELOCITY = 1  # last + round((last - one before) / 2): damped velocity
+PREDICTORS = {PREVIOUS: "previous", HALF_VELOCITY: "half-velocity"}
+# Measured on the val split (lowest residual entropy): positions keep half their last
+# velocity, Jacobians barely move coherently and are best predicted by the last value.
+DEFAULT_KP_PREDICTOR = HALF_VELOCITY
+DEFAULT_JAC_PREDICTOR = PREVIOUS
 
 KP_CLIP = 2.0  # keypoints live in [-1, 1]; leave room for points just outside
 JAC_CLIP = 8.0  # a Jacobian entry beyond this is a model failure, not motion
@@ -34,8 +52,13 @@ _MAX_VARINT_BYTES = 5  # a zigzagged int32 needs at most 5 groups of 7 bits
 
 
 def max_level(clip: float, step: float) -> int:
-    """Largest |level| the quantiser can emit for a clip range and step."""
+    """Largest |level| format 1.0's quantiser can emit for a clip range and step."""
     return int(np.rint(np.float64(clip) / np.float64(step)))
+
+
+def max_level_rounded_up(clip: float, step: float) -> int:
+    """Largest |level| format 1.1's quantiser (ties rounded up) can emit: floor(C/step + 1/2)."""
+    return int(np.floor(np.float64(clip) / np.float64(step) + 0.5))
 
 
 def _predict_level(previous_levels: np.ndarray | None, shape: tuple) -> np.ndarray:
@@ -77,25 +100,66 @@ def levels_to_values(levels: np.ndarray, step: float) -> np.ndarray:
     return (np.asarray(levels, dtype=np.float64) * np.float64(step)).astype(np.float32)
 
 
+def predict_level(kind: int, last: np.ndarray | None, before: np.ndarray | None, shape: tuple) -> np.ndarray:
+    """The in-loop prediction of the next levels from the decoder's last two (int64)."""
+    if last is None:
+        return np.zeros(shape, dtype=np.int64)
+    if kind == PREVIOUS or before is None:
+        return last
+    if kind == HALF_VELOCITY:
+        return last + np.floor_divide(last - before + 1, 2)  # half velocity, ties up
+    raise ValueError(f"unknown in-loop predictor {kind}")
+
+
+def quantize_closed_loop(x: np.ndarray, step: float, clip: float, kind: int) -> np.ndarray:
+    """Residuals (int64, shaped like x) of closed-loop prediction over axis 0 of ``x``.
+
+    ``x`` is clipped to [-clip, clip]; frame s is coded against ``predict_level`` of the
+    decoder's reconstructed levels of frames s-1 and s-2, so each value is within step/2
+    of its clipped input and errors never accumulate. The level is floor(x / step + 1/2)
+    whatever the prediction (rounded first, then the integer prediction subtracted:
+    subtracting in floating point could round a near-tie the other way).
+    """
+    target = np.clip(np.asarray(x, dtype=np.float64), -clip, clip) / np.float64(step)
+    residuals = np.empty(target.shape, dtype=np.int64)
+    last = before = None
+    for s in range(target.shape[0]):
+        pred = predict_level(kind, last, before, target.shape[1:])
+        residuals[s] = np.floor(target[s] + 0.5).astype(np.int64) - pred
+        last, before = pred + residuals[s], last  # exactly what the decoder will hold
+    return residuals
+
+
+def levels_from_residuals(residuals: np.ndarray, kind: int, limit: int) -> np.ndarray:
+    """The decoder's levels from residuals; ValueError as soon as one exceeds ``limit``.
+
+    Checking frame by frame keeps hostile residuals from growing past int64.
+    """
+    residuals = np.asarray(residuals, dtype=np.int64)
+    levels = np.empty(residuals.shape, dtype=np.int64)
+    last = before = None
+    for s in range(residuals.shape[0]):
+        levels[s] = predict_level(kind, last, before, residuals.shape[1:]) + residuals[s]
+        if levels[s].size and np.abs(levels[s]).max() > limit:
+            raise ValueError(f"level beyond the clip range in sent frame {s}")
+        last, before = levels[s], last
+    return levels
+
+
+def decoder_values(x: np.ndarray, step: float, clip: float) -> np.ndarray:
+    """The float32 values a 1.1 decoder rebuilds for ``x`` (closed loop: the nearest levels)."""
+    target = np.clip(np.asarray(x, dtype=np.float64), -clip, clip) / np.float64(step)
+    return levels_to_values(np.floor(target + 0.5), step)
+
+
 def _check_step(name: str, step: float) -> None:
     if not (isinstance(step, (int, float, np.floating)) and np.isfinite(step)
             and step >= MIN_STEP):
         raise ValueError(f"{name} must be finite and >= 2**-16, got {step!r}")
 
 
-def quantize_keypoints(
-    values: np.ndarray,
-    jacobians: np.ndarray,
-    kp_step: float = DEFAULT_KP_STEP,
-    jac_step: float = DEFAULT_JAC_STEP,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quantise (S,K,2) keypoints and (S,K,2,2) Jacobians to residual symbols.
-
-    Values are clipped to [-2, 2] and Jacobians to [-8, 8] first. Frame 0 is
-    quantised directly; frame s is coded against the decoder's reconstruction
-    of frame s-1, so the error stays within step/2 and never drifts.
-    Returns int32 arrays shaped like the inputs.
-    """
+def check_keypoints(values, jacobians, kp_step: float, jac_step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Shapes (S,K,2) and (S,K,2,2), finite values, valid steps; ValueError otherwise."""
     values = np.asarray(values)
     jacobians = np.asarray(jacobians)
     if values.ndim != 3 or values.shape[2] != 2:
@@ -108,16 +172,33 @@ def quantize_keypoints(
         raise ValueError("keypoints or jacobians contain NaN or infinity")
     _check_step("kp_step", kp_step)
     _check_step("jac_step", jac_step)
+    return values, jacobians
+
+
+def quantize_keypoints(
+    values: np.ndarray,
+    jacobians: np.ndarray,
+    kp_step: float = V1_0_KP_STEP,
+    jac_step: float = V1_0_JAC_STEP,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Format 1.0: quantise (S,K,2) keypoints and (S,K,2,2) Jacobians to residual symbols.
+
+    Values are clipped to [-2, 2] and Jacobians to [-8, 8] first. Frame 0 is
+    quantised directly; frame s is coded against the decoder's reconstruction
+    of frame s-1, so the error stays within step/2 and never drifts.
+    Returns int32 arrays shaped like the inputs.
+    """
+    values, jacobians = check_keypoints(values, jacobians, kp_step, jac_step)
     return _quantize_dpcm(values, kp_step, KP_CLIP), _quantize_dpcm(jacobians, jac_step, JAC_CLIP)
 
 
 def dequantize_keypoints(
     q_values: np.ndarray,
     q_jac: np.ndarray,
-    kp_step: float = DEFAULT_KP_STEP,
-    jac_step: float = DEFAULT_JAC_STEP,
+    kp_step: float = V1_0_KP_STEP,
+    jac_step: float = V1_0_JAC_STEP,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rebuild float32 keypoints and Jacobians from residual symbols."""
+    """Format 1.0: rebuild float32 keypoints and Jacobians from residual symbols."""
     values = levels_to_values(reconstruct_levels(q_values), kp_step)
     jacobians = levels_to_values(reconstruct_levels(q_jac), jac_step)
     return values, jacobians

@@ -67,16 +67,20 @@ def make_header(**over) -> bs.Header:
     return bs.Header(**fields)
 
 
-def make_stream(s: int = 5, k: int = 3, seed: int = 0, **over) -> bs.KpcStream:
+V1_0, V1_1 = (1, 0), (1, 1)
+
+
+def make_stream(s: int = 5, k: int = 3, seed: int = 0, version=V1_0, **over) -> bs.KpcStream:
     rng = np.random.default_rng(seed)
     header = make_header(num_keypoints=k, frame_count=2 * s, **over)
     kp = np.cumsum(rng.normal(0, 0.02, (s, k, 2)), axis=0).astype(np.float32)
     jac = (np.eye(2) + rng.normal(0, 0.1, (s, k, 2, 2))).astype(np.float32)
-    return bs.KpcStream(header, "png", b"\x89PNG fake", np.arange(0, 2 * s, 2), kp, jac)
+    return bs.KpcStream(header, "png", b"\x89PNG fake", np.arange(0, 2 * s, 2), kp, jac, version=version)
 
 
-def small_file() -> bytes:
-    return bs.dumps(make_stream(s=3, k=2))
+def small_file(version=V1_0) -> bytes:
+    """A 1.0 file by default: most container rules are the same in both versions."""
+    return bs.dumps(make_stream(s=3, k=2, version=version))
 
 
 def assert_rejects(data: bytes, match: str | None = None) -> None:
@@ -118,8 +122,9 @@ def random_arrays(rng: np.random.Generator, mode: str, shape: tuple, step: float
 
 @st.composite
 def streams(draw) -> bs.KpcStream:
-    s = draw(st.integers(1, 40))
-    k = draw(st.integers(1, 20))
+    version = draw(st.sampled_from([V1_0, V1_1]))
+    s = draw(st.integers(1, 40 if version == V1_0 else 12))  # the 1.1 coder is slower
+    k = draw(st.integers(1, 20 if version == V1_0 else 8))
     deltas = draw(st.lists(st.integers(1, 1000), min_size=s - 1, max_size=s - 1))
     indices = np.cumsum([0] + deltas).astype(np.int64)
     frame_count = int(indices[-1]) + 1 + draw(st.integers(0, 1000))
@@ -132,8 +137,9 @@ def streams(draw) -> bs.KpcStream:
     codec = draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=8))
     extra = draw(st.lists(st.tuples(
         st.from_regex(r"\A[a-z][A-Za-z]{3}\Z"), st.binary(max_size=20)), max_size=3))
+    header.adaptive = version == V1_1 and draw(st.booleans())
     return bs.KpcStream(header, codec, draw(st.binary(max_size=64)), indices,
-                        kp.astype(dtype), jac.astype(dtype), extra)
+                        kp.astype(dtype), jac.astype(dtype), extra, version)
 
 
 # --------------------------------------------------------------------------
@@ -153,18 +159,29 @@ def test_round_trip(stream):
     assert out.sent_indices.dtype == np.int64 and np.array_equal(out.sent_indices, stream.sent_indices)
     assert out.keypoints.dtype == np.float32 and out.jacobians.dtype == np.float32
 
-    q_kp, q_jac = q.quantize_keypoints(stream.keypoints, stream.jacobians,
-                                       out.header.kp_step, out.header.jac_step)
-    kp, jac = q.dequantize_keypoints(q_kp, q_jac, out.header.kp_step, out.header.jac_step)
+    if stream.version == V1_0:
+        q_kp, q_jac = q.quantize_keypoints(stream.keypoints, stream.jacobians,
+                                           out.header.kp_step, out.header.jac_step)
+        kp, jac = q.dequantize_keypoints(q_kp, q_jac, out.header.kp_step, out.header.jac_step)
+    else:  # integer in-loop prediction: every value is its own nearest level
+        kp = nearest_levels(stream.keypoints, q.KP_CLIP, out.header.kp_step)
+        jac = nearest_levels(stream.jacobians, q.JAC_CLIP, out.header.jac_step)
     assert np.array_equal(out.keypoints, kp) and np.array_equal(out.jacobians, jac)
+    assert out.version == stream.version
     assert_within_half_step(stream.keypoints, out.keypoints, q.KP_CLIP, out.header.kp_step)
     assert_within_half_step(stream.jacobians, out.jacobians, q.JAC_CLIP, out.header.jac_step)
 
     assert bs.dumps(out) == data
     table = bs.chunk_table(data)
     assert sum(size for _, size in table) == len(data)
+    kpts = "KPTS" if stream.version == V1_0 else "KPRC"
     assert [name for name, _ in table] == (
-        ["magic", "HEAD", "SRCF", "KPTS"] + [k for k, _ in stream.extra_chunks] + ["KEND"])
+        ["magic", "HEAD", "SRCF", kpts] + [k for k, _ in stream.extra_chunks] + ["KEND"])
+
+
+def nearest_levels(x, clip, step) -> np.ndarray:
+    target = np.clip(np.asarray(x, dtype=np.float64), -clip, clip) / np.float64(step)
+    return (np.floor(target + 0.5) * np.float64(step)).astype(np.float32)
 
 
 def assert_within_half_step(original, decoded, clip, step):
@@ -240,7 +257,8 @@ def test_unpack_symbols_rejects(packed, count):
 
 
 def test_default_steps():
-    assert q.DEFAULT_KP_STEP == 1 / 256 and q.DEFAULT_JAC_STEP == 1 / 64
+    assert q.V1_0_KP_STEP == 1 / 256 and q.V1_0_JAC_STEP == 1 / 64
+    assert q.DEFAULT_KP_STEP == 1 / 64 and q.DEFAULT_JAC_STEP == 1 / 32
 
 
 def test_header_properties():
@@ -256,7 +274,7 @@ def test_header_properties():
 def test_layout_matches_spec():
     data = small_file()
     assert data[:8] == bs.MAGIC == b"\x89KPC\r\n\x1a\n"
-    assert data[8:10] == bytes(bs.FORMAT_VERSION) == b"\x01\x00"
+    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 1)
     pre, chunks = split(data)
     assert [k for k, _ in chunks] == ["HEAD", "SRCF", "KPTS", "KEND"]
     assert join(pre, chunks) == data  # framing and CRC as the spec says
@@ -353,15 +371,44 @@ def test_unknown_major_version(major):
 
 
 def test_newer_minor_version_appends_fields():
-    data = small_file()
-    head, kpts = split(data)[1][0][1], split(data)[1][2][1]
-    flagged = head[:-2] + b"\x01\x00" + b"new field"
-    newer = replace_chunk(replace_chunk(with_version(data, 1, 7), "HEAD", flagged), "KPTS", kpts + b"more")
-    assert bs.dumps(bs.loads(newer)) == data  # rewritten as 1.0
-    # the same bytes in a 1.0 file are errors
+    data = small_file(V1_1)
+    head, kprc = split(data)[1][0][1], split(data)[1][2][1]
+    flagged = head[:-2] + b"\x03\x80" + b"new field"  # bit 0 known since 1.1, the others not
+    newer = replace_chunk(replace_chunk(with_version(data, 1, 7), "HEAD", flagged), "KPRC", kprc + b"more")
+    out = bs.loads(newer)
+    assert out.header.adaptive and out.version == V1_1
+    out.header.adaptive = False
+    assert bs.dumps(out) == data  # rewritten as 1.1
+    # the same bytes in a 1.1 file are errors
     assert_rejects(replace_chunk(data, "HEAD", head + b"x"), "unexpected bytes at end of chunk HEAD")
     assert_rejects(replace_chunk(data, "HEAD", flagged[:len(head)]), "reserved HEAD flags")
-    assert_rejects(replace_chunk(data, "KPTS", kpts + b"x"), "unexpected bytes at end of chunk KPTS")
+    assert_rejects(replace_chunk(data, "KPRC", kprc + b"x"), "unexpected bytes at end of chunk KPRC")
+    # and in a 1.0 file even the adaptive flag is
+    head10 = split(small_file())[1][0][1]
+    assert_rejects(replace_chunk(small_file(), "HEAD", head10[:-2] + b"\x01\x00"), "reserved HEAD flags")
+
+
+def test_keypoint_chunk_follows_the_version():
+    old, new = small_file(V1_0), small_file(V1_1)
+    assert new[8:10] == b"\x01\x01" and [k for k, _ in split(new)[1]] == ["HEAD", "SRCF", "KPRC", "KEND"]
+    assert_rejects(with_version(old, 1, 1), "chunk KPTS where KPRC was expected")
+    assert_rejects(with_version(new, 1, 0), "chunk KPRC where KPTS was expected")
+    with pytest.raises(KpcFormatError, match="cannot write"):
+        bs.dumps(make_stream(version=(1, 2)))
+    adaptive = make_stream(version=V1_0)
+    adaptive.header.adaptive = True
+    with pytest.raises(KpcFormatError, match="need format 1.1"):
+        bs.dumps(adaptive)
+
+
+def test_v1_1_is_smaller_and_closed_loop():
+    """Same keypoints at the same steps: 1.1's prediction and range coder beat 1.0's zstd."""
+    old = make_stream(s=40, k=10, version=V1_0)
+    new = make_stream(s=40, k=10, version=V1_1)
+    a, b = bs.loads(bs.dumps(old)), bs.loads(bs.dumps(new))
+    assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.jacobians, b.jacobians)
+    sizes = [dict(bs.chunk_table(bs.dumps(x)))[c] for x, c in ((old, "KPTS"), (new, "KPRC"))]
+    assert sizes[1] < sizes[0]
 
 
 def test_man_page_version_matches_format_version():
@@ -384,9 +431,10 @@ def test_every_truncation_rejected():
             bs.chunk_table(data[:n])
 
 
-def test_every_single_bit_flip():
-    data = (GOLDEN / "v1_0.kpc").read_bytes()
-    minor_bits = set(range(9 * 8, 10 * 8))
+@pytest.mark.parametrize("name", ["v1_0", "v1_1"])
+def test_every_single_bit_flip(name):
+    data = (GOLDEN / f"{name}.kpc").read_bytes()
+    minor_bits = set(range(9 * 8 + 1, 10 * 8)) if name == "v1_1" else set()
     for bit in range(len(data) * 8):
         flipped = bytearray(data)
         flipped[bit // 8] ^= 1 << (bit % 8)
@@ -394,7 +442,8 @@ def test_every_single_bit_flip():
             out = bs.loads(bytes(flipped))
         except KpcFormatError:
             continue
-        # only a newer minor version still parses, to the same content
+        # only a newer minor version of a 1.1 file still parses, to the same content
+        # (1.0 <-> 1.1 flips are caught: the keypoint chunk does not match the version)
         assert bit in minor_bits, f"bit {bit} flipped and the file still loaded"
         assert bs.dumps(out) == data
 
@@ -408,10 +457,12 @@ def test_random_bytes_rejected(junk):
 
 
 @FAST
-@given(st.sampled_from(["HEAD", "SRCF", "KPTS"]), st.data())
-def test_mutated_payload_with_good_crc(kind, data):
+@given(st.sampled_from([("HEAD", V1_0), ("SRCF", V1_0), ("KPTS", V1_0), ("HEAD", V1_1), ("KPRC", V1_1),
+                        ("KPRC", V1_1)]), st.data())
+def test_mutated_payload_with_good_crc(case, data):
     """CRC fixed up, so the payload parsers see the damage; never crash."""
-    original = small_file()
+    kind, version = case
+    original = small_file(version)
     payload = dict(split(original)[1])[kind]
     action = data.draw(st.sampled_from(["flip", "cut", "grow", "random"]))
     p = bytearray(payload)
@@ -537,12 +588,15 @@ def test_dumps_rejects_invalid_streams(change):
 # Golden file
 
 
-def test_golden_file_decodes_exactly():
-    data = (GOLDEN / "v1_0.kpc").read_bytes()
-    expected = np.load(GOLDEN / "v1_0.npz")
+@pytest.mark.parametrize("name, frames, version", [("v1_0", 10, V1_0), ("v1_1", 12, V1_1)])
+def test_golden_file_decodes_exactly(name, frames, version):
+    data = (GOLDEN / f"{name}.kpc").read_bytes()
+    expected = np.load(GOLDEN / f"{name}.npz")
     out = bs.loads(data)
+    assert out.version == version and data[8:10] == bytes(version)
+    assert out.header.adaptive == (version == V1_1)
     assert out.header.model == "tiny" and (out.header.width, out.header.height) == (64, 64)
-    assert out.header.fps == 25 and out.header.frame_count == 10 and out.header.keep_every == 2
+    assert out.header.fps == 25 and out.header.frame_count == frames and out.header.keep_every == 2
     assert out.source_codec == "png" and out.source_data.startswith(b"\x89PNG\r\n\x1a\n")
     for name in ("sent_indices", "keypoints", "jacobians"):
         got = getattr(out, name)
@@ -557,6 +611,7 @@ def test_golden_script_reproduces_file(tmp_path):
     finally:
         sys.path.remove(str(GOLDEN))
     assert bs.dumps(make_golden.golden_stream()) == (GOLDEN / "v1_0.kpc").read_bytes()
+    assert bs.dumps(make_golden.golden_stream_1_1()) == (GOLDEN / "v1_1.kpc").read_bytes()
 
 
 # --------------------------------------------------------------------------
@@ -614,3 +669,119 @@ def test_write_bytes_and_read_bytes(tmp_path):
     path = tmp_path / "raw.bin"
     bs.write_bytes(path, b"\x00anything")
     assert bs.read_bytes(path) == b"\x00anything" and os.listdir(tmp_path) == ["raw.bin"]
+
+
+# --------------------------------------------------------------------------
+# Format 1.1: the KPRC chunk
+
+
+def kprc_payload(deltas, r_kp, r_jac, s=None, coder=0, kp_pred=1, jac_pred=0, coded=None) -> bytes:
+    from kpcodec import entropy
+
+    deltas = np.asarray(deltas).reshape(-1, 1)
+    count = len(deltas) if s is None else s
+    if coded is None:
+        coded = entropy.encode([deltas, np.asarray(r_kp).reshape(len(deltas), -1),
+                                np.asarray(r_jac).reshape(len(deltas), -1)])
+    return struct.pack("<IBBBI", count, coder, kp_pred, jac_pred, len(coded)) + coded
+
+
+def zeros_kprc(**over) -> bytes:
+    return kprc_payload([0, 2, 2], np.zeros((3, 4), int), np.zeros((3, 8), int), **over)
+
+
+def test_kprc_layout():
+    data = small_file(V1_1)  # S 3, K 2
+    payload = dict(split(data)[1])["KPRC"]
+    count, coder, kp_pred, jac_pred, n = struct.unpack_from("<IBBBI", payload)
+    assert (count, coder, kp_pred, jac_pred) == (3, 0, q.HALF_VELOCITY, q.PREVIOUS)
+    assert n == len(payload) - 11 and n % 4 == 0
+    out = bs.loads(replace_chunk(data, "KPRC", zeros_kprc()))
+    assert out.sent_indices.tolist() == [0, 2, 4] and not out.keypoints.any()
+
+
+@pytest.mark.parametrize("over, match", [
+    (dict(coder=1), "unknown keypoint coder 1"),
+    (dict(kp_pred=2), "unknown keypoint predictor 2"),
+    (dict(jac_pred=9), "unknown jacobian predictor 9"),
+    (dict(s=0), "sent frame count"),
+    (dict(s=7), "sent frame count"),
+    (dict(coded=b"abc"), "32-bit words"),
+    (dict(coded=b""), None),  # decodes as zeros: indices 0, 0, 0
+])
+def test_kprc_fields_rejected(over, match):
+    assert_rejects(replace_chunk(small_file(V1_1), "KPRC", zeros_kprc(**over)), match)
+
+
+@pytest.mark.parametrize("deltas, match", [
+    ([1, 1, 2], "frame 0"), ([0, 2, 0], "strictly increasing"), ([0, 3, -1], "strictly increasing"),
+    ([0, 2, 4], "frame_count"), ([0, 2**32 - 1, 1], "frame_count"),
+])
+def test_kprc_bad_indices_rejected(deltas, match):
+    payload = kprc_payload(deltas, np.zeros((3, 4), int), np.zeros((3, 8), int))
+    assert_rejects(replace_chunk(small_file(V1_1), "KPRC", payload), match)
+
+
+def test_kprc_levels_beyond_clip_rejected():
+    data = small_file(V1_1)  # kp_step 1/256: levels up to 512; velocity prediction
+    r_kp = np.zeros((3, 4), int)
+    r_kp[0, 0], r_kp[1, 0] = 400, 100  # levels 400, 500, then predicted 550: too far
+    assert_rejects(replace_chunk(data, "KPRC", kprc_payload([0, 2, 2], r_kp, np.zeros((3, 8), int))),
+                   "keypoint values outside")
+    r_kp[2, 0] = -50  # back to 500
+    out = bs.loads(replace_chunk(data, "KPRC", kprc_payload([0, 2, 2], r_kp, np.zeros((3, 8), int))))
+    assert out.keypoints[:, 0, 0].tolist() == [400 / 256, 500 / 256, 500 / 256]
+    huge = np.zeros((3, 8), int)
+    huge[0, 0] = 2**32 - 1  # the coder's largest value: refused, no overflow
+    assert_rejects(replace_chunk(data, "KPRC", kprc_payload([0, 2, 2], np.zeros((3, 4), int), huge)),
+                   "jacobian values outside")
+
+
+def test_kprc_trailing_words_rejected():
+    payload = zeros_kprc()
+    coded = payload[11:] + b"\x01\x00\x00\x00" * 3  # the coder reads a word or two ahead
+    assert_rejects(replace_chunk(small_file(V1_1), "KPRC", zeros_kprc(coded=coded)), "KPRC")
+
+
+@pytest.mark.parametrize("kind", [q.PREVIOUS, q.HALF_VELOCITY])
+def test_closed_loop_levels_are_nearest(kind):
+    rng = np.random.default_rng(kind)
+    x = np.cumsum(rng.normal(0, 0.05, (30, 3, 2)), axis=0)
+    r = q.quantize_closed_loop(x, 1 / 64, q.KP_CLIP, kind)
+    levels = q.levels_from_residuals(r, kind, q.max_level_rounded_up(q.KP_CLIP, 1 / 64))
+    assert np.array_equal(levels, np.floor(np.clip(x, -2, 2) * 64 + 0.5))
+    with pytest.raises(ValueError):
+        q.levels_from_residuals(r, kind, 3)
+
+
+def test_half_velocity_prediction():
+    last, before = np.array([10, 10, -3]), np.array([7, 11, 0])
+    assert q.predict_level(q.HALF_VELOCITY, last, before, (3,)).tolist() == [12, 10, -4]
+    assert q.predict_level(q.PREVIOUS, last, before, (3,)).tolist() == [10, 10, -3]
+    assert q.predict_level(q.HALF_VELOCITY, None, None, (3,)).tolist() == [0, 0, 0]
+
+
+def test_entropy_prior_is_frozen():
+    """The coder's starting counts are part of format 1.1 (KPRC coder 0): never change them."""
+    import hashlib
+
+    from kpcodec import entropy
+
+    path = ROOT / "kpcodec" / entropy.PRIOR_FILE
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == \
+        "1931bfec9024e23a551cdcbe28e2ed5f62a0a0069c25c4cca50cfb04cfdb06f9"
+    streams = entropy.prior()
+    assert len(streams) == 3 and all(len(s["contexts"]) == entropy.PREV_CLASSES * entropy.ROW_CLASSES
+                                     for s in streams)
+
+
+def test_entropy_round_trip_with_escapes():
+    from kpcodec import entropy
+
+    rng = np.random.default_rng(3)
+    streams = [np.array([[0], [2**32 - 1], [1]]), rng.integers(-40, 40, (3, 6)),
+               np.array([[2**32 - 1, -(2**32 - 1), 0, 16, -9, 8]] * 3)]
+    back = entropy.decode(entropy.encode(streams), 3, [1, 6, 6])
+    assert all(np.array_equal(a, b) for a, b in zip(streams, back))
+    with pytest.raises(ValueError):
+        entropy.encode([np.array([[2**32]])])

@@ -58,8 +58,53 @@ def test_info_json_and_table(runner, kpc):
     d = json.loads(result.stdout)
     assert d["header"]["frame_count"] == 12 and d["header"]["model"] == "tiny"
     assert sum(p["bytes"] for p in d["chunks"]) == d["bytes"] == kpc.stat().st_size
+    assert d["format_version"] == "1.1"
+    b = d["budget"]
+    assert b["total"]["bytes"] == d["bytes"] and b["audio"]["bytes"] == 0
+    assert sum(b[k]["bytes"] for k in ("header", "source", "keypoints", "audio", "other")) == d["bytes"]
+    assert b["keypoints"]["bytes"] == next(p["bytes"] for p in d["chunks"] if p["chunk"] == "KPRC")
+    assert b["keypoints"]["bits_per_sent_frame"] == pytest.approx(b["keypoints"]["bytes"] * 8 / 4)
+    assert b["without_source"]["bytes"] == d["bytes"] - b["source"]["bytes"]
+    assert b["total"]["kbps"] == pytest.approx(d["bytes"] * 8 / d["duration_s"] / 1000)
     table = run(runner, "info", kpc)
-    assert "SRCF" in table.stdout and "KPTS" in table.stdout
+    assert "SRCF" in table.stdout and "KPRC" in table.stdout and "bit budget" in table.stdout
+    assert "bits per sent frame" in table.stdout and "without the source image" in table.stdout
+
+
+def test_keep_every_auto(runner, clip, tmp_path):
+    out = tmp_path / "auto.kpc"
+    result = encode_tiny(runner, clip, out, "--keep-every", "auto", "--max-error", "0.5", "--predictor", "linear")
+    assert result.exit_code == 0, result.stderr
+    stream = bitstream.read_file(out)
+    assert stream.header.adaptive and stream.header.predictor == "linear"
+    n = len(stream.sent_indices)
+    assert stream.sent_indices[0] == 0 and 1 <= n <= 12
+    assert stream.header.keep_every == max(1, round(12 / n))
+    assert "chosen by the encoder" in run(runner, "info", out).stdout
+    # a bound no prediction misses: only frame 0 goes out; the default bound also works
+    assert encode_tiny(runner, clip, out, "-f", "-k", "auto", "--max-error", "1000").exit_code == 0
+    assert bitstream.read_file(out).sent_indices.tolist() == [0]
+    assert encode_tiny(runner, clip, out, "-f", "-k", "AUTO").exit_code == 0
+    assert bitstream.read_file(out).header.adaptive
+    # a fixed spacing is not adaptive
+    assert encode_tiny(runner, clip, out, "-f", "-k", "2").exit_code == 0
+    assert not bitstream.read_file(out).header.adaptive
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--keep-every", "often"], "keep-every"),
+    (["--keep-every", "-2"], "keep-every"),
+    (["--max-error", "2"], "needs --keep-every auto"),
+    (["--keep-every", "3", "--max-error", "2"], "needs --keep-every auto"),
+    (["--keep-every", "auto", "--max-error", "0"], "--max-error"),
+    (["--keep-every", "auto", "--max-error", "-1"], "--max-error"),
+    (["--keep-every", "auto", "--max-error", "nan"], "--max-error"),
+    (["--keep-every", "auto", "--keep-pattern", "2:2"], "exclude each other"),
+    (["--keep-every", "auto", "--predictor", "interp"], "causal predictor"),
+])
+def test_keep_every_auto_errors(runner, clip, tmp_path, args, needle):
+    one_line_error(encode_tiny(runner, clip, tmp_path / "a.kpc", *args), 2, needle)
+    assert no_outputs(tmp_path, "a.kpc")
 
 
 def test_library_api(clip, tmp_path):
@@ -180,4 +225,4 @@ def test_explicit_crop_and_predictors(runner, clip, tmp_path):
 def test_version(runner):
     result = run(runner, "--version")
     assert result.exit_code == 0
-    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 1.0" in result.stdout
+    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 1.1" in result.stdout

@@ -1,9 +1,10 @@
-"""Build the golden .kpc file that pins down format 1.0 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 and 1.1 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py``. It writes
-``v1_0.kpc`` (the encoded stream) and ``v1_0.npz`` (the sent indices,
-keypoints and Jacobians a decoder must return) next to this script. Only
-rerun it on purpose: a changed golden file means a changed format.
+``v1_0.kpc`` and ``v1_1.kpc`` (the encoded streams) and ``v1_0.npz`` and
+``v1_1.npz`` (the sent indices, keypoints and Jacobians a decoder must return)
+next to this script. Only rerun it on purpose: a changed golden file means a
+changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
 
 from __future__ import annotations
@@ -53,16 +54,39 @@ def golden_stream() -> KpcStream:
         predictor="dpcm",
     )
     return KpcStream(header, "png", tiny_png(), indices,
-                     keypoints.astype(np.float32), jacobians.astype(np.float32))
+                     keypoints.astype(np.float32), jacobians.astype(np.float32), version=(1, 0))
+
+
+def golden_stream_1_1() -> KpcStream:
+    """The same motion in format 1.1: 12 frames, sent adaptively (uneven gaps), 1.1 steps."""
+    rng = np.random.default_rng(1)
+    indices = np.array([0, 1, 3, 4, 7, 11], dtype=np.int64)
+    s, k = len(indices), 4
+    keypoints = np.cumsum(rng.normal(0.0, 0.05, (s, k, 2)), axis=0) + rng.uniform(-0.8, 0.8, (1, k, 2))
+    jacobians = np.eye(2) + rng.normal(0.0, 0.1, (s, k, 2, 2))
+    header = Header(
+        model="tiny",
+        weights_sha256=hashlib.sha256(b"golden").hexdigest(),
+        width=64, height=64, fps_num=25, fps_den=1, frame_count=12,
+        keep_every=2, num_keypoints=k, kp_step=1 / 64, jac_step=1 / 32,
+        predictor="linear", adaptive=True,
+    )
+    return KpcStream(header, "png", tiny_png(), indices,
+                     keypoints.astype(np.float32), jacobians.astype(np.float32), version=(1, 1))
+
+
+def write(name: str, stream: KpcStream) -> None:
+    data = dumps(stream)
+    decoded = loads(data)
+    (HERE / f"{name}.kpc").write_bytes(data)
+    np.savez(HERE / f"{name}.npz", sent_indices=decoded.sent_indices,
+             keypoints=decoded.keypoints, jacobians=decoded.jacobians)
+    print(f"wrote {HERE / name}.kpc ({len(data)} bytes) and {name}.npz")
 
 
 def main() -> None:
-    data = dumps(golden_stream())
-    decoded = loads(data)
-    (HERE / "v1_0.kpc").write_bytes(data)
-    np.savez(HERE / "v1_0.npz", sent_indices=decoded.sent_indices,
-             keypoints=decoded.keypoints, jacobians=decoded.jacobians)
-    print(f"wrote {HERE / 'v1_0.kpc'} ({len(data)} bytes) and v1_0.npz")
+    write("v1_0", golden_stream())
+    write("v1_1", golden_stream_1_1())
 
 
 if __name__ == "__main__":

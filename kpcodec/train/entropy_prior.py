@@ -1,0 +1,76 @@
+"""The learned prior of the keypoint range coder (kpcodec/entropy_prior.json).
+
+    python -m kpcodec.train.entropy_prior --trajectories runs/cache/trajectories
+
+Codes the train split's trajectories (kpcodec.train.trajectories) as the .kpc 1.1 writer
+does, at keep-every 1, 2 and 4 with the default steps and in-loop predictors, counts how
+often each adaptive model of kpcodec.entropy sees each symbol, and scales every model's
+counts to about --total (each count at least 1): the coder's starting point. The file is
+part of format 1.1 (KPRC coder 0): changing it changes the bitstream, so regenerate it
+only with a new coder id.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kpcodec import entropy
+from kpcodec import quantize as q
+from kpcodec.train.trajectories import load_trajectories
+
+
+def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+    """The three streams the KPRC chunk codes for sent frames `idx`."""
+    s = len(idx)
+    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR)
+    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR)
+    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp.reshape(s, -1), r_jac.reshape(s, -1)]
+
+
+def _scale(counts: list[int], total: int) -> list[int]:
+    c = np.asarray(counts, dtype=np.float64)
+    if c.sum() == 0:
+        return [1] * len(counts)
+    return np.maximum(1, np.rint(c / c.sum() * total)).astype(int).tolist()
+
+
+def build_prior(trajectories: list[dict], keeps=(1, 2, 4), total: int = 1024) -> dict:
+    sums = None
+    for tr in trajectories:
+        for keep in keeps:
+            idx = np.arange(0, len(tr["kp"]), keep)
+            stats = entropy.symbol_statistics(residual_streams(tr["kp"], tr["jac"], idx))
+            if sums is None:
+                sums = stats
+                continue
+            for acc, new in zip(sums, stats):
+                for key, value in new.items():
+                    if key == "contexts":
+                        acc[key] = [(np.add(a, b)).tolist() for a, b in zip(acc[key], value)]
+                    else:
+                        acc[key] = np.add(acc[key], value).tolist()
+    streams = [{key: ([_scale(c, total) for c in value] if key == "contexts" else _scale(value, total))
+                for key, value in s.items()} for s in sums]
+    return {"coder": 0, "total": total, "keeps": list(keeps), "kp_step": q.DEFAULT_KP_STEP,
+            "jac_step": q.DEFAULT_JAC_STEP, "clips": len(trajectories), "streams": streams}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trajectories", type=Path, default=Path("runs/cache/trajectories"))
+    p.add_argument("--total", type=int, default=1024, help="counts per model after scaling")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / entropy.PRIOR_FILE)
+    args = p.parse_args(argv)
+    train = load_trajectories(args.trajectories, "train")
+    if not train:
+        raise SystemExit(f"{args.trajectories}: no train trajectories")
+    table = build_prior(train, total=args.total)
+    args.out.write_text(json.dumps(table, separators=(",", ":")) + "\n")
+    print(f"wrote {args.out} from {len(train)} train clips")
+
+
+if __name__ == "__main__":
+    main()
