@@ -49,11 +49,16 @@ def _synthetic_track(n: int = 12) -> audio.OpusTrack:
 
 
 def _seeds() -> list[bytes]:
-    golden = (ROOT / "tests" / "golden" / "v1_0.kpc").read_bytes()
-    stream = bitstream.loads(golden)
-    with_audio = bitstream.KpcStream(**{**stream.__dict__, "extra_chunks": [
-        ("opus", audio.pack(_synthetic_track())), ("zzzz", b"unknown optional chunk")]})
-    return [golden, bitstream.dumps(with_audio)]
+    """Both golden files, each also with audio and an unknown optional chunk; the 1.1 ones
+    last, as chunk-level mutations rebuild files with the current version's preamble."""
+    seeds = []
+    for name in ("v1_0", "v1_1"):
+        golden = (ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes()
+        stream = bitstream.loads(golden)
+        with_audio = bitstream.KpcStream(**{**stream.__dict__, "extra_chunks": [
+            ("opus", audio.pack(_synthetic_track())), ("zzzz", b"unknown optional chunk")]})
+        seeds += [golden, bitstream.dumps(with_audio)]
+    return seeds
 
 
 SEEDS = _seeds()
@@ -169,7 +174,7 @@ def reordered(draw):
         elif how == "swap":
             chunks[i], chunks[j] = chunks[j], chunks[i]
         else:
-            name = draw(st.sampled_from([b"opus", b"OPUS", b"head", b"KPTS", b"SRCF", b"KEND", b"a1b2"]))
+            name = draw(st.sampled_from([b"opus", b"OPUS", b"head", b"KPTS", b"KPRC", b"SRCF", b"KEND", b"a1b2"]))
             chunks[i] = (name, chunks[i][1])
     return _join(chunks)
 
