@@ -108,6 +108,16 @@ Force = Annotated[bool, typer.Option("-f", "--force", help="Overwrite an existin
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or summary line.")]
 
 
+Workers = Annotated[Optional[int], typer.Option(
+    "--threads", help="Model workers, one torch thread each (default: one per available core).")]
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is not None and not 1 <= threads <= 256:
+        raise UsageError(f"--threads must be between 1 and 256 (got {threads})")
+    return threads
+
+
 @app.command()
 def encode(
     input: Annotated[str, typer.Argument(help="Input video (mp4, mov, mkv, webm, ...).")],
@@ -123,6 +133,7 @@ def encode(
     audio_bitrate: Annotated[float, typer.Option("--audio-bitrate", help="Opus audio bit rate in kb/s (6-64).")] = 12.0,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the input's audio out.")] = False,
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
+    threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
 ):
@@ -137,7 +148,7 @@ def encode(
                            source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
                            force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
                            ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
-                           max_error=max_error)
+                           max_error=max_error, threads=_check_threads(threads))
     if s.skipped:  # a warning, so even --quiet says it
         err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
                   "was repeated in their place", markup=False)
@@ -153,6 +164,7 @@ def decode(
     output: Annotated[str, typer.Option("-o", "--output", help="Output MP4 ('-' for stdout).")],
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the MP4.")] = False,
+    threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
 ):
@@ -161,8 +173,10 @@ def decode(
 
     with _errors_to_exit():
         _check_stdout(output)
+        workers = _check_threads(threads)
         with _progress("decoding", quiet) as progress:
-            s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio)
+            s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio,
+                           threads=workers)
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)

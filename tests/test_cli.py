@@ -226,3 +226,23 @@ def test_version(runner):
     result = run(runner, "--version")
     assert result.exit_code == 0
     assert "kpcodec 0.1.0" in result.stdout and ".kpc format 1.1" in result.stdout
+
+
+def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip, tmp_path):
+    import numpy as np
+
+    from kpcodec.video import read_frames
+
+    kpc = tmp_path / "c.kpc"
+    r = encode_tiny(runner, clip, kpc, "--no-audio", "--threads", "2", "-q")
+    assert r.exit_code == 0, r.output
+    outs = []
+    for n in ("1", "2"):
+        mp4 = tmp_path / f"t{n}.mp4"
+        r = run(runner, "decode", kpc, "-o", mp4, "--threads", n, "-q")
+        assert r.exit_code == 0, r.output
+        outs.append(np.stack(list(read_frames(str(mp4)))))
+    assert outs[0].shape[0] == 12
+    np.testing.assert_array_equal(outs[0], outs[1])  # workers change the speed, never the frames
+    r = run(runner, "decode", kpc, "-o", tmp_path / "x.mp4", "--threads", "0")
+    assert r.exit_code == 2 and "--threads" in r.stderr and not (tmp_path / "x.mp4").exists()
