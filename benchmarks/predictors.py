@@ -53,7 +53,7 @@ def quantise(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, fps: float) -> tu
     stream = bitstream.KpcStream(header, "png", b"", idx.astype(np.int64), kp[idx], jac[idx])
     data = bitstream.dumps(stream)
     back = bitstream.loads(data)
-    kpts = dict(bitstream.chunk_table(data))["KPTS"]
+    kpts = next(n for kind, n in bitstream.chunk_table(data) if kind in ("KPTS", "KPRC"))  # 1.0 or 1.1
     return back.keypoints, back.jacobians, kpts
 
 

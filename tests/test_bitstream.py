@@ -657,7 +657,9 @@ def test_stdin_and_stdout(monkeypatch):
 
 
 def test_no_torch_import():
-    code = ("import sys, kpcodec.bitstream, kpcodec.quantize; "
+    code = ("import sys, kpcodec.bitstream as bs, kpcodec.quantize, kpcodec.entropy; "
+            "s = bs.loads(open('tests/golden/v1_1.kpc', 'rb').read()); bs.dumps(s); "
+            "assert 'constriction' in sys.modules; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
