@@ -146,6 +146,50 @@ def render_rows(data: Path, val: dict, clips: list[str], frames: int) -> list[di
     return rows
 
 
+def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], frames: int, predictor: str,
+                     max_error: float) -> list[dict]:
+    """Keep-every 2 against auto on rendered video: the decoder's filled keypoints (format 1.1
+    steps), SSIM and mediapipe face-landmark error against the original frames' landmarks."""
+    import torch
+
+    from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
+    from kpcodec.metrics import ssim
+    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.registry import load_model
+    from kpcodec.train.data import decode_clip
+
+    net = load_model(None)
+    steps = (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP)
+    rows = []
+    for clip in clips:
+        video, _ = decode_clip(data / "talking-heads" / "val" / f"{clip}.mp4", 1, frames)
+        tr = {"kp": val[clip]["kp"][:len(video)], "jac": val[clip]["jac"][:len(video)]}
+        with np.load(landmarks / f"{clip}.npz") as z:
+            original = list(z["landmarks"].astype(np.float32)[:len(video)])
+        with torch.inference_mode():
+            state = net.prepare_source(frames_to_tensor(video[:1]))
+        for keep in ("2", "auto"):
+            idx = sent_indices(tr, keep, predictor, max_error)
+            kp_dec = q.decoder_values(tr["kp"][idx], steps[0], q.KP_CLIP)
+            jac_dec = q.decoder_values(tr["jac"][idx], steps[1], q.JAC_CLIP)
+            filled = list(predict.fill_keypoints(idx, kp_dec, jac_dec, len(video), predictor))
+            pk = torch.from_numpy(np.stack([k for k, _ in filled]).astype(np.float32))
+            pj = torch.from_numpy(np.stack([j for _, j in filled]).astype(np.float32))
+            with torch.inference_mode():
+                out = np.concatenate([tensor_to_frames(net.render(state, pk[i:i + 8], pj[i:i + 8]))
+                                      for i in range(0, len(video), 8)])
+            with FaceLandmarker() as mark:
+                found = [mark.detect(f) for f in out]
+            row = {"clip": clip, "keep": keep if keep != "auto" else f"auto (E={max_error:g} px)",
+                   "frames": len(video), "sent": len(idx), "ssim": float(np.mean([ssim(a, b) for a, b in zip(video, out)])),
+                   "landmark_error_px": fidelity_from_landmarks(original, found)["landmark_error_px"],
+                   "keypoint_error_px": fill_error_px(tr, idx, steps, predictor)}
+            rows.append(row)
+            print(f"render {clip[:24]:>24} {row['keep']:>14}: sent {row['sent']}, SSIM {row['ssim']:.4f}, "
+                  f"landmarks {row['landmark_error_px']:.3f} px", flush=True)
+    return rows
+
+
 def render_summary(rows: list[dict]) -> list[dict]:
     base = {r["clip"]: r["ssim"] for r in rows if r["kp_step"] is None}
     out = []
@@ -214,6 +258,21 @@ def report(r: dict) -> str:
                   "| kp step | jac step | SSIM | change | worst clip |", "|---|---|---|---|---|"]
         lines += [f"| {x['kp_step']} | {x['jac_step']} | {x['ssim']:.4f} | {x['delta']:+.4f} | "
                   f"{x['worst_clip_delta']:+.4f} |" for x in r["render_summary"]]
+    if r.get("render_keep"):
+        rk = r["render_keep"]
+        lines += ["", f"## Keep-every 2 against auto, rendered ({len({x['clip'] for x in rk})} val clips x "
+                  f"{rk[0]['frames']} frames, format 1.1 steps, `{r['predictor']}` filling)", "",
+                  "Landmarks: mediapipe face landmarks of the rendered frames against the original frames' "
+                  "(cached), mean px at 256x256; keypoints: as in the first table.", "",
+                  "| clip | keep | sent | SSIM | landmark px | keypoint px |", "|---|---|---|---|---|---|"]
+        lines += [f"| {x['clip']} | {x['keep']} | {x['sent']} | {x['ssim']:.4f} | {x['landmark_error_px']:.3f} | "
+                  f"{x['keypoint_error_px']:.3f} |" for x in rk]
+        for keep in dict.fromkeys(x["keep"] for x in rk):
+            sel = [x for x in rk if x["keep"] == keep]
+            lines.append(f"| mean | {keep} | {np.mean([x['sent'] for x in sel]):.1f} | "
+                         f"{np.mean([x['ssim'] for x in sel]):.4f} | "
+                         f"{np.mean([x['landmark_error_px'] for x in sel]):.3f} | "
+                         f"{np.mean([x['keypoint_error_px'] for x in sel]):.3f} |")
     if r.get("files"):
         lines += ["", "## Whole files (kpcodec info)", "",
                   "Each made by `kpcodec encode CLIP -o FILE --keep-every K --no-audio` (default model, source "
@@ -238,6 +297,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--reuse-render", action="store_true",
                    help="take the render rows from OUT/TAG.json of an earlier run (they take long)")
+    p.add_argument("--render-keep", type=int, default=0,
+                   help="val clips to render at keep-every 2 and auto (SSIM, face-landmark error; 0: none)")
+    p.add_argument("--landmarks", type=Path, default=Path("runs/cache/landmarks"))
     p.add_argument("--kpc", action="append", default=[], help=".kpc files whose whole budget to list")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--tag", default="bitrate")
@@ -259,11 +321,15 @@ def main() -> None:
     else:
         render = []
     files = file_budgets(args.kpc)
+    keep_render = render_keep_rows(args.data, args.landmarks, {t["name"]: t for t in val},
+                                   RENDER_CLIPS[:args.render_keep], args.frames, args.predictor,
+                                   adaptive.DEFAULT_MAX_ERROR) if args.render_keep else []
     result = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": _machine(),
               "command": " ".join([Path(sys.executable).name] + sys.argv), "seconds": time.time() - start,
               "format_version": "%d.%d" % bitstream.FORMAT_VERSION, "predictor": args.predictor,
               "val_clips": len(val), "val_frames": sum(len(t["kp"]) for t in val), "keypoints": rows,
-              "render": render, "render_command": render_command if render else None, "render_summary": render_summary(render) if render else [], "files": files}
+              "render": render, "render_command": render_command if render else None, "render_summary": render_summary(render) if render else [], "files": files,
+              "render_keep": keep_render}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1))
     text = report(result)
