@@ -37,6 +37,8 @@ CODECS = ("avif", "webp", "png", "jpeg")
 # quality at 2.8 KB vs 3.9 KB).  speed=4 costs ~0.3-0.4 s per encode on a busy
 # 2-core box (speed 6: ~0.1 s, +5% bytes): paid once per video, so worth it.
 # Decoding is ~5 ms.
+# Re-measured with JPEG XL and x264/x265 intra frames, and the rendered video's SSIM per AVIF
+# quality, in benchmarks/results/source_image.md: AVIF q50 is still the smallest at its quality.
 DEFAULT_CODEC = "avif" if features.check("avif") else "webp"  # a Pillow without AVIF still works
 DEFAULT_QUALITY = 50
 _AVIF_SPEED = 4
