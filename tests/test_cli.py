@@ -246,3 +246,14 @@ def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip
     np.testing.assert_array_equal(outs[0], outs[1])  # workers change the speed, never the frames
     r = run(runner, "decode", kpc, "-o", tmp_path / "x.mp4", "--threads", "0")
     assert r.exit_code == 2 and "--threads" in r.stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_info_of_a_1_0_file(runner):
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parent / "golden" / "v1_0.kpc"
+    d = json.loads(run(runner, "info", golden, "--json").stdout)
+    assert d["format_version"] == "1.0" and not d["header"]["adaptive"]
+    kpts = next(p["bytes"] for p in d["chunks"] if p["chunk"] == "KPTS")
+    assert d["budget"]["keypoints"]["bytes"] == kpts
+    assert "KPTS" in run(runner, "info", golden).stdout
