@@ -1,4 +1,4 @@
-"""The .kpc container, format version 1.1, and the reader and writer of 1.0 (man/kpc.5).
+"""The .kpc container, format version 1.2, and the reader and writer of 1.0 and 1.1 (man/kpc.5).
 
 Holds the in-memory stream (:class:`Header`, :class:`KpcStream`), the
 serialiser (:func:`dumps`, :func:`write_file`), the parser (:func:`loads`,
@@ -14,6 +14,9 @@ The two versions differ in the keypoint chunk: 1.0's KPTS holds plain DPCM resid
 packed as varints + zstd; 1.1's KPRC holds residuals of an integer in-loop predictor
 (kpcodec.quantize), range-coded with adaptive models (kpcodec.entropy). A stream
 remembers its version, so a 1.0 file re-serialises byte for byte.
+1.2 adds source refreshes: critical SRCR chunks after KPRC, each a frame index and a new source
+image from that frame on. A 1.1 reader refuses them ("unknown critical chunk SRCR") instead of
+rendering the whole video from the first image; a stream without refreshes is written as 1.1.
 
 Only numpy, zstandard, constriction and the standard library are used: no torch.
 """
@@ -33,17 +36,20 @@ from kpcodec import entropy
 from kpcodec import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (1, 1)
-READABLE_MINORS = (0, 1)  # and any newer minor of major 1, leniently
+FORMAT_VERSION = (1, 2)
+READABLE_MINORS = (0, 1, 2)  # and any newer minor of major 1, leniently
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
 _PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
 _FRAMING_SIZE = 12  # type, length, CRC
 _ORDER_1_0 = ("HEAD", "SRCF", "KPTS", "KEND")
 _ORDER_1_1 = ("HEAD", "SRCF", "KPRC", "KEND")
-_CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_1)
+_ORDER_1_2 = ("HEAD", "SRCF", "KPRC", "SRCR", "KEND")  # SRCR: zero or more
+_REPEATED = frozenset({"SRCR"})
+_CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_2)
+REFRESH_MINOR = 2  # the first minor version with SRCR chunks
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
-_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE}  # per minor version
+_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE}  # per minor version
 KPRC_CODER = 0  # the adaptive context coder of kpcodec.entropy
 _U32_MAX = 2**32 - 1
 # Decoder limit on S*K: keeps a hostile file from asking for gigabytes.
@@ -78,6 +84,15 @@ class Header:
 
 
 @dataclass
+class Refresh:
+    """A new source image (an SRCR chunk): frames from `frame` on are rendered from it."""
+
+    frame: int
+    codec: str
+    data: bytes
+
+
+@dataclass
 class KpcStream:
     """Everything a .kpc file holds, with keypoints already dequantised."""
 
@@ -88,7 +103,15 @@ class KpcStream:
     keypoints: np.ndarray  # (S, K, 2) float32
     jacobians: np.ndarray  # (S, K, 2, 2) float32
     extra_chunks: list[tuple[str, bytes]] = field(default_factory=list)
-    version: tuple[int, int] = FORMAT_VERSION  # (1, 0) writes KPTS, (1, 1) KPRC
+    # (1, 0) writes KPTS, (1, 1) KPRC, (1, 2) KPRC and SRCR; None: 1.1, or 1.2 with refreshes
+    version: tuple[int, int] | None = None
+    refreshes: list[Refresh] = field(default_factory=list)  # in frame order
+
+    @property
+    def write_version(self) -> tuple[int, int]:
+        if self.version is not None:
+            return tuple(self.version)
+        return (1, REFRESH_MINOR) if self.refreshes else (1, 1)
 
 
 # --------------------------------------------------------------------------
@@ -196,6 +219,23 @@ def _encode_srcf(codec: str, data: bytes) -> bytes:
     return _short_string(codec, "ascii", "source codec name") + bytes(data)
 
 
+def _encode_srcr(r: Refresh, indices: np.ndarray, after: int) -> bytes:
+    _check_refresh_frame(r.frame, indices, after)
+    return struct.pack("<I", int(r.frame)) + _encode_srcf(r.codec, r.data)
+
+
+def _check_refresh_frame(frame, indices: np.ndarray, after: int) -> None:
+    """A refresh frame follows the previous one (or frame 0) and is a sent frame: the decoder
+    then has the exact keypoints of the frame its new source image shows."""
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+        raise KpcFormatError(f"refresh frame {frame!r} is not an integer")
+    if frame <= after:
+        raise KpcFormatError(f"refresh frame {frame} does not follow frame {after}")
+    pos = np.searchsorted(indices, frame)
+    if pos == len(indices) or indices[pos] != frame:
+        raise KpcFormatError(f"refresh frame {frame} is not a sent frame")
+
+
 def _printable_ascii(raw: bytes) -> bool:
     return all(0x21 <= c <= 0x7E for c in raw)
 
@@ -281,9 +321,11 @@ def dumps(stream: KpcStream) -> bytes:
     raises KpcFormatError naming the field.
     """
     h = stream.header
-    version = tuple(stream.version)
+    version = stream.write_version
     if version[0] != FORMAT_VERSION[0] or version[1] not in READABLE_MINORS:
-        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 and 1.1)")
+        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0, 1.1 and 1.2)")
+    if stream.refreshes and version[1] < REFRESH_MINOR:
+        raise KpcFormatError("source refreshes need format 1.2")
     _check_header(h)
     # Quantise with the steps exactly as the decoder will read them back.
     kp_step, jac_step = _f32(h.kp_step), _f32(h.jac_step)
@@ -299,6 +341,10 @@ def dumps(stream: KpcStream) -> bytes:
         _chunk("SRCF", _encode_srcf(stream.source_codec, stream.source_data)),
         keypoints,
     ]
+    after = 0
+    for r in stream.refreshes:
+        parts.append(_chunk("SRCR", _encode_srcr(r, np.asarray(stream.sent_indices), after)))
+        after = r.frame
     parts += [_chunk(kind, bytes(payload)) for kind, payload in stream.extra_chunks]
     parts.append(_chunk("KEND", b""))
     return b"".join(parts)
@@ -410,6 +456,12 @@ def _decode_srcf(r: _Reader) -> tuple[str, bytes]:
     return raw.decode("ascii"), r.rest()
 
 
+def _decode_srcr(r: _Reader) -> Refresh:
+    (frame,) = r.unpack("I")
+    codec, data = _decode_srcf(r)
+    return Refresh(frame, codec, data)
+
+
 def _read_blob(r: _Reader, count: int, what: str) -> np.ndarray:
     data = r.take(r.unpack("I")[0])
     try:
@@ -472,16 +524,21 @@ def _decode_kprc(r: _Reader, h: Header, strict: bool):
 
 
 def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
-    """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1), KEND."""
+    """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1, 1.2),
+    any number of SRCR (1.2), KEND."""
     if not _is_critical(kind):
         if not seen:
             raise KpcFormatError(f"optional chunk {kind} before HEAD")
         return
     if kind not in _CRITICAL:
         raise KpcFormatError(f"unknown critical chunk {kind}")
-    expected = order[len(seen)]
-    if kind != expected:
-        raise KpcFormatError(f"chunk {kind} where {expected} was expected")
+    if seen and seen[-1] == kind and kind in _REPEATED:
+        return
+    pos = order.index(seen[-1]) + 1 if seen else 0
+    while order[pos] in _REPEATED and kind != order[pos]:
+        pos += 1  # a repeated chunk may be absent
+    if kind != order[pos]:
+        raise KpcFormatError(f"chunk {kind} where {order[pos]} was expected")
     seen.append(kind)
 
 
@@ -489,10 +546,11 @@ def loads(data: bytes) -> KpcStream:
     """Parse a .kpc file; keypoints come back dequantised as float32."""
     data, minor = _read_preamble(data)
     strict = minor <= FORMAT_VERSION[1]  # a newer minor may append fields
-    order = _ORDER_1_0 if minor == 0 else _ORDER_1_1
+    order = _ORDER_1_0 if minor == 0 else _ORDER_1_1 if minor == 1 else _ORDER_1_2
     seen: list[str] = []
     parts: dict = {}
     extra: list[tuple[str, bytes]] = []
+    refreshes: list[Refresh] = []
     for kind, payload, offset in _split_chunks(data):
         _check_order(kind, seen, order)
         r = _Reader(payload, kind, offset + 8)
@@ -504,14 +562,19 @@ def loads(data: bytes) -> KpcStream:
             parts["kpts"] = _decode_kpts(r, parts["header"], strict)
         elif kind == "KPRC":
             parts["kpts"] = _decode_kprc(r, parts["header"], strict)
+        elif kind == "SRCR":
+            refreshes.append(_decode_srcr(r))
+            _check_refresh_frame(refreshes[-1].frame, parts["kpts"][0],
+                                 refreshes[-2].frame if len(refreshes) > 1 else 0)
         elif kind == "KEND":
             r.finish(True)
         else:
             extra.append((kind, payload))
     indices, keypoints, jacobians = parts["kpts"]
     codec, source = parts["source"]
-    version = (1, 0) if minor == 0 else FORMAT_VERSION
-    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version)
+    # A newer minor is read as the oldest version that holds what was understood.
+    version = (1, 0) if minor == 0 else (1, REFRESH_MINOR) if refreshes else (1, 1)
+    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version, refreshes)
 
 
 def chunk_table(data: bytes) -> list[tuple[str, int]]:

@@ -274,7 +274,7 @@ def test_header_properties():
 def test_layout_matches_spec():
     data = small_file()
     assert data[:8] == bs.MAGIC == b"\x89KPC\r\n\x1a\n"
-    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 1)
+    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 2)
     pre, chunks = split(data)
     assert [k for k, _ in chunks] == ["HEAD", "SRCF", "KPTS", "KEND"]
     assert join(pre, chunks) == data  # framing and CRC as the spec says
@@ -394,7 +394,7 @@ def test_keypoint_chunk_follows_the_version():
     assert_rejects(with_version(old, 1, 1), "chunk KPTS where KPRC was expected")
     assert_rejects(with_version(new, 1, 0), "chunk KPRC where KPTS was expected")
     with pytest.raises(KpcFormatError, match="cannot write"):
-        bs.dumps(make_stream(version=(1, 2)))
+        bs.dumps(make_stream(version=(1, 3)))
     adaptive = make_stream(version=V1_0)
     adaptive.header.adaptive = True
     with pytest.raises(KpcFormatError, match="need format 1.1"):

@@ -49,10 +49,11 @@ def _synthetic_track(n: int = 12) -> audio.OpusTrack:
 
 
 def _seeds() -> list[bytes]:
-    """Both golden files, each also with audio and an unknown optional chunk; the 1.1 ones
-    last, as chunk-level mutations rebuild files with the current version's preamble."""
+    """The golden files, each also with audio and an unknown optional chunk; the 1.1 and 1.2
+    (source refreshes) ones last, as chunk-level mutations rebuild files with the current
+    version's preamble."""
     seeds = []
-    for name in ("v1_0", "v1_1"):
+    for name in ("v1_0", "v1_1", "v1_2"):
         golden = (ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes()
         stream = bitstream.loads(golden)
         with_audio = bitstream.KpcStream(**{**stream.__dict__, "extra_chunks": [
@@ -174,7 +175,7 @@ def reordered(draw):
         elif how == "swap":
             chunks[i], chunks[j] = chunks[j], chunks[i]
         else:
-            name = draw(st.sampled_from([b"opus", b"OPUS", b"head", b"KPTS", b"KPRC", b"SRCF", b"KEND", b"a1b2"]))
+            name = draw(st.sampled_from([b"opus", b"OPUS", b"head", b"KPTS", b"KPRC", b"SRCF", b"SRCR", b"KEND", b"a1b2"]))
             chunks[i] = (name, chunks[i][1])
     return _join(chunks)
 

@@ -1,8 +1,8 @@
-"""Build the golden .kpc files that pin down formats 1.0 and 1.1 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0, 1.1 and 1.2 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py``. It writes
-``v1_0.kpc`` and ``v1_1.kpc`` (the encoded streams) and ``v1_0.npz`` and
-``v1_1.npz`` (the sent indices, keypoints and Jacobians a decoder must return)
+``v1_0.kpc``, ``v1_1.kpc`` and ``v1_2.kpc`` (the encoded streams) and ``v1_0.npz``,
+``v1_1.npz`` and ``v1_2.npz`` (the sent indices, keypoints and Jacobians a decoder must return)
 next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -20,7 +20,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
 
-from kpcodec.bitstream import Header, KpcStream, dumps, loads  # noqa: E402
+from kpcodec.bitstream import Header, KpcStream, Refresh, dumps, loads  # noqa: E402
 
 
 def tiny_png(width: int = 8, height: int = 8) -> bytes:
@@ -75,6 +75,14 @@ def golden_stream_1_1() -> KpcStream:
                      keypoints.astype(np.float32), jacobians.astype(np.float32), version=(1, 1))
 
 
+def golden_stream_1_2() -> KpcStream:
+    """1.1's stream with two source refreshes (format 1.2), at sent frames 4 and 7."""
+    stream = golden_stream_1_1()
+    stream.version = (1, 2)
+    stream.refreshes = [Refresh(4, "png", tiny_png(8, 8)), Refresh(7, "png", tiny_png(4, 4))]
+    return stream
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = dumps(stream)
     decoded = loads(data)
@@ -87,6 +95,7 @@ def write(name: str, stream: KpcStream) -> None:
 def main() -> None:
     write("v1_0", golden_stream())
     write("v1_1", golden_stream_1_1())
+    write("v1_2", golden_stream_1_2())
 
 
 if __name__ == "__main__":
