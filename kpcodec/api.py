@@ -3,9 +3,11 @@
 encode: video -> crop/scale to the model's resolution -> code frame 0 as an image -> FOMM
 keypoints of the sent frames only (every keep_every-th, a send:skip block pattern, or with
 keep_every "auto" the frames the decoder's predictor would get more than max_error px
-wrong: kpcodec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1.
+wrong: kpcodec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1; with refresh "auto"
+a new source image wherever the decoder's rendering drifts (kpcodec.refresh; .kpc 1.2).
 decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
-rendered by the dense-motion network and generator -> H.264 MP4, streamed frame by frame.
+rendered by the dense-motion network and generator from the source image in force at that
+frame -> H.264 MP4, streamed frame by frame.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class Summary:
     output: str
     skipped: int = 0  # input frames that did not decode (encode --ignore-errors)
     audio_bytes: int = 0  # the opus chunk, framing included
+    refreshes: int = 0  # new source images sent (encode --refresh auto)
 
     @property
     def fps(self) -> float:
@@ -138,7 +141,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
            crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
            progress: Progress | None = None, audio: bool = True,
            audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
-           keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None, threads: int | None = None) -> Summary:
+           keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None, threads: int | None = None,
+           refresh: str | None = None, refresh_threshold: float | None = None) -> Summary:
     """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
 
     The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
@@ -150,7 +154,10 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     get more than `max_error` px wrong (default kpcodec.adaptive.DEFAULT_MAX_ERROR).
     `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
     `threads`: detector workers (default: one per available core; kpcodec.parallel).
+    `refresh` "auto" sends a new source image where the decoder's rendering of a checked frame
+    falls below SSIM `refresh_threshold` (kpcodec.refresh); "off" (default) never does.
     """
+    from . import refresh as rf
     from .adaptive import DEFAULT_MAX_ERROR, check_max_error, choose_sent_frames
     from .models.frames import frames_to_tensor
     from .patterns import SendPattern
@@ -167,6 +174,10 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     # auto: the detector sees every frame; the choice comes after.
     pattern = (SendPattern.parse(keep_pattern) if keep_pattern
                else SendPattern.keep_every(1 if auto else keep_every))
+    refresh = rf.check_mode(rf.DEFAULT_MODE if refresh is None else refresh)
+    if refresh_threshold is not None and refresh != "auto":
+        raise UsageError("--refresh-threshold needs --refresh auto")
+    refresh_threshold = rf.check_threshold(rf.DEFAULT_THRESHOLD if refresh_threshold is None else refresh_threshold)
     predictor = predict.get_predictor(predictor).name if predictor else predict.DEFAULT_PREDICTOR
     if auto and predict.get_predictor(predictor).mode != "causal":
         raise UsageError(f"--keep-every auto needs a causal predictor ({predictor!r} interpolates)")
@@ -183,6 +194,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     count = 0
     bad_frames: list[int] = []
     on_error = (lambda frame, reason: bad_frames.append(frame)) if ignore_errors else None
+    checks = rf.CheckFrames(rf.check_spacing(float(info.fps))) if refresh == "auto" else None
 
     def sent_frames():
         nonlocal source, count
@@ -190,6 +202,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
             count = i + 1
             if i == 0:
                 source = frame
+            if checks is not None:
+                checks.add(i, frame)
             if progress:
                 progress(count, info.frame_count)
             if pattern.is_sent(i):
@@ -217,6 +231,13 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         chosen = choose_sent_frames(kps, jacs, predictor, max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
         sent_idx, kps, jacs = sent_idx[chosen], kps[chosen], jacs[chosen]
         spacing = min(65535, max(1, round(count / len(chosen))))
+    source_data = source_image.encode_image(source, source_codec, source_quality)
+    refreshes = []
+    if checks is not None:
+        with single_threaded_torch() if workers > 1 else contextlib.nullcontext():
+            refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
+                net, source, checks, sent_idx, kps, jacs, count, predictor, refresh_threshold,
+                source_codec, source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
     header = bitstream.Header(
         model=name, weights_sha256=sha, width=size, height=size, fps_num=info.fps.numerator,
         fps_den=info.fps.denominator, frame_count=count, keep_every=spacing,
@@ -231,13 +252,13 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
             audio_bytes = len(extra[0][1]) + 12  # + chunk framing
     stream = bitstream.KpcStream(
         header=header, source_codec=source_codec,
-        source_data=source_image.encode_image(source, source_codec, source_quality),
-        sent_indices=sent_idx, keypoints=kps, jacobians=jacs, extra_chunks=extra,
+        source_data=source_data, sent_indices=sent_idx, keypoints=kps, jacobians=jacs,
+        extra_chunks=extra, refreshes=refreshes,
     )
     data = bitstream.dumps(stream)
     bitstream.write_bytes(output, data)
     return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output),
-                   skipped=len(bad_frames), audio_bytes=audio_bytes)
+                   skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(refreshes))
 
 
 def _check_weights(header: bitstream.Header):
@@ -271,16 +292,20 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     torch = _torch()
     from .models.frames import frames_to_tensor, tensor_to_frames
 
-    src = source_image.decode_image(stream.source_data, stream.source_codec)
-    if src.shape[:2] != (h.height, h.width):
-        raise bitstream.KpcFormatError(f"source image is {src.shape[1]}x{src.shape[0]}, header says {h.width}x{h.height}")
+    # Every source image (the first and each refresh) is decoded before any frame is written,
+    # so a bad one fails the command without leaving a partial video.
+    sources = [(0, _source(stream.source_data, stream.source_codec, h))]
+    sources += [(r.frame, _source(r.data, r.codec, h)) for r in stream.refreshes]
     filled = predict.fill_keypoints(stream.sent_indices, stream.keypoints, stream.jacobians, h.frame_count,
                                     predictor or predict.file_predictor(h.predictor))
-    with torch.inference_mode():
-        state = net.prepare_source(frames_to_tensor([src]))
 
-    def render(chunk):
+    def prepare(image):
+        with torch.inference_mode():
+            return net.prepare_source(frames_to_tensor([image]))
+
+    def render(item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
+        state, chunk = item
         with torch.inference_mode():
             kp = torch.from_numpy(np.stack([k for k, _ in chunk])).float()
             jac = torch.from_numpy(np.stack([j for _, j in chunk])).float()
@@ -293,7 +318,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         if track is not None:
             writer.add_audio(track)
         # Frames are streamed: a few batches in flight, each written as soon as it is next.
-        for frames in ordered_map(render, _batches(filled, batch), workers):
+        for frames in ordered_map(render, _source_batches(filled, sources, prepare, batch), workers):
             for frame in frames:
                 writer.write(frame)
             done += len(frames)
@@ -303,7 +328,41 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output))
 
 
-_BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "keypoints": ("KPTS", "KPRC"),
+def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:
+    image = source_image.decode_image(data, codec)
+    if image.shape[:2] != (h.height, h.width):
+        raise bitstream.KpcFormatError(f"source image is {image.shape[1]}x{image.shape[0]}, "
+                                       f"header says {h.width}x{h.height}")
+    return image
+
+
+def _source_batches(filled, sources, prepare, size: int):
+    """(source state, batch of (kp, jac)) in frame order; a batch never straddles a refresh.
+
+    `sources` is [(first frame, image)] in frame order; each state is prepared once, in the
+    calling thread, when its first batch is due, so only one state per refresh is in memory
+    beyond the batches in flight.
+    """
+    starts = [frame for frame, _ in sources[1:]] + [None]
+    state = prepare(sources[0][1])
+    s, batch = 0, []
+    for t, item in enumerate(filled):
+        if starts[s] is not None and t == starts[s]:
+            if batch:
+                yield state, batch
+                batch = []
+            s += 1
+            state = prepare(sources[s][1])
+        batch.append(item)
+        if len(batch) == size:
+            yield state, batch
+            batch = []
+    if batch:
+        yield state, batch
+
+
+_BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),
+                 "keypoints": ("KPTS", "KPRC"),
                  "audio": (audio_codec.CHUNK_TYPE,)}
 
 
@@ -318,7 +377,7 @@ def bit_budget(chunks: list[tuple[str, int]], duration_s: float, sent_frames: in
     out["other"] = part(sum(n for kind, n in chunks if kind not in known))
     out["total"] = part(sum(n for _, n in chunks))
     out["keypoints"]["bits_per_sent_frame"] = out["keypoints"]["bytes"] * 8 / sent_frames if sent_frames else 0.0
-    # The steady state of a long call: everything but the one-off source image.
+    # The steady state of a long call: everything but the one-off first source image.
     out["without_source"] = part(out["total"]["bytes"] - out["source"]["bytes"])
     return out
 
@@ -346,5 +405,6 @@ def info(input) -> dict:
         "file": str(input), "format_version": "%d.%d" % stream.version, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
         "source_codec": stream.source_codec, "sent_frames": len(stream.sent_indices), "chunks": parts,
+        "refreshes": [{"frame": int(r.frame), "codec": r.codec, "bytes": len(r.data) + 12} for r in stream.refreshes],
         "budget": bit_budget(table, duration, len(stream.sent_indices)), "audio": sound,
     }

@@ -126,6 +126,8 @@ def encode(
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="With --keep-every auto: send a frame when the decoder's prediction of its keypoints is more than E px off (at 256x256; default 2).")] = None,
     keep_pattern: Annotated[Optional[str], typer.Option("--keep-pattern", help="Send S frames, skip K, repeat: S:K (e.g. 12:12); replaces --keep-every.")] = None,
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor the file asks the decoder to use (default: the best measured).")] = None,
+    refresh: Annotated[Optional[str], typer.Option("--refresh", help="'auto': send a new source image where the decoder's rendering drifts (checked once a second and at scene cuts); 'off' (default).")] = None,
+    refresh_threshold: Annotated[Optional[float], typer.Option("--refresh-threshold", help="With --refresh auto: refresh when a checked frame's rendering has SSIM below X (default 0.5).")] = None,
     source_quality: Annotated[Optional[int], typer.Option("--source-quality", help="Source image quality 0-100.")] = None,
     source_codec: Annotated[Optional[str], typer.Option("--source-codec", help="Source image codec: webp, avif, png, jpeg.")] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
@@ -148,13 +150,15 @@ def encode(
                            source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
                            force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
                            ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
-                           max_error=max_error, threads=_check_threads(threads))
+                           max_error=max_error, threads=_check_threads(threads), refresh=refresh,
+                           refresh_threshold=refresh_threshold)
     if s.skipped:  # a warning, so even --quiet says it
         err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
                   "was repeated in their place", markup=False)
     if not quiet:
         sound = f" (audio {s.audio_bytes * 8 / s.duration_s / 1000:.2f})" if s.audio_bytes and s.duration_s else ""
-        err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}, "
+        fresh = f", {s.refreshes} source refresh(es)" if s.refreshes else ""
+        err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}{fresh}, "
                   f"{_kib(s.bytes)} -> {s.output}", markup=False)
 
 
@@ -206,6 +210,9 @@ def info(
     table.add_row("sent frames", f"{d['sent_frames']} of {h['frame_count']}"
                   + (" (chosen by the encoder's error test)" if h.get("adaptive") else ""))
     table.add_row("source codec", d["source_codec"])
+    if d["refreshes"]:
+        table.add_row("source refreshes", ", ".join(f"frame {r['frame']} ({r['codec']}, {r['bytes']} B)"
+                                                    for r in d["refreshes"]))
     out.print(table)
     chunks = Table(title="chunks", title_justify="left")
     chunks.add_column("chunk")
@@ -221,6 +228,7 @@ def info(
     budget.add_column("kb/s", justify="right")
     kp_chunk = next((p["chunk"] for p in d["chunks"] if p["chunk"] in ("KPRC", "KPTS")), "")
     rows = [("header (magic, HEAD, KEND)", b["header"]), (f"source image ({d['source_codec']})", b["source"]),
+            (f"source refreshes ({len(d['refreshes'])})", b["refresh"]),
             (f"keypoints ({kp_chunk}, {b['keypoints']['bits_per_sent_frame']:.0f} bits per sent frame)",
              b["keypoints"]), ("audio (opus)", b["audio"]), ("other optional chunks", b["other"]),
             ("total", b["total"]), ("total without the source image", b["without_source"])]
