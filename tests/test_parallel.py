@@ -48,3 +48,13 @@ def test_single_threaded_torch_restores_the_thread_count():
     with single_threaded_torch():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_glibc_mmap_threshold_is_pinned_for_flat_memory():
+    import platform
+
+    from kpcodec.parallel import fixed_mmap_threshold
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert fixed_mmap_threshold() is True
