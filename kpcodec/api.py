@@ -292,14 +292,17 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     torch = _torch()
     from .models.frames import frames_to_tensor, tensor_to_frames
 
-    # Every source image (the first and each refresh) is decoded before any frame is written,
-    # so a bad one fails the command without leaving a partial video.
-    sources = [(0, _source(stream.source_data, stream.source_codec, h))]
-    sources += [(r.frame, _source(r.data, r.codec, h)) for r in stream.refreshes]
+    # The first source image is checked before the MP4 is opened; each refresh image is decoded
+    # only when its first frame is due (a long call may hold many), and a bad one aborts the
+    # writer, which leaves no output file.
+    _source(stream.source_data, stream.source_codec, h)
+    sources = [(0, (stream.source_data, stream.source_codec))]
+    sources += [(r.frame, (r.data, r.codec)) for r in stream.refreshes]
     filled = predict.fill_keypoints(stream.sent_indices, stream.keypoints, stream.jacobians, h.frame_count,
                                     predictor or predict.file_predictor(h.predictor))
 
-    def prepare(image):
+    def prepare(coded):
+        image = _source(*coded, h)
         with torch.inference_mode():
             return net.prepare_source(frames_to_tensor([image]))
 
@@ -339,7 +342,7 @@ def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:
 def _source_batches(filled, sources, prepare, size: int):
     """(source state, batch of (kp, jac)) in frame order; a batch never straddles a refresh.
 
-    `sources` is [(first frame, image)] in frame order; each state is prepared once, in the
+    `sources` is [(first frame, coded image)] in frame order; each state is prepared once, in the
     calling thread, when its first batch is due, so only one state per refresh is in memory
     beyond the batches in flight.
     """

@@ -222,3 +222,14 @@ def test_refresh_off_and_a_low_threshold_send_none(runner, cut_clip, tmp_path):
 def test_refresh_option_errors(runner, cut_clip, tmp_path, args, needle):
     one_line_error(run(runner, "encode", cut_clip, "-o", tmp_path / "a.kpc", "--model", "tiny", *args), 2, needle)
     assert not any(p.name.startswith("a.kpc") for p in tmp_path.iterdir())
+
+
+def test_bad_refresh_image_fails_decode_without_output(runner, cut_clip, tmp_path):
+    out = tmp_path / "cut.kpc"
+    assert run(runner, "encode", cut_clip, "-o", out, "--model", "tiny", "--refresh", "auto",
+               "--refresh-threshold", "0.99").exit_code == 0
+    s = bs.read_file(out)
+    s.refreshes[-1].data = b"not an image"
+    bs.write_file(out, s)
+    one_line_error(run(runner, "decode", out, "-o", tmp_path / "bad.mp4"), 1, "source image")
+    assert not any(p.name.startswith(("bad.mp4", ".bad.mp4")) for p in tmp_path.iterdir())
