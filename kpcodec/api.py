@@ -408,6 +408,7 @@ def info(input) -> dict:
         "file": str(input), "format_version": "%d.%d" % stream.version, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
         "source_codec": stream.source_codec, "sent_frames": len(stream.sent_indices), "chunks": parts,
-        "refreshes": [{"frame": int(r.frame), "codec": r.codec, "bytes": len(r.data) + 12} for r in stream.refreshes],
+        "refreshes": [{"frame": int(r.frame), "codec": r.codec, "bytes": n}  # the SRCR chunk, framing included
+                      for r, n in zip(stream.refreshes, [n for kind, n in table if kind == "SRCR"])],
         "budget": bit_budget(table, duration, len(stream.sent_indices)), "audio": sound,
     }

@@ -198,6 +198,12 @@ def test_scene_cut_triggers_a_refresh_and_decodes(runner, cut_clip, tmp_path):
     assert set(frames) <= set(s.sent_indices.tolist())
     info = run(runner, "info", out)
     assert "source refreshes" in info.stdout
+    import json
+
+    d = json.loads(run(runner, "info", out, "--json").stdout)
+    srcr = [n for kind, n in bs.chunk_table(out.read_bytes()) if kind == "SRCR"]
+    assert [r["frame"] for r in d["refreshes"]] == frames and [r["bytes"] for r in d["refreshes"]] == srcr
+    assert d["budget"]["refresh"]["bytes"] == sum(srcr) and d["format_version"] == "1.2"
     mp4 = tmp_path / "cut.mp4"
     assert run(runner, "decode", out, "-o", mp4, "--threads", "2").exit_code == 0
     with av.open(str(mp4)) as c:
