@@ -39,40 +39,34 @@ def tiny_png(width: int = 8, height: int = 8) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
 
 
-def golden_stream() -> KpcStream:
-    """Small deterministic stream: 10 frames at 25 fps, every 2nd sent, K=4."""
-    rng = np.random.default_rng(0)
-    indices = np.arange(0, 10, 2, dtype=np.int64)
-    s, k = len(indices), 4
+def random_motion(seed: int, indices: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A random walk of k keypoints over the sent frames, Jacobians near identity (float32)."""
+    rng = np.random.default_rng(seed)
+    s = len(indices)
     keypoints = np.cumsum(rng.normal(0.0, 0.05, (s, k, 2)), axis=0) + rng.uniform(-0.8, 0.8, (1, k, 2))
     jacobians = np.eye(2) + rng.normal(0.0, 0.1, (s, k, 2, 2))
-    header = Header(
-        model="tiny",
-        weights_sha256=hashlib.sha256(b"golden").hexdigest(),
-        width=64, height=64, fps_num=25, fps_den=1, frame_count=10,
-        keep_every=2, num_keypoints=k, kp_step=1 / 256, jac_step=1 / 64,
-        predictor="dpcm",
-    )
-    return KpcStream(header, "png", tiny_png(), indices,
-                     keypoints.astype(np.float32), jacobians.astype(np.float32), version=(1, 0))
+    return keypoints.astype(np.float32), jacobians.astype(np.float32)
+
+
+def tiny_header(**fields) -> Header:
+    """A 64x64, 25 fps, 4-keypoint header of the `tiny` model; `fields` fill in the rest."""
+    return Header(model="tiny", weights_sha256=hashlib.sha256(b"golden").hexdigest(), width=64, height=64,
+                  fps_num=25, fps_den=1, num_keypoints=4, **fields)
+
+
+def golden_stream() -> KpcStream:
+    """Small deterministic stream: 10 frames at 25 fps, every 2nd sent, K=4."""
+    indices = np.arange(0, 10, 2, dtype=np.int64)
+    header = tiny_header(frame_count=10, keep_every=2, kp_step=1 / 256, jac_step=1 / 64, predictor="dpcm")
+    return KpcStream(header, "png", tiny_png(), indices, *random_motion(0, indices), version=(1, 0))
 
 
 def golden_stream_1_1() -> KpcStream:
     """The same motion in format 1.1: 12 frames, sent adaptively (uneven gaps), 1.1 steps."""
-    rng = np.random.default_rng(1)
     indices = np.array([0, 1, 3, 4, 7, 11], dtype=np.int64)
-    s, k = len(indices), 4
-    keypoints = np.cumsum(rng.normal(0.0, 0.05, (s, k, 2)), axis=0) + rng.uniform(-0.8, 0.8, (1, k, 2))
-    jacobians = np.eye(2) + rng.normal(0.0, 0.1, (s, k, 2, 2))
-    header = Header(
-        model="tiny",
-        weights_sha256=hashlib.sha256(b"golden").hexdigest(),
-        width=64, height=64, fps_num=25, fps_den=1, frame_count=12,
-        keep_every=2, num_keypoints=k, kp_step=1 / 64, jac_step=1 / 32,
-        predictor="linear", adaptive=True,
-    )
-    return KpcStream(header, "png", tiny_png(), indices,
-                     keypoints.astype(np.float32), jacobians.astype(np.float32), version=(1, 1))
+    header = tiny_header(frame_count=12, keep_every=2, kp_step=1 / 64, jac_step=1 / 32, predictor="linear",
+                         adaptive=True)
+    return KpcStream(header, "png", tiny_png(), indices, *random_motion(1, indices), version=(1, 1))
 
 
 def golden_stream_1_2() -> KpcStream:
