@@ -109,7 +109,7 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or s
 
 
 Workers = Annotated[Optional[int], typer.Option(
-    "--threads", help="Model workers, one torch thread each (default: one per available core).")]
+    "--threads", help="N >= 2: N model workers of one torch thread each, steadier on a busy machine (default: one, on torch's threads).")]
 
 
 def _check_threads(threads: int | None) -> int | None:
