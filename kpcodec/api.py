@@ -25,7 +25,7 @@ import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .parallel import ordered_map, single_threaded_torch
+from .parallel import fixed_mmap_threshold, ordered_map, single_threaded_torch
 from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -185,6 +185,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     if audio:
         audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
     check_output(output, force)
+    fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.parallel)
     start = time.perf_counter()
     info = video.probe(input)
     name, sha, net = _model(model)
