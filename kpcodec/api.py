@@ -11,7 +11,6 @@ frame -> H.264 MP4, streamed frame by frame.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .parallel import fixed_mmap_threshold, ordered_map, single_threaded_torch
+from .parallel import fixed_mmap_threshold, ordered_map, torch_threads_for
 from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -217,7 +216,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         return [i for i, _ in chunk], kp.numpy(), jac.numpy()
 
     workers = threads or 1
-    with single_threaded_torch() if workers > 1 else contextlib.nullcontext():
+    with torch_threads_for(workers):
         # Only the frames that are sent go through the detector, in batches, while this
         # thread goes on decoding the video.
         for idx, kp, jac in ordered_map(detect, _batches(sent_frames(), batch), workers):
@@ -236,7 +235,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     source_data = source_image.encode_image(source, source_codec, source_quality)
     refreshes = []
     if checks is not None:
-        with single_threaded_torch() if workers > 1 else contextlib.nullcontext():
+        with torch_threads_for(workers):
             refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
                 net, source, checks, sent_idx, kps, jacs, count, predictor, refresh_threshold,
                 source_codec, source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
@@ -320,7 +319,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
 
     done = 0
     workers = threads or 1
-    with single_threaded_torch() if workers > 1 else contextlib.nullcontext(), \
+    with torch_threads_for(workers), \
             video.VideoWriter(output, h.fps, (h.width, h.height), preset=DECODE_PRESET) as writer:
         if track is not None:
             writer.add_audio(track)

@@ -16,6 +16,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -61,6 +62,11 @@ def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):  # not glibc: nothing to pin
         return False
+
+
+def torch_threads_for(workers: int):
+    """The torch thread setting `workers` need: single-threaded torch when several run, else as is."""
+    return single_threaded_torch() if workers > 1 else contextlib.nullcontext()
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
