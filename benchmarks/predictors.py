@@ -7,7 +7,7 @@ and rendered-video quality for the best few (issue 4's table).
 
 Keypoint part: every val trajectory (kpcodec.train.trajectories: the detector on every
 frame), for each send pattern the sent frames are quantised and packed exactly as the .kpc
-KPTS chunk (kpcodec.bitstream; its bytes give the rate), then every registered predictor
+keypoint chunk (kpcodec.bitstream's writer: KPRC, format 1.1; its bytes give the rate), then every registered predictor
 fills the other frames through kpcodec.predict.fill_keypoints (the decoder's streaming
 path). Errors are against the detector's unquantised keypoints: mean L2 in pixels at
 256x256 ([-1,1] error x 127.5) on predicted frames only and over all frames, and the mean
@@ -45,7 +45,7 @@ def pattern_label(p: SendPattern) -> str:
 
 
 def quantise(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """The decoder's view of the sent frames, and the KPTS chunk's size in bytes."""
+    """The decoder's view of the sent frames, and the keypoint chunk's size in bytes."""
     k = kp.shape[1]
     header = bitstream.Header(model="bench", weights_sha256="0" * 64, width=256, height=256,
                               fps_num=int(round(fps * 1000)), fps_den=1000, frame_count=len(kp), keep_every=1,
@@ -122,6 +122,16 @@ def _motion_sha(args) -> str:
     if args.checkpoint:
         return state_sha256(load_checkpoint(args.config, args.checkpoint)[0].detector.state_dict())
     return get_weights(args.model).sha256
+
+
+def _same_shipped_detector(shas: set[str], want: str) -> bool:
+    """Trajectories of another shipped model whose detector tensors are this model's."""
+    from kpcodec.train.trajectories import shipped_detector_fingerprint
+
+    if len(shas) != 1:
+        return False
+    theirs = shipped_detector_fingerprint(next(iter(shas)))
+    return theirs is not None and theirs == shipped_detector_fingerprint(want)
 
 
 def sender_time(net, data: Path, files: list[str], max_frames: int) -> list[dict]:
@@ -268,7 +278,7 @@ def main() -> None:
     net, motion_label = load_motion(args) if (args.model or args.checkpoint) else (None, None)
     if net is not None:
         want = _motion_sha(args)
-        if shas != {want}:
+        if shas != {want} and not _same_shipped_detector(shas, want):
             raise SystemExit(f"trajectories come from detector {sorted(shas)[0][:12]}…, the motion model's is "
                              f"{want[:12]}…: re-run python -m kpcodec.train.trajectories with the same model")
     names = args.predictors.split(",") if args.predictors else list(predict.PREDICTORS)
@@ -400,12 +410,12 @@ def report(r: dict) -> str:
         "",
         "## Keypoint error",
         "",
-        "Sent frames are quantised and packed as the KPTS chunk (kb/s = its bytes); errors against the",
+        "Sent frames are quantised and packed as the format 1.1 KPRC chunk (kb/s = its bytes at each clip's fps); errors against the",
         "detector's unquantised keypoints, in pixels at 256x256 (mean L2 per keypoint), Jacobian error as",
         "mean Frobenius norm. *predicted* = frames not sent, *all* = every frame (sent frames: quantisation",
         "error only). `(jac held)`: the learned keypoints with the last sent Jacobians.",
         "",
-        "| pattern | predictor | mode | kp px (predicted) | kp px (all) | jac (predicted) | jac (all) | KPTS kb/s | predict ms/frame |",
+        "| pattern | predictor | mode | kp px (predicted) | kp px (all) | jac (predicted) | jac (all) | KPRC kb/s | predict ms/frame |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["keypoints"]:

@@ -45,6 +45,13 @@ EYE_PAIRS: tuple[tuple[int, int], ...] = ((159, 145), (386, 374))
 # Outer eye corners. Used for normalisation rather than the iris centres (468, 473)
 # because corners exist without refine_landmarks and do not move with gaze.
 EYE_CORNERS: tuple[int, int] = (33, 263)
+# Whole contours, for weighting the mouth and eyes in training losses.
+LIP_CONTOUR: tuple[int, ...] = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,  # outer
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)  # inner
+EYE_CONTOUR: tuple[int, ...] = (
+    33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,  # right eye
+    263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)  # left eye
 
 
 def _face_mesh_module() -> Any:

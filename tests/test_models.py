@@ -92,3 +92,15 @@ def test_weights_index_is_valid_json():
     assert index["default"] in index["models"]
     for entry in index["models"].values():
         assert entry["config"] in registry.CONFIGS
+
+
+def test_fast_model_shares_the_quarter_models_detector():
+    # Predictors, the coder's prior and the trajectories are made from the quarter model's
+    # keypoints; the default fast model is only valid with them if its detector is the same.
+    from kpcodec.train.trajectories import shipped_detector_fingerprint
+
+    fast = shipped_detector_fingerprint(registry.get_weights("fomm-256-fast").sha256)
+    quarter = shipped_detector_fingerprint(registry.get_weights("fomm-256-quarter").sha256)
+    tiny = shipped_detector_fingerprint(registry.get_weights("tiny").sha256)
+    assert fast is not None and fast == quarter != tiny
+    assert shipped_detector_fingerprint("0" * 64) is None

@@ -90,3 +90,20 @@ def test_flow_at_landmarks_zero_for_a_perfect_flow():
     lm_nan = lm_d.clone()
     lm_nan[0, :5] = float("nan")
     assert torch.isfinite(losses.flow_at_landmarks(flow, lm_nan, lm_nan))
+
+
+def test_landmark_weights_emphasise_the_lips():
+    from kpcodec.landmarks import LIP_CONTOUR, N_LANDMARKS
+    from kpcodec.models.blocks import make_coordinate_grid
+
+    assert losses.landmark_weights(N_LANDMARKS, 1.0, 1.0) is None
+    w = losses.landmark_weights(N_LANDMARKS, 5.0, 3.0)
+    assert w[13] == 5.0 and w[159] == 3.0 and w[1] == 1.0 and len(set(LIP_CONTOUR)) == 40
+    flow = make_coordinate_grid(16, 16)[None].expand(1, 16, 16, 2)
+    lm = torch.zeros(1, N_LANDMARKS, 2)
+    target = lm.clone()
+    target[0, 13] = 0.5  # only a lip landmark is off: weighting it raises the loss
+    plain = losses.flow_at_landmarks(flow, lm, target)
+    weighted = losses.flow_at_landmarks(flow, lm, target, w)
+    assert weighted > plain * 2
+    assert torch.isclose(losses.flow_at_landmarks(flow, lm, lm, w), torch.tensor(0.0), atol=1e-6)

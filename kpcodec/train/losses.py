@@ -55,10 +55,13 @@ def separation(kp: torch.Tensor, min_distance: float) -> torch.Tensor:
     return F.relu(min_distance - d[:, off_diag]).mean()
 
 
-def flow_at_landmarks(flow: torch.Tensor, lm_driving: torch.Tensor, lm_source: torch.Tensor) -> torch.Tensor:
+def flow_at_landmarks(flow: torch.Tensor, lm_driving: torch.Tensor, lm_source: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """L1 between where the flow says driving landmarks come from and where they are in the source.
 
-    flow (B,h,w,2) maps driving coordinates to source coordinates; landmarks (B,N,2) in [-1,1].
+    flow (B,h,w,2) maps driving coordinates to source coordinates; landmarks (B,N,2) in [-1,1];
+    weights (N,) per landmark (e.g. more on the lips, whose few points are lost among 478), or
+    None for a plain mean.
     """
     valid = torch.isfinite(lm_driving).all(-1) & torch.isfinite(lm_source).all(-1)
     if not valid.any():
@@ -66,7 +69,22 @@ def flow_at_landmarks(flow: torch.Tensor, lm_driving: torch.Tensor, lm_source: t
     grid = torch.nan_to_num(lm_driving).unsqueeze(2)  # B,N,1,2
     sampled = F.grid_sample(flow.permute(0, 3, 1, 2), grid, align_corners=True).squeeze(-1).permute(0, 2, 1)
     err = (sampled - torch.nan_to_num(lm_source)).abs().sum(-1)
-    return err[valid].mean()
+    if weights is None:
+        return err[valid].mean()
+    w = weights.to(err).expand_as(err)[valid]
+    return (err[valid] * w).sum() / w.sum()
+
+
+def landmark_weights(count: int, lips: float, eyes: float) -> torch.Tensor | None:
+    """Per-landmark weights of the face-mesh topology (None when every weight is 1)."""
+    from kpcodec.landmarks import EYE_CONTOUR, LIP_CONTOUR
+
+    if lips == 1.0 and eyes == 1.0:
+        return None
+    w = torch.ones(count)
+    w[[i for i in LIP_CONTOUR if i < count]] = lips
+    w[[i for i in EYE_CONTOUR if i < count]] = eyes
+    return w
 
 
 class RandomTPS:

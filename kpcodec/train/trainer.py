@@ -173,7 +173,9 @@ class Trainer:
             terms["equiv_value"], terms["equiv_jacobian"] = losses.equivariance(
                 self.model.detector, batch["driving"], out["kp_driving"], out["jac_driving"])
         if r.w_landmark_flow > 0 and "lm_driving" in batch:
-            terms["landmark_flow"] = losses.flow_at_landmarks(out["flow"], batch["lm_driving"], batch["lm_source"])
+            lm_weights = losses.landmark_weights(batch["lm_driving"].shape[1], r.landmark_lips, r.landmark_eyes)
+            terms["landmark_flow"] = losses.flow_at_landmarks(out["flow"], batch["lm_driving"], batch["lm_source"],
+                                                              lm_weights)
         weights = {"pyramid": r.w_pyramid, "ssim": r.w_ssim, "separation": r.w_separation,
                    "equiv_value": r.w_equiv_value, "equiv_jacobian": r.w_equiv_jacobian,
                    "landmark_flow": r.w_landmark_flow}

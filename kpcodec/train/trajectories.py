@@ -70,6 +70,23 @@ def load_detector(checkpoint: Path | None, config: str | None, model: str | None
     return detector.eval(), name, entry.sha256
 
 
+def shipped_detector_fingerprint(file_sha256: str) -> str | None:
+    """state_sha256 of the detector tensors in the shipped weights file with this sha256.
+
+    Two shipped models can share one detector (fomm-256-fast reuses fomm-256-quarter's): their
+    files differ but their keypoints are identical. None if no shipped file has this sha256.
+    """
+    import torch
+
+    from ..models.registry import WEIGHTS, weights_dir
+
+    for entry in WEIGHTS.values():
+        if entry.sha256 == file_sha256:
+            state = torch.load(weights_dir() / entry.file, map_location="cpu", weights_only=True)
+            return state_sha256({k: v for k, v in state.items() if k.startswith("detector.")})
+    return None
+
+
 def talking_head_rows(data: Path) -> list[dict]:
     import csv
 
