@@ -217,8 +217,9 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(clips)}] {Path(name).name}: {r.frames} frames in {time.perf_counter() - t:.0f} s",
               file=sys.stderr, flush=True)
     meta = {
-        "command": "nice -n 10 python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in
-                                                                          (argv if argv is not None else sys.argv[1:])),
+        "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python benchmarks/compare.py "
+                   + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "nice": os.nice(0),
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
         "git": git_commit(), "seconds": time.perf_counter() - start, "split": args.split,
         "max_frames": args.max_frames, "threads": args.threads, "model": model,
@@ -253,13 +254,13 @@ def render(meta: dict, record: list[dict], out: Path) -> None:
         "# kpcodec vs H.264 / H.265 / AV1 (`kpcodec compare` over the val split)",
         "",
         f"- **Date:** {meta['date']}",
-        f"- **Machine:** {meta['machine']}; run with `nice -n 10`, the machine shared with training jobs",
+        f"- **Machine:** {meta['machine']}; niceness {meta.get('nice', 10)}, the machine shared with other jobs (training)",
         f"- **Code:** git {meta['git']}",
         f"- **Command:** `{meta['command']}`",
         f"- **Data:** {title}; wall time {meta['seconds'] / 60:.1f} min",
         f"- **kpcodec model:** `{model}` (weights sha256 {_used(record, 'weights_sha256')}), predictor "
-        f"{_used(record, 'predictor')}. The default model is a placeholder that is still training: the kpcodec "
-        "numbers will change with it; the classic codecs' will not.",
+        f"{_used(record, 'predictor')}. The motion model keeps training (kpcodec/weights/MODEL_CARD.md): the kpcodec "
+        "numbers change with each shipped model; the classic codecs' do not.",
         f"- **Classic codecs:** x264 preset {classic.CODECS['x264'].preset}, x265 preset "
         f"{classic.CODECS['x265'].preset}, SVT-AV1 preset {classic.CODECS['av1'].preset}; yuv420p, one key frame "
         f"per clip (keyint = clip length), {threads} thread(s) per codec (torch too).",

@@ -152,8 +152,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     `keep_every` "auto" detects every frame and sends those the decoder's predictor would
     get more than `max_error` px wrong (default kpcodec.adaptive.DEFAULT_MAX_ERROR).
     `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
-    `threads`: None runs the detector in this thread on torch's own threads (every core); N >= 2
-    runs it on N single-threaded workers (kpcodec.parallel), steadier when other jobs share the cores.
+    `threads`: None runs the detector in this thread on torch's own threads (every core); 1 runs it
+    in this thread on one torch thread; N >= 2 on N single-threaded workers (kpcodec.parallel),
+    steadier when other jobs share the cores.
     `refresh` "auto" sends a new source image where the decoder's rendering of a checked frame
     falls below SSIM `refresh_threshold` (kpcodec.refresh); "off" (default) never does.
     """
@@ -216,7 +217,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         return [i for i, _ in chunk], kp.numpy(), jac.numpy()
 
     workers = threads or 1
-    with torch_threads_for(workers):
+    with torch_threads_for(threads):
         # Only the frames that are sent go through the detector, in batches, while this
         # thread goes on decoding the video.
         for idx, kp, jac in ordered_map(detect, _batches(sent_frames(), batch), workers):
@@ -235,7 +236,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     source_data = source_image.encode_image(source, source_codec, source_quality)
     refreshes = []
     if checks is not None:
-        with torch_threads_for(workers):
+        with torch_threads_for(threads):
             refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
                 net, source, checks, sent_idx, kps, jacs, count, predictor, refresh_threshold,
                 source_codec, source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
@@ -281,8 +282,9 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
 
     The file's audio (an `opus` chunk) is muxed into the MP4 as is, unless `audio` is False.
     `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
-    machine, 27.7 against 21.3 fps for two workers); N >= 2 renders on N single-threaded workers
-    (kpcodec.parallel), which keep their pace when other jobs take a core.
+    machine, 27.7 against 21.3 fps for two workers); 1 renders in this thread on one torch thread;
+    N >= 2 on N single-threaded workers (kpcodec.parallel), which keep their pace when other jobs
+    take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
     """
     check_output(output, force)
     start = time.perf_counter()
@@ -319,7 +321,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
 
     done = 0
     workers = threads or 1
-    with torch_threads_for(workers), \
+    with torch_threads_for(threads), \
             video.VideoWriter(output, h.fps, (h.width, h.height), preset=DECODE_PRESET) as writer:
         if track is not None:
             writer.add_audio(track)

@@ -109,7 +109,7 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or s
 
 
 Workers = Annotated[Optional[int], typer.Option(
-    "--threads", help="N >= 2: N model workers of one torch thread each, steadier on a busy machine (default: one, on torch's threads).")]
+    "--threads", help="1: the model on one torch thread; N >= 2: N workers of one torch thread each. Steadier on a busy machine (default: torch's own threads, fastest when idle).")]
 
 
 def _check_threads(threads: int | None) -> int | None:

@@ -1,7 +1,8 @@
 """Run model batches on single-threaded torch workers, results in order (encode/decode --threads N).
 
 On an idle 2-core machine torch's own intra-op threads are faster (decode 27.7 fps inline
-against 21.3 fps on two workers), so the codec runs inline by default. Workers are for shared
+against 21.3 fps on two workers), so the codec runs inline by default, on as many torch threads
+as cores are idle when it starts (`idle_cores`: all of them on an idle machine). Workers are for shared
 machines: an OpenMP team waits at every barrier for its slowest thread, so one busy core stalls
 every convolution; measured on the project's 2-core box while another process ran, intra-op
 threading fell to 1.6-6 fps on the quarter model where two single-threaded workers kept
@@ -13,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +34,53 @@ def available_cores() -> int:
 
 
 @contextmanager
-def single_threaded_torch():
-    """torch intra-op threads = 1 for the duration (restored after), so workers do not oversubscribe."""
+def torch_threads(n: int):
+    """torch intra-op threads = n for the duration (restored after)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def single_threaded_torch():
+    """torch intra-op threads = 1 for the duration (restored after), so workers do not oversubscribe."""
+    return torch_threads(1)
+
+
+def idle_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores not taken by other work: all of them less the other runnable threads, at least 1.
+
+    torch's own threads are fastest on an idle machine but wait on each other at every
+    barrier when another job holds a core (measured: decode 2.0 fps on two threads against
+    6.1 fps on one, the default model on the 2-core box with two training jobs running).
+    """
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        load = runnable_others()
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def runnable_others(samples: int = 9, interval_s: float = 0.005) -> float:
+    """Threads other than this one ready to run now (median of a few reads of /proc/loadavg).
+
+    The instantaneous count, not the 1-minute load average: that would still count a kpcodec
+    run that just ended and make the next one on an idle machine single-threaded. 0 where the
+    count cannot be read (not Linux).
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return max(0.0, sorted(counts)[len(counts) // 2] - 1.0)  # less the thread reading it
 
 
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -64,9 +103,16 @@ def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
         return False
 
 
-def torch_threads_for(workers: int):
-    """The torch thread setting `workers` need: single-threaded torch when several run, else as is."""
-    return single_threaded_torch() if workers > 1 else contextlib.nullcontext()
+def torch_threads_for(threads: int | None):
+    """The torch thread setting for a `threads` option: None gives torch as many threads as
+    there are idle cores (every core on an idle machine); a number (1 inline, N >= 2 workers)
+    means single-threaded torch in each worker."""
+    if threads is not None:
+        return single_threaded_torch()
+    import torch
+
+    n = min(torch.get_num_threads(), idle_cores())
+    return contextlib.nullcontext() if n == torch.get_num_threads() else torch_threads(n)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

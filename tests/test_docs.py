@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -102,8 +103,11 @@ def test_version_names_package_format_and_model(runner):
 
 
 def test_shell_completion_script():
+    # Without this variable typer ignores "bash" and detects the shell from the parent
+    # processes, which fails when the tests run detached from any shell (CI, nohup).
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     proc = subprocess.run([sys.executable, "-m", "kpcodec", "--show-completion", "bash"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "_kpcodec_completion" in proc.stdout and "complete -o default -F _kpcodec_completion kpcodec" in proc.stdout
 

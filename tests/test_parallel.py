@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from kpcodec.parallel import ordered_map, single_threaded_torch
+from kpcodec.parallel import available_cores, ordered_map, single_threaded_torch
 
 
 def test_results_come_in_input_order_whatever_finishes_first():
@@ -58,3 +58,26 @@ def test_glibc_mmap_threshold_is_pinned_for_flat_memory():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert fixed_mmap_threshold() is True
+
+
+def test_idle_cores_leaves_out_the_load():
+    from kpcodec.parallel import idle_cores
+
+    assert idle_cores(cores=2, load=0.1) == 2
+    assert idle_cores(cores=2, load=1.2) == 1  # another job holds a core
+    assert idle_cores(cores=2, load=7.0) == 1  # never below one
+    assert idle_cores(cores=8, load=2.6) == 5
+    assert 1 <= idle_cores() <= available_cores()
+
+
+def test_explicit_threads_mean_single_threaded_torch():
+    import torch
+
+    from kpcodec.parallel import torch_threads_for
+
+    before = torch.get_num_threads()
+    with torch_threads_for(1):
+        assert torch.get_num_threads() == 1
+    with torch_threads_for(None):
+        assert 1 <= torch.get_num_threads() <= before
+    assert torch.get_num_threads() == before
