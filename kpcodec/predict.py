@@ -189,21 +189,26 @@ def _learned(net, indices, kps, jacs, frame_count, sample: bool = False, seed: i
 
     gen = torch.Generator().manual_seed(int(seed)) if sample else None
     sent_at = {int(i): s for s, i in enumerate(indices)}
+    # Inference mode only around each step, never across a yield: torch's grad mode is
+    # thread-local, so a mode entered here would stay on in the consumer's code between
+    # frames (and for good in a generator that is dropped half-way).
     with torch.inference_mode():
         state = net.init_state(tensor(kps[0]), tensor(jacs[0]), ahead(0, 0))
-        yield kps[0], jacs[0]
-        last, last_jac = 0, jacs[0]
-        yes, no = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
-        for t in range(1, frame_count):
-            s = sent_at.get(t)
-            if s is None:
+    yield kps[0], jacs[0]
+    last, last_jac = 0, jacs[0]
+    yes, no = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
+    for t in range(1, frame_count):
+        s = sent_at.get(t)
+        if s is None:
+            with torch.inference_mode():
                 kp, jac, state, _ = net.step(state, None, None, no, sample, gen, ahead(t, last))
-                jac_out = last_jac if hold_jacobians else jac[0].numpy()
-                yield kp[0].numpy(), jac_out
-            else:
-                last, last_jac = s, jacs[s]
+            jac_out = last_jac if hold_jacobians else jac[0].numpy()
+            yield kp[0].numpy(), jac_out
+        else:
+            last, last_jac = s, jacs[s]
+            with torch.inference_mode():
                 _, _, state, _ = net.step(state, tensor(kps[s]), tensor(jacs[s]), yes, False, None, ahead(t, s))
-                yield kps[s], jacs[s]
+            yield kps[s], jacs[s]
 
 
 class OnlineFill:

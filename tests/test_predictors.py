@@ -340,3 +340,19 @@ def test_trajectories_command(tmp_path, clip):
     (t,) = tj.load_trajectories(out)
     assert t["kp"].shape == (12, 4, 2) and t["jac"].shape == (12, 4, 2, 2) and t["split"] == "val"
     assert tj.run(data, out, model="tiny", quiet=True)["clips"] == 0  # same detector: skipped
+
+
+def test_a_learned_fill_leaves_no_inference_mode_behind():
+    # torch's grad mode is thread-local: a generator that yielded inside inference_mode left it
+    # on in the caller between frames, and for good once dropped half-way (it broke autograd
+    # in later code of the same thread).
+    kp, jac = trajectory(12)
+    idx = np.arange(0, 12, 2)
+    frames = predict.fill_keypoints(idx, kp[idx], jac[idx], 12, "vrnn")
+    next(frames), next(frames)
+    assert not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    (x * 3).sum().backward()
+    assert torch.equal(x.grad, torch.full((2,), 3.0))
+    del frames
+    assert not torch.is_inference_mode_enabled()
