@@ -216,10 +216,11 @@ def main(argv=None) -> int:
                        "notes": r.notes, "kpcodec": r.kpcodec, "rows": d["rows"], "headline": d["headline"]})
         print(f"[{i}/{len(clips)}] {Path(name).name}: {r.frames} frames in {time.perf_counter() - t:.0f} s",
               file=sys.stderr, flush=True)
+    niceness = os.nice(0)
     meta = {
-        "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python benchmarks/compare.py "
+        "command": (f"nice -n {niceness} " if niceness else "") + "python benchmarks/compare.py "
                    + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "nice": os.nice(0),
+        "nice": niceness,
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
         "git": git_commit(), "seconds": time.perf_counter() - start, "split": args.split,
         "max_frames": args.max_frames, "threads": args.threads, "model": model,

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
-from .parallel import fixed_mmap_threshold, ordered_map, torch_threads_for
+from .parallel import fixed_mmap_threshold, ordered_map, torch_thread_count, torch_threads, torch_threads_for
 from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -217,7 +217,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         return [i for i, _ in chunk], kp.numpy(), jac.numpy()
 
     workers = threads or 1
-    with torch_threads_for(threads):
+    torch_count = torch_thread_count(threads)  # decided once: the refresh pass uses it too
+    with torch_threads(torch_count):
         # Only the frames that are sent go through the detector, in batches, while this
         # thread goes on decoding the video.
         for idx, kp, jac in ordered_map(detect, _batches(sent_frames(), batch), workers):
@@ -236,7 +237,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     source_data = source_image.encode_image(source, source_codec, source_quality)
     refreshes = []
     if checks is not None:
-        with torch_threads_for(threads):
+        with torch_threads(torch_count):
             refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
                 net, source, checks, sent_idx, kps, jacs, count, predictor, refresh_threshold,
                 source_codec, source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)

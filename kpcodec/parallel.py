@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-import contextlib
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -39,11 +38,13 @@ def torch_threads(n: int):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n != before:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def single_threaded_torch():
@@ -103,16 +104,20 @@ def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
         return False
 
 
-def torch_threads_for(threads: int | None):
-    """The torch thread setting for a `threads` option: None gives torch as many threads as
-    there are idle cores (every core on an idle machine); a number (1 inline, N >= 2 workers)
-    means single-threaded torch in each worker."""
+def torch_thread_count(threads: int | None) -> int:
+    """torch's thread count for a `threads` option: None gives as many threads as cores are
+    idle now (every core on an idle machine); a number (1 inline, N >= 2 workers) means
+    single-threaded torch in each worker."""
     if threads is not None:
-        return single_threaded_torch()
+        return 1
     import torch
 
-    n = min(torch.get_num_threads(), idle_cores())
-    return contextlib.nullcontext() if n == torch.get_num_threads() else torch_threads(n)
+    return min(torch.get_num_threads(), idle_cores())
+
+
+def torch_threads_for(threads: int | None):
+    """The torch thread setting for a `threads` option (torch_thread_count), as a context."""
+    return torch_threads(torch_thread_count(threads))
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

@@ -1,7 +1,6 @@
 """Source refresh: the SRCR chunk of format 1.2, the encoder's choice, the decoder's switch."""
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ from kpcodec import refresh as rf
 from kpcodec.api import _source_batches
 from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
+from kpcodec.video import VideoWriter
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -32,15 +32,9 @@ def one_line_error(result, code, needle):
 def make_cut_clip(path: Path, frames: int = 40, cut: int = 20, size: int = 64) -> Path:
     """The astronaut, then from frame `cut` on a cup of coffee: a scene cut between checks."""
     a, b = ((resize(img, (size, size), anti_aliasing=True) * 255).astype(np.uint8) for img in (astronaut(), coffee()))
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(25))
-        s.width, s.height, s.pix_fmt = size, size, "yuv420p"
+    with VideoWriter(path, 25, (size, size)) as writer:
         for i in range(frames):
-            img = a if i < cut else b
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+            writer.write(a if i < cut else b)
     return path
 
 

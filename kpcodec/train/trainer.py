@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..landmarks import N_LANDMARKS
 from ..models.blocks import resize
 from ..models.registry import build_model, get_config
 from . import losses
@@ -57,6 +58,9 @@ class Trainer:
         self.cfg = get_config(config)
         self.recipe = RECIPES[recipe]
         self.recipe_name = recipe
+        # The landmark cache holds the whole face mesh: the loss weights are fixed for the run.
+        self.landmark_weights = losses.landmark_weights(N_LANDMARKS, self.recipe.landmark_lips,
+                                                        self.recipe.landmark_eyes)
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir)
@@ -173,9 +177,8 @@ class Trainer:
             terms["equiv_value"], terms["equiv_jacobian"] = losses.equivariance(
                 self.model.detector, batch["driving"], out["kp_driving"], out["jac_driving"])
         if r.w_landmark_flow > 0 and "lm_driving" in batch:
-            lm_weights = losses.landmark_weights(batch["lm_driving"].shape[1], r.landmark_lips, r.landmark_eyes)
             terms["landmark_flow"] = losses.flow_at_landmarks(out["flow"], batch["lm_driving"], batch["lm_source"],
-                                                              lm_weights)
+                                                              self.landmark_weights)
         weights = {"pyramid": r.w_pyramid, "ssim": r.w_ssim, "separation": r.w_separation,
                    "equiv_value": r.w_equiv_value, "equiv_jacobian": r.w_equiv_jacobian,
                    "landmark_flow": r.w_landmark_flow}
