@@ -6,8 +6,10 @@
 #
 #   benchmarks/run_predictors.sh                                   # the training checkpoint
 #   DETECTOR="--model fomm-256-quarter" benchmarks/run_predictors.sh # shipped weights
+#   DETECTOR="--model fomm-256-quarter" BENCH="--model fomm-256-fast" benchmarks/run_predictors.sh
 #
-# Environment: DATA (shared data folder), DETECTOR (trajectories/benchmark model arguments),
+# Environment: DATA (shared data folder), DETECTOR (trajectories model arguments), BENCH (the
+# benchmark's renderer, default DETECTOR; another shipped model with the same detector tensors),
 # STEPS (training steps per predictor), NICE (prefix for the heavy commands).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +35,4 @@ for kind in rnn vae vrnn rnn-interp; do
   [[ $kind == vae || $kind == vrnn ]] && variant="--sample-variant"
   python -m kpcodec.train.predictor export runs/pred-$kind --name $kind $variant
 done
-$NICE python benchmarks/predictors.py --trajectories "$TRAJ" --data "$DATA" $DETECTOR --set-default
+$NICE python benchmarks/predictors.py --trajectories "$TRAJ" --data "$DATA" ${BENCH:-$DETECTOR} --set-default

@@ -257,6 +257,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint when OUT has none (e.g. the committed checkpoints/CONFIG/resume.pt).")] = None,
     compact: Annotated[Optional[Path], typer.Option("--compact", help="Also keep a small resume file (fp16 weights, bf16 Adam) here, to commit.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Batch size instead of the recipe's (larger on a GPU).")] = None,
     quiet: Quiet = False,
 ):
     """Train (or resume training) the motion model on talking-head clips."""
@@ -265,7 +266,8 @@ def train(
     with _errors_to_exit():
         run_training(config, data, out_dir or Path("runs") / config, steps, resume=resume, recipe=recipe,
                      threads=threads, landmarks=landmarks, val_every=val_every,
-                     checkpoint_minutes=checkpoint_minutes, seed=seed, quiet=quiet, init=init, compact=compact)
+                     checkpoint_minutes=checkpoint_minutes, seed=seed, quiet=quiet, init=init, compact=compact,
+                     batch=batch)
 
 
 @app.command("train-predictor")

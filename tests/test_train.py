@@ -107,3 +107,74 @@ def test_landmark_weights_emphasise_the_lips():
     weighted = losses.flow_at_landmarks(flow, lm, target, w)
     assert weighted > plain * 2
     assert torch.isclose(losses.flow_at_landmarks(flow, lm, lm, w), torch.tensor(0.0), atol=1e-6)
+
+
+def _clips(lengths=(3, 5, 7), size=16, points=5):
+    from kpcodec.train.data import Clip
+
+    rng = np.random.default_rng(0)
+    clips = [Clip(f"c{i}", f"c{i}.mp4", rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                  rng.uniform(-1, 1, (n, points, 2)).astype(np.float32), np.arange(n)) for i, n in enumerate(lengths)]
+    clips[1].landmarks[2, 1] = np.nan  # a landmark mediapipe did not find
+    return clips
+
+
+def test_device_sampler_draws_the_same_batches_as_the_numpy_one():
+    # A GPU run gathers batches from frames held on the device: same pairs, flips and gains.
+    from kpcodec.train.data import PairSampler
+
+    host, device = PairSampler(_clips(), seed=1), PairSampler(_clips(), seed=1, device="cpu")
+    flipped = False
+    for _ in range(4):
+        a, b = host.batch(6), device.batch(6)
+        assert sorted(a) == sorted(b) == ["driving", "lm_driving", "lm_source", "source"]
+        for key in a:
+            assert torch.allclose(a[key], b[key], equal_nan=True), key
+        flipped |= bool((a["lm_source"][..., 0] < 0).any())
+    assert flipped
+
+
+def test_device_sampler_picks_up_refreshed_landmarks():
+    from kpcodec.train.data import PairSampler
+
+    clips = _clips()
+    clips[0].landmarks = None
+    s = PairSampler(clips, seed=0, device="cpu")
+    assert "lm_source" not in s.batch(2)
+    clips[0].landmarks = np.zeros((3, 5, 2), np.float32)
+    s.refresh_landmarks()
+    assert s.batch(2)["lm_source"].shape == (2, 5, 2)
+
+
+def test_opencv_decoder_matches_pyav(tmp_path):
+    # A lent GPU machine has OpenCV but no PyAV: the training data must decode the same there.
+    pytest.importorskip("cv2")
+    from kpcodec.train import data
+
+    path = make_clip(tmp_path / "c.mp4", frames=10, size=(64, 48))
+    frames, index = data._decode_clip_pyav(path, 3, None)
+    cv_frames, cv_index = data._decode_clip_opencv(path, 3, None)
+    assert np.array_equal(index, cv_index) and frames.shape == cv_frames.shape == (4, 48, 64, 3)
+    assert np.abs(frames.astype(int) - cv_frames.astype(int)).mean() < 3.0  # colour conversion rounding
+    assert len(data._decode_clip_opencv(path, 1, 4)[0]) == 4
+
+
+def test_batch_option_overrides_the_recipe(data_dir, tmp_path):
+    t = run_training("tiny", data_dir, tmp_path / "run", steps=1, recipe="tiny", quiet=True, batch=3)
+    assert t.recipe.batch == 3 and torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["batch"] == 3
+
+
+def test_transplant_moves_the_motion_and_keeps_the_generator(data_dir, tmp_path):
+    from kpcodec.train.transplant import load_checkpoint, transplant
+
+    a = run_training("tiny", data_dir, tmp_path / "a", steps=1, recipe="tiny", quiet=True, seed=1)
+    b = run_training("tiny", data_dir, tmp_path / "b", steps=2, recipe="tiny", quiet=True, seed=2)
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    merged = transplant(load_checkpoint(tmp_path / "a" / "weights-fp16.pt")["model"], ck["model"])
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for name, v in merged.items():
+        source = sa if name.startswith(("detector.", "dense_motion.")) else sb
+        assert v.dtype == sb[name].dtype and torch.allclose(v.float(), source[name].float(), atol=1e-2), name
+    assert ck["step"] == 2 and "optimizer" in ck
+    with pytest.raises(ValueError, match="no detector"):
+        transplant({k: v for k, v in sa.items() if k.startswith("generator.")}, ck["model"])

@@ -3,16 +3,19 @@
 Clips are listed by ../shared/data/manifest.csv (split by person). Every `stride`-th frame
 is kept (neighbouring frames are nearly identical). Face-mesh landmarks from
 `kpcodec.train.landmark_cache`, when present, ride along for the motion supervision.
+On an accelerator the sampler keeps every frame in device memory and builds batches there.
 """
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
+
+from ..parallel import ordered_map
 
 
 @dataclass
@@ -30,7 +33,24 @@ def manifest_rows(data_dir: Path, split: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["file"])
 
 
+@lru_cache(maxsize=1)
+def _clip_decoder():
+    """PyAV, or OpenCV on a training machine that has no PyAV (a lent GPU box). Chosen once,
+    before any decoding thread starts: concurrent first imports of a module can race."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return _decode_clip_opencv
+    return _decode_clip_pyav
+
+
 def decode_clip(path: Path, stride: int = 1, max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return _clip_decoder()(path, stride, max_frames)
+
+
+def _decode_clip_pyav(path: Path, stride: int, max_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import av
+
     frames, index = [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -41,6 +61,28 @@ def decode_clip(path: Path, stride: int = 1, max_frames: int | None = None) -> t
             if i % stride == 0:
                 frames.append(frame.to_ndarray(format="rgb24"))
                 index.append(i)
+    return np.stack(frames), np.asarray(index)
+
+
+def _decode_clip_opencv(path: Path, stride: int, max_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    frames, index = [], []
+    cap = cv2.VideoCapture(str(path))
+    try:
+        i = 0
+        while max_frames is None or i < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i % stride == 0:
+                frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+                index.append(i)
+            i += 1
+    finally:
+        cap.release()
+    if not frames:
+        raise OSError(f"{path}: no frames decoded")
     return np.stack(frames), np.asarray(index)
 
 
@@ -68,8 +110,10 @@ def load_clips(data_dir: Path, split: str, stride: int, landmark_dir: Path | Non
                limit: int | None = None, progress=None) -> list[Clip]:
     rows = manifest_rows(data_dir, split)[:limit]
     clips = []
-    for row in rows:
-        frames, index = decode_clip(data_dir / row["file"], stride, max_frames)
+    # Decoders release the GIL: a few threads load the clips several times faster.
+    _clip_decoder()
+    decoded = ordered_map(lambda row: decode_clip(data_dir / row["file"], stride, max_frames), rows, workers=4)
+    for row, (frames, index) in zip(rows, decoded):
         lm = load_landmarks(landmark_dir, row["file"], index, frames.shape[1], landmark_subset)
         if lm is None and landmark_dir is not None:  # no cache for this clip: masked out of the loss
             lm = np.full((len(frames), 478 if landmark_subset is None else len(landmark_subset), 2), np.nan, np.float32)
@@ -93,24 +137,56 @@ def refresh_landmarks(clips: list[Clip], landmark_dir: Path | None) -> int:
 
 
 class PairSampler:
-    """Random (source, driving) frame pairs from one clip, with augmentation shared by both."""
+    """Random (source, driving) frame pairs from one clip, with augmentation shared by both.
 
-    def __init__(self, clips: list[Clip], seed: int):
+    Given a `device` (an accelerator), every frame and landmark is copied there once and
+    batches are gathered on it; the draws, and so the batches, are the same as without.
+    """
+
+    def __init__(self, clips: list[Clip], seed: int, device: torch.device | str | None = None):
         self.clips = [c for c in clips if len(c.frames) >= 2]
         # Weight clips by length so every frame is about equally likely.
         lengths = np.array([len(c.frames) for c in self.clips], dtype=np.float64)
         self.p = lengths / lengths.sum()
         self.rng = np.random.default_rng(seed)
+        self.device = torch.device(device) if device is not None else None
+        self._frames = self._landmarks = None
+        if self.device is not None:
+            self.offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+            # (N,3,H,W) uint8: 20k frames at 256x256 are 4 GB, a small part of an accelerator.
+            self._frames = torch.cat([torch.from_numpy(c.frames).to(self.device) for c in self.clips])
+            self._frames = self._frames.permute(0, 3, 1, 2).contiguous()
+            self.refresh_landmarks()
+
+    def refresh_landmarks(self) -> None:
+        """Copy the clips' landmarks to the device again (after `refresh_landmarks(clips)`)."""
+        if self.device is None or any(c.landmarks is None for c in self.clips):
+            self._landmarks = None
+            return
+        self._landmarks = torch.cat([torch.from_numpy(np.asarray(c.landmarks, np.float32)) for c in self.clips])
+        self._landmarks = self._landmarks.to(self.device)
+
+    def _draw(self, size: int) -> tuple[list[tuple[int, int, int, bool]], np.ndarray]:
+        picks = []
+        for _ in range(size):
+            c = self.rng.choice(len(self.clips), p=self.p)
+            i, j = self.rng.choice(len(self.clips[c].frames), size=2, replace=False)
+            picks.append((int(c), int(i), int(j), bool(self.rng.random() < 0.5)))  # flip: mirror both
+        # Colour jitter, the same for source and driving of a pair.
+        gain = self.rng.uniform(0.85, 1.15, (size, 3, 1, 1))
+        return picks, gain
 
     def batch(self, size: int) -> dict:
+        picks, gain = self._draw(size)
+        if self._frames is not None:
+            return self._device_batch(picks, gain)
         src, drv, lm_s, lm_d = [], [], [], []
-        for _ in range(size):
-            clip = self.clips[self.rng.choice(len(self.clips), p=self.p)]
-            i, j = self.rng.choice(len(clip.frames), size=2, replace=False)
+        for c, i, j, flip in picks:
+            clip = self.clips[c]
             a, b = clip.frames[i], clip.frames[j]
             la = clip.landmarks[i] if clip.landmarks is not None else None
             lb = clip.landmarks[j] if clip.landmarks is not None else None
-            if self.rng.random() < 0.5:  # mirror both; landmark i stays landmark i
+            if flip:  # landmark i stays landmark i
                 a, b = a[:, ::-1], b[:, ::-1]
                 if la is not None:
                     la, lb = la * [-1.0, 1.0], lb * [-1.0, 1.0]
@@ -118,14 +194,32 @@ class PairSampler:
             drv.append(b)
             lm_s.append(la)
             lm_d.append(lb)
-        out = {"source": self._to_tensor(src), "driving": self._to_tensor(drv)}
-        # Colour jitter, the same for source and driving of a pair.
-        gain = torch.from_numpy(self.rng.uniform(0.85, 1.15, (size, 3, 1, 1))).float()
-        out["source"] = (out["source"] * gain).clamp(0, 1)
-        out["driving"] = (out["driving"] * gain).clamp(0, 1)
+        g = torch.from_numpy(gain).float()
+        out = {"source": (self._to_tensor(src) * g).clamp(0, 1), "driving": (self._to_tensor(drv) * g).clamp(0, 1)}
         if all(x is not None for x in lm_s):
             out["lm_source"] = torch.from_numpy(np.stack(lm_s).astype(np.float32))
             out["lm_driving"] = torch.from_numpy(np.stack(lm_d).astype(np.float32))
+        return out
+
+    def _device_batch(self, picks: list, gain: np.ndarray) -> dict:
+        dev = self.device
+        rows_s = torch.tensor([self.offsets[c] + i for c, i, _, _ in picks], device=dev)
+        rows_d = torch.tensor([self.offsets[c] + j for c, _, j, _ in picks], device=dev)
+        flip = torch.tensor([f for *_, f in picks], device=dev)
+        g = torch.from_numpy(gain).float().to(dev)
+
+        def frames(rows):
+            x = self._frames[rows].float() / 255.0
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            return (x * g).clamp(0, 1)
+
+        out = {"source": frames(rows_s), "driving": frames(rows_d)}
+        if self._landmarks is not None:
+            mirror = torch.where(flip, -1.0, 1.0)[:, None]
+            for key, rows in (("lm_source", rows_s), ("lm_driving", rows_d)):
+                lm = self._landmarks[rows].clone()
+                lm[..., 0] *= mirror
+                out[key] = lm
         return out
 
     @staticmethod

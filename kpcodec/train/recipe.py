@@ -38,4 +38,7 @@ RECIPES = {
                              w_separation=0.0, w_landmark_flow=0.0),
     # `base` with the flow's lip landmarks weighted 5x and eyelids 3x (continued from a base run).
     "mouth": Recipe(landmark_lips=5.0, landmark_eyes=3.0),
+    # `mouth` at a quarter of the learning rate: continuing on a CPU at batch 4 from a run that
+    # trained at batch 32 on a GPU (fewer samples a step, so smaller steps).
+    "mouth-fine": Recipe(lr=5e-5, landmark_lips=5.0, landmark_eyes=3.0),
 }

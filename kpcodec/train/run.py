@@ -14,14 +14,14 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
                  threads: int = 1, landmarks: Path | None = None, val_every: int = 300,
                  checkpoint_minutes: float = 5.0, seed: int = 0, max_train_clips: int | None = None,
                  monitor_frames: int = 100, quiet: bool = False, init: Path | None = None,
-                 compact: Path | None = None, log_every: int = 10) -> Trainer:
+                 compact: Path | None = None, log_every: int = 10, batch: int | None = None) -> Trainer:
     if not (Path(data) / "manifest.csv").is_file():
         raise UsageError(f"{data}: no manifest.csv (expected the shared data folder)")
     console = Console(stderr=True, quiet=quiet)
     trainer = Trainer(config, data, out, recipe=recipe, seed=seed, threads=threads, landmark_dir=landmarks,
-                      max_train_clips=max_train_clips, monitor_frames=monitor_frames)
+                      max_train_clips=max_train_clips, monitor_frames=monitor_frames, batch=batch)
     if resume and trainer.resume():
-        console.print(f"resumed {out} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
+        console.print(f"resumed {out} at step {trainer.step} ({_hours(trainer)})")
     elif init is not None:
         if not Path(init).is_file():
             raise UsageError(f"--init {init}: no such checkpoint")
@@ -30,7 +30,7 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
             done, total = trainer.initialised
             console.print(f"initialised {done} of {total} tensors from {init} (another config)")
         else:
-            console.print(f"started from {init} at step {trainer.step} ({trainer.cpu_seconds / 3600:.2f} CPU-hours)")
+            console.print(f"started from {init} at step {trainer.step} ({_hours(trainer)})")
     elif resume:
         console.print(f"no checkpoint in {out}: starting from scratch")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -39,7 +39,7 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
         task = progress.add_task("loading clips", total=None, info="")
         trainer.load_data(progress=lambda: progress.advance(task))
         console.print(f"{trainer.train_frames} training frames, {trainer.have_landmarks} clips with landmarks, "
-                      f"device {trainer.device}")
+                      f"device {trainer.device}, batch {trainer.recipe.batch}")
         progress.update(task, description="training", total=steps, completed=trainer.step)
 
         def report(step: int, rec: dict) -> None:
@@ -53,5 +53,12 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
 
         trainer.run(steps, val_every=val_every, checkpoint_minutes=checkpoint_minutes, report=report,
                     compact=compact, log_every=log_every)
-    console.print(f"stopped at step {trainer.step}, {trainer.cpu_seconds / 3600:.2f} CPU-hours -> {out}")
+    console.print(f"stopped at step {trainer.step}, {_hours(trainer)} -> {out}")
     return trainer
+
+
+def _hours(trainer: Trainer) -> str:
+    text = f"{trainer.cpu_seconds / 3600:.2f} CPU-hours"
+    if trainer.accelerator_seconds:
+        text += f", {trainer.accelerator_seconds / 3600:.3f} GPU-hours"
+    return text

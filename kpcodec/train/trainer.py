@@ -1,7 +1,7 @@
 """Resumable trainer for the motion model.
 
 Everything needed to continue lives in `<out>/checkpoint.pt` (fp32 weights, optimiser,
-step, CPU time, RNG); it is rewritten atomically every few minutes and on SIGINT/SIGTERM.
+step, CPU time (accelerator time on a GPU), RNG); it is rewritten atomically every few minutes and on SIGINT/SIGTERM.
 `<out>/log.jsonl` gets a line per logged step and per validation; `<out>/weights-fp16.pt`
 is the latest weights for shipping.
 """
@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,10 @@ def compact_checkpoint(full: dict) -> dict:
 class Trainer:
     def __init__(self, config: str, data_dir: Path, out_dir: Path, recipe: str = "base", seed: int = 0,
                  threads: int = 1, landmark_dir: Path | None = None, device: str | None = None,
-                 max_train_clips: int | None = None, monitor_frames: int = 100):
+                 max_train_clips: int | None = None, monitor_frames: int = 100, batch: int | None = None):
         self.cfg = get_config(config)
-        self.recipe = RECIPES[recipe]
+        # An accelerator takes larger batches than the recipe's CPU-sized one.
+        self.recipe = RECIPES[recipe] if batch is None else replace(RECIPES[recipe], batch=batch)
         self.recipe_name = recipe
         # The landmark cache holds the whole face mesh: the loss weights are fixed for the run.
         self.landmark_weights = losses.landmark_weights(N_LANDMARKS, self.recipe.landmark_lips,
@@ -67,6 +69,8 @@ class Trainer:
         self.landmark_dir = Path(landmark_dir) if landmark_dir else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.set_num_threads(threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         torch.manual_seed(seed)
         self.seed = seed
         self.model = build_model(config).to(self.device)
@@ -75,6 +79,7 @@ class Trainer:
         self.opt = torch.optim.Adam(params, lr=self.recipe.lr, betas=self.recipe.betas)
         self.step = 0
         self.cpu_seconds = 0.0
+        self.accelerator_seconds = 0.0  # wall time of steps run on a GPU (CPU time means little there)
         self.max_train_clips = max_train_clips
         self.monitor_frames = monitor_frames
         self._stop = False
@@ -95,8 +100,8 @@ class Trainer:
 
     def full_state(self) -> dict:
         return {
-            "config": self.cfg.name, "recipe": self.recipe_name, "step": self.step,
-            "cpu_seconds": self.cpu_seconds, "model": self.model.state_dict(),
+            "config": self.cfg.name, "recipe": self.recipe_name, "batch": self.recipe.batch, "step": self.step,
+            "cpu_seconds": self.cpu_seconds, "accelerator_seconds": self.accelerator_seconds, "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "sampler_rng": self.sampler.rng.bit_generator.state,
         }
@@ -127,6 +132,7 @@ class Trainer:
                         state[k] = v.float()
         self.step = ck.get("step", 0)
         self.cpu_seconds = ck.get("cpu_seconds", 0.0)
+        self.accelerator_seconds = ck.get("accelerator_seconds", 0.0)
         if "torch_rng" in ck:
             torch.set_rng_state(ck["torch_rng"].cpu())
         self._sampler_rng = ck.get("sampler_rng")
@@ -148,7 +154,8 @@ class Trainer:
     def load_data(self, progress=None) -> None:
         clips = load_clips(self.data_dir, "train", self.recipe.stride, self.landmark_dir,
                            limit=self.max_train_clips, progress=progress)
-        self.sampler = PairSampler(clips, self.seed + self.step)
+        # On the CPU the numpy frames serve directly; an accelerator gets its own copy.
+        self.sampler = PairSampler(clips, self.seed + self.step, None if self.device.type == "cpu" else self.device)
         if getattr(self, "_sampler_rng", None):
             self.sampler.rng.bit_generator.state = self._sampler_rng
         self.train_frames = sum(len(c.frames) for c in clips)
@@ -214,12 +221,20 @@ class Trainer:
         signal.signal(signal.SIGINT, self._handle_signal)
         last_ckpt = time.time()
         meter = StepMeter()
+        on_cpu = self.device.type == "cpu"
         while self.step < steps and not self._stop:
-            self.cpu_seconds += meter.measure(self.train_step)
+            started = time.time()
+            cpu = meter.measure(self.train_step)
+            if on_cpu:
+                self.cpu_seconds += cpu
+            else:
+                self.accelerator_seconds += time.time() - started
             self.step += 1
             if self.step % log_every == 0:
                 mean = meter.flush()
-                self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600, "train": mean, "time": time.time()})
+                self.log({"step": self.step, "cpu_hours": self.cpu_seconds / 3600,
+                          "accelerator_hours": self.accelerator_seconds / 3600, "device": self.device.type,
+                          "train": mean, "time": time.time()})
                 if report:
                     report(self.step, mean)
             if self.step % val_every == 0 and self.monitor:
@@ -232,6 +247,7 @@ class Trainer:
                     self.save_compact(compact)
                 if refresh_landmarks(self.sampler.clips, self.landmark_dir):
                     self.have_landmarks = self._count_landmarks()
+                    self.sampler.refresh_landmarks()
                 last_ckpt = time.time()
         self.save()
         if compact:

@@ -1,0 +1,35 @@
+#!/bin/bash
+# One lent-GPU session (device tool, repo root; .devrun made by tools/gpu/pack.py and carried):
+# continue the quarter model's motion with recipe `mouth` at batch 32 for Q seconds, then fit
+# the fast model's generator to that motion for F seconds. Results land in $OUT:
+# *-fp32.pt (weights), *-log.jsonl, *.txt (console). A second call on the same warm machine
+# continues both runs where the first stopped.
+#   bash tools/gpu/train.sh Q F
+set -u
+Q=${1:-330}; F=${2:-120}; OUT=${OUT:-/tmp/out}; BATCH=${BATCH:-32}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+start=$(date +%s)
+{ nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"
+  python3 tools/gpu/unpack.py .devrun/landmarks.npz /tmp/landmarks; } > $OUT/setup.txt 2>&1
+
+fp32() {  # model weights of a run's full checkpoint, fp32, small enough to come back
+  python3 -c "import torch,sys; ck=torch.load(sys.argv[1], map_location='cpu', weights_only=False); torch.save({k: ck[k] for k in ck if k not in ('optimizer','torch_rng')}, sys.argv[2])" "$1" "$2"
+}
+train() {  # name seconds args...
+  local name=$1 secs=$2; shift 2
+  (while sleep 40; do cp /tmp/$name/weights-fp16.pt $OUT/$name-latest-fp16.pt 2>/dev/null; done) &
+  local copier=$!
+  timeout -s INT $secs python3 -m kpcodec train --data .devrun/data --landmarks /tmp/landmarks --out /tmp/$name \
+    --steps 10000000 --val-every 100000000 --checkpoint-minutes 1 --threads 8 --batch $BATCH "$@" > $OUT/$name.txt 2>&1
+  echo "exit $? after $(( $(date +%s) - start )) s" >> $OUT/$name.txt
+  kill $copier
+  fp32 /tmp/$name/checkpoint.pt $OUT/$name-fp32.pt && rm -f $OUT/$name-latest-fp16.pt
+  cp /tmp/$name/log.jsonl $OUT/$name-log.jsonl
+}
+if [ -f /tmp/quarter/checkpoint.pt ]; then from="--resume"; else from="--init .devrun/quarter-init.pt"; fi
+train quarter $Q --config fomm-256-quarter --recipe mouth $from
+gen=checkpoints/fomm-256-fast/resume.pt; [ -f /tmp/fast/checkpoint.pt ] && gen=/tmp/fast/checkpoint.pt
+python3 -m kpcodec.train.transplant --motion /tmp/quarter/weights-fp16.pt --generator $gen \
+  --out /tmp/fast-init.pt >> $OUT/setup.txt 2>&1
+train fast $F --config fomm-256-fast --recipe generator-only --init /tmp/fast-init.pt
+echo "done after $(( $(date +%s) - start )) s" >> $OUT/setup.txt
