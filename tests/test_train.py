@@ -165,12 +165,12 @@ def test_batch_option_overrides_the_recipe(data_dir, tmp_path):
 
 
 def test_transplant_moves_the_motion_and_keeps_the_generator(data_dir, tmp_path):
-    from kpcodec.train.transplant import load_checkpoint, transplant
+    from kpcodec.train.transplant import read_checkpoint, transplant
 
     a = run_training("tiny", data_dir, tmp_path / "a", steps=1, recipe="tiny", quiet=True, seed=1)
     b = run_training("tiny", data_dir, tmp_path / "b", steps=2, recipe="tiny", quiet=True, seed=2)
-    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    merged = transplant(load_checkpoint(tmp_path / "a" / "weights-fp16.pt")["model"], ck["model"])
+    ck = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    merged = transplant(read_checkpoint(tmp_path / "a" / "weights-fp16.pt")["model"], ck["model"])
     sa, sb = a.model.state_dict(), b.model.state_dict()
     for name, v in merged.items():
         source = sa if name.startswith(("detector.", "dense_motion.")) else sb

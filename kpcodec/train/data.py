@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -51,39 +52,40 @@ def decode_clip(path: Path, stride: int = 1, max_frames: int | None = None) -> t
 def _decode_clip_pyav(path: Path, stride: int, max_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
     import av
 
-    frames, index = [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if max_frames is not None and i >= max_frames:
-                break
-            if i % stride == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                index.append(i)
-    return np.stack(frames), np.asarray(index)
+        return _keep_every(path, stride, max_frames, container.decode(stream), lambda f: f.to_ndarray(format="rgb24"))
 
 
 def _decode_clip_opencv(path: Path, stride: int, max_frames: int | None) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
-    frames, index = [], []
-    cap = cv2.VideoCapture(str(path))
-    try:
-        i = 0
-        while max_frames is None or i < max_frames:
+    def frames():
+        while True:
             ok, bgr = cap.read()
             if not ok:
-                break
-            if i % stride == 0:
-                frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
-                index.append(i)
-            i += 1
+                return
+            yield bgr
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return _keep_every(path, stride, max_frames, frames(), lambda bgr: np.ascontiguousarray(bgr[:, :, ::-1]))
     finally:
         cap.release()
-    if not frames:
+
+
+def _keep_every(path: Path, stride: int, max_frames: int | None, frames, to_rgb) -> tuple[np.ndarray, np.ndarray]:
+    """Every `stride`-th of the first `max_frames` decoded frames as RGB (only those converted),
+    and their indices."""
+    kept, index = [], []
+    for i, frame in enumerate(islice(frames, max_frames)):
+        if i % stride == 0:
+            kept.append(to_rgb(frame))
+            index.append(i)
+    if not kept:
         raise OSError(f"{path}: no frames decoded")
-    return np.stack(frames), np.asarray(index)
+    return np.stack(kept), np.asarray(index)
 
 
 def load_landmarks(cache_dir: Path | None, clip_file: str, index: np.ndarray, size: int,

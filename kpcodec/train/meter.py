@@ -11,15 +11,15 @@ class StepMeter:
     def __init__(self) -> None:
         self._acc: dict[str, list[float]] = {}
 
-    def measure(self, step: Callable[[], dict]) -> float:
-        """Run one training step; keep its terms and wall time; return the CPU seconds it took."""
+    def measure(self, step: Callable[[], dict]) -> tuple[float, float]:
+        """Run one training step; keep its terms and wall time; return its CPU and wall seconds."""
         t_wall, t_cpu = time.time(), time.process_time()
         rec = step()
-        cpu = time.process_time() - t_cpu
+        cpu, wall = time.process_time() - t_cpu, time.time() - t_wall
         for k, v in rec.items():
             self._acc.setdefault(k, []).append(v)
-        self._acc.setdefault("s_per_step", []).append(time.time() - t_wall)
-        return cpu
+        self._acc.setdefault("s_per_step", []).append(wall)
+        return cpu, wall
 
     def flush(self) -> dict[str, float]:
         """Means since the last flush."""

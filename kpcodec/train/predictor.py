@@ -311,7 +311,7 @@ class PredictorTrainer:
             last = time.time()
             meter = StepMeter()
             while self.step < steps and not self._stop:
-                self.cpu_seconds += meter.measure(lambda: self.train_step(steps))
+                self.cpu_seconds += meter.measure(lambda: self.train_step(steps))[0]
                 self.step += 1
                 if self.step % log_every == 0:
                     mean = meter.flush()

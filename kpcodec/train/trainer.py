@@ -23,7 +23,7 @@ from ..models.registry import build_model, get_config
 from . import losses
 from .data import PairSampler, load_clips, refresh_landmarks
 from .meter import StepMeter
-from .evaluate import MONITOR_CLIPS, evaluate, load_eval_clips
+from .evaluate import MONITOR_CLIPS, evaluate, keypoint_spread, load_eval_clips
 from .recipe import RECIPES
 
 
@@ -194,8 +194,6 @@ class Trainer:
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 10.0)
         self.opt.step()
-        from .evaluate import keypoint_spread
-
         rec = {k: v.item() for k, v in terms.items()}
         rec["total"] = total.item()
         rec["kp_spread"] = keypoint_spread(out["kp_driving"].detach().cpu().numpy())
@@ -223,12 +221,11 @@ class Trainer:
         meter = StepMeter()
         on_cpu = self.device.type == "cpu"
         while self.step < steps and not self._stop:
-            started = time.time()
-            cpu = meter.measure(self.train_step)
+            cpu, wall = meter.measure(self.train_step)
             if on_cpu:
                 self.cpu_seconds += cpu
             else:
-                self.accelerator_seconds += time.time() - started
+                self.accelerator_seconds += wall
             self.step += 1
             if self.step % log_every == 0:
                 mean = meter.flush()

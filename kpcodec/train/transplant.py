@@ -16,7 +16,7 @@ import torch
 MOTION_MODULES = ("detector.", "dense_motion.")
 
 
-def load_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
     """{"model": weights, ...} from a shipped fp16 file, a run's weights-fp16.pt or a (compact)
     checkpoint (which also holds step, CPU time and the optimiser)."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -42,8 +42,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     # The generator's run continues: its step, CPU time and optimiser (generator-only) are kept.
-    ck = load_checkpoint(a.generator)
-    ck["model"] = transplant(load_checkpoint(a.motion)["model"], ck["model"])
+    ck = read_checkpoint(a.generator)
+    ck["model"] = transplant(read_checkpoint(a.motion)["model"], ck["model"])
     a.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, a.out)
     print(a.out)

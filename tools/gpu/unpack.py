@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-N_LANDMARKS = 478
-SCALE = 64.0
+from kpcodec.landmarks import N_LANDMARKS
+from pack import SCALE  # this folder's pack.py: the same fixed point
 
 
 def main() -> None:
