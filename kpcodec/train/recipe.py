@@ -36,6 +36,9 @@ RECIPES = {
     # the model whose motion it reuses): image losses only, as the motion terms cannot change.
     "generator-only": Recipe(lr=5e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
                              w_separation=0.0, w_landmark_flow=0.0),
+    # `generator-only` at a fifth of the learning rate, once the generator's loss has flattened.
+    "generator-fine": Recipe(lr=1e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
+                             w_separation=0.0, w_landmark_flow=0.0),
     # `base` with the flow's lip landmarks weighted 5x and eyelids 3x (continued from a base run).
     "mouth": Recipe(landmark_lips=5.0, landmark_eyes=3.0),
     # `mouth` at a quarter of the learning rate: continuing on a CPU at batch 4 from a run that

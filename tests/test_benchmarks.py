@@ -1,0 +1,56 @@
+"""Helpers of the benchmark scripts whose arithmetic the committed results rest on."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import rate_quality as rq  # noqa: E402
+
+from kpcodec import quantize as q  # noqa: E402
+
+
+def smooth_trajectory(frames: int = 60, k: int = 10, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[:, None, None]
+    kp = rng.uniform(-0.5, 0.5, (1, k, 2)) + 0.1 * np.sin(t / 6 + rng.uniform(0, 6, (1, k, 2)))
+    jac = np.eye(2) + 0.1 * np.sin(t[..., None] / 9 + rng.uniform(0, 6, (1, k, 2, 2)))
+    return {"name": f"clip{seed}", "kp": kp.astype(np.float32), "jac": jac.astype(np.float32)}
+
+
+def test_rate_for_ssim_interpolates_log_rate_and_refuses_outside():
+    curve = [{"kbps": 1.0, "ssim": 0.80}, {"kbps": 4.0, "ssim": 0.84}, {"kbps": 2.0, "ssim": 0.82}]
+    assert rq.rate_for_ssim(curve, 0.82) == pytest.approx(2.0)
+    assert rq.rate_for_ssim(curve, 0.81) == pytest.approx(np.sqrt(2.0))  # halfway in log rate
+    assert rq.rate_for_ssim(curve, 0.83) == pytest.approx(np.sqrt(8.0))
+    assert rq.rate_for_ssim(curve, 0.85) is None and rq.rate_for_ssim(curve, 0.79) is None
+
+
+def test_pick_clips_spreads_over_sorted_names():
+    names = [f"c{i:02d}" for i in range(10)][::-1]
+    assert rq.pick_clips(names, 3) == ["c00", "c04", "c09"]
+    assert rq.pick_clips(names, 0) == sorted(names)
+    assert rq.pick_clips(names, 20) == sorted(names)
+
+
+def test_rates_fall_with_sparser_sending_and_coarser_steps():
+    val = [smooth_trajectory(seed=s) for s in range(3)]
+    steps = (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP)
+    coarse = (2 * steps[0], 2 * steps[1])
+    every, second = rq.rate_kbps(val, 1, steps), rq.rate_kbps(val, 2, steps)
+    assert second < every
+    assert rq.rate_kbps(val, 1, coarse) < every
+
+
+def test_decoded_keypoints_keep_sent_frames_within_half_a_step():
+    tr = smooth_trajectory()
+    steps = (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP)
+    kp, jac = rq.decoded_keypoints(tr, 2, steps, "linear")
+    assert kp.shape == tr["kp"].shape and jac.shape == tr["jac"].shape
+    assert np.abs(kp[::2] - tr["kp"][::2]).max() <= steps[0] / 2 + 1e-6
+    assert np.abs(jac[::2] - tr["jac"][::2]).max() <= steps[1] / 2 + 1e-6
+    assert np.abs(kp[1::2] - tr["kp"][1::2]).max() > steps[0] / 2  # predicted, not sent
