@@ -1,7 +1,7 @@
 """Training recipes: loss weights and optimiser settings, by name, next to the model configs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,21 @@ class Recipe:
         return asdict(self)
 
 
+# A new generator behind a trained, frozen detector and dense motion network (`--init` from the
+# model whose motion it reuses): image losses only, as the motion terms cannot change.
+_GENERATOR_ONLY = Recipe(lr=5e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
+                         w_separation=0.0, w_landmark_flow=0.0)
+# `base` with the flow's lip landmarks weighted 5x and eyelids 3x (continued from a base run).
+_MOUTH = Recipe(landmark_lips=5.0, landmark_eyes=3.0)
+
 RECIPES = {
     "base": Recipe(),
     "tiny": Recipe(batch=2, stride=8),
-    # A new generator behind a trained, frozen detector and dense motion network (`--init` from
-    # the model whose motion it reuses): image losses only, as the motion terms cannot change.
-    "generator-only": Recipe(lr=5e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
-                             w_separation=0.0, w_landmark_flow=0.0),
-    # `generator-only` at a fifth of the learning rate, once the generator's loss has flattened.
-    "generator-fine": Recipe(lr=1e-4, train_modules=("generator",), w_equiv_value=0.0, w_equiv_jacobian=0.0,
-                             w_separation=0.0, w_landmark_flow=0.0),
-    # `base` with the flow's lip landmarks weighted 5x and eyelids 3x (continued from a base run).
-    "mouth": Recipe(landmark_lips=5.0, landmark_eyes=3.0),
-    # `mouth` at a quarter of the learning rate: continuing on a CPU at batch 4 from a run that
-    # trained at batch 32 on a GPU (fewer samples a step, so smaller steps).
-    "mouth-fine": Recipe(lr=5e-5, landmark_lips=5.0, landmark_eyes=3.0),
+    "generator-only": _GENERATOR_ONLY,
+    # At a fifth of the learning rate, once the generator's loss has flattened (GPU, batch 32).
+    "generator-fine": replace(_GENERATOR_ONLY, lr=1e-4),
+    "mouth": _MOUTH,
+    # At a quarter of the learning rate: the last steps of a run, or continuing on a CPU at batch
+    # 4 from a run that trained at batch 32 on a GPU (fewer samples a step, so smaller steps).
+    "mouth-fine": replace(_MOUTH, lr=5e-5),
 }
