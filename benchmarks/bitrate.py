@@ -70,11 +70,18 @@ def chunk_bytes(kp, jac, idx, predictors, steps, coder) -> int:
     return 12 + 11 + len(coded)  # KPRC: S, coder, 2 predictors, length, words
 
 
-def fill_error_px(tr, idx, steps, predictor) -> float:
-    """Mean keypoint error over all frames of the decoder's filled keypoints."""
+def decoded_keypoints(tr, idx, steps, predictor) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's keypoints and Jacobians of every frame: frames `idx` sent at `steps`, the
+    others filled by `predictor` from the quantised sent ones."""
     kp_dec = q.decoder_values(tr["kp"][idx], steps[0], q.KP_CLIP)
     jac_dec = q.decoder_values(tr["jac"][idx], steps[1], q.JAC_CLIP)
-    filled = np.stack([k for k, _ in predict.fill_keypoints(idx, kp_dec, jac_dec, len(tr["kp"]), predictor)])
+    filled = list(predict.fill_keypoints(idx, kp_dec, jac_dec, len(tr["kp"]), predictor))
+    return np.stack([k for k, _ in filled]), np.stack([j for _, j in filled])
+
+
+def fill_error_px(tr, idx, steps, predictor) -> float:
+    """Mean keypoint error over all frames of the decoder's filled keypoints."""
+    filled, _ = decoded_keypoints(tr, idx, steps, predictor)
     return float((np.linalg.norm(filled.astype(np.float64) - tr["kp"], axis=-1) * adaptive.PX_AT_256).mean())
 
 
@@ -116,9 +123,10 @@ def render_rows(data: Path, val: dict, clips: list[str], frames: int) -> list[di
     import torch
 
     from kpcodec.metrics import ssim
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
     from kpcodec.train.data import decode_clip
+    from kpcodec.train.evaluate import render_keypoints
 
     net = load_model(None)
     rows = []
@@ -133,12 +141,7 @@ def render_rows(data: Path, val: dict, clips: list[str], frames: int) -> list[di
             else:
                 qk = q.decoder_values(kp, 1 / steps[0], q.KP_CLIP)
                 qj = q.decoder_values(jac, 1 / steps[1], q.JAC_CLIP)
-            out = []
-            with torch.inference_mode():
-                for i in range(0, len(video), 8):
-                    out.append(tensor_to_frames(net.render(state, torch.from_numpy(qk[i:i + 8]),
-                                                           torch.from_numpy(qj[i:i + 8]))))
-            decoded = np.concatenate(out)
+            decoded = render_keypoints(net, state, qk, qj)
             value = float(np.mean([ssim(a, b) for a, b in zip(video, decoded)]))
             rows.append({"clip": clip, "frames": len(video), "kp_step": None if steps is None else f"1/{steps[0]}",
                          "jac_step": None if steps is None else f"1/{steps[1]}", "ssim": value})
@@ -154,9 +157,10 @@ def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], f
 
     from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
     from kpcodec.metrics import ssim
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
     from kpcodec.train.data import decode_clip
+    from kpcodec.train.evaluate import render_keypoints
 
     net = load_model(None)
     steps = (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP)
@@ -170,14 +174,7 @@ def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], f
             state = net.prepare_source(frames_to_tensor(video[:1]))
         for keep in ("2", "auto"):
             idx = sent_indices(tr, keep, predictor, max_error)
-            kp_dec = q.decoder_values(tr["kp"][idx], steps[0], q.KP_CLIP)
-            jac_dec = q.decoder_values(tr["jac"][idx], steps[1], q.JAC_CLIP)
-            filled = list(predict.fill_keypoints(idx, kp_dec, jac_dec, len(video), predictor))
-            pk = torch.from_numpy(np.stack([k for k, _ in filled]).astype(np.float32))
-            pj = torch.from_numpy(np.stack([j for _, j in filled]).astype(np.float32))
-            with torch.inference_mode():
-                out = np.concatenate([tensor_to_frames(net.render(state, pk[i:i + 8], pj[i:i + 8]))
-                                      for i in range(0, len(video), 8)])
+            out = render_keypoints(net, state, *decoded_keypoints(tr, idx, steps, predictor))
             with FaceLandmarker() as mark:
                 found = [mark.detect(f) for f in out]
             row = {"clip": clip, "keep": keep if keep != "auto" else f"auto (E={max_error:g} px)",

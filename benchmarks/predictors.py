@@ -169,7 +169,8 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
     from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
     from kpcodec.metrics import l1, psnr, ssim
     from kpcodec.train.data import decode_clip
-    from kpcodec.models.frames import frames_to_tensor as to_tensor, tensor_to_frames as to_uint8
+    from kpcodec.models.frames import frames_to_tensor as to_tensor
+    from kpcodec.train.evaluate import render_keypoints
 
     rows = []
     for f in files:
@@ -197,11 +198,7 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
                 configs.append((pattern_label(pat), label, idx, pk, pj))
         for pat_label, label, idx, pk, pj in configs:
             t0 = time.process_time()
-            out = []
-            with torch.inference_mode():
-                for i in range(0, len(frames), 8):
-                    out.append(to_uint8(net.render(state, torch.from_numpy(pk[i:i + 8]), torch.from_numpy(pj[i:i + 8]))))
-            decoded = np.concatenate(out)
+            decoded = render_keypoints(net, state, pk, pj)
             render_s = time.process_time() - t0
             row = {"clip": stem, "pattern": pat_label, "predictor": label, "frames": len(frames),
                    "l1": float(np.mean([l1(a, b) for a, b in zip(frames, decoded)])),

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bitrate import FPS, _machine, chunk_bytes, fill_error_px  # noqa: E402
+from bitrate import decoded_keypoints as decoded_at  # noqa: E402
 
 from kpcodec import predict  # noqa: E402
 from kpcodec import quantize as q  # noqa: E402
@@ -52,25 +53,8 @@ def rate_kbps(val: list[dict], keep: int, steps: tuple[float, float]) -> float:
 
 
 def decoded_keypoints(tr: dict, keep: int, steps: tuple[float, float], predictor: str):
-    idx = np.arange(0, len(tr["kp"]), keep)
-    kp = q.decoder_values(tr["kp"][idx], steps[0], q.KP_CLIP)
-    jac = q.decoder_values(tr["jac"][idx], steps[1], q.JAC_CLIP)
-    filled = list(predict.fill_keypoints(idx, kp, jac, len(tr["kp"]), predictor))
-    return (np.stack([k for k, _ in filled]).astype(np.float32), np.stack([j for _, j in filled]).astype(np.float32))
-
-
-def render_ssim(net, video: np.ndarray, kp: np.ndarray, jac: np.ndarray) -> float:
-    import torch
-
-    from kpcodec.metrics import ssim
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
-
-    with torch.inference_mode():
-        state = net.prepare_source(frames_to_tensor(video[:1]))
-        out = np.concatenate([tensor_to_frames(net.render(state, torch.from_numpy(kp[i:i + 8]),
-                                                          torch.from_numpy(jac[i:i + 8])))
-                              for i in range(0, len(video), 8)])
-    return float(np.mean([ssim(a, b) for a, b in zip(video, out)]))
+    """The decoder's keypoints and Jacobians of every frame at keep-every `keep`."""
+    return decoded_at(tr, np.arange(0, len(tr["kp"]), keep), steps, predictor)
 
 
 def rate_for_ssim(curve: list[dict], target: float) -> float | None:
@@ -128,8 +112,11 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
+    from kpcodec.metrics import ssim
+    from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import DEFAULT_MODEL, load_model
     from kpcodec.train.data import decode_clip
+    from kpcodec.train.evaluate import render_keypoints
 
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -140,6 +127,8 @@ def main() -> None:
     clips = pick_clips(list(by_name), args.clips)
     net = load_model(args.model)
     videos = {c: decode_clip(args.data / "talking-heads" / "val" / f"{c}.mp4", 1, args.frames)[0] for c in clips}
+    with torch.inference_mode():  # each clip's source features, once for every keep and step
+        sources = {c: net.prepare_source(frames_to_tensor(v[:1])) for c, v in videos.items()}
     rows, commands = [], []
     if args.reuse:
         earlier = json.loads((args.out / f"{args.tag}.json").read_text())
@@ -155,7 +144,8 @@ def main() -> None:
             ssims = []
             for c in clips:
                 tr = {"kp": by_name[c]["kp"][:len(videos[c])], "jac": by_name[c]["jac"][:len(videos[c])]}
-                ssims.append(render_ssim(net, videos[c], *decoded_keypoints(tr, keep, steps, args.predictor)))
+                out = render_keypoints(net, sources[c], *decoded_keypoints(tr, keep, steps, args.predictor))
+                ssims.append(float(np.mean([ssim(a, b) for a, b in zip(videos[c], out)])))
             err = float(np.average([fill_error_px(t, np.arange(0, len(t["kp"]), keep), steps, args.predictor)
                                     for t in val], weights=[len(t["kp"]) for t in val]))
             row = {"keep": keep, "scale": scale, "kp_step": steps[0], "jac_step": steps[1],

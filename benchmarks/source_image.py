@@ -112,9 +112,10 @@ def render_rows(data: Path, clips: list[str], qualities: list[int], frames: int)
     unquantised detector keypoints from the trajectory cache): what the decoder's output loses."""
     import torch
 
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
     from kpcodec.train.data import decode_clip
+    from kpcodec.train.evaluate import render_keypoints
     from kpcodec.train.trajectories import load_trajectories
 
     torch.set_num_threads(1)
@@ -133,8 +134,7 @@ def render_rows(data: Path, clips: list[str], qualities: list[int], frames: int)
                 src, n = source_image.decode_image(coded, "avif"), len(coded)
             with torch.inference_mode():
                 state = net.prepare_source(frames_to_tensor([src]))
-                out = np.concatenate([tensor_to_frames(net.render(state, kp[i:i + 8], jac[i:i + 8]))
-                                      for i in range(0, len(video), 8)])
+            out = render_keypoints(net, state, kp, jac)
             value = float(np.mean([ssim(a, b) for a, b in zip(video, out)]))
             rows.append({"clip": clip, "quality": q, "bytes": n, "ssim": value})
             print(f"render {clip[:24]:>24} avif q{q}: {n} B, SSIM {value:.4f}", flush=True)

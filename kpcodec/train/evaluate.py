@@ -52,6 +52,15 @@ def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: i
 
 
 @torch.inference_mode()
+def render_keypoints(model, state, kps, jacs, batch: int = 8) -> np.ndarray:
+    """Frames (T,H,W,3) uint8 rendered from a prepared source (`model.prepare_source`) with
+    keypoints (T,K,2) and Jacobians (T,K,2,2), numpy or tensors, `batch` frames at a time."""
+    kps, jacs = torch.as_tensor(kps, dtype=torch.float32), torch.as_tensor(jacs, dtype=torch.float32)
+    return np.concatenate([tensor_to_frames(model.render(state, kps[i:i + batch], jacs[i:i + batch]))
+                           for i in range(0, len(kps), batch)])
+
+
+@torch.inference_mode()
 def reconstruct(model, frames: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Decoded frames (T,H,W,3) uint8 and keypoints (T,K,2) of every frame from frame 0."""
     state = model.prepare_source(frames_to_tensor(frames[:1]))
