@@ -43,3 +43,20 @@ def test_folding_removes_every_norm_that_follows_a_conv():
     # Only the pre-activation norm in front of each ResBlock is left.
     assert norms and all(name.endswith("norm1") for name in norms)
     assert not any(p.requires_grad for p in fast.parameters())
+
+
+def test_up_blocks_become_transposed_convolutions():
+    from kpcodec.models.blocks import UpBlock
+
+    net = _model_with_running_stats()
+    ups = sum(isinstance(m, UpBlock) for m in net.modules())
+    fast = prepare_for_inference(copy.deepcopy(net))
+    assert ups and not any(isinstance(m, UpBlock) for m in fast.modules())
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in fast.modules()) == ups
+    # One up block alone, at a size where a wrong border tap would show.
+    torch.manual_seed(3)
+    block = net.generator.up[0].eval()
+    x = torch.randn(2, block.block.conv.in_channels, 5, 7)
+    folded = prepare_for_inference(torch.nn.Sequential(copy.deepcopy(block)), channels_last=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), block(x), atol=1e-5, rtol=1e-5)

@@ -94,13 +94,15 @@ def test_weights_index_is_valid_json():
         assert entry["config"] in registry.CONFIGS
 
 
-def test_fast_model_shares_the_quarter_models_detector():
+def test_real_time_models_share_the_quarter_models_detector():
     # Predictors, the coder's prior and the trajectories are made from the quarter model's
-    # keypoints; the default fast model is only valid with them if its detector is the same.
+    # keypoints; the real-time models (the default among them) are only valid with them if
+    # their detector is the same.
     from kpcodec.train.trajectories import shipped_detector_fingerprint
 
-    fast = shipped_detector_fingerprint(registry.get_weights("fomm-256-fast").sha256)
     quarter = shipped_detector_fingerprint(registry.get_weights("fomm-256-quarter").sha256)
     tiny = shipped_detector_fingerprint(registry.get_weights("tiny").sha256)
-    assert fast is not None and fast == quarter != tiny
+    assert quarter is not None and quarter != tiny
+    for model in ("fomm-256-fast", "fomm-256-fast-wide", registry.DEFAULT_MODEL):
+        assert shipped_detector_fingerprint(registry.get_weights(model).sha256) == quarter, model
     assert shipped_detector_fingerprint("0" * 64) is None

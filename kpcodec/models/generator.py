@@ -62,4 +62,4 @@ class Generator(nn.Module):
             source = source.expand(b, -1, -1, -1)
         warped = warp(source.float(), full_flow.permute(0, 2, 3, 1))
         mask = torch.sigmoid(out[:, 3:4])
-        return mask * warped + (1 - mask) * image
+        return torch.lerp(image, warped, mask)  # mask * warped + (1 - mask) * image, in one pass

@@ -42,6 +42,9 @@ RECIPES = {
     "generator-only": _GENERATOR_ONLY,
     # At a fifth of the learning rate, once the generator's loss has flattened (GPU, batch 32).
     "generator-fine": replace(_GENERATOR_ONLY, lr=1e-4),
+    # A trained generator grown by kpcodec.train.grow: its new weights start at zero, so a little
+    # more than `generator-fine`, but not the from-scratch rate that would unsettle the rest.
+    "generator-grow": replace(_GENERATOR_ONLY, lr=2e-4),
     "mouth": _MOUTH,
     # At a quarter of the learning rate: the last steps of a run, or continuing on a CPU at batch
     # 4 from a run that trained at batch 32 on a GPU (fewer samples a step, so smaller steps).
