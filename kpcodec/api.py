@@ -264,8 +264,10 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(refreshes))
 
 
-def _check_weights(header: bitstream.Header):
-    from .models.registry import WEIGHTS, load_model
+def _check_weights(header: bitstream.Header, model: str | None = None):
+    """The model that renders the file: the one its header names, or `model` if that one has the
+    same keypoint detector (its keypoints mean the same; only the generator differs)."""
+    from .models.registry import WEIGHTS, get_weights, load_model, shipped_detector_fingerprint
 
     entry = WEIGHTS.get(header.model)
     if entry is None:
@@ -274,12 +276,22 @@ def _check_weights(header: bitstream.Header):
     if entry.sha256 != header.weights_sha256:
         raise ModelError(f"file was made with other weights for {header.model!r} "
                          f"(sha256 {header.weights_sha256[:12]}…, this kpcodec has {entry.sha256[:12]}…)")
-    return load_model(header.model, inference=True)
+    if model is None or model == header.model:
+        return load_model(header.model, inference=True)
+    other = get_weights(model)
+    if shipped_detector_fingerprint(other.sha256) != shipped_detector_fingerprint(entry.sha256):
+        raise ModelError(f"model {model!r} has another keypoint detector than {header.model!r}, "
+                         "which made the file: it cannot render these keypoints")
+    return load_model(model, inference=True)
 
 
 def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
-           progress: Progress | None = None, audio: bool = True, threads: int | None = None) -> Summary:
+           progress: Progress | None = None, audio: bool = True, threads: int | None = None,
+           model: str | None = None) -> Summary:
     """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout).
+
+    `model`: render with this shipped model instead of the one the file names, if both share a
+    keypoint detector (e.g. the cheaper fomm-256-fast on a slow machine, or the quarter model).
 
     The file's audio (an `opus` chunk) is muxed into the MP4 as is, unless `audio` is False.
     `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
@@ -292,9 +304,10 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     stream = bitstream.read_file(input)
     h = stream.header
     track = audio_codec.from_stream(stream) if audio else None
-    net = _check_weights(h)
+    net = _check_weights(h, model)
     if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
-        raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model {h.model!r}")
+        raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
+                         f"{model or h.model!r}")
     torch = _torch()
     from .models.frames import frames_to_tensor, tensor_to_frames
 

@@ -168,6 +168,7 @@ def decode(
     output: Annotated[str, typer.Option("-o", "--output", help="Output MP4 ('-' for stdout).")],
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the MP4.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="Render with this shipped model instead of the file's, if it has the same keypoint detector (e.g. fomm-256-fast: faster; fomm-256-quarter: sharper).")] = None,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -180,7 +181,7 @@ def decode(
         workers = _check_threads(threads)
         with _progress("decoding", quiet) as progress:
             s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio,
-                           threads=workers)
+                           threads=workers, model=model)
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)

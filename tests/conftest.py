@@ -79,3 +79,17 @@ def make_clip_with_audio(path: Path, seconds: float = 2.0, fps: int = 25, size=(
         for p in a.encode(None):
             c.mux(p)
     return path
+
+
+def with_norm_statistics(net):
+    """`net` in eval mode with every BatchNorm given non-trivial statistics and affine terms, as a
+    trained model has (fresh ones are identities, which would hide folding or embedding bugs)."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import pytest
 
 from kpcodec import bitstream
@@ -202,6 +204,28 @@ def test_kpc_from_unknown_weights(runner, kpc, tmp_path):
     unknown.write_bytes(_restamp(bitstream.read_file(kpc), model="fomm-from-the-future"))
     one_line_error(run(runner, "decode", unknown, "-o", tmp_path / "o.mp4"), 1, "fomm-from-the-future")
     assert no_outputs(tmp_path, "o.mp4")
+
+
+def test_decode_with_another_model_of_the_same_detector(runner, clip, tmp_path):
+    from kpcodec import video
+    from kpcodec.models.registry import DEFAULT_MODEL
+
+    kpc = tmp_path / "real.kpc"
+    assert run(runner, "encode", clip, "-o", kpc, "--no-audio", "--threads", "1").exit_code == 0
+    own, other = tmp_path / "own.mp4", tmp_path / "other.mp4"
+    assert run(runner, "decode", kpc, "-o", own, "--threads", "1").exit_code == 0
+    cheaper = "fomm-256-fast" if DEFAULT_MODEL != "fomm-256-fast" else "fomm-256-quarter"
+    assert run(runner, "decode", kpc, "-o", other, "--model", cheaper, "--threads", "1").exit_code == 0
+    a = np.stack(list(video.read_frames(str(own), size=256))).astype(float)
+    b = np.stack(list(video.read_frames(str(other), size=256))).astype(float)
+    assert a.shape == b.shape and a.shape[0] == 12
+    # Same keypoints, another generator: close pictures, not the same ones.
+    assert 0 < np.abs(a - b).mean() < 20
+    # The test model's detector is not the shipped ones': refused, nothing written.
+    one_line_error(run(runner, "decode", kpc, "-o", tmp_path / "t.mp4", "--model", "tiny"), 1,
+                   "another keypoint detector")
+    one_line_error(run(runner, "decode", kpc, "-o", tmp_path / "t.mp4", "--model", "nope"), 1, "nope")
+    assert no_outputs(tmp_path, "t.mp4")
 
 
 def test_usage_errors(runner, clip, tmp_path):

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import with_norm_statistics
 
 from kpcodec.models.fomm import MotionModel
 from kpcodec.models.registry import CONFIGS
@@ -12,16 +13,8 @@ TINY = CONFIGS["tiny"]
 
 
 def _trained_like(cfg):
-    """A model whose norms hold non-trivial statistics, as a trained one would."""
     torch.manual_seed(1)
-    net = MotionModel(cfg)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return net.eval()
+    return with_norm_statistics(MotionModel(cfg))
 
 
 def _render(net, source, driving):

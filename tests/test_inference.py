@@ -2,6 +2,7 @@
 import copy
 
 import torch
+from conftest import with_norm_statistics
 
 from kpcodec.models.inference import prepare_for_inference
 from kpcodec.models.registry import build_model
@@ -9,15 +10,7 @@ from kpcodec.models.registry import build_model
 
 def _model_with_running_stats():
     torch.manual_seed(0)
-    net = build_model("tiny")
-    # Fresh BatchNorms are identities; give them real statistics so folding has work to do.
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return net.eval()
+    return with_norm_statistics(build_model("tiny"))  # so folding has work to do
 
 
 def test_folded_model_renders_like_the_original():

@@ -107,6 +107,35 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def state_sha256(state: dict) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=16)
+def shipped_detector_fingerprint(file_sha256: str) -> str | None:
+    """state_sha256 of the detector tensors in the shipped weights file with this sha256.
+
+    Shipped models can share one detector (the fast ones reuse fomm-256-quarter's): their files
+    differ but their keypoints are identical, so any of them renders the others' .kpc files.
+    None if no shipped file has this sha256.
+    """
+    import torch
+
+    for entry in WEIGHTS.values():
+        if entry.sha256 == file_sha256:
+            state = torch.load(weights_dir() / entry.file, map_location="cpu", weights_only=True)
+            return state_sha256({k: v for k, v in state.items() if k.startswith("detector.")})
+    return None
+
+
 def get_config(name: str) -> ModelConfig:
     try:
         return CONFIGS[name]

@@ -25,19 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Where the fingerprints live (the decoder checks them too); imported here by their users.
+from ..models.registry import shipped_detector_fingerprint, state_sha256  # noqa: F401
+
 TALKING_HEADS = "talking-heads/"
-
-
-def state_sha256(state: dict) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def load_detector(checkpoint: Path | None, config: str | None, model: str | None):
@@ -68,23 +59,6 @@ def load_detector(checkpoint: Path | None, config: str | None, model: str | None
     detector = KeypointDetector(get_config(entry.config))
     detector.load_state_dict({k[len("detector."):]: v.float() for k, v in state.items() if k.startswith("detector.")})
     return detector.eval(), name, entry.sha256
-
-
-def shipped_detector_fingerprint(file_sha256: str) -> str | None:
-    """state_sha256 of the detector tensors in the shipped weights file with this sha256.
-
-    Two shipped models can share one detector (fomm-256-fast reuses fomm-256-quarter's): their
-    files differ but their keypoints are identical. None if no shipped file has this sha256.
-    """
-    import torch
-
-    from ..models.registry import WEIGHTS, weights_dir
-
-    for entry in WEIGHTS.values():
-        if entry.sha256 == file_sha256:
-            state = torch.load(weights_dir() / entry.file, map_location="cpu", weights_only=True)
-            return state_sha256({k: v for k, v in state.items() if k.startswith("detector.")})
-    return None
 
 
 def talking_head_rows(data: Path) -> list[dict]:
