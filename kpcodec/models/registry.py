@@ -45,6 +45,8 @@ class ModelConfig:
 
 
 _FULL = ModelConfig("fomm-256-full")
+_FAST = replace(_FULL, name="fomm-256-fast", kp_expansion=8, kp_max_features=256, dm_expansion=16,
+                dm_max_features=256, gen_expansion=8, gen_max_features=64, gen_num_bottleneck=2, warp_blend=True)
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in [
@@ -56,14 +58,11 @@ CONFIGS: dict[str, ModelConfig] = {
                 dm_max_features=256, gen_expansion=16, gen_max_features=128, warp_blend=True),
         # Real time on 2 cores: the quarter model's detector and dense motion with a generator
         # of half its width and 2 bottleneck blocks (a third of its per-frame compute).
-        replace(_FULL, name="fomm-256-fast", kp_expansion=8, kp_max_features=256, dm_expansion=16,
-                dm_max_features=256, gen_expansion=8, gen_max_features=64, gen_num_bottleneck=2, warp_blend=True),
+        _FAST,
         # The fast model's generator grown without changing its function (kpcodec.train.grow),
         # to spend the ~20 CPU-ms a frame it leaves of real time: 6 bottleneck blocks, or 1.5x width.
-        replace(_FULL, name="fomm-256-fast-deep", kp_expansion=8, kp_max_features=256, dm_expansion=16,
-                dm_max_features=256, gen_expansion=8, gen_max_features=64, gen_num_bottleneck=6, warp_blend=True),
-        replace(_FULL, name="fomm-256-fast-wide", kp_expansion=8, kp_max_features=256, dm_expansion=16,
-                dm_max_features=256, gen_expansion=12, gen_max_features=96, gen_num_bottleneck=2, warp_blend=True),
+        replace(_FAST, name="fomm-256-fast-deep", gen_num_bottleneck=6),
+        replace(_FAST, name="fomm-256-fast-wide", gen_expansion=12, gen_max_features=96),
         # For tests: tiny and fast, 64x64 frames, 4 keypoints.
         ModelConfig("tiny", image_size=64, num_keypoints=4, kp_scale=0.5, kp_expansion=4, kp_max_features=16,
                     kp_num_blocks=3, dm_expansion=4, dm_max_features=16, dm_num_blocks=3, gen_expansion=4,
