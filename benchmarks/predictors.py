@@ -116,8 +116,7 @@ def load_motion(args):
 
 def _motion_sha(args) -> str:
     """The detector sha256 as kpcodec.train.trajectories records it for the same arguments."""
-    from kpcodec.models.registry import get_weights, load_checkpoint
-    from kpcodec.train.trajectories import state_sha256
+    from kpcodec.models.registry import get_weights, load_checkpoint, state_sha256
 
     if args.checkpoint:
         return state_sha256(load_checkpoint(args.config, args.checkpoint)[0].detector.state_dict())
@@ -126,7 +125,7 @@ def _motion_sha(args) -> str:
 
 def _same_shipped_detector(shas: set[str], want: str) -> bool:
     """Trajectories of another shipped model whose detector tensors are this model's."""
-    from kpcodec.train.trajectories import shipped_detector_fingerprint
+    from kpcodec.models.registry import shipped_detector_fingerprint
 
     if len(shas) != 1:
         return False

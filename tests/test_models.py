@@ -98,11 +98,9 @@ def test_real_time_models_share_the_quarter_models_detector():
     # Predictors, the coder's prior and the trajectories are made from the quarter model's
     # keypoints; the real-time models (the default among them) are only valid with them if
     # their detector is the same.
-    from kpcodec.train.trajectories import shipped_detector_fingerprint
-
-    quarter = shipped_detector_fingerprint(registry.get_weights("fomm-256-quarter").sha256)
-    tiny = shipped_detector_fingerprint(registry.get_weights("tiny").sha256)
+    quarter = registry.shipped_detector_fingerprint(registry.get_weights("fomm-256-quarter").sha256)
+    tiny = registry.shipped_detector_fingerprint(registry.get_weights("tiny").sha256)
     assert quarter is not None and quarter != tiny
     for model in ("fomm-256-fast", "fomm-256-fast-wide", registry.DEFAULT_MODEL):
-        assert shipped_detector_fingerprint(registry.get_weights(model).sha256) == quarter, model
-    assert shipped_detector_fingerprint("0" * 64) is None
+        assert registry.shipped_detector_fingerprint(registry.get_weights(model).sha256) == quarter, model
+    assert registry.shipped_detector_fingerprint("0" * 64) is None

@@ -17,7 +17,6 @@ from the shared data folder and never copied.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Where the fingerprints live (the decoder checks them too); imported here by their users.
-from ..models.registry import shipped_detector_fingerprint, state_sha256  # noqa: F401
+from ..models.registry import state_sha256
 
 TALKING_HEADS = "talking-heads/"
 

@@ -15,9 +15,7 @@ threads=$(( $(nproc) / $(echo $RUNS | wc -w) )); [ $threads -lt 1 ] && threads=1
 { nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"
   [ -d /tmp/landmarks ] || python3 tools/gpu/unpack.py .devrun/landmarks.npz /tmp/landmarks; } >> $OUT/setup.txt 2>&1
 
-weights_only() {  # a run's checkpoint without optimiser state: the next call restarts Adam
-  python3 -c "import torch,sys; ck=torch.load(sys.argv[1], map_location='cpu', weights_only=False); torch.save({k: ck[k] for k in ck if k not in ('optimizer','torch_rng')}, sys.argv[2])" "$1" "$2"
-}
+source tools/gpu/common.sh
 for run in $RUNS; do
   name=${run%%:*}; config=${run#*:}
   if [ -f /tmp/$name/checkpoint.pt ]; then

@@ -15,9 +15,7 @@ start=$(date +%s)
 { nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"
   python3 tools/gpu/unpack.py .devrun/landmarks.npz /tmp/landmarks; } > $OUT/setup.txt 2>&1
 
-fp32() {  # model weights of a run's full checkpoint, fp32, small enough to come back
-  python3 -c "import torch,sys; ck=torch.load(sys.argv[1], map_location='cpu', weights_only=False); torch.save({k: ck[k] for k in ck if k not in ('optimizer','torch_rng')}, sys.argv[2])" "$1" "$2"
-}
+source tools/gpu/common.sh
 train() {  # name seconds args...
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
@@ -32,7 +30,7 @@ train() {  # name seconds args...
     --steps 10000000 --val-every 100000000 --checkpoint-minutes 1 --threads 8 --batch $BATCH "$@" > $OUT/$name.txt 2>&1
   echo "exit $? after $(( $(date +%s) - start )) s" >> $OUT/$name.txt
   kill $copier
-  fp32 /tmp/$name/checkpoint.pt $OUT/$name-fp32.pt && rm -f $OUT/$name-latest-fp16.pt
+  weights_only /tmp/$name/checkpoint.pt $OUT/$name-fp32.pt && rm -f $OUT/$name-latest-fp16.pt
   cp /tmp/$name/log.jsonl $OUT/$name-log.jsonl
 }
 if [ -f /tmp/quarter/checkpoint.pt ]; then from="--resume"; else from="--init .devrun/quarter-init.pt"; fi
