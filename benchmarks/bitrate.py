@@ -8,7 +8,8 @@ Keypoint part: every val trajectory (kpcodec.train.trajectories: the shipped det
 every frame) is coded as the .kpc keypoint chunk at keep-every 1, 2, 4 and auto, once per
 coding stage: 1.0 (plain DPCM, kp 1/256, jac 1/64, varints + zstd), then each step of
 format 1.1 added in turn: the in-loop integer predictor, the chosen steps, the range coder
-(= format 1.1's KPRC chunk, made by kpcodec.bitstream). Rates are chunk bytes (framing
+(= format 1.1's KPRC chunk), then format 1.3's intra-frame decorrelation (KPRC coder 1, as
+kpcodec.bitstream writes it). Rates are chunk bytes (framing
 included) x 8 over the clips' duration at 25 fps. The error column is the decoder's
 keypoints (the file's default predictor filling the unsent frames, from the quantised
 sent ones) against the detector's, mean L2 over all frames in px at 256x256.
@@ -32,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kpcodec import adaptive, bitstream, entropy, predict  # noqa: E402
+from kpcodec import adaptive, bitstream, decorrelate, entropy, predict  # noqa: E402
 from kpcodec import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
@@ -52,10 +53,12 @@ STAGES = [
      (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR), (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "zstd"),
     ("+ adaptive range coder = format 1.1", (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
      (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "range"),
+    ("+ intra-frame decorrelation = format 1.3", (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+     (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "decorrelated"),
 ]
 
 
-def chunk_bytes(kp, jac, idx, predictors, steps, coder) -> int:
+def chunk_bytes(kp, jac, idx, predictors, steps, coder_name) -> int:
     """Bytes of the keypoint chunk, framing included, for one clip."""
     s = len(idx)
     deltas = np.diff(idx, prepend=0)
@@ -64,10 +67,16 @@ def chunk_bytes(kp, jac, idx, predictors, steps, coder) -> int:
     else:
         r_kp = q.quantize_closed_loop(kp[idx], steps[0], q.KP_CLIP, predictors[0])
         r_jac = q.quantize_closed_loop(jac[idx], steps[1], q.JAC_CLIP, predictors[1])
-    if coder == "zstd":  # 1.0's KPTS layout: S, then three length-prefixed blobs
+    if coder_name == "zstd":  # 1.0's KPTS layout: S, then three length-prefixed blobs
         return 12 + 4 + sum(4 + len(q.pack_symbols(a)) for a in (deltas, r_kp, r_jac))
-    coded = entropy.encode([deltas.reshape(s, 1), r_kp.reshape(s, -1), r_jac.reshape(s, -1)])
-    return 12 + 11 + len(coded)  # KPRC: S, coder, 2 predictors, length, words
+    r_kp, r_jac = r_kp.reshape(s, -1), r_jac.reshape(s, -1)
+    coded = len(entropy.encode([deltas.reshape(s, 1), r_kp, r_jac], bitstream.CODER_CONTEXT))
+    if coder_name == "decorrelated":  # as the 1.3 writer: coder 1 where it is smaller
+        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, decorrelate.shipped_table())
+        split = r_kp.shape[1]
+        coded = min(coded, len(entropy.encode([deltas.reshape(s, 1), symbols[:, :split], symbols[:, split:]],
+                                              bitstream.CODER_DECORRELATED)))
+    return 12 + 11 + coded  # KPRC: S, coder, 2 predictors, length, words
 
 
 def decoded_keypoints(tr, idx, steps, predictor) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +111,7 @@ def keypoint_rows(val, predictor: str, max_errors: list[float]) -> list[dict]:
         sent = sum(len(i) for i in idx.values())
         for label, predictors, steps, coder in STAGES:
             if keep == "auto" and label != STAGES[-1][0]:
-                continue  # auto is a 1.1 feature: its row is the full 1.1 coding
+                continue  # auto's row is the full coding of the newest format
             t0 = time.perf_counter()
             nbytes = sum(chunk_bytes(t["kp"], t["jac"], idx[t["name"]], predictors, steps, coder) for t in val)
             code_s = time.perf_counter() - t0
@@ -231,9 +240,16 @@ def report(r: dict) -> str:
     k1, k2 = by.get(("1", final)), by.get(("2", final))
     lines += [""]
     if k1 and k2:
-        lines.append(f"Format 1.1 keep-every 2 / keep-every 1 keypoint rate: {k2['kbps'] / k1['kbps']:.2f} "
-                     f"(1.0: {by[('2', STAGES[0][0])]['kbps'] / by[('1', STAGES[0][0])]['kbps']:.2f}).")
-    zstd, rng = by.get(("2", STAGES[2][0])), k2
+        ratios = [by[("2", st[0])]["kbps"] / by[("1", st[0])]["kbps"] for st in STAGES]
+        lines.append(f"Format 1.3 keep-every 2 / keep-every 1 keypoint rate: {ratios[-1]:.2f} "
+                     f"(1.1: {ratios[-2]:.2f}, 1.0: {ratios[0]:.2f}).")
+        for keep in ("1", "2", "4"):
+            a, b = by.get((keep, STAGES[-2][0])), by.get((keep, final))
+            if a and b:
+                lines.append(f"Decorrelation (1.3 vs 1.1) at keep-every {keep}: {b['kbps']:.3f} vs "
+                             f"{a['kbps']:.3f} kb/s ({b['kbps'] / a['kbps'] - 1:+.1%}), coding "
+                             f"{b['code_ms_per_frame']:.2f} vs {a['code_ms_per_frame']:.2f} ms per video frame.")
+    zstd, rng = by.get(("2", STAGES[2][0])), by.get(("2", STAGES[3][0]))
     if zstd and rng:
         lines.append(f"Same residuals, zstd-19 varints vs the adaptive range coder at keep-every 2: "
                      f"{zstd['bytes']} vs {rng['bytes']} bytes ({rng['bytes'] / zstd['bytes']:.2f}x); "

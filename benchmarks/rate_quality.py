@@ -6,12 +6,14 @@ The paper's claim is that sending every second frame's keypoints halves the stre
 loss. Format 1.1 codes each sent frame as a residual from the previous sent frames, so frames
 further apart cost more bits each and the rate falls by less than half (bitrate.md). This asks the
 question at equal quality instead: for each keep-every N and each pair of steps (format 1.1's
-kp 1/64 and jac 1/32 scaled by --scales), the val trajectories are coded as format 1.1 keypoint
+kp 1/64 and jac 1/32 scaled by --scales), the val trajectories are coded as .kpc keypoint
 chunks (rate over whole clips at 25 fps), and the first --frames frames of --clips val clips are
 rendered by the default motion model from the decoder's keypoints (the predictor filling the
 unsent frames, from the quantised sent ones): mean SSIM against the original frames. From the
 keep-every 1 curve, the rate it needs to reach each other point's SSIM (log-rate interpolated
 between the two steps around it) gives the saving at equal rendered quality.
+Rates are those of the newest format (1.3: coder 1 where it is smaller); --reuse --recode keeps
+the rendered rows and only recomputes the rates (format 1.3 decodes to the same keypoints as 1.1).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bitrate import FPS, _machine, chunk_bytes, fill_error_px  # noqa: E402
 from bitrate import decoded_keypoints as decoded_at  # noqa: E402
 
-from kpcodec import predict  # noqa: E402
+from kpcodec import bitstream, predict  # noqa: E402
 from kpcodec import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
@@ -47,7 +49,7 @@ def pick_clips(names: list[str], count: int) -> list[str]:
 
 
 def rate_kbps(val: list[dict], keep: int, steps: tuple[float, float]) -> float:
-    nbytes = sum(chunk_bytes(t["kp"], t["jac"], np.arange(0, len(t["kp"]), keep), PREDICTORS, steps, "range")
+    nbytes = sum(chunk_bytes(t["kp"], t["jac"], np.arange(0, len(t["kp"]), keep), PREDICTORS, steps, "decorrelated")
                  for t in val)
     return nbytes * 8 / (sum(len(t["kp"]) for t in val) / FPS) / 1000
 
@@ -72,7 +74,7 @@ def report(r: dict) -> str:
     lines = ["# Keypoint rate against rendered quality", "",
              f"{r['date']}, {r['machine']}; {r['seconds']:.0f} s (last command).",
              "Commands: " + "; then ".join(f"`{c}`" for c in r.get("commands", [r["command"]])),
-             f"Rates: format 1.1 keypoint chunks of all {r['val_clips']} val clips ({r['val_frames']} frames at "
+             f"Rates: format {r.get('format', '1.1')} keypoint chunks of all {r['val_clips']} val clips ({r['val_frames']} frames at "
              f"{FPS:g} fps). SSIM: {len(r['clips'])} val clips x first {r['frames']} frames rendered by "
              f"`{r['model']}` from the decoder's keypoints, unsent frames filled by `{r['predictor']}`. Keypoint "
              "error: decoder's keypoints vs the detector's, all val frames, px at 256x256. Steps are format 1.1's "
@@ -109,6 +111,7 @@ def main() -> None:
     p.add_argument("--tag", default="rate_quality")
     p.add_argument("--reuse", action="store_true",
                    help="keep the rows of OUT/TAG.json (same clips and frames) and add the asked-for ones")
+    p.add_argument("--recode", action="store_true", help="with --reuse: recompute the kept rows' rates")
     args = p.parse_args()
     import torch
 
@@ -135,6 +138,9 @@ def main() -> None:
         if earlier["clips"] != clips or earlier["frames"] != args.frames:
             raise SystemExit(f"{args.out / args.tag}.json: other clips or frame count; cannot reuse its rows")
         rows, commands = earlier["rows"], earlier.get("commands", [earlier["command"]])
+        if args.recode:
+            for r in rows:
+                r["kbps"] = rate_kbps(val, r["keep"], (r["kp_step"], r["jac_step"]))
     done = {(r["keep"], r["scale"]) for r in rows}
     for keep in [int(k) for k in args.keeps.split(",")]:
         for scale in [float(s) for s in args.scales.split(",")]:
@@ -160,7 +166,7 @@ def main() -> None:
         r["k1_kbps_same_ssim"] = rate_for_ssim(k1, r["ssim"]) if r["keep"] != 1 else None
     command = " ".join([Path(sys.executable).name] + sys.argv)
     result = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": _machine(),
-              "command": command, "commands": commands + [command], "seconds": time.time() - start,
+              "format": "%d.%d" % bitstream.FORMAT_VERSION, "command": command, "commands": commands + [command], "seconds": time.time() - start,
               "model": args.model or DEFAULT_MODEL, "predictor": args.predictor, "clips": clips, "frames": args.frames,
               "val_clips": len(val), "val_frames": sum(len(t["kp"]) for t in val), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The .kpc container, format version 1.2, and the reader and writer of 1.0 and 1.1 (man/kpc.5).
+"""The .kpc container, format version 1.3, and the reader and writer of 1.0 to 1.2 (man/kpc.5).
 
 Holds the in-memory stream (:class:`Header`, :class:`KpcStream`), the
 serialiser (:func:`dumps`, :func:`write_file`), the parser (:func:`loads`,
@@ -16,7 +16,11 @@ packed as varints + zstd; 1.1's KPRC holds residuals of an integer in-loop predi
 remembers its version, so a 1.0 file re-serialises byte for byte.
 1.2 adds source refreshes: critical SRCR chunks after KPRC, each a frame index and a new source
 image from that frame on. A 1.1 reader refuses them ("unknown critical chunk SRCR") instead of
-rendering the whole video from the first image; a stream without refreshes is written as 1.1.
+rendering the whole video from the first image.
+1.3 adds KPRC coder 1: the same residuals, decorrelated within each frame by a fixed integer
+linear prediction (kpcodec.decorrelate) before range coding, for fewer bits and the same
+decoded keypoints. A stream is written as 1.3 when the shipped decorrelation table fits its
+keypoint count; otherwise as 1.2 with refreshes and 1.1 without.
 
 Only numpy, zstandard, constriction and the standard library are used: no torch.
 """
@@ -32,12 +36,12 @@ from fractions import Fraction
 
 import numpy as np
 
-from kpcodec import entropy
+from kpcodec import decorrelate, entropy
 from kpcodec import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (1, 2)
-READABLE_MINORS = (0, 1, 2)  # and any newer minor of major 1, leniently
+FORMAT_VERSION = (1, 3)
+READABLE_MINORS = (0, 1, 2, 3)  # and any newer minor of major 1, leniently
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
 _PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
@@ -48,9 +52,11 @@ _ORDER_1_2 = ("HEAD", "SRCF", "KPRC", "SRCR", "KEND")  # SRCR: zero or more
 _REPEATED = frozenset({"SRCR"})
 _CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_2)
 REFRESH_MINOR = 2  # the first minor version with SRCR chunks
+DECORRELATED_MINOR = 3  # the first minor version with KPRC coder 1
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
-_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE}  # per minor version
-KPRC_CODER = 0  # the adaptive context coder of kpcodec.entropy
+_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE}  # per minor version
+CODER_CONTEXT = 0  # KPRC coder 0: the adaptive context coder of kpcodec.entropy
+CODER_DECORRELATED = 1  # KPRC coder 1 (1.3): kpcodec.decorrelate, then the context coder
 _U32_MAX = 2**32 - 1
 # Decoder limit on S*K: keeps a hostile file from asking for gigabytes.
 MAX_SENT_KEYPOINTS = 2**24
@@ -103,7 +109,8 @@ class KpcStream:
     keypoints: np.ndarray  # (S, K, 2) float32
     jacobians: np.ndarray  # (S, K, 2, 2) float32
     extra_chunks: list[tuple[str, bytes]] = field(default_factory=list)
-    # (1, 0) writes KPTS, (1, 1) KPRC, (1, 2) KPRC and SRCR; None: 1.1, or 1.2 with refreshes
+    # (1, 0) writes KPTS, (1, 1) KPRC, (1, 2) KPRC and SRCR, (1, 3) KPRC coder 1 where it
+    # fits; None: 1.3 where coder 1 fits, else 1.1, or 1.2 with refreshes
     version: tuple[int, int] | None = None
     refreshes: list[Refresh] = field(default_factory=list)  # in frame order
 
@@ -111,7 +118,15 @@ class KpcStream:
     def write_version(self) -> tuple[int, int]:
         if self.version is not None:
             return tuple(self.version)
+        if decorrelation_table(self.header.num_keypoints) is not None:
+            return (1, DECORRELATED_MINOR)
         return (1, REFRESH_MINOR) if self.refreshes else (1, 1)
+
+
+def decorrelation_table(num_keypoints: int):
+    """Coder 1's table if it is made for this many keypoints, else None."""
+    table = decorrelate.shipped_table()
+    return table if table is not None and table.keypoints == num_keypoints else None
 
 
 # --------------------------------------------------------------------------
@@ -277,20 +292,29 @@ def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
     ))
 
 
-def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
-    """Format 1.1's keypoint chunk: in-loop prediction, adaptive range coding."""
+def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float, minor: int) -> bytes:
+    """The keypoint chunk of 1.1 and later: in-loop prediction, adaptive range coding; in 1.3
+    also with intra-frame decorrelation (coder 1), kept where it is smaller than coder 0."""
     indices = _checked_indices(s)
     count = len(indices)
     try:
         kp, jac = q.check_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
     except ValueError as exc:
         raise KpcFormatError(str(exc)) from None
-    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR)
-    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR)
+    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR).reshape(count, -1)
+    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR).reshape(count, -1)
     deltas = np.diff(indices, prepend=0).reshape(count, 1)
-    coded = entropy.encode([deltas, r_kp.reshape(count, -1), r_jac.reshape(count, -1)])
+    coder, coded = CODER_CONTEXT, entropy.encode([deltas, r_kp, r_jac], CODER_CONTEXT)
+    table = decorrelation_table(s.header.num_keypoints) if minor >= DECORRELATED_MINOR else None
+    if table is not None:
+        # Coding is cheap (well under a millisecond a frame): try both, keep the smaller.
+        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, table)
+        split = r_kp.shape[1]
+        other = entropy.encode([deltas, symbols[:, :split], symbols[:, split:]], CODER_DECORRELATED)
+        if len(other) < len(coded):
+            coder, coded = CODER_DECORRELATED, other
     return b"".join((
-        struct.pack("<IBBB", count, KPRC_CODER, q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+        struct.pack("<IBBB", count, coder, q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
         _blob(coded),
     ))
 
@@ -323,7 +347,7 @@ def dumps(stream: KpcStream) -> bytes:
     h = stream.header
     version = stream.write_version
     if version[0] != FORMAT_VERSION[0] or version[1] not in READABLE_MINORS:
-        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0, 1.1 and 1.2)")
+        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.3)")
     if stream.refreshes and version[1] < REFRESH_MINOR:
         raise KpcFormatError("source refreshes need format 1.2")
     _check_header(h)
@@ -334,7 +358,7 @@ def dumps(stream: KpcStream) -> bytes:
     for kind, payload in stream.extra_chunks:
         _check_extra(kind, payload)
     keypoints = (_chunk("KPTS", _encode_kpts(stream, kp_step, jac_step)) if version == (1, 0)
-                 else _chunk("KPRC", _encode_kprc(stream, kp_step, jac_step)))
+                 else _chunk("KPRC", _encode_kprc(stream, kp_step, jac_step, version[1])))
     parts = [
         MAGIC, bytes(version),
         _chunk("HEAD", _encode_head(h, version[1])),
@@ -491,14 +515,19 @@ def _decode_kpts(r: _Reader, h: Header, strict: bool):
     _check_levels(jac_levels, q.JAC_CLIP, h.jac_step, "jacobian values")
     keypoints = q.levels_to_values(kp_levels, h.kp_step)
     jacobians = q.levels_to_values(jac_levels, h.jac_step)
-    return indices, keypoints, jacobians
+    return indices, keypoints, jacobians, None
 
 
-def _decode_kprc(r: _Reader, h: Header, strict: bool):
+def _decode_kprc(r: _Reader, h: Header, strict: bool, minor: int):
     count, coder, kp_pred, jac_pred = r.unpack("IBBB")
     k = h.num_keypoints
     _check_count(count, h)
-    if coder != KPRC_CODER:
+    table = None
+    if coder == CODER_DECORRELATED and minor >= DECORRELATED_MINOR:
+        table = decorrelation_table(k)
+        if table is None:
+            raise KpcFormatError(f"keypoint coder 1 in chunk KPRC has no table for {k} keypoints")
+    elif coder != CODER_CONTEXT:
         raise KpcFormatError(f"unknown keypoint coder {coder} in chunk KPRC")
     for what, kind in (("keypoint", kp_pred), ("jacobian", jac_pred)):
         if kind not in q.PREDICTORS:
@@ -506,9 +535,15 @@ def _decode_kprc(r: _Reader, h: Header, strict: bool):
     coded = r.take(r.unpack("I")[0])
     r.finish(strict)
     try:
-        deltas, r_kp, r_jac = entropy.decode(coded, count, [1, 2 * k, 4 * k])
+        deltas, r_kp, r_jac = entropy.decode(coded, count, [1, 2 * k, 4 * k], coder)
     except KpcFormatError as exc:
         raise KpcFormatError(f"chunk KPRC: {exc}") from None
+    if table is not None:
+        try:
+            residuals = decorrelate.inverse(np.concatenate([r_kp, r_jac], 1), deltas, table)
+        except ValueError:
+            raise KpcFormatError("chunk KPRC: decorrelated residuals out of range") from None
+        r_kp, r_jac = residuals[:, :2 * k], residuals[:, 2 * k:]
     indices = np.cumsum(deltas[:, 0])
     _check_indices(indices, h.frame_count)
     levels = []
@@ -520,12 +555,12 @@ def _decode_kprc(r: _Reader, h: Header, strict: bool):
             raise KpcFormatError(f"{what} outside [-{clip:g}, {clip:g}]") from None
     keypoints = q.levels_to_values(levels[0], h.kp_step).reshape(count, k, 2)
     jacobians = q.levels_to_values(levels[1], h.jac_step).reshape(count, k, 2, 2)
-    return indices, keypoints, jacobians
+    return indices, keypoints, jacobians, coder
 
 
 def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
-    """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1, 1.2),
-    any number of SRCR (1.2), KEND."""
+    """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1 on),
+    any number of SRCR (1.2 on), KEND."""
     if not _is_critical(kind):
         if not seen:
             raise KpcFormatError(f"optional chunk {kind} before HEAD")
@@ -561,7 +596,7 @@ def loads(data: bytes) -> KpcStream:
         elif kind == "KPTS":
             parts["kpts"] = _decode_kpts(r, parts["header"], strict)
         elif kind == "KPRC":
-            parts["kpts"] = _decode_kprc(r, parts["header"], strict)
+            parts["kpts"] = _decode_kprc(r, parts["header"], strict, minor)
         elif kind == "SRCR":
             refreshes.append(_decode_srcr(r))
             _check_refresh_frame(refreshes[-1].frame, parts["kpts"][0],
@@ -570,10 +605,11 @@ def loads(data: bytes) -> KpcStream:
             r.finish(True)
         else:
             extra.append((kind, payload))
-    indices, keypoints, jacobians = parts["kpts"]
+    indices, keypoints, jacobians, coder = parts["kpts"]
     codec, source = parts["source"]
     # A newer minor is read as the oldest version that holds what was understood.
-    version = (1, 0) if minor == 0 else (1, REFRESH_MINOR) if refreshes else (1, 1)
+    version = ((1, 0) if minor == 0 else (1, DECORRELATED_MINOR) if coder == CODER_DECORRELATED
+               or minor == DECORRELATED_MINOR else (1, REFRESH_MINOR) if refreshes else (1, 1))
     return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version, refreshes)
 
 

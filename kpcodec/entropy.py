@@ -12,8 +12,10 @@ scalar's residual in the previous frame, and the mean magnitude of the residuals
 coded in this frame's row (keypoints move together). Frame 0 has its own models (its
 residuals are absolute levels). Every model is a table of integer counts, updated after
 each symbol: deterministic on any machine, as encoder and decoder must be. The counts
-start from a learned prior (entropy_prior.json, made from the train split's residuals by
-kpcodec.train.entropy_prior), so short clips do not pay for learning them.
+start from a learned prior, one per KPRC coder id (entropy_prior.json for coder 0 and
+entropy_prior_1.json for coder 1, whose symbols are kpcodec.decorrelate's; both made from the
+train split's residuals by kpcodec.train.entropy_prior), so short clips do not pay for
+learning them.
 
 Only numpy and constriction are used: no torch.
 """
@@ -70,14 +72,14 @@ class _Counts:
             self.total = int(self.counts.sum())
 
 
-PRIOR_FILE = "entropy_prior.json"
+PRIOR_FILES = {0: "entropy_prior.json", 1: "entropy_prior_1.json"}  # per KPRC coder id
 _CONTEXTS = PREV_CLASSES * ROW_CLASSES
 
 
-@lru_cache(maxsize=1)
-def prior() -> list[dict]:
+@lru_cache(maxsize=None)
+def prior(coder: int = 0) -> list[dict]:
     """Initial counts per stream (frame-index deltas, keypoints, Jacobians), or [] if none."""
-    path = resources.files("kpcodec") / PRIOR_FILE
+    path = resources.files("kpcodec") / PRIOR_FILES[coder]
     if not path.is_file():
         return []
     return json.loads(path.read_text())["streams"]
@@ -163,10 +165,10 @@ def _code_value(io, counts: _Counts, exponent: _Counts, value: int | None) -> in
 
 
 def _walk(io, frames: int, widths: list[int], streams: list[np.ndarray] | None,
-          models: list[_StreamModels] | None = None) -> list[np.ndarray]:
+          models: list[_StreamModels] | None = None, coder: int = 0) -> list[np.ndarray]:
     """Code (or, with streams None, decode) every stream frame by frame, in one order."""
     if models is None:
-        table = prior()
+        table = prior(coder)
         models = [_StreamModels(table[k] if k < len(table) else None) for k in range(len(widths))]
     given = [None if streams is None else streams[k].tolist() for k in range(len(widths))]
     out: list[list[list[int]]] = [[] for _ in widths]
@@ -183,8 +185,9 @@ def _walk(io, frames: int, widths: list[int], streams: list[np.ndarray] | None,
     return [np.array(rows, dtype=np.int64).reshape(frames, width) for rows, width in zip(out, widths)]
 
 
-def encode(streams: list[np.ndarray]) -> bytes:
-    """Range-code integer arrays shaped (S, width_i), interleaved frame by frame."""
+def encode(streams: list[np.ndarray], coder: int = 0) -> bytes:
+    """Range-code integer arrays shaped (S, width_i), interleaved frame by frame, with the
+    models starting from KPRC coder ``coder``'s prior."""
     streams = [np.asarray(a, dtype=np.int64) for a in streams]
     frames = streams[0].shape[0]
     if any(a.ndim != 2 or a.shape[0] != frames for a in streams):
@@ -192,7 +195,7 @@ def encode(streams: list[np.ndarray]) -> bytes:
     if any(a.size and np.abs(a).max() > MAX_ABS for a in streams):
         raise ValueError(f"residuals must be within +-{MAX_ABS}")
     io = _Encoder()
-    _walk(io, frames, [a.shape[1] for a in streams], streams)
+    _walk(io, frames, [a.shape[1] for a in streams], streams, coder=coder)
     return io.coder.get_compressed().astype("<u4").tobytes()
 
 
@@ -205,11 +208,11 @@ def symbol_statistics(streams: list[np.ndarray]) -> list[dict]:
     return [m.statistics() for m in models]
 
 
-def decode(data: bytes, frames: int, widths: list[int]) -> list[np.ndarray]:
+def decode(data: bytes, frames: int, widths: list[int], coder: int = 0) -> list[np.ndarray]:
     """Inverse of :func:`encode`; malformed data raises KpcFormatError."""
     try:
         io = _Decoder(bytes(data))
-        out = _walk(io, frames, widths, None)
+        out = _walk(io, frames, widths, None, coder=coder)
         exhausted = io.coder.maybe_exhausted()
     except KpcFormatError:
         raise

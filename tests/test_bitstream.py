@@ -274,7 +274,7 @@ def test_header_properties():
 def test_layout_matches_spec():
     data = small_file()
     assert data[:8] == bs.MAGIC == b"\x89KPC\r\n\x1a\n"
-    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 2)
+    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 3)
     pre, chunks = split(data)
     assert [k for k, _ in chunks] == ["HEAD", "SRCF", "KPTS", "KEND"]
     assert join(pre, chunks) == data  # framing and CRC as the spec says
@@ -394,7 +394,7 @@ def test_keypoint_chunk_follows_the_version():
     assert_rejects(with_version(old, 1, 1), "chunk KPTS where KPRC was expected")
     assert_rejects(with_version(new, 1, 0), "chunk KPRC where KPTS was expected")
     with pytest.raises(KpcFormatError, match="cannot write"):
-        bs.dumps(make_stream(version=(1, 3)))
+        bs.dumps(make_stream(version=(1, 4)))
     adaptive = make_stream(version=V1_0)
     adaptive.header.adaptive = True
     with pytest.raises(KpcFormatError, match="need format 1.1"):
@@ -409,6 +409,81 @@ def test_v1_1_is_smaller_and_closed_loop():
     assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.jacobians, b.jacobians)
     sizes = [dict(bs.chunk_table(bs.dumps(x)))[c] for x, c in ((old, "KPTS"), (new, "KPRC"))]
     assert sizes[1] < sizes[0]
+
+
+def head_motion(s: int = 60, seed: int = 0) -> bs.KpcStream:
+    """Ten keypoints carried by one moving head (a shared random walk) plus their own jitter."""
+    rng = np.random.default_rng(seed)
+    head = np.cumsum(rng.normal(0, 0.03, (s, 1, 2)), axis=0)
+    kp = (head + rng.uniform(-0.5, 0.5, (1, 10, 2)) + rng.normal(0, 0.004, (s, 10, 2))).astype(np.float32)
+    jac = (np.eye(2) + rng.normal(0, 0.02, (s, 10, 2, 2))).astype(np.float32)
+    header = make_header(num_keypoints=10, frame_count=2 * s, kp_step=1 / 64, jac_step=1 / 32)
+    return bs.KpcStream(header, "png", b"\x89PNG fake", np.arange(0, 2 * s, 2), kp, jac)
+
+
+def test_v1_3_decorrelates_the_same_levels_into_fewer_bits():
+    """Coder 1 is lossless on top of coder 0: same decoded keypoints, smaller KPRC for a moving head."""
+    new = head_motion()
+    assert new.write_version == (1, 3)
+    old = head_motion()
+    old.version = V1_1
+    data_new, data_old = bs.dumps(new), bs.dumps(old)
+    a, b = bs.loads(data_new), bs.loads(data_old)
+    assert data_new[8:10] == b"\x01\x03" and a.version == (1, 3) and b.version == V1_1
+    assert dict(split(data_new)[1])["KPRC"][4] == bs.CODER_DECORRELATED
+    assert dict(split(data_old)[1])["KPRC"][4] == bs.CODER_CONTEXT
+    assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.jacobians, b.jacobians)
+    assert bs.dumps(a) == data_new  # re-serialises byte for byte
+    assert dict(bs.chunk_table(data_new))["KPRC"] < dict(bs.chunk_table(data_old))["KPRC"]
+
+
+def test_v1_3_keeps_coder_0_where_decorrelation_does_not_pay():
+    """Keypoints that move independently gain nothing from coder 1: the writer keeps coder 0,
+    so a 1.3 KPRC is never larger than 1.1's."""
+    for seed in range(3):
+        stream = make_stream(s=40, k=10, seed=seed, kp_step=1 / 64, jac_step=1 / 32)
+        stream.version = None
+        data = bs.dumps(stream)
+        stream.version = V1_1
+        assert dict(split(data)[1])["KPRC"][4] == bs.CODER_CONTEXT
+        assert data[8:10] == b"\x01\x03" and data[10:] == bs.dumps(stream)[10:]
+        back = bs.loads(data)
+        assert back.version == (1, 3) and bs.dumps(back) == data
+
+
+def test_v1_3_falls_back_to_coder_0_without_a_table():
+    """The shipped table is made for 10 keypoints: other counts are written as before."""
+    stream = make_stream(s=6, k=3)
+    stream.version = None
+    assert stream.write_version == V1_1
+    forced = make_stream(s=6, k=3, version=(1, 3))
+    data = bs.dumps(forced)
+    assert data[8:10] == b"\x01\x03" and dict(split(data)[1])["KPRC"][4] == bs.CODER_CONTEXT
+    assert np.array_equal(bs.loads(data).keypoints, bs.loads(bs.dumps(stream)).keypoints)
+
+
+def test_coder_1_is_refused_where_it_is_not_defined():
+    data = bs.dumps(head_motion(s=8))
+    assert_rejects(with_version(data, 1, 2), "unknown keypoint coder 1")  # a 1.2 file cannot hold it
+    pre, chunks = split(data)
+    kprc = dict(chunks)["KPRC"]
+    head = dict(chunks)["HEAD"]
+    k_at = head.index(b"tiny") + 4 + 32 + 2 + 2 + 4 + 4 + 4 + 2  # model name, sha, w, h, fps, count, keep
+    lying = replace_chunk(data, "HEAD", head[:k_at] + bytes([9]) + head[k_at + 1:])
+    assert_rejects(lying, "no table for 9 keypoints")
+    assert_rejects(replace_chunk(data, "KPRC", kprc[:4] + bytes([2]) + kprc[5:]), "unknown keypoint coder 2")
+
+
+def test_coder_1_rejects_symbols_that_undo_out_of_range():
+    """Huge symbols in every column grow through the prediction: a clean error, no overflow."""
+    from kpcodec import entropy
+
+    data = bs.dumps(head_motion(s=4))
+    kprc = dict(split(data)[1])["KPRC"]
+    big = np.full((4, 60), 2**32 - 1, dtype=np.int64)
+    coded = entropy.encode([np.array([[0], [2], [2], [2]]), big[:, :20], big[:, 20:]], 1)
+    forged = kprc[:4] + bytes([1]) + kprc[5:7] + struct.pack("<I", len(coded)) + coded  # S, coder, predictors
+    assert_rejects(replace_chunk(data, "KPRC", forged), "out of range")
 
 
 def test_man_page_version_matches_format_version():
@@ -445,6 +520,7 @@ def test_every_single_bit_flip(name):
         # only a newer minor version of a 1.1 file still parses, to the same content
         # (1.0 <-> 1.1 flips are caught: the keypoint chunk does not match the version)
         assert bit in minor_bits, f"bit {bit} flipped and the file still loaded"
+        out.version = V1_1  # read as the newer minor it claims; written back as 1.1, the same file
         assert bs.dumps(out) == data
 
 
@@ -588,13 +664,13 @@ def test_dumps_rejects_invalid_streams(change):
 # Golden file
 
 
-@pytest.mark.parametrize("name, frames, version", [("v1_0", 10, V1_0), ("v1_1", 12, V1_1)])
+@pytest.mark.parametrize("name, frames, version", [("v1_0", 10, V1_0), ("v1_1", 12, V1_1), ("v1_3", 12, (1, 3))])
 def test_golden_file_decodes_exactly(name, frames, version):
     data = (GOLDEN / f"{name}.kpc").read_bytes()
     expected = np.load(GOLDEN / f"{name}.npz")
     out = bs.loads(data)
     assert out.version == version and data[8:10] == bytes(version)
-    assert out.header.adaptive == (version == V1_1)
+    assert out.header.adaptive == (version != V1_0)
     assert out.header.model == "tiny" and (out.header.width, out.header.height) == (64, 64)
     assert out.header.fps == 25 and out.header.frame_count == frames and out.header.keep_every == 2
     assert out.source_codec == "png" and out.source_data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -612,6 +688,7 @@ def test_golden_script_reproduces_file(tmp_path):
         sys.path.remove(str(GOLDEN))
     assert bs.dumps(make_golden.golden_stream()) == (GOLDEN / "v1_0.kpc").read_bytes()
     assert bs.dumps(make_golden.golden_stream_1_1()) == (GOLDEN / "v1_1.kpc").read_bytes()
+    assert bs.dumps(make_golden.golden_stream_1_3()) == (GOLDEN / "v1_3.kpc").read_bytes()
 
 
 # --------------------------------------------------------------------------
@@ -658,7 +735,7 @@ def test_stdin_and_stdout(monkeypatch):
 
 def test_no_torch_import():
     code = ("import sys, kpcodec.bitstream as bs, kpcodec.quantize, kpcodec.entropy; "
-            "s = bs.loads(open('tests/golden/v1_1.kpc', 'rb').read()); bs.dumps(s); "
+            "s = bs.loads(open('tests/golden/v1_3.kpc', 'rb').read()); bs.dumps(s); "
             "assert 'constriction' in sys.modules; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -769,7 +846,7 @@ def test_entropy_prior_is_frozen():
 
     from kpcodec import entropy
 
-    path = ROOT / "kpcodec" / entropy.PRIOR_FILE
+    path = ROOT / "kpcodec" / entropy.PRIOR_FILES[0]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == \
         "1931bfec9024e23a551cdcbe28e2ed5f62a0a0069c25c4cca50cfb04cfdb06f9"
     streams = entropy.prior()

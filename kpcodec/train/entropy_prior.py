@@ -1,13 +1,14 @@
-"""The learned prior of the keypoint range coder (kpcodec/entropy_prior.json).
+"""The learned priors of the keypoint range coder (kpcodec/entropy_prior*.json).
 
-    python -m kpcodec.train.entropy_prior --trajectories runs/cache/trajectories
+    python -m kpcodec.train.entropy_prior --coder 1 --trajectories runs/cache/trajectories
 
 Codes the train split's trajectories (kpcodec.train.trajectories) as the .kpc 1.1 writer
 does, at keep-every 1, 2 and 4 with the default steps and in-loop predictors, counts how
 often each adaptive model of kpcodec.entropy sees each symbol, and scales every model's
-counts to about --total (each count at least 1): the coder's starting point. The file is
-part of format 1.1 (KPRC coder 0): changing it changes the bitstream, so regenerate it
-only with a new coder id.
+counts to about --total (each count at least 1): the coder's starting point. Coder 1 counts
+the symbols after intra-frame decorrelation (kpcodec.decorrelate). Each file is part of the
+format (coder 0: 1.1, coder 1: 1.3): changing one changes the bitstream, so regenerate a
+prior only for a new coder id.
 """
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from kpcodec import entropy
+from kpcodec import decorrelate, entropy
 from kpcodec import quantize as q
 from kpcodec.train.trajectories import load_trajectories
 
 
-def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
-    """The three streams the KPRC chunk codes for sent frames `idx`."""
+def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, coder: int = 0) -> list[np.ndarray]:
+    """The three streams KPRC coder `coder` codes for sent frames `idx`."""
     s = len(idx)
-    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR)
-    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR)
-    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp.reshape(s, -1), r_jac.reshape(s, -1)]
+    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR).reshape(s, -1)
+    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR).reshape(s, -1)
+    if coder == 1:
+        deltas = np.diff(idx, prepend=0)
+        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, decorrelate.shipped_table())
+        r_kp, r_jac = symbols[:, :r_kp.shape[1]], symbols[:, r_kp.shape[1]:]
+    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp, r_jac]
 
 
 def _scale(counts: list[int], total: int) -> list[int]:
@@ -37,12 +42,12 @@ def _scale(counts: list[int], total: int) -> list[int]:
     return np.maximum(1, np.rint(c / c.sum() * total)).astype(int).tolist()
 
 
-def build_prior(trajectories: list[dict], keeps=(1, 2, 4), total: int = 1024) -> dict:
+def build_prior(trajectories: list[dict], keeps=(1, 2, 4), total: int = 1024, coder: int = 0) -> dict:
     sums = None
     for tr in trajectories:
         for keep in keeps:
             idx = np.arange(0, len(tr["kp"]), keep)
-            stats = entropy.symbol_statistics(residual_streams(tr["kp"], tr["jac"], idx))
+            stats = entropy.symbol_statistics(residual_streams(tr["kp"], tr["jac"], idx, coder))
             if sums is None:
                 sums = stats
                 continue
@@ -54,7 +59,7 @@ def build_prior(trajectories: list[dict], keeps=(1, 2, 4), total: int = 1024) ->
                         acc[key] = np.add(acc[key], value).tolist()
     streams = [{key: ([_scale(c, total) for c in value] if key == "contexts" else _scale(value, total))
                 for key, value in s.items()} for s in sums]
-    return {"coder": 0, "total": total, "keeps": list(keeps), "kp_step": q.DEFAULT_KP_STEP,
+    return {"coder": coder, "total": total, "keeps": list(keeps), "kp_step": q.DEFAULT_KP_STEP,
             "jac_step": q.DEFAULT_JAC_STEP, "clips": len(trajectories), "streams": streams}
 
 
@@ -62,14 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trajectories", type=Path, default=Path("runs/cache/trajectories"))
     p.add_argument("--total", type=int, default=1024, help="counts per model after scaling")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / entropy.PRIOR_FILE)
+    p.add_argument("--coder", type=int, choices=sorted(entropy.PRIOR_FILES), default=1)
+    p.add_argument("--out", type=Path, help="default: the coder's file in the package")
     args = p.parse_args(argv)
+    out = args.out or Path(__file__).resolve().parents[1] / entropy.PRIOR_FILES[args.coder]
     train = load_trajectories(args.trajectories, "train")
     if not train:
         raise SystemExit(f"{args.trajectories}: no train trajectories")
-    table = build_prior(train, total=args.total)
-    args.out.write_text(json.dumps(table, separators=(",", ":")) + "\n")
-    print(f"wrote {args.out} from {len(train)} train clips")
+    table = build_prior(train, total=args.total, coder=args.coder)
+    out.write_text(json.dumps(table, separators=(",", ":")) + "\n")
+    print(f"wrote {out} from {len(train)} train clips")
 
 
 if __name__ == "__main__":

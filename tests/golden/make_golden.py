@@ -1,9 +1,8 @@
-"""Build the golden .kpc files that pin down formats 1.0, 1.1 and 1.2 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.3 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py``. It writes
-``v1_0.kpc``, ``v1_1.kpc`` and ``v1_2.kpc`` (the encoded streams) and ``v1_0.npz``,
-``v1_1.npz`` and ``v1_2.npz`` (the sent indices, keypoints and Jacobians a decoder must return)
-next to this script. Only rerun it on purpose: a changed golden file means a
+``v1_0.kpc`` to ``v1_3.kpc`` (the encoded streams) and ``v1_0.npz`` to ``v1_3.npz``
+(the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
 
@@ -48,10 +47,10 @@ def random_motion(seed: int, indices: np.ndarray, k: int = 4) -> tuple[np.ndarra
     return keypoints.astype(np.float32), jacobians.astype(np.float32)
 
 
-def tiny_header(**fields) -> Header:
-    """A 64x64, 25 fps, 4-keypoint header of the `tiny` model; `fields` fill in the rest."""
+def tiny_header(num_keypoints: int = 4, **fields) -> Header:
+    """A 64x64, 25 fps header of the `tiny` model (4 keypoints); `fields` fill in the rest."""
     return Header(model="tiny", weights_sha256=hashlib.sha256(b"golden").hexdigest(), width=64, height=64,
-                  fps_num=25, fps_den=1, num_keypoints=4, **fields)
+                  fps_num=25, fps_den=1, num_keypoints=num_keypoints, **fields)
 
 
 def golden_stream() -> KpcStream:
@@ -77,6 +76,14 @@ def golden_stream_1_2() -> KpcStream:
     return stream
 
 
+def golden_stream_1_3() -> KpcStream:
+    """1.1's settings with 10 keypoints, the count KPRC coder 1's table is made for (format 1.3)."""
+    indices = np.array([0, 1, 3, 4, 7, 11], dtype=np.int64)
+    header = tiny_header(num_keypoints=10, frame_count=12, keep_every=2, kp_step=1 / 64, jac_step=1 / 32,
+                         predictor="linear", adaptive=True)
+    return KpcStream(header, "png", tiny_png(), indices, *random_motion(3, indices, k=10), version=(1, 3))
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = dumps(stream)
     decoded = loads(data)
@@ -90,6 +97,7 @@ def main() -> None:
     write("v1_0", golden_stream())
     write("v1_1", golden_stream_1_1())
     write("v1_2", golden_stream_1_2())
+    write("v1_3", golden_stream_1_3())
 
 
 if __name__ == "__main__":
