@@ -8,8 +8,8 @@ Keypoint part: every val trajectory (kpcodec.train.trajectories: the shipped det
 every frame) is coded as the .kpc keypoint chunk at keep-every 1, 2, 4 and auto, once per
 coding stage: 1.0 (plain DPCM, kp 1/256, jac 1/64, varints + zstd), then each step of
 format 1.1 added in turn: the in-loop integer predictor, the chosen steps, the range coder
-(= format 1.1's KPRC chunk), then format 1.3's intra-frame decorrelation (KPRC coder 1, as
-kpcodec.bitstream writes it). Rates are chunk bytes (framing
+(= format 1.1's KPRC chunk), then format 1.3's intra-frame decorrelation with positions
+predicted by their last value (KPRC coder 1 where it is smaller, as kpcodec.bitstream writes it). Rates are chunk bytes (framing
 included) x 8 over the clips' duration at 25 fps. The error column is the decoder's
 keypoints (the file's default predictor filling the unsent frames, from the quantised
 sent ones) against the detector's, mean L2 over all frames in px at 256x256.
@@ -47,13 +47,13 @@ RENDER_CLIPS = ["liveportrait_d10", "dreamtalk_W011_front_surprised_level3_001",
 # Each coding stage: (label, in-loop predictors (kp, jac) or None for 1.0's DPCM, steps, coder).
 STAGES = [
     ("1.0: DPCM, kp 1/256, jac 1/64, zstd", None, (q.V1_0_KP_STEP, q.V1_0_JAC_STEP), "zstd"),
-    ("+ in-loop predictor (kp half-velocity, jac previous)", (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+    ("+ in-loop predictor (kp half-velocity, jac previous)", q.PREDICTORS_1_1,
      (q.V1_0_KP_STEP, q.V1_0_JAC_STEP), "zstd"),
     (f"+ steps kp 1/{1 / q.DEFAULT_KP_STEP:g}, jac 1/{1 / q.DEFAULT_JAC_STEP:g}",
-     (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR), (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "zstd"),
-    ("+ adaptive range coder = format 1.1", (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+     q.PREDICTORS_1_1, (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "zstd"),
+    ("+ adaptive range coder = format 1.1", q.PREDICTORS_1_1,
      (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "range"),
-    ("+ intra-frame decorrelation = format 1.3", (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+    ("+ intra-frame decorrelation, kp previous = format 1.3", q.PREDICTORS_1_3,
      (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP), "decorrelated"),
 ]
 
@@ -220,6 +220,15 @@ def _machine() -> str:
             f"Python {platform.python_version()}, numpy {np.__version__}")
 
 
+def save_results(out: Path, tag: str, result: dict, report) -> None:
+    """OUT/TAG.json and OUT/TAG.md (made by `report` from the result); the report goes to stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(result, indent=1))
+    text = report(result)
+    (out / f"{tag}.md").write_text(text)
+    print(text)
+
+
 def _fmt_row(r: dict) -> str:
     return (f"| {r['keep']} | {r['stage']} | {r['kbps']:.3f} | {r['bits_per_sent_frame']:.0f} | "
             f"{100 * r['sent_share']:.0f}% | {r['error_px']:.3f} |")
@@ -343,11 +352,7 @@ def main() -> None:
               "val_clips": len(val), "val_frames": sum(len(t["kp"]) for t in val), "keypoints": rows,
               "render": render, "render_command": render_command if render else None, "render_summary": render_summary(render) if render else [], "files": files,
               "render_keep": keep_render}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1))
-    text = report(result)
-    (args.out / f"{args.tag}.md").write_text(text)
-    print(text)
+    save_results(args.out, args.tag, result, report)
 
 
 def rewrite_report(path: Path) -> None:

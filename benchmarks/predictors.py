@@ -7,7 +7,7 @@ and rendered-video quality for the best few (issue 4's table).
 
 Keypoint part: every val trajectory (kpcodec.train.trajectories: the detector on every
 frame), for each send pattern the sent frames are quantised and packed exactly as the .kpc
-keypoint chunk (kpcodec.bitstream's writer: KPRC, format 1.1; its bytes give the rate), then every registered predictor
+keypoint chunk (kpcodec.bitstream's writer: KPRC of the newest format; its bytes give the rate), then every registered predictor
 fills the other frames through kpcodec.predict.fill_keypoints (the decoder's streaming
 path). Errors are against the detector's unquantised keypoints: mean L2 in pixels at
 256x256 ([-1,1] error x 127.5) on predicted frames only and over all frames, and the mean
@@ -53,7 +53,7 @@ def quantise(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, fps: float) -> tu
     stream = bitstream.KpcStream(header, "png", b"", idx.astype(np.int64), kp[idx], jac[idx])
     data = bitstream.dumps(stream)
     back = bitstream.loads(data)
-    kpts = next(n for kind, n in bitstream.chunk_table(data) if kind in ("KPTS", "KPRC"))  # 1.0 or 1.1
+    kpts = next(n for kind, n in bitstream.chunk_table(data) if kind in ("KPTS", "KPRC"))  # 1.0, or 1.1 and later
     return back.keypoints, back.jacobians, kpts
 
 
@@ -410,7 +410,7 @@ def report(r: dict) -> str:
         "",
         "## Keypoint error",
         "",
-        "Sent frames are quantised and packed as the format 1.1 KPRC chunk (kb/s = its bytes at each clip's fps); errors against the",
+        "Sent frames are quantised and packed as the KPRC chunk of the newest format (kb/s = its bytes at each clip's fps); errors against the",
         "detector's unquantised keypoints, in pixels at 256x256 (mean L2 per keypoint), Jacobian error as",
         "mean Frobenius norm. *predicted* = frames not sent, *all* = every frame (sent frames: quantisation",
         "error only). `(jac held)`: the learned keypoints with the last sent Jacobians.",

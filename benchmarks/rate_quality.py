@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bitrate import FPS, _machine, chunk_bytes, fill_error_px  # noqa: E402
+from bitrate import FPS, _machine, chunk_bytes, fill_error_px, save_results  # noqa: E402
 from bitrate import decoded_keypoints as decoded_at  # noqa: E402
 
-from kpcodec import bitstream, predict  # noqa: E402
+from kpcodec import adaptive, bitstream, predict  # noqa: E402
 from kpcodec import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
-PREDICTORS = (q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR)
+PREDICTORS = q.PREDICTORS_1_3  # the newest format's in-loop predictors
 
 
 def pick_clips(names: list[str], count: int) -> list[str]:
@@ -48,15 +48,27 @@ def pick_clips(names: list[str], count: int) -> list[str]:
     return [names[i] for i in np.linspace(0, len(names) - 1, count).round().astype(int)]
 
 
-def rate_kbps(val: list[dict], keep: int, steps: tuple[float, float]) -> float:
-    nbytes = sum(chunk_bytes(t["kp"], t["jac"], np.arange(0, len(t["kp"]), keep), PREDICTORS, steps, "decorrelated")
+def sent(tr: dict, keep, predictor: str, max_error: float | None = None) -> np.ndarray:
+    """Sent frame indices at keep-every `keep`, or "auto" at `max_error` px (the encoder's choice)."""
+    if keep == "auto":
+        return adaptive.choose_sent_frames(tr["kp"], tr["jac"], predictor, max_error)
+    return np.arange(0, len(tr["kp"]), keep)
+
+
+def rate_kbps(val: list[dict], keep, steps: tuple[float, float], predictor: str = "",
+              max_error: float | None = None) -> float:
+    nbytes = sum(chunk_bytes(t["kp"], t["jac"], sent(t, keep, predictor, max_error), PREDICTORS, steps, "decorrelated")
                  for t in val)
     return nbytes * 8 / (sum(len(t["kp"]) for t in val) / FPS) / 1000
 
 
-def decoded_keypoints(tr: dict, keep: int, steps: tuple[float, float], predictor: str):
-    """The decoder's keypoints and Jacobians of every frame at keep-every `keep`."""
-    return decoded_at(tr, np.arange(0, len(tr["kp"]), keep), steps, predictor)
+def label(row: dict) -> str:
+    return f"auto (E={row['max_error']:g} px)" if row["keep"] == "auto" else str(row["keep"])
+
+
+def row_order(row: dict) -> tuple:
+    return (row["keep"] == "auto", 0 if row["keep"] == "auto" else row["keep"], row.get("max_error") or 0,
+            row["scale"])
 
 
 def rate_for_ssim(curve: list[dict], target: float) -> float | None:
@@ -85,14 +97,16 @@ def report(r: dict) -> str:
     for x in rows:
         eq = x.get("k1_kbps_same_ssim")
         same = "— | —" if eq is None else f"{eq:.3f} | {x['kbps'] / eq:.2f}"
-        lines.append(f"| {x['keep']} | {x['scale']:g} | 1/{1 / x['kp_step']:.4g} | 1/{1 / x['jac_step']:.4g} | "
+        lines.append(f"| {label(x)} | {x['scale']:g} | 1/{1 / x['kp_step']:.4g} | 1/{1 / x['jac_step']:.4g} | "
                      f"{x['kbps']:.3f} | {x['ssim']:.4f} | {x['error_px']:.3f} | {same} |")
     lines += ["", "Keep-every 1 at the default steps as the reference (the issue's comparison): "]
     base = next(x for x in rows if x["keep"] == 1 and x["scale"] == 1)
     for x in rows:
         if x["scale"] == 1 and x["keep"] != 1:
-            lines.append(f"- keep-every {x['keep']}: {x['kbps']:.3f} / {base['kbps']:.3f} kb/s = "
-                         f"{x['kbps'] / base['kbps']:.2f}, SSIM {x['ssim'] - base['ssim']:+.4f}.")
+            name = f"keep-every {x['keep']}" if x["keep"] != "auto" else f"keep-every auto at {x['max_error']:g} px"
+            lines.append(f"- {name}: {x['kbps']:.3f} / {base['kbps']:.3f} kb/s = "
+                         f"{x['kbps'] / base['kbps']:.2f}, SSIM {x['ssim'] - base['ssim']:+.4f}, sent "
+                         f"{100 * x.get('sent_share', 1 / x['keep'] if x['keep'] != 'auto' else 0):.0f}% of frames.")
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +117,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="motion model (default: the registry's)")
     p.add_argument("--predictor", default=predict.DEFAULT_PREDICTOR)
     p.add_argument("--keeps", default="1,2,4")
+    p.add_argument("--auto-errors", default="", help="also keep-every auto at these --max-error px (default steps)")
     p.add_argument("--scales", default="0.5,1,1.5,2,3", help="multiples of format 1.1's steps")
     p.add_argument("--clips", type=int, default=8, help="val clips to render (0: all)")
     p.add_argument("--frames", type=int, default=100)
@@ -140,40 +155,42 @@ def main() -> None:
         rows, commands = earlier["rows"], earlier.get("commands", [earlier["command"]])
         if args.recode:
             for r in rows:
-                r["kbps"] = rate_kbps(val, r["keep"], (r["kp_step"], r["jac_step"]))
-    done = {(r["keep"], r["scale"]) for r in rows}
-    for keep in [int(k) for k in args.keeps.split(",")]:
-        for scale in [float(s) for s in args.scales.split(",")]:
-            if (keep, scale) in done:
-                continue
-            steps = (q.DEFAULT_KP_STEP * scale, q.DEFAULT_JAC_STEP * scale)
-            ssims = []
-            for c in clips:
-                tr = {"kp": by_name[c]["kp"][:len(videos[c])], "jac": by_name[c]["jac"][:len(videos[c])]}
-                out = render_keypoints(net, sources[c], *decoded_keypoints(tr, keep, steps, args.predictor))
-                ssims.append(float(np.mean([ssim(a, b) for a, b in zip(videos[c], out)])))
-            err = float(np.average([fill_error_px(t, np.arange(0, len(t["kp"]), keep), steps, args.predictor)
-                                    for t in val], weights=[len(t["kp"]) for t in val]))
-            row = {"keep": keep, "scale": scale, "kp_step": steps[0], "jac_step": steps[1],
-                   "kbps": rate_kbps(val, keep, steps), "ssim": float(np.mean(ssims)), "error_px": err,
-                   "clip_ssim": dict(zip(clips, ssims))}
-            rows.append(row)
-            print(f"keep {keep} scale {scale:g}: {row['kbps']:.3f} kb/s, SSIM {row['ssim']:.4f}, "
-                  f"{err:.3f} px", file=sys.stderr, flush=True)
-    rows.sort(key=lambda r: (r["keep"], r["scale"]))
+                r["kbps"] = rate_kbps(val, r["keep"], (r["kp_step"], r["jac_step"]), args.predictor,
+                                      r.get("max_error"))
+    done = {(r["keep"], r.get("max_error"), r["scale"]) for r in rows}
+    todo = [(int(k), None, float(s)) for k in args.keeps.split(",") for s in args.scales.split(",")]
+    todo += [("auto", float(e), 1.0) for e in args.auto_errors.split(",") if e]
+    for keep, max_error, scale in todo:
+        if (keep, max_error, scale) in done:
+            continue
+        steps = (q.DEFAULT_KP_STEP * scale, q.DEFAULT_JAC_STEP * scale)
+        idx = {t["name"]: sent(t, keep, args.predictor, max_error) for t in val}
+        ssims = []
+        for c in clips:
+            tr = {"kp": by_name[c]["kp"][:len(videos[c])], "jac": by_name[c]["jac"][:len(videos[c])]}
+            shown = idx[c][idx[c] < len(videos[c])]  # the choice is causal: the same for the first frames
+            out = render_keypoints(net, sources[c], *decoded_at(tr, shown, steps, args.predictor))
+            ssims.append(float(np.mean([ssim(a, b) for a, b in zip(videos[c], out)])))
+        err = float(np.average([fill_error_px(t, idx[t["name"]], steps, args.predictor) for t in val],
+                               weights=[len(t["kp"]) for t in val]))
+        row = {"keep": keep, "max_error": max_error, "scale": scale, "kp_step": steps[0], "jac_step": steps[1],
+               "kbps": rate_kbps(val, keep, steps, args.predictor, max_error), "ssim": float(np.mean(ssims)),
+               "error_px": err, "sent_share": sum(len(i) for i in idx.values()) / sum(len(t["kp"]) for t in val),
+               "clip_ssim": dict(zip(clips, ssims))}
+        rows.append(row)
+        print(f"keep {label(row)} scale {scale:g}: {row['kbps']:.3f} kb/s, SSIM {row['ssim']:.4f}, "
+              f"{err:.3f} px", file=sys.stderr, flush=True)
+    rows.sort(key=row_order)
     k1 = [r for r in rows if r["keep"] == 1]
     for r in rows:
         r["k1_kbps_same_ssim"] = rate_for_ssim(k1, r["ssim"]) if r["keep"] != 1 else None
     command = " ".join([Path(sys.executable).name] + sys.argv)
     result = {"date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": _machine(),
-              "format": "%d.%d" % bitstream.FORMAT_VERSION, "command": command, "commands": commands + [command], "seconds": time.time() - start,
+              "format": "%d.%d" % bitstream.FORMAT_VERSION, "command": command, "commands": commands + [command],
+              "seconds": time.time() - start,
               "model": args.model or DEFAULT_MODEL, "predictor": args.predictor, "clips": clips, "frames": args.frames,
               "val_clips": len(val), "val_frames": sum(len(t["kp"]) for t in val), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1))
-    text = report(result)
-    (args.out / f"{args.tag}.md").write_text(text)
-    print(text)
+    save_results(args.out, args.tag, result, report)
 
 
 if __name__ == "__main__":

@@ -301,8 +301,9 @@ def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float, minor: int) -> b
         kp, jac = q.check_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
     except ValueError as exc:
         raise KpcFormatError(str(exc)) from None
-    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR).reshape(count, -1)
-    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR).reshape(count, -1)
+    predictors = q.PREDICTORS_1_3 if minor >= DECORRELATED_MINOR else q.PREDICTORS_1_1
+    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, predictors[0]).reshape(count, -1)
+    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, predictors[1]).reshape(count, -1)
     deltas = np.diff(indices, prepend=0).reshape(count, 1)
     coder, coded = CODER_CONTEXT, entropy.encode([deltas, r_kp, r_jac], CODER_CONTEXT)
     table = decorrelation_table(s.header.num_keypoints) if minor >= DECORRELATED_MINOR else None
@@ -314,7 +315,7 @@ def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float, minor: int) -> b
         if len(other) < len(coded):
             coder, coded = CODER_DECORRELATED, other
     return b"".join((
-        struct.pack("<IBBB", count, coder, q.DEFAULT_KP_PREDICTOR, q.DEFAULT_JAC_PREDICTOR),
+        struct.pack("<IBBB", count, coder, *predictors),
         _blob(coded),
     ))
 

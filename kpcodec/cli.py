@@ -332,6 +332,7 @@ def compare(
     crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
     landmarks: Annotated[bool, typer.Option("--landmarks/--no-landmarks", help="Face-landmark metrics (mediapipe).")] = True,
     threads: Annotated[int, typer.Option("--threads", help="Threads for every codec (and torch), so fps compare.")] = 1,
+    predictor: Annotated[Optional[str], typer.Option("--predictor", help="kpcodec predictor for unsent frames (default: the decoder's; 'interp' waits for the next sent frame).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (with per-frame scores) on stdout.")] = False,
     csv_path: Annotated[Optional[str], typer.Option("--csv", help="Write the table as CSV to FILE.")] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Write a rate-quality plot (PNG) to FILE.")] = None,
@@ -361,7 +362,7 @@ def compare(
         with _progress("comparing", quiet) as progress:
             result = run_compare(input, codecs=names, keep_every=ks, crfs=crfs, model=model,
                                  crop=_parse_crop(crop), max_frames=max_frames, landmarks=landmarks,
-                                 threads=threads, progress=progress)
+                                 threads=threads, predictor=predictor, progress=progress)
         written = []
         if csv_path is not None:
             report.write_csv(result.rows, csv_path, force)
@@ -378,7 +379,8 @@ def compare(
         out.print(json.dumps(result.to_dict(), indent=1), markup=False, soft_wrap=True)
     else:
         title = (f"{result.input}: {result.frames} frames at {result.size}x{result.size}, {result.fps} fps, "
-                 f"{result.duration_s:.2f} s; model {result.model}")
+                 f"{result.duration_s:.2f} s; model {result.model}"
+                 + (f", predictor {result.kpcodec['predictor']}" if result.kpcodec.get("predictor") else ""))
         # The table is wider than 80 columns: in a pipe (no terminal width to honour) give it room.
         wide = out if out.is_terminal else Console(highlight=False, width=200, file=sys.stdout)
         wide.print(report.rows_table(result.rows, title))

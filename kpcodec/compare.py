@@ -282,11 +282,12 @@ def _write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> N
         raise VideoError(f"cannot write the temp input clip {path}: {e}") from e
 
 
-def _kpcodec_row(clip: str, workdir: str, k: int, model: str, duration: float, n: int):
+def _kpcodec_row(clip: str, workdir: str, k: int, model: str, duration: float, n: int,
+                 predictor: str | None = None):
     from . import api, bitstream
 
     kpc, mp4 = os.path.join(workdir, f"k{k}.kpc"), os.path.join(workdir, f"k{k}.mp4")
-    enc = api.encode(clip, kpc, keep_every=k, model=model, force=True)
+    enc = api.encode(clip, kpc, keep_every=k, model=model, predictor=predictor, force=True)
     data = Path(kpc).read_bytes()
     srcf = sum(size for kind, size in bitstream.chunk_table(data) if kind == "SRCF")
     h = bitstream.loads(data).header
@@ -455,7 +456,8 @@ def _landmarks_available() -> str | None:
 def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[int] = DEFAULT_KEEP_EVERY,
             crfs: dict[str, Sequence[int]] | None = None, model: str | None = None,
             crop: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
-            landmarks: bool = True, threads: int | None = 1, progress: Progress | None = None) -> CompareResult:
+            landmarks: bool = True, threads: int | None = 1, predictor: str | None = None,
+            progress: Progress | None = None) -> CompareResult:
     """Compare kpcodec with classic codecs on the video at `path`; see the module docstring.
 
     codecs: any of "kpcodec", "x264", "x265", "av1" (a classic codec missing from this
@@ -464,6 +466,8 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     registry's); its resolution is every codec's. max_frames: only the first N frames.
     landmarks: False skips mediapipe (landmark columns empty). threads: encoder/decoder and
     torch threads for every codec, so that fps are comparable (None: each library's default).
+    predictor: the kpcodec files' predictor for unsent frames (default: the decoder's default;
+    e.g. "interp", which waits for the next sent frame: keep-every N - 1 frames of latency).
     """
     start = time.perf_counter()
     codecs = tuple(codecs)
@@ -477,6 +481,10 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
         raise UsageError(f"--max-frames must be >= 1 (got {max_frames})")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads})")
+    if predictor is not None:
+        from . import predict
+
+        predictor = predict.get_predictor(predictor).name  # UsageError for an unknown name, before any work
     crfs = dict(crfs or {})
     for key, values in crfs.items():
         if key not in classic.CODECS:
@@ -548,7 +556,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
                 _kpcodec_row(clip, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
                 _write_lossless(clip, originals, fps)
                 for k in keep_every:
-                    row, mp4, kpcodec_info = _kpcodec_row(clip, work, k, model_name, duration, n)
+                    row, mp4, kpcodec_info = _kpcodec_row(clip, work, k, model_name, duration, n, predictor)
                     _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)
                     rows.append(row)
         finally:

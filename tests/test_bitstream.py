@@ -438,17 +438,18 @@ def test_v1_3_decorrelates_the_same_levels_into_fewer_bits():
 
 
 def test_v1_3_keeps_coder_0_where_decorrelation_does_not_pay():
-    """Keypoints that move independently gain nothing from coder 1: the writer keeps coder 0,
-    so a 1.3 KPRC is never larger than 1.1's."""
+    """Keypoints that move independently gain nothing from coder 1: the writer keeps coder 0
+    (with 1.3's in-loop predictors, both 'previous')."""
     for seed in range(3):
         stream = make_stream(s=40, k=10, seed=seed, kp_step=1 / 64, jac_step=1 / 32)
         stream.version = None
         data = bs.dumps(stream)
-        stream.version = V1_1
-        assert dict(split(data)[1])["KPRC"][4] == bs.CODER_CONTEXT
-        assert data[8:10] == b"\x01\x03" and data[10:] == bs.dumps(stream)[10:]
+        kprc = dict(split(data)[1])["KPRC"]
+        assert data[8:10] == b"\x01\x03" and kprc[4:7] == bytes([bs.CODER_CONTEXT, q.PREVIOUS, q.PREVIOUS])
         back = bs.loads(data)
         assert back.version == (1, 3) and bs.dumps(back) == data
+        stream.version = V1_1
+        assert np.array_equal(back.keypoints, bs.loads(bs.dumps(stream)).keypoints)
 
 
 def test_v1_3_falls_back_to_coder_0_without_a_table():

@@ -182,6 +182,22 @@ def test_cli_outputs(runner, clip, tmp_path):
     assert res.exit_code == 2 and "exists" in res.stderr
 
 
+def test_cli_predictor(runner, clip):
+    """--predictor reaches the kpcodec files: the interpolating one renders from both neighbours."""
+    args = ["compare", str(clip), "--codecs", "kpcodec", "-k", "3", "--model", "tiny", "--no-landmarks", "-q"]
+    plain = runner.invoke(app, args + ["--json"])
+    interp = runner.invoke(app, args + ["--json", "--predictor", "interp"])
+    assert plain.exit_code == 0 and interp.exit_code == 0, interp.stderr
+    a, b = json.loads(plain.stdout), json.loads(interp.stdout)
+    assert b["kpcodec"]["predictor"] == "interp" and a["kpcodec"]["predictor"] != "interp"
+    names = len(b["kpcodec"]["predictor"]) - len(a["kpcodec"]["predictor"])  # the header names it
+    assert b["rows"][0]["bytes"] - a["rows"][0]["bytes"] == names  # the same keypoints are sent
+    assert a["rows"][0]["ssim"] != b["rows"][0]["ssim"]  # but the unsent frames are filled otherwise
+    assert "predictor interp" in runner.invoke(app, args + ["--predictor", "interp"]).stdout
+    bad = runner.invoke(app, args + ["--predictor", "oracle"])
+    assert bad.exit_code == 2 and "unknown predictor 'oracle'" in bad.stderr
+
+
 def test_cli_json_and_usage_errors(runner, clip):
     res = runner.invoke(app, ["compare", str(clip), "--codecs", "x264", "--crf-x264", "45", "--model", "tiny",
                               "--no-landmarks", "--json", "-q"])

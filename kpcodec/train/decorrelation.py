@@ -3,9 +3,10 @@
     python -m kpcodec.train.decorrelation --trajectories runs/cache/trajectories
 
 Codes the train split's trajectories (kpcodec.train.trajectories) with the closed-loop
-quantiser at keep-every 1, 2 and 4 (default steps and in-loop predictors), one per gap
-class of kpcodec.decorrelate, and fits, for each residual of a frame, a ridge regression on
-the residuals coded before it in that frame. The weights are rounded to integers at 2**shift. The table is part
+quantiser at keep-every 1, 2 and 4 (default steps, format 1.3's in-loop predictors), one per
+gap class of kpcodec.decorrelate, and fits, for each residual of a frame, a ridge regression
+on the residuals coded before it in that frame. The weights are rounded to integers at
+2**shift. The table is part
 of format 1.3: changing it changes the bitstream, so a new table needs a new coder id; after
 it, re-learn coder 1's entropy prior (python -m kpcodec.train.entropy_prior --coder 1).
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from kpcodec import decorrelate
-from kpcodec.train.entropy_prior import residual_streams
+from kpcodec import quantize as q
+from kpcodec.train.entropy_prior import residuals
 from kpcodec.train.trajectories import load_trajectories
 
 KEEPS = (1, 2, 4)  # the keep-every that trains gap class 0, 1, 2 (frame index delta 1, 2, >= 3)
@@ -29,7 +31,7 @@ def residual_rows(trajectories: list[dict], keeps) -> np.ndarray:
     rows = []
     for tr in trajectories:
         for keep in keeps:
-            _, r_kp, r_jac = residual_streams(tr["kp"], tr["jac"], np.arange(0, len(tr["kp"]), keep))
+            _, r_kp, r_jac = residuals(tr["kp"], tr["jac"], np.arange(0, len(tr["kp"]), keep), q.PREDICTORS_1_3)
             rows.append(np.concatenate([r_kp, r_jac], 1)[1:])
     return np.concatenate(rows).astype(np.float64)
 

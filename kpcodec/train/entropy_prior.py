@@ -23,16 +23,23 @@ from kpcodec import quantize as q
 from kpcodec.train.trajectories import load_trajectories
 
 
-def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, coder: int = 0) -> list[np.ndarray]:
-    """The three streams KPRC coder `coder` codes for sent frames `idx`."""
+def residuals(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, predictors: tuple[int, int]) -> list[np.ndarray]:
+    """Frame index deltas (S, 1), keypoint (S, 2K) and Jacobian (S, 4K) residuals of the
+    closed-loop quantiser at the default steps, for sent frames `idx`."""
     s = len(idx)
-    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, q.DEFAULT_KP_PREDICTOR).reshape(s, -1)
-    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, q.DEFAULT_JAC_PREDICTOR).reshape(s, -1)
+    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, predictors[0]).reshape(s, -1)
+    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, predictors[1]).reshape(s, -1)
+    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp, r_jac]
+
+
+def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, coder: int = 0) -> list[np.ndarray]:
+    """The three streams KPRC coder `coder` codes for sent frames `idx` (coder 0 with format 1.1's
+    in-loop predictors, coder 1 with 1.3's)."""
+    deltas, r_kp, r_jac = residuals(kp, jac, idx, q.PREDICTORS_1_3 if coder == 1 else q.PREDICTORS_1_1)
     if coder == 1:
-        deltas = np.diff(idx, prepend=0)
         symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, decorrelate.shipped_table())
         r_kp, r_jac = symbols[:, :r_kp.shape[1]], symbols[:, r_kp.shape[1]:]
-    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp, r_jac]
+    return [deltas, r_kp, r_jac]
 
 
 def _scale(counts: list[int], total: int) -> list[int]:
