@@ -72,10 +72,8 @@ def chunk_bytes(kp, jac, idx, predictors, steps, coder_name) -> int:
     r_kp, r_jac = r_kp.reshape(s, -1), r_jac.reshape(s, -1)
     coded = len(entropy.encode([deltas.reshape(s, 1), r_kp, r_jac], bitstream.CODER_CONTEXT))
     if coder_name == "decorrelated":  # as the 1.3 writer: coder 1 where it is smaller
-        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, decorrelate.shipped_table())
-        split = r_kp.shape[1]
-        coded = min(coded, len(entropy.encode([deltas.reshape(s, 1), symbols[:, :split], symbols[:, split:]],
-                                              bitstream.CODER_DECORRELATED)))
+        symbols = decorrelate.forward_streams(r_kp, r_jac, deltas, decorrelate.shipped_table())
+        coded = min(coded, len(entropy.encode([deltas.reshape(s, 1), *symbols], bitstream.CODER_DECORRELATED)))
     return 12 + 11 + coded  # KPRC: S, coder, 2 predictors, length, words
 
 

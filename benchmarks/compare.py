@@ -255,7 +255,7 @@ def render(meta: dict, record: list[dict], out: Path) -> None:
         "# kpcodec vs H.264 / H.265 / AV1 (`kpcodec compare` over the val split)",
         "",
         f"- **Date:** {meta['date']}",
-        f"- **Machine:** {meta['machine']}; niceness {meta.get('nice', 10)}, the machine shared with other jobs (training)",
+        f"- **Machine:** {meta['machine']}; niceness {meta.get('nice', 10)}, the machine shared with other jobs",
         f"- **Code:** git {meta['git']}",
         f"- **Command:** `{meta['command']}`",
         f"- **Data:** {title}; wall time {meta['seconds'] / 60:.1f} min",

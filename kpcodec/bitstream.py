@@ -309,9 +309,8 @@ def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float, minor: int) -> b
     table = decorrelation_table(s.header.num_keypoints) if minor >= DECORRELATED_MINOR else None
     if table is not None:
         # Coding is cheap (well under a millisecond a frame): try both, keep the smaller.
-        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, table)
-        split = r_kp.shape[1]
-        other = entropy.encode([deltas, symbols[:, :split], symbols[:, split:]], CODER_DECORRELATED)
+        other = entropy.encode([deltas, *decorrelate.forward_streams(r_kp, r_jac, deltas, table)],
+                               CODER_DECORRELATED)
         if len(other) < len(coded):
             coder, coded = CODER_DECORRELATED, other
     return b"".join((

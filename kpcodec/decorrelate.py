@@ -102,6 +102,13 @@ def forward(residuals: np.ndarray, deltas: np.ndarray, table: Table) -> np.ndarr
     return out
 
 
+def forward_streams(r_kp: np.ndarray, r_jac: np.ndarray, deltas: np.ndarray,
+                    table: Table) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`forward` of a KPRC chunk's keypoint (S, 2K) and Jacobian (S, 4K) rows, split back."""
+    symbols = forward(np.concatenate([r_kp, r_jac], 1), deltas, table)
+    return symbols[:, :r_kp.shape[1]], symbols[:, r_kp.shape[1]:]
+
+
 def inverse(symbols: np.ndarray, deltas: np.ndarray, table: Table) -> np.ndarray:
     """Residuals from decoded symbols; ValueError as soon as one leaves +-MAX_RESIDUAL."""
     s = np.asarray(symbols, dtype=np.int64)

@@ -49,8 +49,19 @@ def test_rates_fall_with_sparser_sending_and_coarser_steps():
 def test_decoded_keypoints_keep_sent_frames_within_half_a_step():
     tr = smooth_trajectory()
     steps = (q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP)
-    kp, jac = rq.decoded_keypoints(tr, 2, steps, "linear")
+    idx = rq.sent(tr, 2, "linear")
+    assert idx.tolist() == list(range(0, len(tr["kp"]), 2))
+    kp, jac = rq.decoded_at(tr, idx, steps, "linear")
     assert kp.shape == tr["kp"].shape and jac.shape == tr["jac"].shape
     assert np.abs(kp[::2] - tr["kp"][::2]).max() <= steps[0] / 2 + 1e-6
     assert np.abs(jac[::2] - tr["jac"][::2]).max() <= steps[1] / 2 + 1e-6
     assert np.abs(kp[1::2] - tr["kp"][1::2]).max() > steps[0] / 2  # predicted, not sent
+
+
+def test_auto_rows_send_fewer_frames_as_the_error_bound_grows():
+    tr = smooth_trajectory()
+    tight, loose = rq.sent(tr, "auto", "linear", 0.5), rq.sent(tr, "auto", "linear", 4.0)
+    assert tight[0] == 0 and loose[0] == 0 and len(loose) <= len(tight)
+    assert rq.label({"keep": "auto", "max_error": 2.5}) == "auto (E=2.5 px)" and rq.label({"keep": 4}) == "4"
+    rows = [{"keep": "auto", "max_error": 2.0, "scale": 1}, {"keep": 2, "scale": 1}, {"keep": 1, "scale": 2}]
+    assert [rq.label(r) for r in sorted(rows, key=rq.row_order)] == ["1", "2", "auto (E=2 px)"]

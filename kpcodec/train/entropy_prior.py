@@ -2,10 +2,11 @@
 
     python -m kpcodec.train.entropy_prior --coder 1 --trajectories runs/cache/trajectories
 
-Codes the train split's trajectories (kpcodec.train.trajectories) as the .kpc 1.1 writer
-does, at keep-every 1, 2 and 4 with the default steps and in-loop predictors, counts how
-often each adaptive model of kpcodec.entropy sees each symbol, and scales every model's
-counts to about --total (each count at least 1): the coder's starting point. Coder 1 counts
+Codes the train split's trajectories (kpcodec.train.trajectories) as the .kpc writer does
+(coder 0 with 1.1's in-loop predictors, coder 1 with 1.3's), at keep-every 1, 2 and 4 with
+the default steps, counts how often each adaptive model of kpcodec.entropy sees each
+symbol, and scales every model's counts to about --total (each count at least 1): the
+coder's starting point. Coder 1 counts
 the symbols after intra-frame decorrelation (kpcodec.decorrelate). Each file is part of the
 format (coder 0: 1.1, coder 1: 1.3): changing one changes the bitstream, so regenerate a
 prior only for a new coder id.
@@ -37,8 +38,7 @@ def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, coder: in
     in-loop predictors, coder 1 with 1.3's)."""
     deltas, r_kp, r_jac = residuals(kp, jac, idx, q.PREDICTORS_1_3 if coder == 1 else q.PREDICTORS_1_1)
     if coder == 1:
-        symbols = decorrelate.forward(np.concatenate([r_kp, r_jac], 1), deltas, decorrelate.shipped_table())
-        r_kp, r_jac = symbols[:, :r_kp.shape[1]], symbols[:, r_kp.shape[1]:]
+        r_kp, r_jac = decorrelate.forward_streams(r_kp, r_jac, deltas, decorrelate.shipped_table())
     return [deltas, r_kp, r_jac]
 
 
