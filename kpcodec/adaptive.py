@@ -7,8 +7,11 @@ decoder reconstructs them (kpcodec.quantize), and sends frame t as soon as the p
 keypoints of t are more than `max_error` pixels (mean over keypoints of the L2 distance,
 at 256x256) from the detector's. Frame 0 is always sent.
 
-Causal predictors only (kpcodec.predict.OnlineFill): their prediction of frame t does not
-depend on frames sent after t, so one pass over the frames decides exactly.
+Causal predictors (kpcodec.predict.OnlineFill): their prediction of frame t does not
+depend on frames sent after t, so one pass over the frames decides exactly. With `interp`
+(linear interpolation between sent frames, which makes the decoder wait for the next one)
+the encoder instead stretches each gap from the last sent frame as far as every frame in it
+stays within `max_error` of its interpolation, up to MAX_INTERP_GAP frames: the latency bound.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from .errors import UsageError
 
 PX_AT_256 = 127.5  # [-1, 1] coordinates to pixels at 256x256
 DEFAULT_MAX_ERROR = 2.0  # px: below keep-every 2 in rate and error on the val split (benchmarks/results/bitrate.md)
+MAX_INTERP_GAP = 8  # frames between sent frames with `interp`: at most 7 frames (280 ms at 25 fps) of latency
 
 
 def check_max_error(value: float) -> float:
@@ -40,6 +44,8 @@ def choose_sent_frames(kps: np.ndarray, jacs: np.ndarray, predictor: str, max_er
     # What the decoder holds for any sent frame (closed-loop levels are the nearest ones).
     dec_kp = q.decoder_values(kps, kp_step, q.KP_CLIP)
     dec_jac = q.decoder_values(jacs, jac_step, q.JAC_CLIP)
+    if predict.get_predictor(predictor).kind == "interp":
+        return _interpolated_gaps(kps, dec_kp, max_error)
     fill = predict.OnlineFill(predictor, dec_kp[0], dec_jac[0])
     sent = [0]
     for t in range(1, len(kps)):
@@ -49,4 +55,22 @@ def choose_sent_frames(kps: np.ndarray, jacs: np.ndarray, predictor: str, max_er
             fill.commit((dec_kp[t], dec_jac[t]))
         else:
             fill.commit(None)
+    return np.asarray(sent, dtype=np.int64)
+
+
+def _interpolated_gaps(kps: np.ndarray, dec_kp: np.ndarray, max_error: float) -> np.ndarray:
+    """Greedy gaps for linear interpolation: from each sent frame a, send the furthest b
+    (b - a <= MAX_INTERP_GAP) whose interpolation keeps every frame between within max_error."""
+    sent, a, last = [0], 0, len(kps) - 1
+    while a < last:
+        best = a + 1
+        for b in range(a + 2, min(a + MAX_INTERP_GAP, last) + 1):
+            w = ((np.arange(a + 1, b) - a) / (b - a))[:, None, None]
+            guess = (1 - w) * dec_kp[a] + w * dec_kp[b]  # what kpcodec.predict's interp renders
+            err = np.linalg.norm(guess - kps[a + 1:b], axis=-1).mean(axis=-1) * PX_AT_256
+            if err.max() > max_error:
+                break
+            best = b
+        sent.append(best)
+        a = best
     return np.asarray(sent, dtype=np.int64)

@@ -180,8 +180,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         raise UsageError("--refresh-threshold needs --refresh auto")
     refresh_threshold = rf.check_threshold(rf.DEFAULT_THRESHOLD if refresh_threshold is None else refresh_threshold)
     predictor = predict.get_predictor(predictor).name if predictor else predict.DEFAULT_PREDICTOR
-    if auto and predict.get_predictor(predictor).mode != "causal":
-        raise UsageError(f"--keep-every auto needs a causal predictor ({predictor!r} interpolates)")
+    entry = predict.get_predictor(predictor)
+    if auto and entry.mode != "causal" and entry.kind != "interp":
+        raise UsageError(f"--keep-every auto needs a causal predictor or interp ({predictor!r} is neither)")
     if audio:
         audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
     check_output(output, force)

@@ -61,6 +61,25 @@ def test_every_unsent_frame_is_within_the_bound(name, max_error):
         assert adaptive.keypoint_error_px(filled[t][0], kp[t]) <= max_error
 
 
+@pytest.mark.parametrize("max_error", [0.5, 2.0, 6.0])
+def test_interpolated_gaps_keep_every_frame_within_the_bound(max_error):
+    """With interp the decoder interpolates between sent frames; the encoder's gaps keep each
+    interpolated frame within max_error px, and no gap is longer than the latency bound."""
+    kp, jac = trajectory(80)
+    idx = adaptive.choose_sent_frames(kp, jac, "interp", max_error)
+    assert idx[0] == 0 and idx[-1] == len(kp) - 1 and np.all(np.diff(idx) >= 1)
+    assert np.diff(idx).max() <= adaptive.MAX_INTERP_GAP
+    dec_kp = q.decoder_values(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP)
+    dec_jac = q.decoder_values(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP)
+    filled = list(predict.fill_keypoints(idx, dec_kp, dec_jac, len(kp), "interp"))
+    unsent = sorted(set(range(len(kp))) - set(idx.tolist()))
+    assert unsent
+    for t in unsent:
+        assert adaptive.keypoint_error_px(filled[t][0], kp[t]) <= max_error + 1e-4  # float32 rounding
+    looser = adaptive.choose_sent_frames(kp, jac, "interp", 2 * max_error)
+    assert len(looser) <= len(idx)
+
+
 def test_bound_controls_the_rate():
     kp, jac = trajectory()
     counts = [len(adaptive.choose_sent_frames(kp, jac, "linear", e)) for e in (0.01, 1.0, 3.0, 1e9)]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from kpcodec import bitstream
+from kpcodec import adaptive, bitstream
 from kpcodec.cli import app
 from kpcodec.video import probe
 
@@ -88,6 +88,11 @@ def test_keep_every_auto(runner, clip, tmp_path):
     assert bitstream.read_file(out).sent_indices.tolist() == [0]
     assert encode_tiny(runner, clip, out, "-f", "-k", "AUTO").exit_code == 0
     assert bitstream.read_file(out).header.adaptive
+    # interpolation: the encoder stretches gaps while the interpolated frames stay within the bound
+    assert encode_tiny(runner, clip, out, "-f", "-k", "auto", "--predictor", "interp").exit_code == 0
+    interp = bitstream.read_file(out)
+    assert interp.header.predictor == "interp" and interp.sent_indices[-1] == 11
+    assert np.diff(interp.sent_indices).max() <= adaptive.MAX_INTERP_GAP
     # a fixed spacing is not adaptive
     assert encode_tiny(runner, clip, out, "-f", "-k", "2").exit_code == 0
     assert not bitstream.read_file(out).header.adaptive
@@ -102,7 +107,7 @@ def test_keep_every_auto(runner, clip, tmp_path):
     (["--keep-every", "auto", "--max-error", "-1"], "--max-error"),
     (["--keep-every", "auto", "--max-error", "nan"], "--max-error"),
     (["--keep-every", "auto", "--keep-pattern", "2:2"], "exclude each other"),
-    (["--keep-every", "auto", "--predictor", "interp"], "causal predictor"),
+    (["--keep-every", "auto", "--predictor", "rnn-interp"], "causal predictor or interp"),
 ])
 def test_keep_every_auto_errors(runner, clip, tmp_path, args, needle):
     one_line_error(encode_tiny(runner, clip, tmp_path / "a.kpc", *args), 2, needle)
