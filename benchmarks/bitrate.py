@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kpcodec import adaptive, bitstream, decorrelate, entropy, predict  # noqa: E402
+from kpcodec import adaptive, bitstream, predict  # noqa: E402
 from kpcodec import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
@@ -58,23 +58,21 @@ STAGES = [
 ]
 
 
+# The coders that are a format's KPRC chunk: the writer's own code makes them (its minor version).
+WRITER_MINOR = {"range": 1, "decorrelated": bitstream.DECORRELATED_MINOR}
+
+
 def chunk_bytes(kp, jac, idx, predictors, steps, coder_name) -> int:
     """Bytes of the keypoint chunk, framing included, for one clip."""
-    s = len(idx)
+    if coder_name in WRITER_MINOR:  # the predictors are the format's own
+        return 12 + len(bitstream.kprc_payload(idx, kp[idx], jac[idx], *steps, WRITER_MINOR[coder_name]))
     deltas = np.diff(idx, prepend=0)
     if predictors is None:
         r_kp, r_jac = q.quantize_keypoints(kp[idx], jac[idx], *steps)
     else:
-        r_kp = q.quantize_closed_loop(kp[idx], steps[0], q.KP_CLIP, predictors[0])
-        r_jac = q.quantize_closed_loop(jac[idx], steps[1], q.JAC_CLIP, predictors[1])
-    if coder_name == "zstd":  # 1.0's KPTS layout: S, then three length-prefixed blobs
-        return 12 + 4 + sum(4 + len(q.pack_symbols(a)) for a in (deltas, r_kp, r_jac))
-    r_kp, r_jac = r_kp.reshape(s, -1), r_jac.reshape(s, -1)
-    coded = len(entropy.encode([deltas.reshape(s, 1), r_kp, r_jac], bitstream.CODER_CONTEXT))
-    if coder_name == "decorrelated":  # as the 1.3 writer: coder 1 where it is smaller
-        symbols = decorrelate.forward_streams(r_kp, r_jac, deltas, decorrelate.shipped_table())
-        coded = min(coded, len(entropy.encode([deltas.reshape(s, 1), *symbols], bitstream.CODER_DECORRELATED)))
-    return 12 + 11 + coded  # KPRC: S, coder, 2 predictors, length, words
+        r_kp, r_jac = q.closed_loop_rows(kp[idx], jac[idx], *steps, predictors)
+    # 1.0's KPTS layout: S, then three length-prefixed blobs
+    return 12 + 4 + sum(4 + len(q.pack_symbols(a)) for a in (deltas, r_kp, r_jac))
 
 
 def decoded_keypoints(tr, idx, steps, predictor) -> tuple[np.ndarray, np.ndarray]:

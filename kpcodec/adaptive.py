@@ -26,6 +26,15 @@ DEFAULT_MAX_ERROR = 2.0  # px: below keep-every 2 in rate and error on the val s
 MAX_INTERP_GAP = 8  # frames between sent frames with `interp`: at most 7 frames (280 ms at 25 fps) of latency
 
 
+def check_predictor(name: str) -> str:
+    """The predictor's registry name if the encoder can choose frames for it: a causal one or the
+    linear `interp`; UsageError otherwise."""
+    entry = predict.get_predictor(name)
+    if entry.mode != "causal" and entry.kind != "interp":
+        raise UsageError(f"--keep-every auto needs a causal predictor or interp ({name!r} is neither)")
+    return entry.name
+
+
 def check_max_error(value: float) -> float:
     if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
         raise UsageError(f"--max-error must be a positive number of pixels (got {value!r})")
@@ -43,9 +52,9 @@ def choose_sent_frames(kps: np.ndarray, jacs: np.ndarray, predictor: str, max_er
     max_error = check_max_error(max_error)
     # What the decoder holds for any sent frame (closed-loop levels are the nearest ones).
     dec_kp = q.decoder_values(kps, kp_step, q.KP_CLIP)
-    dec_jac = q.decoder_values(jacs, jac_step, q.JAC_CLIP)
-    if predict.get_predictor(predictor).kind == "interp":
+    if predict.get_predictor(check_predictor(predictor)).kind == "interp":
         return _interpolated_gaps(kps, dec_kp, max_error)
+    dec_jac = q.decoder_values(jacs, jac_step, q.JAC_CLIP)
     fill = predict.OnlineFill(predictor, dec_kp[0], dec_jac[0])
     sent = [0]
     for t in range(1, len(kps)):
@@ -66,7 +75,7 @@ def _interpolated_gaps(kps: np.ndarray, dec_kp: np.ndarray, max_error: float) ->
         best = a + 1
         for b in range(a + 2, min(a + MAX_INTERP_GAP, last) + 1):
             w = ((np.arange(a + 1, b) - a) / (b - a))[:, None, None]
-            guess = (1 - w) * dec_kp[a] + w * dec_kp[b]  # what kpcodec.predict's interp renders
+            guess = predict.between(dec_kp[a], dec_kp[b], w)  # what the decoder's interp renders
             err = np.linalg.norm(guess - kps[a + 1:b], axis=-1).mean(axis=-1) * PX_AT_256
             if err.max() > max_error:
                 break

@@ -159,7 +159,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     falls below SSIM `refresh_threshold` (kpcodec.refresh); "off" (default) never does.
     """
     from . import refresh as rf
-    from .adaptive import DEFAULT_MAX_ERROR, check_max_error, choose_sent_frames
+    from .adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
     from .models.frames import frames_to_tensor
     from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
@@ -179,10 +179,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     if refresh_threshold is not None and refresh != "auto":
         raise UsageError("--refresh-threshold needs --refresh auto")
     refresh_threshold = rf.check_threshold(rf.DEFAULT_THRESHOLD if refresh_threshold is None else refresh_threshold)
-    predictor = predict.get_predictor(predictor).name if predictor else predict.DEFAULT_PREDICTOR
-    entry = predict.get_predictor(predictor)
-    if auto and entry.mode != "causal" and entry.kind != "interp":
-        raise UsageError(f"--keep-every auto needs a causal predictor or interp ({predictor!r} is neither)")
+    predictor = predict.get_predictor(predictor or predict.DEFAULT_PREDICTOR).name
+    if auto:
+        check_predictor(predictor)
     if audio:
         audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
     check_output(output, force)

@@ -293,20 +293,25 @@ def _encode_kpts(s: KpcStream, kp_step: float, jac_step: float) -> bytes:
 
 
 def _encode_kprc(s: KpcStream, kp_step: float, jac_step: float, minor: int) -> bytes:
-    """The keypoint chunk of 1.1 and later: in-loop prediction, adaptive range coding; in 1.3
-    also with intra-frame decorrelation (coder 1), kept where it is smaller than coder 0."""
+    """The keypoint chunk of 1.1 and later (see :func:`kprc_payload`)."""
     indices = _checked_indices(s)
-    count = len(indices)
     try:
         kp, jac = q.check_keypoints(s.keypoints, s.jacobians, kp_step, jac_step)
     except ValueError as exc:
         raise KpcFormatError(str(exc)) from None
+    return kprc_payload(indices, kp, jac, kp_step, jac_step, minor)
+
+
+def kprc_payload(indices: np.ndarray, kp: np.ndarray, jac: np.ndarray, kp_step: float, jac_step: float,
+                 minor: int) -> bytes:
+    """KPRC payload of checked sent frames: in-loop prediction, adaptive range coding; in 1.3
+    also with intra-frame decorrelation (coder 1), kept where it is smaller than coder 0."""
+    count = len(indices)
     predictors = q.PREDICTORS_1_3 if minor >= DECORRELATED_MINOR else q.PREDICTORS_1_1
-    r_kp = q.quantize_closed_loop(kp, kp_step, q.KP_CLIP, predictors[0]).reshape(count, -1)
-    r_jac = q.quantize_closed_loop(jac, jac_step, q.JAC_CLIP, predictors[1]).reshape(count, -1)
+    r_kp, r_jac = q.closed_loop_rows(kp, jac, kp_step, jac_step, predictors)
     deltas = np.diff(indices, prepend=0).reshape(count, 1)
     coder, coded = CODER_CONTEXT, entropy.encode([deltas, r_kp, r_jac], CODER_CONTEXT)
-    table = decorrelation_table(s.header.num_keypoints) if minor >= DECORRELATED_MINOR else None
+    table = decorrelation_table(kp.shape[1]) if minor >= DECORRELATED_MINOR else None
     if table is not None:
         # Coding is cheap (well under a millisecond a frame): try both, keep the smaller.
         other = entropy.encode([deltas, *decorrelate.forward_streams(r_kp, r_jac, deltas, table)],

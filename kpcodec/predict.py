@@ -63,6 +63,11 @@ def _linear(indices, kps, jacs, frame_count, damping: float = DEFAULT_DAMPING) -
         yield kps[s] + velocity * travel, jacs[s]
 
 
+def between(start: np.ndarray, end: np.ndarray, w):
+    """Linear interpolation at fraction `w` (a number, or an array broadcast against the values)."""
+    return (1 - w) * start + w * end
+
+
 def _interp(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Linear interpolation between the sent frames around each frame (adds latency)."""
     s = 0
@@ -73,7 +78,7 @@ def _interp(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.nd
             yield kps[s], jacs[s]
             continue
         a = (t - indices[s]) / (indices[s + 1] - indices[s])
-        yield (1 - a) * kps[s] + a * kps[s + 1], (1 - a) * jacs[s] + a * jacs[s + 1]
+        yield between(kps[s], kps[s + 1], a), between(jacs[s], jacs[s + 1], a)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,15 @@ def quantize_closed_loop(x: np.ndarray, step: float, clip: float, kind: int) -> 
     return residuals
 
 
+def closed_loop_rows(kp: np.ndarray, jac: np.ndarray, kp_step: float, jac_step: float,
+                     predictors: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Residual rows of the KPRC chunk for (S,K,2) keypoints and (S,K,2,2) Jacobians: keypoint
+    rows (S, 2K) and Jacobian rows (S, 4K), with the (keypoint, Jacobian) in-loop predictors."""
+    s = len(kp)
+    return (quantize_closed_loop(kp, kp_step, KP_CLIP, predictors[0]).reshape(s, -1),
+            quantize_closed_loop(jac, jac_step, JAC_CLIP, predictors[1]).reshape(s, -1))
+
+
 def levels_from_residuals(residuals: np.ndarray, kind: int, limit: int) -> np.ndarray:
     """The decoder's levels from residuals; ValueError as soon as one exceeds ``limit``.
 

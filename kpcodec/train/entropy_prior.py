@@ -27,10 +27,8 @@ from kpcodec.train.trajectories import load_trajectories
 def residuals(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, predictors: tuple[int, int]) -> list[np.ndarray]:
     """Frame index deltas (S, 1), keypoint (S, 2K) and Jacobian (S, 4K) residuals of the
     closed-loop quantiser at the default steps, for sent frames `idx`."""
-    s = len(idx)
-    r_kp = q.quantize_closed_loop(kp[idx], q.DEFAULT_KP_STEP, q.KP_CLIP, predictors[0]).reshape(s, -1)
-    r_jac = q.quantize_closed_loop(jac[idx], q.DEFAULT_JAC_STEP, q.JAC_CLIP, predictors[1]).reshape(s, -1)
-    return [np.diff(idx, prepend=0).reshape(s, 1), r_kp, r_jac]
+    r_kp, r_jac = q.closed_loop_rows(kp[idx], jac[idx], q.DEFAULT_KP_STEP, q.DEFAULT_JAC_STEP, predictors)
+    return [np.diff(idx, prepend=0).reshape(len(idx), 1), r_kp, r_jac]
 
 
 def residual_streams(kp: np.ndarray, jac: np.ndarray, idx: np.ndarray, coder: int = 0) -> list[np.ndarray]:
