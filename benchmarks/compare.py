@@ -65,10 +65,11 @@ class MeanRow:
     bytes: int = 0
     first_bytes: int = 0
     per_frame: dict = field(default_factory=dict)
+    variant: str = ""
 
     @property
     def setting(self) -> str:
-        return f"k={self.param}" if self.codec == "kpcodec" else f"crf {self.param}"
+        return cmp.setting_label(self.codec, self.param, self.variant)
 
     def to_dict(self, per_frame: bool = False) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "per_frame"}
@@ -81,11 +82,21 @@ def _mean(values):
     return (float(np.mean(vals)) if vals else None), len(vals)
 
 
+def _mean_key(r: dict) -> tuple:
+    """Rows averaged together: one setting over the clips. A rate-controlled hybrid row's base
+    layer is chosen per clip, so those rows are grouped by their target alone."""
+    variant = r.get("variant", "")
+    if r["codec"] == "kpcodec-hybrid" and not variant.startswith("k="):
+        variant = "rate control"
+    return r["codec"], r["param"], variant
+
+
 def mean_rows(per_clip: list[list[dict]]) -> list[MeanRow]:
-    keys = list(dict.fromkeys((r["codec"], r["param"]) for rows in per_clip for r in rows))
+    keys = list(dict.fromkeys(_mean_key(r) for rows in per_clip for r in rows))
     out = []
-    for codec, param in keys:
-        rows = [r for clip in per_clip for r in clip if (r["codec"], r["param"]) == (codec, param)]
+    for key in keys:
+        codec, param, variant = key
+        rows = [r for clip in per_clip for r in clip if _mean_key(r) == key]
         m = {s: _mean(r[s] for r in rows)[0] for s in SCORES}
         lmk_clips = _mean(r["landmark_px"] for r in rows)[1]
         # Speeds: total frames over total seconds (a mean of per-clip fps would overweight short clips).
@@ -95,7 +106,7 @@ def mean_rows(per_clip: list[list[dict]]) -> list[MeanRow]:
         out.append(MeanRow(codec, param, len(rows), float(np.mean([r["kbps"] for r in rows])),
                            float(np.mean([r["steady_kbps"] for r in rows])), m["psnr"], m["ssim"], m["ms_ssim"],
                            m["landmark_px"], m["face_found"], m["lip_corr"], frames / enc if enc else None,
-                           frames / dec if dec else None, lmk_clips, frames))
+                           frames / dec if dec else None, lmk_clips, frames, variant=variant))
     return out
 
 

@@ -45,6 +45,9 @@ class Summary:
     skipped: int = 0  # input frames that did not decode (encode --ignore-errors)
     audio_bytes: int = 0  # the opus chunk, framing included
     refreshes: int = 0  # new source images sent (encode --refresh auto)
+    base_bytes: int = 0  # the base layer's packets (hybrid mode)
+    base_layer: str | None = None  # its settings, SIZE@DIV:CRF
+    base_errors: int = 0  # base frames that did not decode (decode --ignore-errors)
 
     @property
     def fps(self) -> float:
@@ -141,7 +144,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
            progress: Progress | None = None, audio: bool = True,
            audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
            keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None, threads: int | None = None,
-           refresh: str | None = None, refresh_threshold: float | None = None) -> Summary:
+           refresh: str | None = None, refresh_threshold: float | None = None,
+           base_layer=None, bitrate=None) -> Summary:
     """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
 
     The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
@@ -157,14 +161,22 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     steadier when other jobs share the cores.
     `refresh` "auto" sends a new source image where the decoder's rendering of a checked frame
     falls below SSIM `refresh_threshold` (kpcodec.refresh); "off" (default) never does.
+    `base_layer` (hybrid mode, kpcodec.baselayer): "off", "auto", "SIZE[@DIV][:CRF]" or settings;
+    `bitrate` a target total rate ("6k", kb/s; source + keypoints + base layer, audio apart)
+    for the rate control of kpcodec.ratecontrol, which then picks keep-every, the base layer and
+    the source quality (default base layer with a bitrate: auto; without: off).
     """
+    from . import ratecontrol as rc
     from . import refresh as rf
     from .adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
     from .models.frames import frames_to_tensor
     from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
-    keep_every = parse_keep_every(keep_every)
+    plan = rc.plan(base_layer, bitrate)  # checks both; the rate control settles after the look-ahead
+    keep_every = parse_keep_every(keep_every if plan.target_kbps is None else plan.keep_every)
+    if plan.target_kbps is not None:
+        source_quality = plan.source_quality
     auto = keep_every == AUTO
     if auto and keep_pattern:
         raise UsageError("--keep-every auto and --keep-pattern exclude each other")
@@ -188,8 +200,11 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.parallel)
     start = time.perf_counter()
     info = video.probe(input)
-    name, sha, net = _model(model)
+    name, sha, net = _model(model or (rc.default_hybrid_model() if plan.wants_base else None))
+    if plan.wants_base and not net.cfg.base_fusion:
+        raise UsageError(f"model {name!r} cannot use a base layer (hybrid models: {', '.join(rc.hybrid_models())})")
     size = net.cfg.image_size
+    base = rc.BaseLayerPass(plan, info.fps, source_quality, source_codec) if plan.wants_base else None
     torch = _torch()
     sent_idx, kps, jacs = [], [], []
     source = None
@@ -206,6 +221,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                 source = frame
             if checks is not None:
                 checks.add(i, frame)
+            if base is not None:
+                base.push(i, frame)
             if progress:
                 progress(count, info.frame_count)
             if pattern.is_sent(i):
@@ -247,6 +264,10 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
         predictor=predictor, adaptive=auto,
     )
+    base_stream = None
+    if base is not None:
+        base_stream = base.finish(bitstream.KpcStream(header, source_codec, source_data, sent_idx, kps, jacs,
+                                                      refreshes=refreshes))
     extra, audio_bytes = [], 0
     if audio and info.has_audio:
         track = audio_codec.encode_audio(input, header.duration_s, audio_bitrate, ignore_errors=ignore_errors)
@@ -256,12 +277,14 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     stream = bitstream.KpcStream(
         header=header, source_codec=source_codec,
         source_data=source_data, sent_indices=sent_idx, keypoints=kps, jacobians=jacs,
-        extra_chunks=extra, refreshes=refreshes,
+        extra_chunks=extra, refreshes=refreshes, base=base_stream,
     )
     data = bitstream.dumps(stream)
     bitstream.write_bytes(output, data)
     return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output),
-                   skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(refreshes))
+                   skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(refreshes),
+                   base_bytes=base_stream.bytes if base_stream else 0,
+                   base_layer=str(base.settings) if base_stream else None)
 
 
 def _check_weights(header: bitstream.Header, model: str | None = None):
@@ -287,11 +310,14 @@ def _check_weights(header: bitstream.Header, model: str | None = None):
 
 def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
            progress: Progress | None = None, audio: bool = True, threads: int | None = None,
-           model: str | None = None) -> Summary:
+           model: str | None = None, ignore_errors: bool = False) -> Summary:
     """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout).
 
     `model`: render with this shipped model instead of the one the file names, if both share a
     keypoint detector (e.g. the cheaper fomm-256-fast on a slow machine, or the quarter model).
+    A file's base layer (hybrid mode) is fused by a hybrid model and left unused by others.
+    `ignore_errors`: a base-layer frame that does not decode is rendered from the keypoints alone
+    (counted in `Summary.base_errors`) instead of stopping.
 
     The file's audio (an `opus` chunk) is muxed into the MP4 as is, unless `audio` is False.
     `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
@@ -325,13 +351,17 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         with torch.inference_mode():
             return net.prepare_source(frames_to_tensor([image]))
 
+    fuse = net.cfg.base_fusion and stream.base is not None
+    base_errors: list[int] = []
+
     def render(item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
         state, chunk = item
         with torch.inference_mode():
-            kp = torch.from_numpy(np.stack([k for k, _ in chunk])).float()
-            jac = torch.from_numpy(np.stack([j for _, j in chunk])).float()
-            return tensor_to_frames(net.render(state, kp, jac))
+            kp = torch.from_numpy(np.stack([k for k, _, _ in chunk])).float()
+            jac = torch.from_numpy(np.stack([j for _, j, _ in chunk])).float()
+            base = _base_batch(net, [b for _, _, b in chunk], kp, jac) if fuse else None
+            return tensor_to_frames(net.render(state, kp, jac, base))
 
     done = 0
     workers = threads or 1
@@ -340,14 +370,80 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         if track is not None:
             writer.add_audio(track)
         # Frames are streamed: a few batches in flight, each written as soon as it is next.
-        for frames in ordered_map(render, _source_batches(filled, sources, prepare, batch), workers):
+        items = _with_base(filled, stream.base if fuse else None, input, ignore_errors, base_errors)
+        for frames in ordered_map(render, _source_batches(items, sources, prepare, batch), workers):
             for frame in frames:
                 writer.write(frame)
             done += len(frames)
             if progress:
                 progress(done, h.frame_count)
     size = os.path.getsize(output) if output != "-" else 0
-    return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output))
+    return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output),
+                   base_bytes=stream.base.bytes if fuse else 0,
+                   base_layer=_base_label(stream.base) if fuse else None, base_errors=len(base_errors))
+
+
+def _base_label(b: bitstream.BaseLayer) -> str:
+    return f"{b.size}@{b.divisor}:{b.crf}"
+
+
+def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bool, errors: list):
+    """(kp, jac, base) per frame: base is None (no base layer, or a frame that did not decode),
+    (frame, None, None) on a base frame, or (frame, kp, jac of its base frame) on the frames after
+    it, which the model moves to their own keypoints. Base packets are decoded as frames come."""
+    if base is None:
+        for kp, jac in filled:
+            yield kp, jac, None
+        return
+    from . import baselayer
+
+    decoder = baselayer.BaseLayerDecoder()
+    packets = iter(enumerate(base.packets))
+    ready: list = []
+    current = None
+    for t, (kp, jac) in enumerate(filled):
+        if t % base.divisor == 0:
+            n = t // base.divisor
+            small = None
+            try:
+                while not ready:
+                    item = next(packets, None)
+                    ready += decoder.push(item[1]) if item is not None else decoder.flush()
+                    if item is None and not ready:
+                        raise video.VideoError("the base layer ended early")
+                small = ready.pop(0)
+                if small.shape[:2] != (base.size, base.size):
+                    raise video.VideoError(f"base frame is {small.shape[1]}x{small.shape[0]}, "
+                                           f"BASE says {base.size}x{base.size}")
+            except video.VideoError as exc:
+                if not ignore_errors:
+                    raise bitstream.KpcFormatError(f"{name}: base-layer frame {n}: {exc}") from None
+                errors.append(n)
+                ready, small = [], None
+            current = (small, kp, jac) if small is not None else None
+            yield kp, jac, (small, None, None) if small is not None else None
+        else:
+            yield kp, jac, current
+
+
+def _base_batch(net, bases: list, kp, jac):
+    """The generator's base input (B,3,H,W) for one batch of _with_base entries (zeros where None)."""
+    torch = _torch()
+    from .models.frames import frames_to_tensor
+
+    if all(b is None for b in bases):
+        return None
+    size = net.cfg.image_size
+    out = torch.zeros(len(bases), 3, size, size)
+    fresh = [n for n, b in enumerate(bases) if b is not None and b[1] is None]
+    moved = [n for n, b in enumerate(bases) if b is not None and b[1] is not None]
+    if fresh:
+        out[fresh] = net.base_image(frames_to_tensor([bases[n][0] for n in fresh]))
+    if moved:
+        kp0 = torch.from_numpy(np.stack([bases[n][1] for n in moved])).float()
+        jac0 = torch.from_numpy(np.stack([bases[n][2] for n in moved])).float()
+        out[moved] = net.base_image(frames_to_tensor([bases[n][0] for n in moved]), kp0, jac0, kp[moved], jac[moved])
+    return out
 
 
 def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:
@@ -384,7 +480,7 @@ def _source_batches(filled, sources, prepare, size: int):
 
 
 _BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),
-                 "keypoints": ("KPTS", "KPRC"),
+                 "keypoints": ("KPTS", "KPRC"), "base": ("BASE",),
                  "audio": (audio_codec.CHUNK_TYPE,)}
 
 
@@ -430,4 +526,9 @@ def info(input) -> dict:
         "refreshes": [{"frame": int(r.frame), "codec": r.codec, "bytes": n}  # the SRCR chunk, framing included
                       for r, n in zip(stream.refreshes, [n for kind, n in table if kind == "SRCR"])],
         "budget": bit_budget(table, duration, len(stream.sent_indices)), "audio": sound,
+        "base_layer": None if stream.base is None else {
+            "codec": stream.base.codec, "size": stream.base.size, "divisor": stream.base.divisor,
+            "crf": stream.base.crf, "frames": len(stream.base.packets),
+            "bytes": next(n for kind, n in table if kind == "BASE"),  # framing included
+            "kbps": next(n for kind, n in table if kind == "BASE") * 8 / duration / 1000 if duration else 0.0},
     }

@@ -1,4 +1,4 @@
-"""The .kpc container, format version 1.3, and the reader and writer of 1.0 to 1.2 (man/kpc.5).
+"""The .kpc container, format version 1.4, and the reader and writer of 1.0 to 1.3 (man/kpc.5).
 
 Holds the in-memory stream (:class:`Header`, :class:`KpcStream`), the
 serialiser (:func:`dumps`, :func:`write_file`), the parser (:func:`loads`,
@@ -21,6 +21,9 @@ rendering the whole video from the first image.
 linear prediction (kpcodec.decorrelate) before range coding, for fewer bits and the same
 decoded keypoints. A stream is written as 1.3 when the shipped decorrelation table fits its
 keypoint count; otherwise as 1.2 with refreshes and 1.1 without.
+1.4 adds the hybrid mode's base layer: one critical BASE chunk after the refreshes, a tiny
+low-resolution AV1 stream (kpcodec.baselayer) as one temporal unit per base frame. A 1.3 reader
+refuses it ("unknown critical chunk BASE"); a stream with a base layer is written as 1.4.
 
 Only numpy, zstandard, constriction and the standard library are used: no torch.
 """
@@ -40,8 +43,8 @@ from kpcodec import decorrelate, entropy
 from kpcodec import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (1, 3)
-READABLE_MINORS = (0, 1, 2, 3)  # and any newer minor of major 1, leniently
+FORMAT_VERSION = (1, 4)
+READABLE_MINORS = (0, 1, 2, 3, 4)  # and any newer minor of major 1, leniently
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
 _PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
@@ -49,12 +52,18 @@ _FRAMING_SIZE = 12  # type, length, CRC
 _ORDER_1_0 = ("HEAD", "SRCF", "KPTS", "KEND")
 _ORDER_1_1 = ("HEAD", "SRCF", "KPRC", "KEND")
 _ORDER_1_2 = ("HEAD", "SRCF", "KPRC", "SRCR", "KEND")  # SRCR: zero or more
+_ORDER_1_4 = ("HEAD", "SRCF", "KPRC", "SRCR", "BASE", "KEND")  # BASE: zero or one
 _REPEATED = frozenset({"SRCR"})
-_CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_2)
+_SKIPPABLE = frozenset({"SRCR", "BASE"})  # critical chunks that may be absent
+_CRITICAL = frozenset(_ORDER_1_0 + _ORDER_1_4)
 REFRESH_MINOR = 2  # the first minor version with SRCR chunks
 DECORRELATED_MINOR = 3  # the first minor version with KPRC coder 1
+BASE_MINOR = 4  # the first minor version with a BASE chunk
+BASE_CODECS = {0: "av1"}  # BASE codec byte: 0 = AV1 temporal units, temporal delimiter left out
+MAX_BASE_SIZE = 1024
+MAX_BASE_DIVISOR = 255
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
-_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE}  # per minor version
+_KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE, 4: FLAG_ADAPTIVE}  # per minor version
 CODER_CONTEXT = 0  # KPRC coder 0: the adaptive context coder of kpcodec.entropy
 CODER_DECORRELATED = 1  # KPRC coder 1 (1.3): kpcodec.decorrelate, then the context coder
 _U32_MAX = 2**32 - 1
@@ -99,6 +108,25 @@ class Refresh:
 
 
 @dataclass
+class BaseLayer:
+    """The hybrid mode's base layer (the BASE chunk): base frame n belongs to video frame
+    n * divisor and is packet n, coded at size x size (kpcodec.baselayer)."""
+
+    size: int
+    divisor: int
+    crf: int
+    packets: list[bytes]
+    codec: str = "av1"
+
+    def frame_count(self, video_frames: int) -> int:
+        return -(-video_frames // self.divisor)
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(p) for p in self.packets)
+
+
+@dataclass
 class KpcStream:
     """Everything a .kpc file holds, with keypoints already dequantised."""
 
@@ -113,11 +141,14 @@ class KpcStream:
     # fits; None: 1.3 where coder 1 fits, else 1.1, or 1.2 with refreshes
     version: tuple[int, int] | None = None
     refreshes: list[Refresh] = field(default_factory=list)  # in frame order
+    base: BaseLayer | None = None  # the hybrid mode's base layer (1.4)
 
     @property
     def write_version(self) -> tuple[int, int]:
         if self.version is not None:
             return tuple(self.version)
+        if self.base is not None:
+            return (1, BASE_MINOR)
         if decorrelation_table(self.header.num_keypoints) is not None:
             return (1, DECORRELATED_MINOR)
         return (1, REFRESH_MINOR) if self.refreshes else (1, 1)
@@ -251,6 +282,40 @@ def _check_refresh_frame(frame, indices: np.ndarray, after: int) -> None:
         raise KpcFormatError(f"refresh frame {frame} is not a sent frame")
 
 
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _check_base(b: BaseLayer, frame_count: int) -> None:
+    for name, value, lo, hi in (("size", b.size, 2, MAX_BASE_SIZE), ("divisor", b.divisor, 1, MAX_BASE_DIVISOR),
+                                ("crf", b.crf, 0, 255)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise KpcFormatError(f"bad BASE field {name}={value!r} (must be {lo}..{hi})")
+    if b.size % 2:
+        raise KpcFormatError(f"bad BASE field size={b.size} (must be even)")
+    if b.codec not in BASE_CODECS.values():
+        raise KpcFormatError(f"unknown base-layer codec {b.codec!r}")
+    if len(b.packets) != b.frame_count(frame_count):
+        raise KpcFormatError(f"base layer has {len(b.packets)} packets, {b.frame_count(frame_count)} expected "
+                             f"({frame_count} frames, divisor {b.divisor})")
+
+
+def _encode_base(b: BaseLayer, frame_count: int) -> bytes:
+    _check_base(b, frame_count)
+    codec = next(k for k, v in BASE_CODECS.items() if v == b.codec)
+    for p in b.packets:
+        if not isinstance(p, (bytes, bytearray, memoryview)) or not len(p):
+            raise KpcFormatError("empty or non-bytes packet in the base layer")
+    return b"".join([struct.pack("<BHBBI", codec, b.size, b.divisor, b.crf, len(b.packets)),
+                     *(_leb128(len(p)) for p in b.packets), *(bytes(p) for p in b.packets)])
+
+
 def _printable_ascii(raw: bytes) -> bool:
     return all(0x21 <= c <= 0x7E for c in raw)
 
@@ -352,9 +417,12 @@ def dumps(stream: KpcStream) -> bytes:
     h = stream.header
     version = stream.write_version
     if version[0] != FORMAT_VERSION[0] or version[1] not in READABLE_MINORS:
-        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.3)")
+        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.4)")
     if stream.refreshes and version[1] < REFRESH_MINOR:
         raise KpcFormatError("source refreshes need format 1.2")
+    if (stream.base is not None) != (version[1] >= BASE_MINOR):
+        raise KpcFormatError("a base layer needs format 1.4" if stream.base is not None
+                             else "format 1.4 is written with a base layer only")
     _check_header(h)
     # Quantise with the steps exactly as the decoder will read them back.
     kp_step, jac_step = _f32(h.kp_step), _f32(h.jac_step)
@@ -374,6 +442,8 @@ def dumps(stream: KpcStream) -> bytes:
     for r in stream.refreshes:
         parts.append(_chunk("SRCR", _encode_srcr(r, np.asarray(stream.sent_indices), after)))
         after = r.frame
+    if stream.base is not None:
+        parts.append(_chunk("BASE", _encode_base(stream.base, h.frame_count)))
     parts += [_chunk(kind, bytes(payload)) for kind, payload in stream.extra_chunks]
     parts.append(_chunk("KEND", b""))
     return b"".join(parts)
@@ -563,6 +633,39 @@ def _decode_kprc(r: _Reader, h: Header, strict: bool, minor: int):
     return indices, keypoints, jacobians, coder
 
 
+def _decode_base(r: _Reader, h: Header, strict: bool) -> BaseLayer:
+    codec, size, divisor, crf, count = r.unpack("BHBBI")
+    if codec not in BASE_CODECS:
+        raise KpcFormatError(f"unknown base-layer codec {codec} in chunk BASE")
+    if not (2 <= size <= MAX_BASE_SIZE and size % 2 == 0) or divisor < 1:
+        raise KpcFormatError(f"bad base layer {size}x{size} / divisor {divisor} in chunk BASE")
+    expected = -(-h.frame_count // divisor)
+    if count != expected:
+        raise KpcFormatError(f"chunk BASE has {count} packets, {expected} expected")
+    sizes = []
+    payload, pos = r.payload, r.pos
+    for _ in range(count):
+        n = shift = 0
+        while True:
+            if pos >= len(payload) or shift > 28:
+                raise KpcFormatError("truncated or bad packet sizes in chunk BASE")
+            byte = payload[pos]
+            pos += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if n == 0:
+            raise KpcFormatError("empty packet in chunk BASE")
+        sizes.append(n)
+    r.pos = pos
+    if sum(sizes) > len(payload) - pos:
+        raise KpcFormatError(f"chunk BASE packet sizes add up to {sum(sizes)} bytes, it has {len(payload) - pos}")
+    packets = [r.take(n) for n in sizes]
+    r.finish(strict)
+    return BaseLayer(size, divisor, crf, packets, BASE_CODECS[codec])
+
+
 def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
     """Critical chunks must come exactly as HEAD, SRCF, KPTS (1.0) or KPRC (1.1 on),
     any number of SRCR (1.2 on), KEND."""
@@ -575,8 +678,8 @@ def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
     if seen and seen[-1] == kind and kind in _REPEATED:
         return
     pos = order.index(seen[-1]) + 1 if seen else 0
-    while order[pos] in _REPEATED and kind != order[pos]:
-        pos += 1  # a repeated chunk may be absent
+    while order[pos] in _SKIPPABLE and kind != order[pos]:
+        pos += 1  # a repeated or optional critical chunk may be absent
     if kind != order[pos]:
         raise KpcFormatError(f"chunk {kind} where {order[pos]} was expected")
     seen.append(kind)
@@ -586,11 +689,13 @@ def loads(data: bytes) -> KpcStream:
     """Parse a .kpc file; keypoints come back dequantised as float32."""
     data, minor = _read_preamble(data)
     strict = minor <= FORMAT_VERSION[1]  # a newer minor may append fields
-    order = _ORDER_1_0 if minor == 0 else _ORDER_1_1 if minor == 1 else _ORDER_1_2
+    order = (_ORDER_1_0 if minor == 0 else _ORDER_1_1 if minor == 1 else _ORDER_1_2 if minor < BASE_MINOR
+             else _ORDER_1_4)
     seen: list[str] = []
     parts: dict = {}
     extra: list[tuple[str, bytes]] = []
     refreshes: list[Refresh] = []
+    base = None
     for kind, payload, offset in _split_chunks(data):
         _check_order(kind, seen, order)
         r = _Reader(payload, kind, offset + 8)
@@ -606,6 +711,8 @@ def loads(data: bytes) -> KpcStream:
             refreshes.append(_decode_srcr(r))
             _check_refresh_frame(refreshes[-1].frame, parts["kpts"][0],
                                  refreshes[-2].frame if len(refreshes) > 1 else 0)
+        elif kind == "BASE":
+            base = _decode_base(r, parts["header"], strict)
         elif kind == "KEND":
             r.finish(True)
         else:
@@ -613,9 +720,10 @@ def loads(data: bytes) -> KpcStream:
     indices, keypoints, jacobians, coder = parts["kpts"]
     codec, source = parts["source"]
     # A newer minor is read as the oldest version that holds what was understood.
-    version = ((1, 0) if minor == 0 else (1, DECORRELATED_MINOR) if coder == CODER_DECORRELATED
-               or minor == DECORRELATED_MINOR else (1, REFRESH_MINOR) if refreshes else (1, 1))
-    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version, refreshes)
+    version = ((1, 0) if minor == 0 else (1, BASE_MINOR) if base is not None
+               else (1, DECORRELATED_MINOR) if coder == CODER_DECORRELATED or minor == DECORRELATED_MINOR
+               else (1, REFRESH_MINOR) if refreshes else (1, 1))
+    return KpcStream(parts["header"], codec, source, indices, keypoints, jacobians, extra, version, refreshes, base)
 
 
 def chunk_table(data: bytes) -> list[tuple[str, int]]:

@@ -37,7 +37,7 @@ import numpy as np
 from .errors import UsageError, VideoError
 
 __all__ = ["ClassicCodec", "CODECS", "Coded", "missing_reason", "encode_frames", "decode_packets",
-           "strip_h264_sei"]
+           "strip_h264_sei", "LowRes", "encode_low_res"]
 
 
 @dataclass(frozen=True)
@@ -219,3 +219,31 @@ def decode_packets(packets, key: str, *, threads: int | None = 1) -> tuple[list[
     except av.FFmpegError as e:
         raise VideoError(f"{name} could not decode the {key} stream: {e}") from e
     return frames, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class LowRes:
+    """The baseline a user picks below a codec's floor: the clip downscaled to `size`, every
+    `divisor`-th frame coded, decoded, bicubic-upscaled back and held until the next one."""
+
+    size: int
+    divisor: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.size}px" + (f"@{self.divisor}" if self.divisor > 1 else "")
+
+
+def encode_low_res(frames, fps, key: str, crf: int, low: LowRes, *, threads: int | None = 1):
+    """(Coded, decoded frames at the input's size, decode seconds) for the low-resolution baseline."""
+    from PIL import Image
+
+    h, w = frames[0].shape[:2]
+    picked = [np.asarray(Image.fromarray(f).resize((low.size, low.size), Image.BOX)) for f in frames[::low.divisor]]
+    coded = encode_frames(picked, Fraction(fps) / low.divisor, key, crf, threads=threads)
+    small, seconds = decode_packets(coded.packets, key, threads=threads)
+    start = time.perf_counter()
+    up = [np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in small]
+    seconds += time.perf_counter() - start
+    if len(up) != len(picked):
+        raise VideoError(f"{key} at {low}: decoded {len(up)} frames for {len(picked)}")
+    return coded, [up[i // low.divisor] for i in range(len(frames))], seconds

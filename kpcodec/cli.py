@@ -135,6 +135,8 @@ def encode(
     audio_bitrate: Annotated[float, typer.Option("--audio-bitrate", help="Opus audio bit rate in kb/s (6-64).")] = 12.0,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the input's audio out.")] = False,
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
+    base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF], e.g. 96@3:63 (default: off, auto with --bitrate).")] = None,
+    bitrate: Annotated[Optional[str], typer.Option("--bitrate", "-b", help="Target total rate of source image + keypoints + base layer (audio apart), e.g. 6k; picks keep-every, base layer and source quality.")] = None,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -151,13 +153,15 @@ def encode(
                            force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
                            ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
                            max_error=max_error, threads=_check_threads(threads), refresh=refresh,
-                           refresh_threshold=refresh_threshold)
+                           refresh_threshold=refresh_threshold, base_layer=base_layer, bitrate=bitrate)
     if s.skipped:  # a warning, so even --quiet says it
         err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
                   "was repeated in their place", markup=False)
     if not quiet:
         sound = f" (audio {s.audio_bytes * 8 / s.duration_s / 1000:.2f})" if s.audio_bytes and s.duration_s else ""
         fresh = f", {s.refreshes} source refresh(es)" if s.refreshes else ""
+        if s.base_layer:
+            fresh += f", base layer {s.base_layer} {s.base_bytes * 8 / s.duration_s / 1000:.2f} kb/s"
         err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}{fresh}, "
                   f"{_kib(s.bytes)} -> {s.output}", markup=False)
 
@@ -169,6 +173,7 @@ def decode(
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the MP4.")] = False,
     model: Annotated[Optional[str], typer.Option("--model", help="Render with this shipped model instead of the file's, if it has the same keypoint detector (e.g. fomm-256-fast: faster; fomm-256-quarter: sharper).")] = None,
+    ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Render a base-layer frame that does not decode from the keypoints alone instead of stopping.")] = False,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -181,7 +186,10 @@ def decode(
         workers = _check_threads(threads)
         with _progress("decoding", quiet) as progress:
             s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio,
-                           threads=workers, model=model)
+                           threads=workers, model=model, ignore_errors=ignore_errors)
+    if s.base_errors:
+        err.print(f"kpcodec: warning: {s.base_errors} base-layer frame(s) did not decode; rendered from the "
+                  "keypoints alone", markup=False)
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)
@@ -231,7 +239,7 @@ def info(
     rows = [("header (magic, HEAD, KEND)", b["header"]), (f"source image ({d['source_codec']})", b["source"]),
             (f"source refreshes ({len(d['refreshes'])})", b["refresh"]),
             (f"keypoints ({kp_chunk}, {b['keypoints']['bits_per_sent_frame']:.0f} bits per sent frame)",
-             b["keypoints"]), ("audio (opus)", b["audio"]), ("other optional chunks", b["other"]),
+             b["keypoints"]), (_base_row(d.get("base_layer")), b["base"]), ("audio (opus)", b["audio"]), ("other optional chunks", b["other"]),
             ("total", b["total"]), ("total without the source image", b["without_source"])]
     for label, part in rows:
         if part["bytes"] or label.startswith(("total", "keypoints", "source", "header")):
@@ -241,6 +249,13 @@ def info(
         sound = f" (audio {d['audio']['kbps']:.2f})" if d.get("audio") else ""
         err.print(f"{d['file']}: {h['frame_count']} frames, {h['fps']} fps, {d['kbps']:.2f} kb/s{sound}, "
                   f"{_kib(d['bytes'])}", markup=False)
+
+
+def _base_row(base: dict | None) -> str:
+    if not base:
+        return "base layer (none)"
+    return (f"base layer ({base['codec'].upper()} {base['size']}x{base['size']}, 1/{base['divisor']} frame rate, "
+            f"CRF {base['crf']}, {base['frames']} frames)")
 
 
 @app.command()
@@ -327,6 +342,10 @@ def compare(
     crf_x264: Annotated[Optional[str], typer.Option("--crf-x264", help="H.264 CRF sweep (default 27,31,35,39,43,47,51).")] = None,
     crf_x265: Annotated[Optional[str], typer.Option("--crf-x265", help="H.265 CRF sweep (default 27,31,35,39,43,47,51).")] = None,
     crf_av1: Annotated[Optional[str], typer.Option("--crf-av1", help="SVT-AV1 CRF sweep (default 35,41,47,53,58,63).")] = None,
+    hybrid_bitrates: Annotated[str, typer.Option("--hybrid-bitrates", help="With kpcodec-hybrid in --codecs: its --bitrate targets in kb/s, comma-separated.")] = "3,4,6,8,12",
+    low_res: Annotated[str, typer.Option("--low-res", help="With av1-low / x264-low in --codecs: sizes and frame-rate divisors SIZE[@DIV], comma-separated.")] = "64@3,96@3,128@3",
+    crf_av1_low: Annotated[Optional[str], typer.Option("--crf-av1-low", help="av1-low CRFs (default 63,55).")] = None,
+    crf_x264_low: Annotated[Optional[str], typer.Option("--crf-x264-low", help="x264-low CRFs (default 51,45).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Use only the first N frames.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="kpcodec model; its resolution is every codec's.")] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
@@ -344,11 +363,15 @@ def compare(
     """Compare kpcodec with H.264, H.265 and AV1 on a clip: rate, quality, speed."""
     from . import api, report
     from .compare import compare as run_compare
-    from .compare import parse_codecs, parse_ints
+    from .compare import parse_codecs, parse_floats, parse_ints, parse_low_res
 
     with _errors_to_exit():
         names = parse_codecs(codecs)
         ks = parse_ints(keep_every, "--keep-every")
+        hybrid_kbps = parse_floats(hybrid_bitrates, "--hybrid-bitrates")
+        lows = parse_low_res(low_res)
+        low_crfs = {key: parse_ints(text, f"--crf-{key}")
+                    for key, text in [("av1-low", crf_av1_low), ("x264-low", crf_x264_low)] if text is not None}
         crfs = {key: parse_ints(text, f"--crf-{key}")
                 for key, text in [("x264", crf_x264), ("x265", crf_x265), ("av1", crf_av1)] if text is not None}
         # Everything that would fail after minutes of work fails now instead.
@@ -362,7 +385,8 @@ def compare(
         with _progress("comparing", quiet) as progress:
             result = run_compare(input, codecs=names, keep_every=ks, crfs=crfs, model=model,
                                  crop=_parse_crop(crop), max_frames=max_frames, landmarks=landmarks,
-                                 threads=threads, predictor=predictor, progress=progress)
+                                 threads=threads, predictor=predictor, progress=progress,
+                                 hybrid_kbps=hybrid_kbps, low_res=lows, low_crfs=low_crfs)
         written = []
         if csv_path is not None:
             report.write_csv(result.rows, csv_path, force)
@@ -389,6 +413,10 @@ def compare(
             out.print("headline: a classic codec's kb/s at kpcodec's quality / kpcodec's kb/s "
                       "(interpolated on its curve, log-rate linear in quality)", markup=False)
             for line in lines:
+                out.print(line, markup=False, soft_wrap=True)
+        if result.bd_rate:
+            out.print("BD-rate (kpcodec's rate change at equal quality; negative: fewer bits):", markup=False)
+            for line in report.bd_rate_lines(result.bd_rate):
                 out.print(line, markup=False, soft_wrap=True)
     if not quiet:
         for note in result.notes:

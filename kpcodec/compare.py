@@ -48,7 +48,15 @@ __all__ = ["ALL_CODECS", "DEFAULT_KEEP_EVERY", "LANDMARK_SIZE", "Row", "Headline
            "compare", "headline", "rate_at_quality", "decoded_frames", "parse_codecs", "parse_ints"]
 
 ALL_CODECS = ("kpcodec", "x264", "x265", "av1")
+# Also runnable (--codecs): kpcodec's hybrid mode at several --bitrate targets (its RD curve),
+# and the baseline a user picks below a codec's floor: the clip at low resolution, upscaled.
+KPCODEC_CODECS = ("kpcodec", "kpcodec-hybrid")
+LOW_RES_CODECS = {"av1-low": "av1", "x264-low": "x264"}
+KNOWN_CODECS = ALL_CODECS + ("kpcodec-hybrid",) + tuple(LOW_RES_CODECS)
 DEFAULT_KEEP_EVERY = (1, 2, 4)
+DEFAULT_HYBRID_KBPS = (3.0, 4.0, 6.0, 8.0, 12.0)
+DEFAULT_LOW_RES = (classic.LowRes(64, 3), classic.LowRes(96, 3), classic.LowRes(128, 3))
+DEFAULT_LOW_CRFS = {"av1-low": (63, 55), "x264-low": (51, 45)}
 LANDMARK_SIZE = 256  # landmarks are detected, and their error measured, at this resolution
 HEADLINE_METRICS = ("ssim", "landmark_px")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "landmark_px": False}
@@ -60,8 +68,8 @@ Progress = Callable[[int, int | None], None]
 class Row:
     """One codec at one setting: rates, mean scores, timings (and per-frame scores)."""
 
-    codec: str  # "kpcodec", "x264", "x265", "av1"
-    param: int  # keep-every for kpcodec, CRF for classic codecs
+    codec: str  # "kpcodec", "kpcodec-hybrid", "x264", "x265", "av1", "av1-low", "x264-low"
+    param: float  # keep-every for kpcodec, target kb/s for its hybrid mode, CRF for classic codecs
     frames: int
     duration_s: float
     bytes: int  # everything coded
@@ -77,10 +85,11 @@ class Row:
     per_frame: dict[str, list] = field(default_factory=dict, repr=False)
     # What decoded_frames() needs to rebuild the decoded frames (not serialised).
     payload: object = field(default=None, repr=False)
+    variant: str = ""  # what else the setting was: the base layer chosen, the low resolution
 
     @property
     def setting(self) -> str:
-        return f"k={self.param}" if self.codec == "kpcodec" else f"crf {self.param}"
+        return setting_label(self.codec, self.param, self.variant)
 
     @property
     def steady_bytes(self) -> int:
@@ -110,10 +119,22 @@ class Row:
             "psnr": self.psnr, "ssim": self.ssim, "ms_ssim": self.ms_ssim, "landmark_px": self.landmark_px,
             "face_found": self.face_found, "lip_corr": self.lip_corr, "encode_s": self.encode_s,
             "decode_s": self.decode_s, "encode_fps": self.encode_fps, "decode_fps": self.decode_fps,
+            "variant": self.variant,
         }
         if per_frame:
             d["per_frame"] = self.per_frame
         return _finite(d)
+
+
+def setting_label(codec: str, param, variant: str = "") -> str:
+    """How a row's setting reads: k=2; 6k (96@3:58) or k=2 96@3:63 (hybrid); 96px@3 crf 63."""
+    if codec == "kpcodec":
+        return f"k={param}"
+    if codec == "kpcodec-hybrid":
+        if variant.startswith("k="):
+            return variant
+        return f"{param:g}k" + (f" ({variant})" if variant else "")
+    return (f"{variant} " if variant else "") + f"crf {param}"
 
 
 @dataclass
@@ -137,6 +158,7 @@ class Headline:
     classic_setting: str | None
     text: str  # the whole sentence
     detail: str = ""  # the sentence without its kpcodec lead-in, for grouped reports
+    kp_setting: str = ""  # the kpcodec row's setting ("k=2", "6k (96@3:63)")
 
     def to_dict(self) -> dict:
         return _finite(dict(self.__dict__))
@@ -157,6 +179,7 @@ class CompareResult:
     seconds: float
     kpcodec: dict = field(default_factory=dict)  # from the .kpc header: model, weights_sha256, predictor
     originals: list[np.ndarray] = field(default_factory=list, repr=False)
+    bd_rate: list[dict] = field(default_factory=list)  # bd_rates(rows)
 
     def rows_for(self, codec: str) -> list[Row]:
         return [r for r in self.rows if r.codec == codec]
@@ -169,6 +192,7 @@ class CompareResult:
             "kpcodec": dict(self.kpcodec),
             "rows": [r.to_dict(per_frame) for r in self.rows],
             "headline": [h.to_dict() for h in self.headline],
+            "bd_rate": [_finite(dict(b)) for b in self.bd_rate],
         }
 
 
@@ -200,15 +224,42 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v.strip().lower().rstrip("k")) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated numbers (got {text!r})") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise UsageError(f"{what}: expected positive numbers (got {text!r})")
+    return values
+
+
 def parse_codecs(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
     aliases = {"h264": "x264", "h265": "x265", "hevc": "x265", "svt-av1": "av1", "svtav1": "av1", "kpc": "kpcodec"}
     names = tuple(dict.fromkeys(aliases.get(n, n) for n in names))
-    unknown = [n for n in names if n not in ALL_CODECS]
+    unknown = [n for n in names if n not in KNOWN_CODECS]
     if unknown or not names:
         raise UsageError(f"--codecs: unknown {', '.join(unknown) or 'empty list'} "
-                         f"(choose from {', '.join(ALL_CODECS)})")
+                         f"(choose from {', '.join(KNOWN_CODECS)})")
     return names
+
+
+def parse_low_res(text: str) -> tuple[classic.LowRes, ...]:
+    """'64@3,96@3,128' -> LowRes sizes and frame-rate divisors."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        size, _, div = part.partition("@")
+        try:
+            low = classic.LowRes(int(size), int(div) if div else 1)
+        except ValueError:
+            raise UsageError(f"--low-res {part!r}: expected SIZE[@DIV], e.g. 96@3") from None
+        if low.size < 16 or low.size % 2 or not 1 <= low.divisor <= 30:
+            raise UsageError(f"--low-res {part!r}: size must be even and >= 16, divisor 1..30")
+        out.append(low)
+    if not out:
+        raise UsageError("--low-res: empty list")
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -282,19 +333,31 @@ def _write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> N
         raise VideoError(f"cannot write the temp input clip {path}: {e}") from e
 
 
-def _kpcodec_row(clip: str, workdir: str, k: int, model: str, duration: float, n: int,
-                 predictor: str | None = None):
+def _kpcodec_row(clip: str, workdir: str, k, model: str | None, duration: float, n: int,
+                 predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
+    """kpcodec at keep-every `k`; in hybrid mode (`model` None: the default hybrid model) at target
+    `bitrate` kb/s, or at keep-every `k` with the fixed `base_layer` settings."""
     from . import api, bitstream
 
-    kpc, mp4 = os.path.join(workdir, f"k{k}.kpc"), os.path.join(workdir, f"k{k}.mp4")
-    enc = api.encode(clip, kpc, keep_every=k, model=model, predictor=predictor, force=True)
+    hybrid = bitrate is not None or base_layer is not None
+    tag = f"k{k}" if not hybrid else f"b{bitrate:g}" if bitrate is not None else f"k{k}-{base_layer}"
+    kpc, mp4 = os.path.join(workdir, f"{tag}.kpc"), os.path.join(workdir, f"{tag}.mp4")
+    if bitrate is not None:
+        enc = api.encode(clip, kpc, bitrate=f"{bitrate:g}k", model=model, predictor=predictor, force=True)
+    else:
+        enc = api.encode(clip, kpc, keep_every=k, model=model, predictor=predictor, force=True,
+                         base_layer=base_layer)
     data = Path(kpc).read_bytes()
     srcf = sum(size for kind, size in bitstream.chunk_table(data) if kind == "SRCF")
     h = bitstream.loads(data).header
     dec = api.decode(kpc, mp4, force=True)
     mp4_bytes = Path(mp4).read_bytes()
-    row = Row("kpcodec", k, n, duration, len(data), srcf, encode_s=enc.seconds, decode_s=dec.seconds,
-              payload=("mp4", mp4_bytes))
+    variant = "" if not hybrid else (enc.base_layer or "keypoints only")
+    if base_layer is not None:
+        variant = f"k={k} {variant}"
+    row = Row("kpcodec-hybrid" if hybrid else "kpcodec", bitrate if bitrate is not None else k, n, duration,
+              len(data), srcf, encode_s=enc.seconds, decode_s=dec.seconds, payload=("mp4", mp4_bytes),
+              variant=variant)
     return row, mp4, {"model": h.model, "weights_sha256": h.weights_sha256, "predictor": h.predictor}
 
 
@@ -361,7 +424,7 @@ def _headline_item(metric: str, rate: str, codec: str, kp_row, classic_rows) -> 
     kp_value = getattr(kp_row, metric)
     if kp_value is None or not math.isfinite(kp_value):
         return None
-    if kp_row.codec != "kpcodec":
+    if kp_row.codec not in KPCODEC_CODECS:
         raise ValueError("headline items compare a kpcodec row")
     pts = [(rate_of(r), getattr(r, metric)) for r in classic_rows]
     better = HIGHER_IS_BETTER[metric]
@@ -369,7 +432,7 @@ def _headline_item(metric: str, rate: str, codec: str, kp_row, classic_rows) -> 
     if where is None:
         return None
     kp_kbps = rate_of(kp_row)
-    name, mname = f"kpcodec k={kp_row.param}", _metric_name(metric)
+    name, mname = f"kpcodec {kp_row.setting}", _metric_name(metric)
     steady = " steady-state" if rate == "steady" else ""
     lead = f"{mname}: {name} reaches {_fmt_value(metric, kp_value)} at {_kb(kp_kbps)}{steady} kb/s; "
     ratio = kbps / kp_kbps if kp_kbps > 0 else math.inf
@@ -403,7 +466,7 @@ def _headline_item(metric: str, rate: str, codec: str, kp_row, classic_rows) -> 
                 f"(> {_times(ratio)} kpcodec's rate)")
     return Headline(metric, rate, codec, kp_row.param, kp_kbps, kp_value, verdict,
                     ratio if math.isfinite(ratio) else None, bound, kbps,
-                    None if where == "inside" else end_value, setting, lead + text, text)
+                    None if where == "inside" else end_value, setting, lead + text, text, kp_row.setting)
 
 
 def headline(rows: Sequence, *, metrics_: Sequence[str] = HEADLINE_METRICS,
@@ -413,8 +476,8 @@ def headline(rows: Sequence, *, metrics_: Sequence[str] = HEADLINE_METRICS,
     ``rows`` are :class:`Row` or anything with the same attributes (codec, param, setting,
     kbps, steady_kbps and the metric), e.g. curves averaged over several clips.
     """
-    kp_rows = sorted((r for r in rows if r.codec == "kpcodec"), key=lambda r: r.param)
-    classic_keys = [c for c in ALL_CODECS if c != "kpcodec" and any(r.codec == c for r in rows)]
+    kp_rows = sorted((r for r in rows if r.codec in KPCODEC_CODECS), key=lambda r: (r.codec, r.param))
+    classic_keys = [c for c in KNOWN_CODECS if c not in KPCODEC_CODECS and any(r.codec == c for r in rows)]
     items = []
     for rate in rates:
         for metric in metrics_:
@@ -424,13 +487,63 @@ def headline(rows: Sequence, *, metrics_: Sequence[str] = HEADLINE_METRICS,
                     detail = "no face found in its decoded frames, so no landmark error to compare"
                     items.append(Headline(metric, rate, "-", kp.param, kp.kbps if rate == "total" else kp.steady_kbps,
                                           math.nan, "no-face", None, None, math.nan, None, None,
-                                          f"landmark error: kpcodec k={kp.param}: {detail}", detail))
+                                          f"landmark error: kpcodec {kp.setting}: {detail}", detail, kp.setting))
                     continue
                 for codec in classic_keys:
                     item = _headline_item(metric, rate, codec, kp, [r for r in rows if r.codec == codec])
                     if item is not None:
                         items.append(item)
     return items
+
+
+def _frontier(points: Iterable[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+    """(log rate, quality) of the points no other point beats at a lower rate, by rate."""
+    out: list[tuple[float, float]] = []
+    for rate, q in sorted(points):
+        if rate <= 0 or q is None or not math.isfinite(q):
+            continue
+        qq = q if higher_is_better else -q
+        if not out or qq > out[-1][1]:
+            out.append((math.log(rate), qq))
+    return out
+
+
+def bd_rate(test: Iterable[tuple[float, float]], ref: Iterable[tuple[float, float]],
+            higher_is_better: bool = True, samples: int = 64) -> dict | None:
+    """Bjontegaard delta rate of curve `test` against `ref` ((kb/s, quality) points): the mean
+    log-rate difference at equal quality over the qualities both reach, as a percentage of
+    `ref`'s rate (-50: `test` needs half the bits). Piecewise-linear on each curve's frontier
+    (no cubic fit: a few noisy points make a cubic swing). None when they do not overlap."""
+    a, b = _frontier(test, higher_is_better), _frontier(ref, higher_is_better)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    lo, hi = max(a[0][1], b[0][1]), min(a[-1][1], b[-1][1])
+    if hi <= lo:
+        return None
+    qs = np.linspace(lo, hi, samples)
+    la = np.interp(qs, [q for _, q in a], [r for r, _ in a])
+    lb = np.interp(qs, [q for _, q in b], [r for r, _ in b])
+    sign = 1 if higher_is_better else -1
+    return {"bd_rate_pct": float((math.exp(float(np.mean(la - lb))) - 1) * 100),
+            "quality_range": [float(sign * lo), float(sign * hi)] if higher_is_better else [float(-hi), float(-lo)]}
+
+
+def bd_rates(rows: Sequence) -> list[dict]:
+    """BD-rate of each kpcodec curve (keep-every sweep, hybrid bitrates) against each classic one,
+    on SSIM and landmark error; low-resolution rows pooled over their sizes into one curve."""
+    out = []
+    families = {c: [r for r in rows if r.codec == c] for c in dict.fromkeys(r.codec for r in rows)}
+    for kp in KPCODEC_CODECS:
+        for ref in KNOWN_CODECS:
+            if ref in KPCODEC_CODECS or not families.get(kp) or not families.get(ref):
+                continue
+            for metric in HEADLINE_METRICS:
+                res = bd_rate([(r.kbps, getattr(r, metric)) for r in families[kp]],
+                              [(r.kbps, getattr(r, metric)) for r in families[ref]], HIGHER_IS_BETTER[metric])
+                out.append({"codec": kp, "reference": ref, "metric": metric,
+                            "bd_rate_pct": None if res is None else res["bd_rate_pct"],
+                            "quality_range": None if res is None else res["quality_range"]})
+    return out
 
 
 # --------------------------------------------------------------------------- compare
@@ -457,7 +570,10 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
             crfs: dict[str, Sequence[int]] | None = None, model: str | None = None,
             crop: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
             landmarks: bool = True, threads: int | None = 1, predictor: str | None = None,
-            progress: Progress | None = None) -> CompareResult:
+            progress: Progress | None = None, hybrid_kbps: Sequence[float] = DEFAULT_HYBRID_KBPS,
+            low_res: Sequence[classic.LowRes] = DEFAULT_LOW_RES,
+            low_crfs: dict[str, Sequence[int]] | None = None,
+            hybrid_settings: Sequence[tuple[int, str]] = ()) -> CompareResult:
     """Compare kpcodec with classic codecs on the video at `path`; see the module docstring.
 
     codecs: any of "kpcodec", "x264", "x265", "av1" (a classic codec missing from this
@@ -468,12 +584,35 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     torch threads for every codec, so that fps are comparable (None: each library's default).
     predictor: the kpcodec files' predictor for unsent frames (default: the decoder's default;
     e.g. "interp", which waits for the next sent frame: keep-every N - 1 frames of latency).
+    "kpcodec-hybrid" runs kpcodec's hybrid mode (a base layer) at each of `hybrid_kbps` targets
+    with the default hybrid model, and at each fixed (keep-every, base-layer settings) of
+    `hybrid_settings`; "av1-low" / "x264-low" code the clip at each `low_res` size and
+    frame-rate divisor at each of `low_crfs` (default DEFAULT_LOW_CRFS), upscaled back.
     """
     start = time.perf_counter()
     codecs = tuple(codecs)
-    unknown = [c for c in codecs if c not in ALL_CODECS]
+    unknown = [c for c in codecs if c not in KNOWN_CODECS]
     if unknown or not codecs:
-        raise UsageError(f"unknown codec {', '.join(unknown) or '(none)'} (choose from {', '.join(ALL_CODECS)})")
+        raise UsageError(f"unknown codec {', '.join(unknown) or '(none)'} (choose from {', '.join(KNOWN_CODECS)})")
+    hybrid_kbps = tuple(dict.fromkeys(float(b) for b in hybrid_kbps)) if "kpcodec-hybrid" in codecs else ()
+    hybrid_settings = tuple(hybrid_settings) if "kpcodec-hybrid" in codecs else ()
+    if "kpcodec-hybrid" in codecs:
+        from .baselayer import parse_settings
+        from .ratecontrol import default_hybrid_model, parse_bitrate
+
+        if not hybrid_kbps and not hybrid_settings:
+            raise UsageError("--hybrid-bitrates: empty list")
+        for k, text in hybrid_settings:
+            parse_settings(text)
+        for b in hybrid_kbps:
+            parse_bitrate(f"{b:g}k")
+        default_hybrid_model()  # UsageError now when none is shipped
+    low_crfs = {key: tuple(low_crfs.get(key, DEFAULT_LOW_CRFS[key])) if low_crfs else DEFAULT_LOW_CRFS[key]
+                for key in LOW_RES_CODECS if key in codecs}
+    for key, values in low_crfs.items():
+        lo, hi = classic.CODECS[LOW_RES_CODECS[key]].crf_range
+        if not values or any(not lo <= v <= hi for v in values):
+            raise UsageError(f"{key} CRFs must be in {lo}..{hi} (got {','.join(map(str, values)) or 'none'})")
     keep_every = tuple(dict.fromkeys(int(k) for k in keep_every))
     if "kpcodec" in codecs and (not keep_every or min(keep_every) < 1):
         raise UsageError(f"--keep-every values must be >= 1 (got {','.join(map(str, keep_every))})")
@@ -497,18 +636,20 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     notes: list[str] = []
     run_classic = []
     for key in codecs:
-        if key == "kpcodec":
+        if key in KPCODEC_CODECS:
             continue
-        reason = classic.missing_reason(key)
+        reason = classic.missing_reason(LOW_RES_CODECS.get(key, key))
         if reason:
             notes.append(reason)
         else:
             run_classic.append(key)
     model_name, size = _model_size(model)
-    if "kpcodec" in codecs:
+    if "kpcodec" in codecs or hybrid_kbps:
         from .models.registry import load_model
 
         load_model(model_name)  # load (and sha256-check) once, before anything is timed
+        if hybrid_kbps:
+            load_model(default_hybrid_model())
 
     info = video.probe(path)
     fps = info.fps
@@ -524,8 +665,12 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
             notes.append(missing)
             landmarks = False
 
-    sweeps = {key: tuple(crfs.get(key, classic.CODECS[key].default_crfs)) for key in run_classic}
-    n_rows = (len(keep_every) if "kpcodec" in codecs else 0) + sum(len(v) for v in sweeps.values())
+    sweeps = {key: tuple(crfs.get(key, classic.CODECS[key].default_crfs)) for key in run_classic
+              if key not in LOW_RES_CODECS}
+    sweeps.update({key: tuple((low, crf) for low in low_res for crf in low_crfs[key])
+                   for key in run_classic if key in LOW_RES_CODECS})
+    n_rows = ((len(keep_every) if "kpcodec" in codecs else 0) + len(hybrid_kbps) + len(hybrid_settings)
+              + sum(len(v) for v in sweeps.values()))
     total = n * (n_rows + (1 if landmarks else 0))
     done = 0
 
@@ -541,7 +686,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     rows: list[Row] = []
     kpcodec_info: dict = {}
 
-    if "kpcodec" in codecs:
+    if "kpcodec" in codecs or hybrid_kbps:
         torch = None
         old_threads = None
         if threads:
@@ -555,8 +700,15 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
                 _write_lossless(clip, originals[:2], fps)
                 _kpcodec_row(clip, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
                 _write_lossless(clip, originals, fps)
-                for k in keep_every:
+                for k in keep_every if "kpcodec" in codecs else ():
                     row, mp4, kpcodec_info = _kpcodec_row(clip, work, k, model_name, duration, n, predictor)
+                    _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)
+                    rows.append(row)
+                hybrid_runs = [(2, b, None) for b in hybrid_kbps] + [(k, None, t) for k, t in hybrid_settings]
+                for k, b, settings in hybrid_runs:
+                    row, mp4, info_h = _kpcodec_row(clip, work, k, None, duration, n, predictor, bitrate=b,
+                                                    base_layer=settings)
+                    kpcodec_info.setdefault("hybrid_model", info_h["model"])
                     _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)
                     rows.append(row)
         finally:
@@ -564,21 +716,31 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
                 torch.set_num_threads(old_threads)
 
     for key in run_classic:
-        for crf in sweeps[key]:
-            coded = classic.encode_frames(originals, fps, key, crf, threads=threads)
-            decoded, dec_s = classic.decode_packets(coded.packets, key, threads=threads)
+        for setting in sweeps[key]:
+            if key in LOW_RES_CODECS:
+                low, crf = setting
+                coded, decoded, dec_s = classic.encode_low_res(originals, fps, LOW_RES_CODECS[key], crf, low,
+                                                               threads=threads)
+                payload, variant = ("frames", decoded), str(low)
+            else:
+                crf = setting
+                coded = classic.encode_frames(originals, fps, key, crf, threads=threads)
+                decoded, dec_s = classic.decode_packets(coded.packets, key, threads=threads)
+                payload, variant = ("packets", coded.packets), ""
             row = Row(key, crf, n, duration, coded.bytes, coded.first_bytes, encode_s=coded.seconds,
-                      decode_s=dec_s, payload=("packets", coded.packets))
+                      decode_s=dec_s, payload=payload, variant=variant)
             _score(row, originals, decoded, original_marks, tick)
             rows.append(row)
 
     return CompareResult(str(path), model_name, size, fps, n, duration, rows, headline(rows), notes,
-                         bool(landmarks), time.perf_counter() - start, kpcodec_info, originals)
+                         bool(landmarks), time.perf_counter() - start, kpcodec_info, originals, bd_rates(rows))
 
 
 def decoded_frames(result: CompareResult, row: Row) -> list[np.ndarray]:
     """Rebuild a row's decoded frames (for side-by-side videos) from what the row kept."""
     kind, data = row.payload
+    if kind == "frames":
+        return list(data)
     if kind == "packets":
         frames, _ = classic.decode_packets(data, row.codec)
         return frames

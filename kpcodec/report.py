@@ -19,7 +19,9 @@ import numpy as np
 from .api import check_output
 from .errors import KpcodecError, UsageError
 
-CODEC_LABELS = {"kpcodec": "kpcodec", "x264": "H.264 (x264)", "x265": "H.265 (x265)", "av1": "AV1 (SVT-AV1)"}
+CODEC_LABELS = {"kpcodec": "kpcodec", "kpcodec-hybrid": "kpcodec hybrid (base layer)", "x264": "H.264 (x264)",
+                "x265": "H.265 (x265)", "av1": "AV1 (SVT-AV1)", "av1-low": "AV1 low-res, upscaled",
+                "x264-low": "H.264 low-res, upscaled"}
 CSV_FIELDS = ("codec", "setting", "param", "frames", "duration_s", "bytes", "first_bytes", "steady_bytes",
               "kbps", "steady_kbps", "psnr", "ssim", "ms_ssim", "landmark_px", "face_found", "lip_corr",
               "encode_fps", "decode_fps")
@@ -96,13 +98,29 @@ def headline_lines(items: Sequence, rate: str = "total") -> list[str]:
             lines.append(h.text)
             last = None
             continue
-        key = (h.metric, h.keep_every)
+        key = (h.metric, h.kp_setting or h.keep_every)
         if key != last:
             steady = " steady-state" if rate == "steady" else ""
-            lines.append(f"{_metric_name(h.metric)}, kpcodec k={h.keep_every} "
+            lines.append(f"{_metric_name(h.metric)}, kpcodec {h.kp_setting or f'k={h.keep_every}'} "
                          f"({_fmt_value(h.metric, h.kp_value)} at {_kb(h.kp_kbps)}{steady} kb/s):")
             last = key
         lines.append(f"  {h.detail}")
+    return lines
+
+
+def bd_rate_lines(items: Sequence[dict]) -> list[str]:
+    """One line per kpcodec curve and reference: BD-rate on SSIM and on landmark error."""
+    from .compare import _metric_name
+
+    lines = []
+    for item in items:
+        name = f"{CODEC_LABELS.get(item['codec'], item['codec'])} vs {CODEC_LABELS.get(item['reference'], item['reference'])}"
+        if item["bd_rate_pct"] is None:
+            lines.append(f"  {name}, {_metric_name(item['metric'])}: curves do not overlap")
+        else:
+            lo, hi = item["quality_range"]
+            lines.append(f"  {name}, {_metric_name(item['metric'])}: {item['bd_rate_pct']:+.1f}% "
+                         f"(over {lo:.3g}..{hi:.3g})")
     return lines
 
 
@@ -151,13 +169,15 @@ def plot_rd(rows: Sequence, path, title: str = "", force: bool = False) -> None:
     has_marks = any(r.landmark_px is not None for r in rows)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     hollow = False
-    styles = {"kpcodec": ("tab:red", "o"), "x264": ("tab:blue", "s"), "x265": ("tab:green", "^"),
-              "av1": ("tab:purple", "D")}
+    styles = {"kpcodec": ("tab:red", "o"), "kpcodec-hybrid": ("darkred", "*"), "x264": ("tab:blue", "s"),
+              "x265": ("tab:green", "^"), "av1": ("tab:purple", "D"), "av1-low": ("tab:pink", "d"),
+              "x264-low": ("tab:cyan", "v")}
     for ax, metric, ylabel in [(axes[0], "ssim", "SSIM (higher is better)"),
                                (axes[1], "landmark_px", "landmark error, px at 256 (lower is better)")]:
         for codec in codecs:
-            pts = sorted((r.kbps, getattr(r, metric), r) for r in rows
-                         if r.codec == codec and getattr(r, metric) is not None and r.kbps > 0)
+            pts = sorted(((r.kbps, getattr(r, metric), r) for r in rows
+                          if r.codec == codec and getattr(r, metric) is not None and r.kbps > 0),
+                         key=lambda p: (p[0], p[1]))
             if not pts:
                 continue
             color, marker = styles.get(codec, ("black", "x"))
@@ -175,6 +195,9 @@ def plot_rd(rows: Sequence, path, title: str = "", force: bool = False) -> None:
                     # Staggered: the keep-every points can sit almost on top of each other.
                     ax.annotate(f"k={r.param}", (x, y), textcoords="offset points",
                                 xytext=(8, 12 * (i - (len(pts) - 1) / 2) - 3), fontsize=9, color=color)
+                elif r.variant:
+                    ax.annotate(r.variant if codec == "kpcodec-hybrid" else f"{r.variant} {r.param}", (x, y),
+                                textcoords="offset points", xytext=(3, -10), fontsize=6, color=color, alpha=0.8)
                 else:
                     ax.annotate(str(r.param), (x, y), textcoords="offset points", xytext=(3, -10),
                                 fontsize=6, color=color, alpha=0.7)

@@ -274,7 +274,7 @@ def test_header_properties():
 def test_layout_matches_spec():
     data = small_file()
     assert data[:8] == bs.MAGIC == b"\x89KPC\r\n\x1a\n"
-    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 3)
+    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (1, 4)
     pre, chunks = split(data)
     assert [k for k, _ in chunks] == ["HEAD", "SRCF", "KPTS", "KEND"]
     assert join(pre, chunks) == data  # framing and CRC as the spec says
@@ -394,6 +394,8 @@ def test_keypoint_chunk_follows_the_version():
     assert_rejects(with_version(old, 1, 1), "chunk KPTS where KPRC was expected")
     assert_rejects(with_version(new, 1, 0), "chunk KPRC where KPTS was expected")
     with pytest.raises(KpcFormatError, match="cannot write"):
+        bs.dumps(make_stream(version=(1, 5)))
+    with pytest.raises(KpcFormatError, match="1.4 is written with a base layer"):
         bs.dumps(make_stream(version=(1, 4)))
     adaptive = make_stream(version=V1_0)
     adaptive.header.adaptive = True
@@ -665,7 +667,8 @@ def test_dumps_rejects_invalid_streams(change):
 # Golden file
 
 
-@pytest.mark.parametrize("name, frames, version", [("v1_0", 10, V1_0), ("v1_1", 12, V1_1), ("v1_3", 12, (1, 3))])
+@pytest.mark.parametrize("name, frames, version", [("v1_0", 10, V1_0), ("v1_1", 12, V1_1), ("v1_3", 12, (1, 3)),
+                                                   ("v1_4", 12, (1, 4))])
 def test_golden_file_decodes_exactly(name, frames, version):
     data = (GOLDEN / f"{name}.kpc").read_bytes()
     expected = np.load(GOLDEN / f"{name}.npz")
@@ -690,6 +693,70 @@ def test_golden_script_reproduces_file(tmp_path):
     assert bs.dumps(make_golden.golden_stream()) == (GOLDEN / "v1_0.kpc").read_bytes()
     assert bs.dumps(make_golden.golden_stream_1_1()) == (GOLDEN / "v1_1.kpc").read_bytes()
     assert bs.dumps(make_golden.golden_stream_1_3()) == (GOLDEN / "v1_3.kpc").read_bytes()
+    assert bs.dumps(make_golden.golden_stream_1_4()) == (GOLDEN / "v1_4.kpc").read_bytes()
+
+
+# --------------------------------------------------------------------------
+# The base layer (BASE chunk, 1.4)
+
+
+def _golden_1_4() -> bs.KpcStream:
+    return bs.loads((GOLDEN / "v1_4.kpc").read_bytes())
+
+
+def test_base_layer_round_trip():
+    out = _golden_1_4()
+    assert out.base is not None and (out.base.size, out.base.divisor, out.base.crf) == (16, 2, 63)
+    assert len(out.base.packets) == 6 and [len(p) for p in out.base.packets] == [3 + 5 * i for i in range(6)]
+    assert [kind for kind, _ in bs.chunk_table(bs.dumps(out))][-2:] == ["BASE", "KEND"]
+
+
+def test_stream_without_base_is_not_1_4():
+    out = _golden_1_4()
+    out.base, out.version = None, None
+    assert bs.loads(bs.dumps(out)).version == (1, 3)
+
+
+def test_a_1_3_file_may_not_hold_a_base_chunk():
+    data = bytearray((GOLDEN / "v1_4.kpc").read_bytes())
+    data[9] = 3  # the minor version byte
+    with pytest.raises(KpcFormatError, match="BASE"):
+        bs.loads(bytes(data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: setattr(b, "packets", b.packets[:-1]), "packets"),
+    (lambda b: setattr(b, "size", 15), "size"),
+    (lambda b: setattr(b, "divisor", 0), "divisor"),
+    (lambda b: setattr(b, "codec", "vp9"), "codec"),
+    (lambda b: b.packets.__setitem__(0, b""), "empty"),
+])
+def test_dumps_rejects_bad_base_layers(change, message):
+    out = _golden_1_4()
+    change(out.base)
+    with pytest.raises(KpcFormatError, match=message):
+        bs.dumps(out)
+
+
+def _with_base_payload(payload: bytes) -> bytes:
+    data = (GOLDEN / "v1_4.kpc").read_bytes()
+    table = bs.chunk_table(data)
+    start = sum(n for kind, n in table[:-2])  # where BASE begins
+    return data[:start] + bs._chunk("BASE", payload) + bs._chunk("KEND", b"")
+
+
+@pytest.mark.parametrize("payload, message", [
+    (struct.pack("<BHBBI", 7, 16, 2, 63, 6) + b"\x01" * 12, "codec"),
+    (struct.pack("<BHBBI", 0, 16, 2, 63, 5) + b"\x01" * 10, "packets"),
+    (struct.pack("<BHBBI", 0, 17, 2, 63, 6) + b"\x01" * 12, "divisor|BASE"),
+    (struct.pack("<BHBBI", 0, 16, 2, 63, 6) + b"\x80" * 3, "sizes"),
+    (struct.pack("<BHBBI", 0, 16, 2, 63, 6) + b"\x05" * 6 + b"x" * 7, "add up"),
+    (struct.pack("<BHBBI", 0, 16, 2, 63, 6) + b"\x00" * 6, "empty"),
+    (struct.pack("<BHB", 0, 16, 2), "truncated"),
+])
+def test_loads_rejects_bad_base_chunks(payload, message):
+    with pytest.raises(KpcFormatError, match=message):
+        bs.loads(_with_base_payload(payload))
 
 
 # --------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def _seeds() -> list[bytes]:
     (source refreshes) ones last, as chunk-level mutations rebuild files with the current
     version's preamble."""
     seeds = []
-    for name in ("v1_0", "v1_1", "v1_2"):
+    for name in ("v1_0", "v1_1", "v1_2", "v1_4"):
         golden = (ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes()
         stream = bitstream.loads(golden)
         with_audio = bitstream.KpcStream(**{**stream.__dict__, "extra_chunks": [

@@ -2,6 +2,14 @@
 multiply by the occlusion map, then residual bottleneck and decoder back to an image.
 
 `encode` is split from `decode` so a decoder computes the source features once per source.
+
+A hybrid config (`base_fusion`) also takes a base-layer frame: the decoded low-resolution AV1
+frame, upsampled to the output size and moved to the frame's keypoints (MotionModel.base_image).
+A small conv stack adds it to the warped features at the bottleneck, and the output conv sees
+it beside the decoder's features. Both paths start at zero (the last conv of the stack, the
+output conv's weights on the base channels), so a hybrid grown from a trained generator starts
+as that generator. Without a base frame (a keypoint-only file, a lost base packet) the base
+input is zeros.
 """
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DownBlock, ResBlock, SameBlock, UpBlock, warp
+from .blocks import DownBlock, ResBlock, SameBlock, UpBlock, resize, warp
 
 
 class Generator(nn.Module):
@@ -25,7 +33,17 @@ class Generator(nn.Module):
         self.bottleneck = nn.Sequential(*(ResBlock(width(n)) for _ in range(cfg.gen_num_bottleneck)))
         self.up = nn.ModuleList(UpBlock(width(n - i), width(n - i - 1)) for i in range(n))
         self.warp_blend = cfg.warp_blend
-        self.final = nn.Conv2d(e, 4 if self.warp_blend else 3, 7, padding=3)
+        self.base_fusion = cfg.base_fusion
+        extra = 3 if self.base_fusion else 0
+        self.final = nn.Conv2d(e + extra, 4 if self.warp_blend else 3, 7, padding=3)
+        if self.base_fusion:
+            c = cfg.base_channels
+            self.base_in = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1),
+                                         nn.ReLU(), nn.Conv2d(c, width(n), 3, padding=1))
+            with torch.no_grad():
+                self.base_in[-1].weight.zero_()
+                self.base_in[-1].bias.zero_()
+                self.final.weight[:, e:] = 0
         if self.warp_blend:
             # Start by trusting the warped source (sigmoid(2) = 0.88): sharp from step one.
             with torch.no_grad():
@@ -38,7 +56,8 @@ class Generator(nn.Module):
         return out
 
     def decode(self, features: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor,
-               source: torch.Tensor | None = None) -> torch.Tensor:
+               source: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+        """`base` (B,3,H,W) in [0,1] at the output size, hybrid configs only (None: no base frame)."""
         b = flow.shape[0]
         full_flow = flow
         if features.shape[0] != b:
@@ -49,9 +68,16 @@ class Generator(nn.Module):
             flow = flow.permute(0, 2, 3, 1)
             occlusion = F.interpolate(occlusion, size=(h, w), mode="bilinear", align_corners=True)
         out = warp(features, flow.to(features.dtype)) * occlusion.to(features.dtype)
+        if self.base_fusion:
+            if base is None:  # no base frame: zeros, as in training's base dropout
+                size = source.shape[-2:] if source is not None else (h * 2 ** len(self.up), w * 2 ** len(self.up))
+                base = out.new_zeros(b, 3, *size)
+            out = out + self.base_in(resize(base, (h, w)).to(out.dtype))
         out = self.bottleneck(out)
         for block in self.up:
             out = block(out)
+        if self.base_fusion:
+            out = torch.cat([out, base.to(out.dtype)], dim=1)
         out = self.final(out).float()
         image = torch.sigmoid(out[:, :3])
         if not self.warp_blend:

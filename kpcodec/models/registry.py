@@ -39,6 +39,11 @@ class ModelConfig:
     # detail comes straight from the source instead of through a narrow decoder, and the flow
     # gets pixel-sharp gradients. Off for the published-width config.
     warp_blend: bool = False
+    # Hybrid mode: the generator also takes a decoded low-resolution base-layer frame (an AV1
+    # stream in the .kpc, kpcodec.baselayer), upsampled and moved to the frame's keypoints,
+    # and fuses it at the bottleneck and at the output (kpcodec.models.generator).
+    base_fusion: bool = False
+    base_channels: int = 32
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +52,10 @@ class ModelConfig:
 _FULL = ModelConfig("fomm-256-full")
 _FAST = replace(_FULL, name="fomm-256-fast", kp_expansion=8, kp_max_features=256, dm_expansion=16,
                 dm_max_features=256, gen_expansion=8, gen_max_features=64, gen_num_bottleneck=2, warp_blend=True)
+_WIDE = replace(_FAST, name="fomm-256-fast-wide", gen_expansion=12, gen_max_features=96)
+_TINY = ModelConfig("tiny", image_size=64, num_keypoints=4, kp_scale=0.5, kp_expansion=4, kp_max_features=16,
+                    kp_num_blocks=3, dm_expansion=4, dm_max_features=16, dm_num_blocks=3, gen_expansion=4,
+                    gen_max_features=16, gen_num_down=2, gen_num_bottleneck=1, warp_blend=True)
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c
     for c in [
@@ -62,11 +71,13 @@ CONFIGS: dict[str, ModelConfig] = {
         # The fast model's generator grown without changing its function (kpcodec.train.grow),
         # to spend the ~20 CPU-ms a frame it leaves of real time: 6 bottleneck blocks, or 1.5x width.
         replace(_FAST, name="fomm-256-fast-deep", gen_num_bottleneck=6),
-        replace(_FAST, name="fomm-256-fast-wide", gen_expansion=12, gen_max_features=96),
-        # For tests: tiny and fast, 64x64 frames, 4 keypoints.
-        ModelConfig("tiny", image_size=64, num_keypoints=4, kp_scale=0.5, kp_expansion=4, kp_max_features=16,
-                    kp_num_blocks=3, dm_expansion=4, dm_max_features=16, dm_num_blocks=3, gen_expansion=4,
-                    gen_max_features=16, gen_num_down=2, gen_num_bottleneck=1, warp_blend=True),
+        _WIDE,
+        # fomm-256-fast-wide + base-layer fusion, grown from it (its output without a base layer
+        # is fast-wide's at step 0) and trained on frames that went through the AV1 base layer.
+        replace(_WIDE, name="fomm-256-hybrid", base_fusion=True),
+        # For tests: tiny and fast, 64x64 frames, 4 keypoints (and the same with base fusion).
+        _TINY,
+        replace(_TINY, name="tiny-hybrid", base_fusion=True, base_channels=8),
     ]
 }
 
@@ -82,20 +93,22 @@ def weights_dir() -> Path:
     return Path(str(resources.files("kpcodec") / "weights"))
 
 
-def _read_weights_index() -> tuple[dict[str, Weights], str]:
-    """kpcodec/weights/index.json: {"default": NAME, "models": {NAME: {config, file, sha256}}}.
+def _read_weights_index() -> tuple[dict[str, Weights], str, str | None]:
+    """kpcodec/weights/index.json: {"default": NAME, "default_hybrid": NAME (optional),
+    "models": {NAME: {config, file, sha256}}}.
 
     Kept as data so that exporting a newly trained checkpoint is one script, not a code edit.
     """
     path = weights_dir() / "index.json"
     index = json.loads(path.read_text())
     models = {name: Weights(**entry) for name, entry in index["models"].items()}
-    return models, index["default"]
+    return models, index["default"], index.get("default_hybrid")
 
 
 # Shipped weights, by model name (what a .kpc header records). The model name may differ
 # from the config name so one config can ship several trained versions.
-WEIGHTS, DEFAULT_MODEL = _read_weights_index()
+# DEFAULT_HYBRID_MODEL: the model a file with a base layer is made with unless --model says.
+WEIGHTS, DEFAULT_MODEL, DEFAULT_HYBRID_MODEL = _read_weights_index()
 
 
 def sha256_file(path: Path) -> str:

@@ -15,7 +15,8 @@ import torch
 from ..models.registry import load_checkpoint, sha256_file, weights_dir
 
 
-def export(checkpoint: Path, name: str, config: str, make_default: bool = False) -> Path:
+def export(checkpoint: Path, name: str, config: str, make_default: bool = False,
+           make_default_hybrid: bool = False) -> Path:
     net, _ = load_checkpoint(config, checkpoint)
     fp16 = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in net.state_dict().items()}
     buf = io.BytesIO()
@@ -33,6 +34,8 @@ def export(checkpoint: Path, name: str, config: str, make_default: bool = False)
     index["models"][name] = {"config": config, "file": target.name, "sha256": digest}
     if make_default:
         index["default"] = name
+    if make_default_hybrid:
+        index["default_hybrid"] = name
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return target
 
@@ -43,8 +46,9 @@ def main() -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--config", required=True)
     p.add_argument("--default", action="store_true")
+    p.add_argument("--default-hybrid", action="store_true", help="the default model of files with a base layer")
     a = p.parse_args()
-    print(export(a.checkpoint, a.name, a.config, a.default))
+    print(export(a.checkpoint, a.name, a.config, a.default, a.default_hybrid))
 
 
 if __name__ == "__main__":

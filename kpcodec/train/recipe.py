@@ -45,6 +45,9 @@ RECIPES = {
     # A trained generator grown by kpcodec.train.grow: its new weights start at zero, so a little
     # more than `generator-fine`, but not the from-scratch rate that would unsettle the rest.
     "generator-grow": replace(_GENERATOR_ONLY, lr=2e-4),
+    # A hybrid generator (kpcodec.train.hybrid) grown from a trained one: its base-layer paths
+    # start at zero, so the rate of `generator-grow`.
+    "hybrid": replace(_GENERATOR_ONLY, lr=2e-4),
     "mouth": _MOUTH,
     # At a quarter of the learning rate: the last steps of a run, or continuing on a CPU at batch
     # 4 from a run that trained at batch 32 on a GPU (fewer samples a step, so smaller steps).

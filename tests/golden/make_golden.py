@@ -1,7 +1,7 @@
-"""Build the golden .kpc files that pin down formats 1.0 to 1.3 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.4 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py``. It writes
-``v1_0.kpc`` to ``v1_3.kpc`` (the encoded streams) and ``v1_0.npz`` to ``v1_3.npz``
+``v1_0.kpc`` to ``v1_4.kpc`` (the encoded streams) and ``v1_0.npz`` to ``v1_4.npz``
 (the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -19,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
 
-from kpcodec.bitstream import Header, KpcStream, Refresh, dumps, loads  # noqa: E402
+from kpcodec.bitstream import BaseLayer, Header, KpcStream, Refresh, dumps, loads  # noqa: E402
 
 
 def tiny_png(width: int = 8, height: int = 8) -> bytes:
@@ -84,6 +84,17 @@ def golden_stream_1_3() -> KpcStream:
     return KpcStream(header, "png", tiny_png(), indices, *random_motion(3, indices, k=10), version=(1, 3))
 
 
+def golden_stream_1_4() -> KpcStream:
+    """1.3's stream with a base layer (format 1.4): 16x16 at half the frame rate, 6 packets.
+
+    The packets are fixed stand-in bytes, not AV1: the format test needs no codec."""
+    stream = golden_stream_1_3()
+    stream.version = (1, 4)
+    packets = [hashlib.sha256(b"base %d" % i).digest()[: 3 + 5 * i] for i in range(6)]
+    stream.base = BaseLayer(size=16, divisor=2, crf=63, packets=packets)
+    return stream
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = dumps(stream)
     decoded = loads(data)
@@ -98,6 +109,7 @@ def main() -> None:
     write("v1_1", golden_stream_1_1())
     write("v1_2", golden_stream_1_2())
     write("v1_3", golden_stream_1_3())
+    write("v1_4", golden_stream_1_4())
 
 
 if __name__ == "__main__":

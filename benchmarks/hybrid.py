@@ -1,0 +1,243 @@
+"""The hybrid mode (a base layer) against keypoints alone, full-resolution SVT-AV1 and
+low-resolution AV1 upscaled, over the val split: RD curves, BD-rates, rate-control accuracy,
+and the issue's targets checked on the numbers.
+
+    python benchmarks/hybrid.py --workers 2                 # the whole val split
+    python benchmarks/hybrid.py --clips 3 --max-frames 60    # a quick look
+
+Each val clip goes through `kpcodec.compare.compare` (one data path: `kpcodec encode` and
+`decode` on the clip) with: kpcodec keypoints only at keep-every 1/2/4; the hybrid mode at
+each fixed base-layer setting of SETTINGS (keep-every 1/2/4 for the first, 2 for the others)
+and under rate control at each --bitrate of TARGETS; SVT-AV1 full resolution (CRF 35..63);
+low-resolution SVT-AV1 (64/96/128 px at a third of the frame rate, CRF 63/55, bicubic-upscaled
+and held). Rows are averaged over clips (benchmarks/compare.py's mean_rows); BD-rates are
+computed per clip and on the mean curves. Decode speed is measured apart (`--speed-clip`):
+the steady-state fps of `kpcodec decode` with and without a base layer, and the AV1 decode of
+the base layer alone. Writes benchmarks/results/hybrid.{md,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compare import git_commit, machine, markdown_table, mean_rows  # noqa: E402
+
+from kpcodec import classic, report  # noqa: E402
+from kpcodec import compare as cmp  # noqa: E402
+
+CODECS = ("kpcodec", "kpcodec-hybrid", "av1", "av1-low")
+SETTINGS = ("96@3:63", "64@3:63", "128@2:63", "128@3:63", "128@2:52")
+TARGETS = (3.0, 4.0, 6.0, 8.0, 12.0)
+LOW_RES = (classic.LowRes(64, 3), classic.LowRes(96, 3), classic.LowRes(128, 3))
+LOW_CRFS = {"av1-low": (63, 55)}
+
+
+def hybrid_settings() -> list[tuple[int, str]]:
+    return [(k, SETTINGS[0]) for k in (1, 2, 4)] + [(2, s) for s in SETTINGS[1:]]
+
+
+def run_clip(args: tuple) -> dict:
+    path, max_frames, landmarks = args
+    import torch
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    r = cmp.compare(path, codecs=CODECS, keep_every=(1, 2, 4), max_frames=max_frames, landmarks=landmarks,
+                    threads=1, hybrid_kbps=TARGETS, hybrid_settings=hybrid_settings(), low_res=LOW_RES,
+                    low_crfs=LOW_CRFS)
+    d = r.to_dict(per_frame=False)
+    print(f"{Path(path).name}: {r.frames} frames in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    return {"clip": str(path), "frames": r.frames, "fps": str(r.fps), "seconds": r.seconds, "notes": r.notes,
+            "kpcodec": r.kpcodec, "rows": d["rows"], "bd_rate": d["bd_rate"]}
+
+
+def speed(path: Path, frames: int = 250) -> dict:
+    """Decode fps (steady state: the second of two runs, start-up included in neither's frames) of
+    keypoints-only and hybrid files at keep-every 2, and the base layer's AV1 decode alone."""
+    import tempfile
+
+    from kpcodec import api, baselayer, bitstream, video
+
+    out = {}
+    with tempfile.TemporaryDirectory() as work:
+        clip = os.path.join(work, "clip.mkv")
+        originals = list(video.read_frames(str(path), size=256))[:frames]
+        cmp._write_lossless(clip, originals, video.probe(str(path)).fps)
+        for label, kwargs in (("keypoints only", {}), (f"hybrid {SETTINGS[0]}", {"base_layer": SETTINGS[0]})):
+            kpc = os.path.join(work, "x.kpc")
+            api.encode(clip, kpc, keep_every=2, force=True, **kwargs)
+            runs = []
+            for _ in range(3):
+                s = api.decode(kpc, os.path.join(work, "x.mp4"), force=True)
+                runs.append(s.frames / s.seconds)
+            out[label] = {"fps_runs": runs, "fps_best": max(runs)}
+        stream = bitstream.read_file(kpc)
+        best = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            baselayer.decode_clip(stream.base.packets)
+            best = min(best, time.perf_counter() - t)
+        out["base layer AV1 decode alone"] = {"ms_per_base_frame": best / len(stream.base.packets) * 1000,
+                                              "ms_per_video_frame": best / len(originals) * 1000}
+    return out
+
+
+def _at(rows, codec: str, rate: float, metric: str) -> float | None:
+    """`metric` of `codec`'s mean-curve frontier at `rate` kb/s (log-rate linear), None outside it."""
+    higher = cmp.HIGHER_IS_BETTER[metric]
+    pts = cmp._frontier([(r.kbps, getattr(r, metric)) for r in rows if r.codec == codec], higher)
+    if len(pts) < 2 or not pts[0][0] <= math.log(rate) <= pts[-1][0]:
+        return None
+    v = float(np.interp(math.log(rate), [p[0] for p in pts], [p[1] for p in pts]))
+    return v if higher else -v
+
+
+def targets(rows, record) -> list[str]:
+    """The issue's targets, each with its numbers and whether it is met."""
+    lines = []
+    for metric in ("ssim", "landmark_px"):
+        worse = []
+        checked = 0
+        for rate in np.geomspace(3, 12, 13):
+            a, b = _at(rows, "kpcodec-hybrid", rate, metric), _at(rows, "av1-low", rate, metric)
+            if a is None or b is None:
+                continue
+            checked += 1
+            if (a < b) if cmp.HIGHER_IS_BETTER[metric] else (a > b):
+                worse.append(f"{rate:.1f} kb/s ({a:.3f} vs {b:.3f})")
+        verdict = "met" if checked and not worse else "NOT met" if worse else "not measurable (curves do not overlap)"
+        lines.append(f"- 3-12 kb/s, hybrid above low-res AV1 on {cmp._metric_name(metric)}: **{verdict}** "
+                     f"({checked} rates checked" + (f"; below at {', '.join(worse)}" if worse else "") + ")")
+    av1 = [r for r in rows if r.codec == "av1"]
+    floor = min(av1, key=lambda r: r.kbps) if av1 else None
+    if floor is not None:
+        for metric in ("ssim", "landmark_px"):
+            rates = [r for r in rows if r.codec == "kpcodec-hybrid" and r.kbps <= 8.0]
+            higher = cmp.HIGHER_IS_BETTER[metric]
+            reach = [r for r in rates if getattr(r, metric) is not None and
+                     (getattr(r, metric) >= getattr(floor, metric) if higher else getattr(r, metric) <= getattr(floor, metric))]
+            best = max(rates, key=lambda r: getattr(r, metric) if higher else -getattr(r, metric)) if rates else None
+            text = (f"- <= 8 kb/s reaches SVT-AV1 {floor.setting} ({floor.kbps:.2f} kb/s, {cmp._metric_name(metric)} "
+                    f"{getattr(floor, metric):.3f}): ")
+            if reach:
+                r = min(reach, key=lambda r: r.kbps)
+                text += f"**met** by {r.setting} at {r.kbps:.2f} kb/s ({getattr(r, metric):.3f}): AV1 needs {floor.kbps / r.kbps:.2f}x its bits"
+            elif best is not None:
+                text += f"**NOT met**: the best hybrid point at <= 8 kb/s is {best.setting}, {best.kbps:.2f} kb/s, {getattr(best, metric):.3f}"
+            lines.append(text)
+    heads = [h for h in cmp.headline(rows) if h.rate == "total" and h.codec == "av1" and h.metric == "ssim"
+             and h.kp_kbps <= 8.0 and h.verdict == "ratio" and h.kp_setting and not h.kp_setting.startswith("k=")]
+    if heads:
+        best = max(heads, key=lambda h: h.ratio)
+        lines.append(f"- AV1's rate at equal SSIM, best hybrid point <= 8 kb/s: {best.ratio:.2f}x "
+                     f"(kpcodec {best.kp_setting}, {best.kp_kbps:.2f} kb/s; target >= 2x, moonshot 3x)")
+    acc = [(r["param"], r["kbps"]) for rec in record for r in rec["rows"]
+           if r["codec"] == "kpcodec-hybrid" and not r.get("variant", "").startswith("k=")]
+    if acc:
+        errs = [k / t - 1 for t, k in acc]
+        within = sum(abs(e) <= 0.15 for e in errs)
+        lines.append(f"- Rate control within +-15% of the target: {within} of {len(errs)} encodes (median error "
+                     f"{statistics.median(errs) * 100:+.1f}%, worst {max(errs, key=abs) * 100:+.1f}%)")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--clips", type=int, default=None)
+    p.add_argument("--max-frames", type=int, default=250)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-landmarks", action="store_true")
+    p.add_argument("--speed-clip", default="talking-heads/val/liveportrait_d10.mp4")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.render_only:
+        saved = json.loads((args.out / "hybrid.json").read_text())
+        render(saved["meta"], saved["clips"], saved["speed"], args.out)
+        return 0
+    with open(args.data / "manifest.csv", newline="") as f:
+        clips = [row["file"] for row in csv.DictReader(f) if row["split"] == "val"]
+    if args.clips and args.clips < len(clips):
+        clips = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, args.clips).round()]
+    start = time.perf_counter()
+    jobs = [(args.data / c, args.max_frames, not args.no_landmarks) for c in clips]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            record = list(pool.map(run_clip, jobs))
+    else:
+        record = [run_clip(j) for j in jobs]
+    speeds = speed(args.data / args.speed_clip)
+    from kpcodec.models.registry import DEFAULT_HYBRID_MODEL, DEFAULT_MODEL
+
+    meta = {"command": "python benchmarks/hybrid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+            "git": git_commit(), "seconds": time.perf_counter() - start, "max_frames": args.max_frames,
+            "model": DEFAULT_MODEL, "hybrid_model": DEFAULT_HYBRID_MODEL, "workers": args.workers}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "hybrid.json").write_text(json.dumps({"meta": meta, "clips": record, "speed": speeds}, indent=1) + "\n")
+    render(meta, record, speeds, args.out)
+    return 0
+
+
+def render(meta: dict, record: list[dict], speeds: dict, out: Path) -> None:
+    rows = mean_rows([rec["rows"] for rec in record])
+    frames = sum(rec["frames"] for rec in record)
+    title = f"val split, {len(record)} clips, {frames} frames (first {meta['max_frames']} per clip)"
+    report.plot_rd(rows, out / "hybrid.png", f"mean over clips: {title}", force=True)
+    per_clip = {}
+    for rec in record:
+        for b in rec["bd_rate"]:
+            if b["bd_rate_pct"] is not None:
+                per_clip.setdefault((b["codec"], b["reference"], b["metric"]), []).append(b["bd_rate_pct"])
+    md = [
+        "# Hybrid mode: keypoints + a low-resolution AV1 base layer (val split)", "",
+        f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}, shared with other jobs",
+        f"- **Code:** git {meta['git']}", f"- **Command:** `{meta['command']}`",
+        f"- **Data:** {title}; wall time {meta['seconds'] / 60:.1f} min, {meta['workers']} worker(s), 1 thread each",
+        f"- **Models:** keypoints only `{meta['model']}`, hybrid `{meta['hybrid_model']}`",
+        "- **Rows:** kpcodec k=N: keypoints only. kpcodec-hybrid `k=N SIZE@DIV:CRF`: a fixed base layer; "
+        "`Rk`: `kpcodec encode --bitrate Rk` (rate control picks the base layer per clip). av1: SVT-AV1 "
+        f"preset {classic.CODECS['av1'].preset} at full resolution. av1-low: the clip downscaled to SIZE, every "
+        "DIV-th frame coded by SVT-AV1, bicubic-upscaled and held. Rates count every coded byte (the whole "
+        ".kpc; the whole AV1 stream); scores as in compare.md.",
+        "", "## Targets (issue 18)", "", *targets(rows, record),
+        "", "## Mean over clips", "", *markdown_table(rows), "", "![rate-quality](hybrid.png)", "",
+        "## BD-rate (kpcodec's rate change at equal quality; negative = fewer bits)", "",
+        "On the mean curves, and the median over clips where the curves overlap:", "",
+        "| kpcodec curve | against | metric | mean curves | median per clip (clips) |", "|---|---|---|---:|---:|"]
+    for b in cmp.bd_rates(rows):
+        clip_vals = per_clip.get((b["codec"], b["reference"], b["metric"]), [])
+        mean = "no overlap" if b["bd_rate_pct"] is None else f"{b['bd_rate_pct']:+.1f}%"
+        med = f"{statistics.median(clip_vals):+.1f}% ({len(clip_vals)})" if clip_vals else "–"
+        md.append(f"| {b['codec']} | {b['reference']} | {cmp._metric_name(b['metric'])} | {mean} | {med} |")
+    md += ["", "## Decode speed (one clip, keep-every 2, default threads, best of 3, start-up included)", ""]
+    for label, v in speeds.items():
+        if "fps_best" in v:
+            md.append(f"- {label}: {v['fps_best']:.1f} fps (runs: {', '.join(f'{x:.1f}' for x in v['fps_runs'])})")
+        else:
+            md.append(f"- {label}: {v['ms_per_base_frame']:.2f} ms a base frame, "
+                      f"{v['ms_per_video_frame']:.2f} ms a video frame")
+    md += ["", "## Clips", "", ", ".join(f"`{Path(rec['clip']).stem}` ({rec['frames']})" for rec in record), ""]
+    (out / "hybrid.md").write_text("\n".join(md))
+    print(f"{len(record)} clips -> {out / 'hybrid.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The hybrid mode's base layer: a tiny low-resolution AV1 stream of the cropped video.
+
+The encoder downscales every `divisor`-th frame to `size` x `size` (swscale's area filter,
+straight to yuv420p), codes it with SVT-AV1 at a constant `crf`, and keeps one packet (an AV1
+temporal unit) per coded frame; the decoder (libdav1d) turns each packet back into one RGB
+frame at `size`. AV1 outputs exactly one shown frame per temporal unit, in display order, so
+packet n is base frame n, which belongs to video frame n * divisor. The generator of a hybrid
+model upsamples and fuses it (kpcodec.models.generator).
+
+Training (kpcodec.train.hybrid) codes its frames with these same functions, so the model
+learns on the artefacts it will see. No torch here.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import UsageError, VideoError
+
+ENCODER = "libsvtav1"
+DECODERS = ("libdav1d", "libaom-av1", "av1")
+PRESET = 8  # SVT-AV1 speed 0..13: 8 costs ~2 ms a 96-px frame on one core
+SIZES = (32, 256)  # allowed range of the base-layer size (even; 256 = the model's own size)
+MAX_DIVISOR = 8
+CRF_RANGE = (1, 63)
+# Every temporal unit starts with a temporal delimiter OBU (type 2, no payload): the .kpc keeps
+# the packets' sizes instead, so the encoder drops it and the decoder puts it back.
+TEMPORAL_DELIMITER = b"\x12\x00"
+
+
+@dataclass(frozen=True)
+class BaseLayerSettings:
+    """What the BASE chunk records: resolution, frame-rate divisor, CRF."""
+
+    size: int = 96
+    divisor: int = 3
+    crf: int = 63
+
+    def __post_init__(self):
+        lo, hi = SIZES
+        if not (lo <= self.size <= hi) or self.size % 2:
+            raise UsageError(f"base-layer size must be even and in {lo}..{hi} (got {self.size})")
+        if not 1 <= self.divisor <= MAX_DIVISOR:
+            raise UsageError(f"base-layer frame-rate divisor must be in 1..{MAX_DIVISOR} (got {self.divisor})")
+        if not CRF_RANGE[0] <= self.crf <= CRF_RANGE[1]:
+            raise UsageError(f"base-layer CRF must be in {CRF_RANGE[0]}..{CRF_RANGE[1]} (got {self.crf})")
+
+    def __str__(self) -> str:
+        return f"{self.size}@{self.divisor}:{self.crf}"
+
+    def frame_indices(self, frame_count: int) -> range:
+        return range(0, frame_count, self.divisor)
+
+
+_SETTING = re.compile(r"^(\d+)(?:@(\d+))?(?::(\d+))?$")
+
+
+def parse_settings(text: str, default: BaseLayerSettings = BaseLayerSettings()) -> BaseLayerSettings:
+    """'SIZE[@DIV][:CRF]' (e.g. '96', '96@2', '128@3:60') -> settings; missing parts from `default`."""
+    m = _SETTING.match(text.strip())
+    if not m:
+        raise UsageError(f"--base-layer {text!r}: expected off, auto or SIZE[@DIV][:CRF], e.g. 96@2:63")
+    size, div, crf = m.groups()
+    return BaseLayerSettings(int(size), int(div) if div else default.divisor, int(crf) if crf else default.crf)
+
+
+def downscale(frame: np.ndarray, size: int):
+    """An RGB uint8 frame -> PyAV yuv420p frame at size x size (area filter)."""
+    import av
+
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return vf.reformat(width=size, height=size, format="yuv420p", interpolation="AREA")
+
+
+class BaseLayerEncoder:
+    """push(frame_index, rgb) -> packets [(base frame number, bytes)]; flush() -> the rest.
+
+    Frames whose index is not a multiple of the divisor are ignored, so a caller pushes every
+    video frame. SVT-AV1 looks ahead, so packets come out a few frames late."""
+
+    def __init__(self, settings: BaseLayerSettings, fps, threads: int = 1):
+        import av
+
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a config banner at its info level
+        self.settings = settings
+        rate = Fraction(fps) / settings.divisor
+        try:
+            ctx = av.CodecContext.create(ENCODER, "w")
+        except Exception as e:  # noqa: BLE001 - PyAV's missing-codec errors differ by version
+            raise VideoError(f"the base layer needs {ENCODER}, which this PyAV build lacks: {e}") from e
+        ctx.width = ctx.height = settings.size
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = 1 / rate
+        ctx.framerate = rate
+        ctx.gop_size = 1 << 20  # one key frame; a source refresh does not need a new one
+        ctx.options = {"crf": str(settings.crf), "preset": str(PRESET), "svtav1-params": f"lp={max(1, threads)}"}
+        ctx.open()
+        self._ctx = ctx
+        self._coded = 0  # base frames given to the encoder
+        self._out = 0  # packets returned
+
+    def _take(self, packets) -> list[tuple[int, bytes]]:
+        out = []
+        for p in packets:
+            data = bytes(p)
+            if data.startswith(TEMPORAL_DELIMITER):
+                data = data[len(TEMPORAL_DELIMITER):]
+            out.append((self._out, data))
+            self._out += 1
+        return out
+
+    def push(self, index: int, frame: np.ndarray) -> list[tuple[int, bytes]]:
+        if index % self.settings.divisor:
+            return []
+        vf = downscale(frame, self.settings.size)
+        vf.pts = self._coded
+        vf.time_base = self._ctx.time_base
+        self._coded += 1
+        return self._take(self._ctx.encode(vf))
+
+    def flush(self) -> list[tuple[int, bytes]]:
+        out = self._take(self._ctx.encode(None))
+        if self._out != self._coded:
+            raise VideoError(f"{ENCODER} returned {self._out} packets for {self._coded} base frames")
+        return out
+
+
+class BaseLayerDecoder:
+    """push(bytes) -> decoded RGB frames (size x size x 3 uint8), in order; flush() -> the rest."""
+
+    def __init__(self, threads: int = 1):
+        import av
+
+        self._av = av
+        self._ctx = None
+        for name in DECODERS:
+            try:
+                self._ctx = av.CodecContext.create(name, "r")
+                break
+            except Exception:  # noqa: BLE001
+                continue
+        if self._ctx is None:
+            raise VideoError(f"no AV1 decoder ({', '.join(DECODERS)}) in this PyAV build: cannot decode the base layer")
+        self._ctx.thread_count = max(1, threads)
+
+    def _frames(self, frames) -> list[np.ndarray]:
+        return [f.to_ndarray(format="rgb24") for f in frames]
+
+    def push(self, data: bytes) -> list[np.ndarray]:
+        try:
+            return self._frames(self._ctx.decode(self._av.Packet(TEMPORAL_DELIMITER + bytes(data))))
+        except self._av.FFmpegError as e:
+            raise VideoError(f"bad base-layer packet: {e}") from e
+
+    def flush(self) -> list[np.ndarray]:
+        try:
+            return self._frames(self._ctx.decode(None))
+        except self._av.FFmpegError as e:
+            raise VideoError(f"bad base-layer packet: {e}") from e
+
+
+def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1) -> list[bytes]:
+    """All base packets of a clip of RGB frames (every video frame; the divisor picks)."""
+    enc = BaseLayerEncoder(settings, fps, threads)
+    packets = []
+    for i, frame in enumerate(frames):
+        packets += enc.push(i, frame)
+    packets += enc.flush()
+    return [data for _, data in packets]
+
+
+def decode_clip(packets, threads: int = 1) -> np.ndarray:
+    """(N, size, size, 3) uint8 frames for the N packets of encode_clip."""
+    dec = BaseLayerDecoder(threads)
+    out = []
+    for data in packets:
+        out += dec.push(data)
+    out += dec.flush()
+    if len(out) != len(packets):
+        raise VideoError(f"the base layer decoded to {len(out)} frames for {len(packets)} packets")
+    return np.stack(out)

@@ -1,0 +1,194 @@
+"""Rate control and the base-layer pass of `encode` (the hybrid mode).
+
+`--bitrate R` is a target for everything the video costs: header, source image(s), keypoints
+and base layer (the audio has its own --audio-bitrate). The encoder knows the source image's
+bytes once frame 0 is coded and the keypoints' rate well enough from keep-every (measured on
+val, below); the base layer takes the rest. Its settings are chosen on a look-ahead window
+(the first WINDOW_S seconds): the largest candidate (size, divisor) whose rate at CRF 63 fits
+the base budget, then the CRF by bisection so the window's rate is just under it. Where the
+whole clip fits in the window (a 10-s clip), the choice is made again at the end with the
+keypoints' exact bytes. Below the cheapest base layer's rate the file is keypoint-only.
+
+`--base-layer SIZE[@DIV][:CRF]` fixes the settings (no look-ahead); `off` never sends one.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import numpy as np
+
+from . import baselayer, bitstream, source_image
+from .errors import UsageError
+
+WINDOW_S = 10.0
+# Keypoint stream of format 1.3 on the val split, kb/s by keep-every (benchmarks/results/bitrate.md).
+KEYPOINT_KBPS = {1: 1.863, 2: 1.295, 4: 0.842}
+HEADER_BYTES = 120  # magic, HEAD, KEND and the chunk framing of SRCF/KPRC/BASE, about
+# Candidates from the most to the least costly at CRF 63. Fewer frames cost less than fewer
+# pixels (AV1 pays a fixed cost per coded frame), and the keypoints move a base frame to the
+# frames after it, so the larger sizes come at a lower frame rate. Sizes and ages as trained
+# (kpcodec.train.hybrid: 64-128 px, base frames up to 4 video frames old).
+CANDIDATES = ((128, 2), (128, 3), (96, 3), (64, 3), (64, 4))
+CRF_MIN = 45
+DEFAULT_SETTINGS = baselayer.BaseLayerSettings()  # 96@3:63
+MIN_TARGET_KBPS, MAX_TARGET_KBPS = 0.5, 1000.0
+
+
+def parse_bitrate(text) -> float:
+    """'6k', '6.5k', '6kb/s' (kb/s) or '6000' (b/s) -> kb/s."""
+    if isinstance(text, (int, float)):
+        value = float(text) / 1000
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(k|kb/s|kbps|kbit/s)?\s*", str(text).lower())
+        if not m:
+            raise UsageError(f"--bitrate {text!r}: expected kb/s like 6k or 6.5k, or b/s like 6000")
+        value = float(m.group(1)) / (1 if m.group(2) else 1000)
+    if not MIN_TARGET_KBPS <= value <= MAX_TARGET_KBPS:
+        raise UsageError(f"--bitrate {text!r}: must be {MIN_TARGET_KBPS:g}k..{MAX_TARGET_KBPS:g}k")
+    return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What encode was asked for: base-layer mode and settings, a rate target, and what the rate
+    control decided up front (keep-every, source quality)."""
+
+    mode: str  # "off", "auto" or "fixed"
+    settings: baselayer.BaseLayerSettings | None = None
+    target_kbps: float | None = None
+    keep_every: int = 2
+    source_quality: int = source_image.DEFAULT_QUALITY
+
+    @property
+    def wants_base(self) -> bool:
+        return self.mode != "off"
+
+
+def plan(base_layer=None, bitrate=None) -> Plan:
+    """Check --base-layer and --bitrate together."""
+    target = parse_bitrate(bitrate) if bitrate is not None else None
+    if isinstance(base_layer, baselayer.BaseLayerSettings):
+        mode, settings = "fixed", base_layer
+    else:
+        text = (base_layer or ("auto" if target is not None else "off")).strip().lower()
+        if text in ("off", "auto"):
+            mode, settings = text, None
+        else:
+            mode, settings = "fixed", baselayer.parse_settings(text, DEFAULT_SETTINGS)
+    if target is None:
+        return Plan(mode, settings if mode == "fixed" else DEFAULT_SETTINGS if mode == "auto" else None)
+    if mode == "fixed":
+        raise UsageError("--bitrate picks the base layer itself: use --base-layer auto or off with it")
+    # The keypoints' share: keep-every 2 (causal, no latency) unless the target is tiny.
+    keep = 2 if target >= 2.5 else 4
+    quality = source_image.DEFAULT_QUALITY if target >= 2.5 else 30
+    return Plan(mode, None, target, keep, quality)
+
+
+def hybrid_models() -> list[str]:
+    from .models.registry import WEIGHTS, get_config
+
+    return sorted(n for n, w in WEIGHTS.items() if get_config(w.config).base_fusion)
+
+
+def default_hybrid_model() -> str:
+    from .models.registry import DEFAULT_HYBRID_MODEL
+
+    if DEFAULT_HYBRID_MODEL is None:
+        raise UsageError("this kpcodec ships no hybrid model: use --base-layer off")
+    return DEFAULT_HYBRID_MODEL
+
+
+def _kbps(nbytes: int, seconds: float) -> float:
+    return nbytes * 8 / seconds / 1000 if seconds > 0 else 0.0
+
+
+class BaseLayerPass:
+    """Runs beside encode's frame loop: push(i, frame) every frame; finish() -> BaseLayer or None."""
+
+    def __init__(self, plan: Plan, fps: Fraction, source_quality: int, source_codec: str):
+        self.plan = plan
+        self.fps = Fraction(fps)
+        self.source_quality, self.source_codec = source_quality, source_codec
+        self.settings = plan.settings
+        self.window = max(1, int(round(WINDOW_S * float(self.fps)))) if plan.target_kbps is not None else 0
+        self._buffer: list[np.ndarray] = []
+        self._encoder = None
+        self._packets: list[bytes] = []
+        self._source_bytes = 0
+        self._decided = False
+        self.count = 0
+        if self.window == 0:
+            self._start(self.settings)
+
+    def _start(self, settings) -> None:
+        self.settings = settings
+        if settings is not None:
+            self._encoder = baselayer.BaseLayerEncoder(settings, self.fps)
+
+    def push(self, i: int, frame: np.ndarray) -> None:
+        self.count = i + 1
+        if i == 0 and self.window:
+            self._source_bytes = len(source_image.encode_image(frame, self.source_codec, self.source_quality))
+        if self.window and not self._decided:
+            self._buffer.append(frame)
+            if len(self._buffer) == self.window:
+                self._decide(self._estimated_fixed_bytes(len(self._buffer)))
+            return
+        if self._encoder is not None:
+            self._packets += [p for _, p in self._encoder.push(i, frame)]
+
+    def _estimated_fixed_bytes(self, frames: int) -> int:
+        seconds = frames / float(self.fps)
+        kp = KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2]) * 1000 * seconds / 8
+        return HEADER_BYTES + self._source_bytes + int(kp)
+
+    def _decide(self, fixed_bytes: int) -> None:
+        """Settings for the base budget left by `fixed_bytes` over the buffered frames; codes them."""
+        frames = len(self._buffer)
+        budget = self.plan.target_kbps - _kbps(fixed_bytes, frames / float(self.fps))
+        self._decided = True
+        self._start(choose_settings(self._buffer, self.fps, budget))
+        if self._encoder is not None:
+            for j, frame in enumerate(self._buffer):
+                self._packets += [p for _, p in self._encoder.push(j, frame)]
+        self._buffer = []
+
+    def finish(self, stream: bitstream.KpcStream) -> bitstream.BaseLayer | None:
+        """The base layer of the whole clip; `stream` (all but the base) gives the exact fixed bytes."""
+        if self.window and not self._decided:
+            # The whole clip was the look-ahead: decide on the exact bytes of everything else
+            # (+ the BASE chunk's framing and fields).
+            self._decide(len(bitstream.dumps(stream)) + 21)
+        if self._encoder is None:
+            return None
+        self._packets += [p for _, p in self._encoder.flush()]
+        s = self.settings
+        return bitstream.BaseLayer(s.size, s.divisor, s.crf, self._packets)
+
+
+def _rate(frames, fps, settings) -> float:
+    packets = baselayer.encode_clip(frames, settings, fps)
+    return _kbps(sum(len(p) + 1 for p in packets), len(frames) / float(fps))
+
+
+def choose_settings(frames, fps, budget_kbps: float) -> baselayer.BaseLayerSettings | None:
+    """The base-layer settings whose rate on `frames` comes closest under `budget_kbps`, or None
+    when even the cheapest candidate at CRF 63 does not fit (keypoint-only wins there)."""
+    for size, div in CANDIDATES:
+        top = baselayer.BaseLayerSettings(size, div, 63)
+        if _rate(frames, fps, top) > budget_kbps:
+            continue
+        lo, hi = CRF_MIN, 63  # rate(hi) fits; find the lowest CRF that still fits
+        if _rate(frames, fps, replace(top, crf=lo)) <= budget_kbps:
+            return replace(top, crf=lo)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _rate(frames, fps, replace(top, crf=mid)) <= budget_kbps:
+                hi = mid
+            else:
+                lo = mid
+        return replace(top, crf=hi)
+    return None

@@ -1,0 +1,167 @@
+"""Hybrid mode: the base layer's codec, the fused generator, the BASE chunk end to end from the
+CLI with the tiny-hybrid model, rate control, and bad base-layer data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kpcodec import baselayer, bitstream, ratecontrol
+from kpcodec.cli import app
+from kpcodec.errors import UsageError
+from kpcodec.models.registry import build_model, get_config, load_model
+from kpcodec.train.grow import grow
+
+from conftest import make_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "astronaut.mp4"
+
+
+def run(runner, *args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def moving_frames(n: int = 12, size: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([np.stack([(x * 4 + 9 * t) % 256, (y * 4) % 256, np.full_like(x, 60 + 10 * t)], -1)
+                     for t in range(n)]).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the base layer codec
+
+def test_settings_parse_and_check():
+    assert baselayer.parse_settings("96") == baselayer.BaseLayerSettings(96, 3, 63)
+    assert str(baselayer.parse_settings("128@2:50")) == "128@2:50"
+    for bad in ("95", "96@0", "96@2:70", "x", "96:"):
+        with pytest.raises(UsageError):
+            baselayer.parse_settings(bad)
+
+
+def test_one_packet_per_base_frame_and_back():
+    frames = moving_frames(12)
+    settings = baselayer.BaseLayerSettings(32, 3, 50)
+    packets = baselayer.encode_clip(frames, settings, 25)
+    assert len(packets) == 4  # frames 0, 3, 6, 9
+    assert not any(p.startswith(baselayer.TEMPORAL_DELIMITER) for p in packets)
+    decoded = baselayer.decode_clip(packets)
+    assert decoded.shape == (4, 32, 32, 3)
+    # Base frame n is video frame 3n, downscaled: close to it, and closer than to the others.
+    small = [np.asarray(baselayer.downscale(f, 32).to_ndarray(format="rgb24"), np.float32) for f in frames[::3]]
+    err = np.array([[np.abs(d.astype(np.float32) - s).mean() for s in small] for d in decoded])
+    assert np.all(np.argmin(err, axis=1) == np.arange(4))
+
+
+# --------------------------------------------------------------------------- the model
+
+def test_grown_hybrid_starts_as_its_generator_and_the_base_changes_it():
+    torch.manual_seed(0)
+    small = load_model("tiny")
+    hybrid = build_model("tiny-hybrid")
+    hybrid.load_state_dict(grow(small.state_dict(), "tiny-hybrid"))
+    hybrid.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        kp, jac = small.detect(x)
+        a = small.render(small.prepare_source(x[:1]), kp, jac)
+        state = hybrid.prepare_source(x[:1])
+        base = hybrid.base_image(torch.rand(2, 3, 16, 16), kp, jac, kp.flip(0), jac.flip(0))
+        assert base.shape == (2, 3, 64, 64)
+        assert torch.equal(a, hybrid.render(state, kp, jac, base))  # zero-initialised fusion
+        assert torch.equal(a, hybrid.render(state, kp, jac))
+        shipped = load_model("tiny-hybrid")  # random fusion weights: the base matters
+        s2 = shipped.prepare_source(x[:1])
+        assert not torch.allclose(shipped.render(s2, kp, jac, base), shipped.render(s2, kp, jac))
+
+
+def test_hybrid_config_is_fast_wide_plus_fusion():
+    a, b = get_config("fomm-256-fast-wide"), get_config("fomm-256-hybrid")
+    assert b.base_fusion and not a.base_fusion
+    assert {k: v for k, v in a.to_dict().items() if k not in ("name", "base_fusion")} == \
+        {k: v for k, v in b.to_dict().items() if k not in ("name", "base_fusion")}
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def clip48(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("hybrid") / "c.mp4", frames=24, size=(96, 96))
+
+
+def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
+    kpc, mp4 = tmp_path / "h.kpc", tmp_path / "h.mp4"
+    r = run(runner, "encode", clip48, "-o", kpc, "--model", "tiny-hybrid", "--base-layer", "32@2:50")
+    assert r.exit_code == 0, r.stderr
+    assert "base layer 32@2:50" in r.stderr
+    stream = bitstream.read_file(kpc)
+    assert stream.version == (1, 4) and stream.base is not None
+    assert (stream.base.size, stream.base.divisor, stream.base.crf, len(stream.base.packets)) == (32, 2, 50, 12)
+    info = json.loads(run(runner, "info", kpc, "--json").stdout)
+    assert info["base_layer"]["frames"] == 12 and info["budget"]["base"]["bytes"] > 12 * 2
+    assert "base layer (AV1 32x32" in run(runner, "info", kpc).stdout
+    r = run(runner, "decode", kpc, "-o", mp4)
+    assert r.exit_code == 0, r.stderr
+    # The base layer is used: rendering without it gives other frames.
+    from kpcodec import api
+
+    api.decode(kpc, tmp_path / "ignored.mp4", model="tiny")  # same detector, no fusion: base ignored
+    from kpcodec.video import read_frames
+
+    with_base = np.stack(list(read_frames(str(mp4), size=64)))
+    without = np.stack(list(read_frames(str(tmp_path / "ignored.mp4"), size=64)))
+    assert with_base.shape == without.shape == (24, 64, 64, 3)
+    assert np.abs(with_base.astype(int) - without).mean() > 0.5
+
+
+def test_base_layer_needs_a_hybrid_model(runner, clip48, tmp_path):
+    r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--model", "tiny", "--base-layer", "32")
+    assert r.exit_code == 2 and "cannot use a base layer" in r.stderr
+    assert not (tmp_path / "x.kpc").exists()
+
+
+def test_bad_base_packets_are_one_line_or_keypoint_only_frames(runner, clip48, tmp_path):
+    kpc = tmp_path / "h.kpc"
+    assert run(runner, "encode", clip48, "-o", kpc, "--model", "tiny-hybrid", "--base-layer", "32@2").exit_code == 0
+    stream = bitstream.read_file(kpc)
+    stream.base.packets[0] = b"\xff" * 40  # the key frame, garbage
+    bad = tmp_path / "bad.kpc"
+    bitstream.write_file(bad, stream)
+    r = run(runner, "decode", bad, "-o", tmp_path / "bad.mp4")
+    assert r.exit_code == 1 and "base-layer frame 0" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "bad.mp4").exists()
+    r = run(runner, "decode", bad, "-o", tmp_path / "ok.mp4", "--ignore-errors")
+    assert r.exit_code == 0 and "did not decode" in r.stderr
+    assert (tmp_path / "ok.mp4").is_file()
+
+
+# --------------------------------------------------------------------------- rate control
+
+def test_bitrate_parsing_and_plan():
+    assert ratecontrol.parse_bitrate("6k") == 6.0 and ratecontrol.parse_bitrate("6500") == 6.5
+    for bad in ("fast", "0k", "-3k", "5000k"):
+        with pytest.raises(UsageError):
+            ratecontrol.parse_bitrate(bad)
+    assert ratecontrol.plan().mode == "off" and ratecontrol.plan(bitrate="6k").mode == "auto"
+    with pytest.raises(UsageError):
+        ratecontrol.plan("96@3", "6k")
+
+
+@pytest.mark.parametrize("target", [6.0, 10.0])
+def test_bitrate_lands_within_15_percent_on_the_sample(runner, tmp_path, target):
+    kpc = tmp_path / "s.kpc"
+    r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--bitrate", f"{target:g}k",
+            "--no-audio")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(run(runner, "info", kpc, "--json").stdout)
+    assert info["base_layer"] is not None
+    assert abs(info["kbps"] / target - 1) <= 0.15, info["kbps"]
+
+
+def test_below_the_cheapest_base_layer_the_file_is_keypoint_only(runner, tmp_path):
+    kpc = tmp_path / "s.kpc"
+    r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--bitrate", "1k", "--no-audio")
+    assert r.exit_code == 0, r.stderr
+    assert bitstream.read_file(kpc).base is None
