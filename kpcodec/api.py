@@ -360,8 +360,8 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         with torch.inference_mode():
             kp = torch.from_numpy(np.stack([k for k, _, _ in chunk])).float()
             jac = torch.from_numpy(np.stack([j for _, j, _ in chunk])).float()
-            base = _base_batch(net, [b for _, _, b in chunk], kp, jac) if fuse else None
-            return tensor_to_frames(net.render(state, kp, jac, base))
+            base = _base_batch(net, [b for _, _, b in chunk], kp, jac) if fuse else (None, None, None)
+            return tensor_to_frames(net.render(state, kp, jac, *base))
 
     done = 0
     workers = threads or 1
@@ -427,23 +427,23 @@ def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bo
 
 
 def _base_batch(net, bases: list, kp, jac):
-    """The generator's base input (B,3,H,W) for one batch of _with_base entries (zeros where None)."""
+    """render()'s base arguments (frames, their keypoints, Jacobians) for one batch of _with_base
+    entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
+    its keypoints, a missing one is zeros; None when the batch has no base frame at all."""
     torch = _torch()
     from .models.frames import frames_to_tensor
 
-    if all(b is None for b in bases):
-        return None
-    size = net.cfg.image_size
-    out = torch.zeros(len(bases), 3, size, size)
-    fresh = [n for n, b in enumerate(bases) if b is not None and b[1] is None]
-    moved = [n for n, b in enumerate(bases) if b is not None and b[1] is not None]
-    if fresh:
-        out[fresh] = net.base_image(frames_to_tensor([bases[n][0] for n in fresh]))
-    if moved:
-        kp0 = torch.from_numpy(np.stack([bases[n][1] for n in moved])).float()
-        jac0 = torch.from_numpy(np.stack([bases[n][2] for n in moved])).float()
-        out[moved] = net.base_image(frames_to_tensor([bases[n][0] for n in moved]), kp0, jac0, kp[moved], jac[moved])
-    return out
+    present = [b for b in bases if b is not None]
+    if not present:
+        return None, None, None
+    size = present[0][0].shape[0]
+    frames = [b[0] if b is not None else np.zeros((size, size, 3), np.uint8) for b in bases]
+    kp0, jac0 = kp.clone(), jac.clone()
+    for n, b in enumerate(bases):
+        if b is not None and b[1] is not None:
+            kp0[n] = torch.from_numpy(b[1])
+            jac0[n] = torch.from_numpy(b[2])
+    return frames_to_tensor(frames), kp0, jac0
 
 
 def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:

@@ -68,13 +68,28 @@ def test_grown_hybrid_starts_as_its_generator_and_the_base_changes_it():
         kp, jac = small.detect(x)
         a = small.render(small.prepare_source(x[:1]), kp, jac)
         state = hybrid.prepare_source(x[:1])
-        base = hybrid.base_image(torch.rand(2, 3, 16, 16), kp, jac, kp.flip(0), jac.flip(0))
-        assert base.shape == (2, 3, 64, 64)
-        assert torch.equal(a, hybrid.render(state, kp, jac, base))  # zero-initialised fusion
+        base = torch.rand(2, 3, 16, 16)
+        assert hybrid.base_image(base).shape == (2, 3, 64, 64)
+        assert torch.equal(a, hybrid.render(state, kp, jac, base, kp.flip(0), jac.flip(0)))  # zero-initialised fusion
         assert torch.equal(a, hybrid.render(state, kp, jac))
         shipped = load_model("tiny-hybrid")  # random fusion weights: the base matters
         s2 = shipped.prepare_source(x[:1])
         assert not torch.allclose(shipped.render(s2, kp, jac, base), shipped.render(s2, kp, jac))
+
+
+def test_a_base_frame_moves_only_when_the_keypoints_do():
+    net = load_model("tiny-hybrid")
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        kp, jac = net.detect(x)
+        state = net.prepare_source(x)
+        mask = net.dense_motion(state.small, state.kp, state.jac, kp, jac)["mask"]
+        small = torch.rand(1, 3, 32, 32)
+        up = net.base_image(small)
+        assert torch.allclose(net.move_base(small, mask, kp, jac, kp, jac), up, atol=1e-5)
+        shifted = net.move_base(small, mask, kp + 0.2, jac, kp, jac)
+        assert (shifted - up).abs().mean() > 0.05
 
 
 def test_hybrid_config_is_fast_wide_plus_fusion():

@@ -27,7 +27,9 @@ def run(runner, *args):
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory):
-    return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=150)
+    # Long enough that a fast machine is still rendering when the signal comes (CI: 150 frames
+    # decoded in 3.4 s and the signal landed after the output was done).
+    return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=400)
 
 
 @pytest.fixture(scope="module")

@@ -43,31 +43,44 @@ class MotionModel(nn.Module):
             kp, jac = self.detect(source)
         return SourceState(self.generator.encode(source), self.dense_motion.small_source(source), kp, jac, source)
 
-    def render(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor,
-               base: torch.Tensor | None = None) -> torch.Tensor:
-        """Frames (B,3,H,W) in [0,1] for driving keypoints (B,K,2) and Jacobians (B,K,2,2);
-        `base`: base-layer frames from `base_image` (hybrid configs)."""
+    def render(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor, base: torch.Tensor | None = None,
+               base_kp: torch.Tensor | None = None, base_jac: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B,3,H,W) in [0,1] for driving keypoints (B,K,2) and Jacobians (B,K,2,2).
+
+        Hybrid configs: `base` (B,3,s,s) are the decoded base-layer frames (zeros where none), any
+        size s, and `base_kp`/`base_jac` the keypoints of the frames they show (None: this frame's);
+        see `move_base`."""
         b = kp.shape[0]
         motion = self.dense_motion(
             state.small, state.kp.expand(b, -1, -1), state.jac.expand(b, -1, -1, -1), kp, jac
         )
+        if base is not None:
+            base = self.move_base(base, motion["mask"], base_kp, base_jac, kp, jac)
         return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image, base)
 
-    def base_image(self, small: torch.Tensor, kp_from: torch.Tensor | None = None, jac_from=None,
-                   kp_to: torch.Tensor | None = None, jac_to=None) -> torch.Tensor:
-        """Decoded base-layer frames (B,3,s,s) in [0,1], any size s, as the generator takes them:
-        bicubic-upsampled to the model size and, given the keypoints of the base frame
-        (`kp_from`) and of the frame to render (`kp_to`), moved by the dense motion between
-        them (a base frame is older than the frame it serves when the base layer runs at a
-        fraction of the frame rate)."""
+    def base_image(self, small: torch.Tensor) -> torch.Tensor:
+        """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size."""
         size = self.cfg.image_size
         up = small.float()
         if up.shape[-1] != size:
             up = F.interpolate(up, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+        return up
+
+    def move_base(self, small: torch.Tensor, mask: torch.Tensor, kp_from: torch.Tensor | None, jac_from,
+                  kp_to: torch.Tensor, jac_to) -> torch.Tensor:
+        """Base frames as the generator takes them: upsampled (base_image) and moved from the
+        keypoints of the frame they show (`kp_from`) to those of the frame being rendered
+        (`kp_to`): a base frame serves the frames after it when the base layer runs at a fraction
+        of the frame rate. The move is FOMM's flow between the two keypoint sets, mixed by the
+        masks the dense motion network already made for this frame (which part of the frame
+        follows which keypoint, or stays): no second dense-motion pass. With kp_from = kp_to
+        (or None) every motion is the identity and the frame is not moved."""
+        up = self.base_image(small)
         if kp_from is None:
             return up
-        motion = self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp_to, jac_to)
-        flow = motion["flow"]
+        sparse = self.dense_motion.sparse_motions(kp_from, jac_from, kp_to, jac_to)  # B,K+1,h,w,2
+        flow = (sparse * mask.unsqueeze(-1)).sum(dim=1)
+        size = up.shape[-1]
         if flow.shape[1] != size:
             flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
                                  align_corners=True).permute(0, 2, 3, 1)

@@ -5,8 +5,8 @@ Data: every `stride`-th train frame (as for the motion model) is coded per clip 
 base-layer stream, once per training setting (size, CRF), and decoded; the decoded frames are
 cached under `--cache`. A training pair takes a source frame and a driving frame of one clip;
 the driving frame's base frame is the one `age` kept frames earlier (0, 1 or 2, i.e. up to 4
-video frames at stride 2), moved to the driving keypoints by the dense motion, as the decoder
-does between base frames. One item in ten gets no base frame, so the model still renders
+video frames at stride 2), moved to the driving keypoints (MotionModel.move_base), as the
+decoder does between base frames. One item in ten gets no base frame, so the model still renders
 keypoint-only frames (a lost base packet). The detector's keypoints of every kept frame are
 computed once (the detector is frozen).
 
@@ -168,19 +168,14 @@ class HybridTrainer(Trainer):
                 **{f"kp_{k}": torch.from_numpy(np.stack(v)) for k, v in kp.items()},
                 **{f"jac_{k}": torch.from_numpy(np.stack(v)) for k, v in jac.items()}}
 
-    def base_images(self, base: list, ages: np.ndarray, kp_b, jac_b, kp_d, jac_d) -> torch.Tensor:
-        """The generator's base input for a batch: upsampled, motion-compensated where aged, zeros where absent."""
+    def base_batch(self, base: list) -> torch.Tensor:
+        """The decoded base frames of a batch, each upsampled as the model does (base_image), zeros
+        where the item has none (items of one batch come in different sizes)."""
         size = self.cfg.image_size
         out = torch.zeros(len(base), 3, size, size)
-        with torch.no_grad():
-            for n, frame in enumerate(base):
-                if frame is None:
-                    continue
-                small = frames_to_tensor(frame[None])
-                if ages[n] > 0:
-                    out[n] = self.model.base_image(small, kp_b[n:n + 1], jac_b[n:n + 1], kp_d[n:n + 1], jac_d[n:n + 1])[0]
-                else:
-                    out[n] = self.model.base_image(small)[0]
+        for n, frame in enumerate(base):
+            if frame is not None:
+                out[n] = self.model.base_image(frames_to_tensor(frame[None]))[0]
         return out
 
     # -- one step ------------------------------------------------------------------------
@@ -192,8 +187,8 @@ class HybridTrainer(Trainer):
         with torch.no_grad():
             motion = m.dense_motion(m.dense_motion.small_source(batch["source"]), batch["kp_s"], batch["jac_s"],
                                     batch["kp_d"], batch["jac_d"])
-            base = self.base_images(batch["base"], batch["ages"], batch["kp_b"], batch["jac_b"],
-                                    batch["kp_d"], batch["jac_d"])
+            base = m.move_base(self.base_batch(batch["base"]), motion["mask"],
+                               batch["kp_b"], batch["jac_b"], batch["kp_d"], batch["jac_d"])
         image = m.generator.decode(m.generator.encode(batch["source"]), motion["flow"], motion["occlusion"],
                                    batch["source"], base)
         terms = {"pyramid": losses.pyramid_l1(image, batch["driving"]),
@@ -233,9 +228,8 @@ def evaluate_hybrid(model, clip: MonitorClip, divisor: int = 2) -> dict:
     for t in range(len(frames)):
         b = t - t % divisor
         small = frames_to_tensor(clip.base[b:b + 1])
-        base = model.base_image(small) if b == t else model.base_image(small, kp[b:b + 1], jac[b:b + 1],
-                                                                        kp[t:t + 1], jac[t:t + 1])
-        hybrid.append(tensor_to_frames(model.render(state, kp[t:t + 1], jac[t:t + 1], base))[0])
+        hybrid.append(tensor_to_frames(model.render(state, kp[t:t + 1], jac[t:t + 1], small, kp[b:b + 1],
+                                                    jac[b:b + 1]))[0])
         plain.append(tensor_to_frames(model.render(state, kp[t:t + 1], jac[t:t + 1]))[0])
         held.append(tensor_to_frames(model.base_image(small))[0])
     row = {"clip": clip.name}
