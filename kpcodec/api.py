@@ -7,7 +7,8 @@ wrong: kpcodec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1; with re
 a new source image wherever the decoder's rendering drifts (kpcodec.refresh; .kpc 1.2).
 decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
 rendered by the dense-motion network and generator from the source image in force at that
-frame -> H.264 MP4, streamed frame by frame.
+frame -> a video (H.264 MP4 unless the output's suffix picks another container), streamed frame
+by frame.
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from . import audio as audio_codec
 from . import bitstream, predict, source_image, video
 from .parallel import fixed_mmap_threshold, ordered_map, torch_thread_count, torch_threads, torch_threads_for
-from .errors import KpcodecError, ModelError, OutputExistsError, UsageError
+from .errors import KpcFormatError, KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
+Warn = Callable[[str], None]  # one warning line, e.g. the CLI's "kpcodec: warning: ..."
 # x264 preset of decode's MP4: veryfast costs 2 ms a 256x256 frame against medium's 5 ms
 # (a tenth of a real-time frame budget) at CRF 18, where the two look the same.
 DECODE_PRESET = "veryfast"
@@ -61,9 +63,60 @@ class Summary:
         return {**asdict(self), "fps": self.fps, "kbps": self.kbps}
 
 
-def check_output(path, force: bool) -> None:
-    if path != "-" and os.path.exists(path) and not force:
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)  # follows symlinks; hard links share the inode
+    except OSError:  # either one missing or unreadable: not the same file
+        return False
+
+
+def check_output(path, force: bool, inputs=()) -> None:
+    """Fail now, before any decoding or model loading, if output `path` cannot be written.
+
+    UsageError (exit 2): `path` is the same file as one of `inputs` (through symlinks and hard
+    links too, with or without `force`), it is a directory, it exists and `force` is not set
+    (OutputExistsError), or its directory is missing or not a directory.  KpcodecError (exit 1,
+    an I/O error like any other failed write): its directory is not writable.
+    "-" (stdout, and as an input stdin) is never checked.
+    """
+    if str(path) == "-":
+        return
+    path = os.fspath(path)
+    for src in inputs:
+        if src is not None and str(src) != "-" and _same_file(path, src):
+            raise UsageError(f"{path} is the same file as the input {os.fspath(src)}: refusing to "
+                             "overwrite it, even with -f/--force (choose another output)")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {path}: it is a directory")
+    if os.path.exists(path) and not force:
         raise OutputExistsError(f"{path} exists (use -f/--force to overwrite)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        raise UsageError(f"cannot write {path}: no such directory {directory}")
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise KpcodecError(f"cannot write {path}: Permission denied (directory {directory})")
+
+
+def _display_name(input) -> str:
+    return "<stdin>" if str(input) == "-" else os.fspath(input)
+
+
+def _names_file(fn):
+    """Let a malformed .kpc `input` of `fn(input, ...)` be named in its KpcFormatError:
+    "FILE: bad magic" ("<stdin>" for "-"), unless the message names it already."""
+    @functools.wraps(fn)
+    def wrapper(input, *args, **kwargs):
+        try:
+            return fn(input, *args, **kwargs)
+        except KpcFormatError as exc:
+            name = _display_name(input)
+            if str(exc).startswith(f"{name}:"):
+                raise
+            raise type(exc)(f"{name}: {exc}") from None
+
+    return wrapper
 
 
 def _stdin_input(fn):
@@ -83,6 +136,9 @@ def _stdin_input(fn):
                     shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
                 except OSError as exc:
                     raise KpcodecError(f"cannot read <stdin>: {exc.strerror or exc}") from None
+            warn = kwargs.get("warn")
+            if warn is not None:
+                kwargs["warn"] = lambda message: warn(message.replace(path, "<stdin>"))
             try:
                 return fn(path, *args, **kwargs)
             except KpcodecError as exc:
@@ -145,7 +201,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
            audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
            keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None, threads: int | None = None,
            refresh: str | None = None, refresh_threshold: float | None = None,
-           base_layer=None, bitrate=None) -> Summary:
+           base_layer=None, bitrate=None, warn: Warn | None = None) -> Summary:
     """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
 
     The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
@@ -165,6 +221,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     `bitrate` a target total rate ("6k", kb/s; source + keypoints + base layer, audio apart)
     for the rate control of kpcodec.ratecontrol, which then picks keep-every, the base layer and
     the source quality (default base layer with a bitrate: auto; without: off).
+    `warn(message)` is told, before any frame is read, of an output name without ".kpc" and of a
+    crop that the model's resolution would blow up or an input too wide for its centre square.
     """
     from . import ratecontrol as rc
     from . import refresh as rf
@@ -187,6 +245,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     # auto: the detector sees every frame; the choice comes after.
     pattern = (SendPattern.parse(keep_pattern) if keep_pattern
                else SendPattern.keep_every(1 if auto else keep_every))
+    # A rate target detects every frame: the rate control may settle on another keep-every.
+    detected = SendPattern.keep_every(1) if plan.target_kbps is not None else pattern
     refresh = rf.check_mode(rf.DEFAULT_MODE if refresh is None else refresh)
     if refresh_threshold is not None and refresh != "auto":
         raise UsageError("--refresh-threshold needs --refresh auto")
@@ -196,7 +256,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         check_predictor(predictor)
     if audio:
         audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
-    check_output(output, force)
+    check_output(output, force, (input,))
+    if warn and str(output) != "-" and not os.fspath(output).lower().endswith(".kpc"):
+        warn(f"{output} does not end in .kpc (it is written as a .kpc file all the same)")
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.parallel)
     start = time.perf_counter()
     info = video.probe(input)
@@ -204,7 +266,11 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     if plan.wants_base and not net.cfg.base_fusion:
         raise UsageError(f"model {name!r} cannot use a base layer (hybrid models: {', '.join(rc.hybrid_models())})")
     size = net.cfg.image_size
-    base = rc.BaseLayerPass(plan, info.fps, source_quality, source_codec) if plan.wants_base else None
+    for message in video.crop_warnings(info, size, crop):
+        if warn:
+            warn(message)
+    base = (rc.BaseLayerPass(plan, info.fps, source_quality, source_codec, info.frame_count or None)
+            if plan.wants_base else None)
     torch = _torch()
     sent_idx, kps, jacs = [], [], []
     source = None
@@ -225,7 +291,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                 base.push(i, frame)
             if progress:
                 progress(count, info.frame_count)
-            if pattern.is_sent(i):
+            if detected.is_sent(i):
                 yield i, frame
 
     def detect(chunk):
@@ -246,6 +312,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         raise video.VideoError(f"{input}: no frames decoded")
     sent_idx = np.asarray(sent_idx, dtype=np.int64)
     kps, jacs = np.concatenate(kps).astype(np.float32), np.concatenate(jacs).astype(np.float32)
+    every = (sent_idx, kps, jacs)
+    if detected is not pattern:
+        sent_idx, kps, jacs = _thin(every, pattern, count)
     spacing = pattern.nominal_spacing
     if auto:
         chosen = choose_sent_frames(kps, jacs, predictor, max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
@@ -265,9 +334,25 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         predictor=predictor, adaptive=auto,
     )
     base_stream = None
-    if base is not None:
-        base_stream = base.finish(bitstream.KpcStream(header, source_codec, source_data, sent_idx, kps, jacs,
-                                                      refreshes=refreshes))
+    if plan.target_kbps is not None or base is not None:
+        def stream_at(k):
+            if k == keep_every:
+                return bitstream.KpcStream(header, source_codec, source_data, sent_idx, kps, jacs,
+                                           refreshes=refreshes)
+            at = replace(header, keep_every=k)
+            return bitstream.KpcStream(at, source_codec, source_data, *_thin(every, SendPattern.keep_every(k), count))
+
+        if base is not None:
+            chosen, base_stream = base.finish(stream_at)
+        else:
+            chosen = rc.settle_keypoint_only(plan, stream_at, count, info.fps)
+        if chosen != keep_every and not refreshes:
+            header = replace(header, keep_every=chosen)
+            sent_idx, kps, jacs = _thin(every, SendPattern.keep_every(chosen), count)
+        if base_stream is None and model is None and net.cfg.base_fusion:
+            # No base layer after all: the keypoint model renders it better (the hybrid model's
+            # keypoints are the same; its no-base path is only its fallback).
+            header = replace(header, **_keypoint_model_of(net))
     extra, audio_bytes = [], 0
     if audio and info.has_audio:
         track = audio_codec.encode_audio(input, header.duration_s, audio_bitrate, ignore_errors=ignore_errors)
@@ -287,31 +372,57 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                    base_layer=str(base.settings) if base_stream else None)
 
 
-def _check_weights(header: bitstream.Header, model: str | None = None):
-    """The model that renders the file: the one its header names, or `model` if that one has the
-    same keypoint detector (its keypoints mean the same; only the generator differs)."""
+def _keypoint_model_of(net) -> dict:
+    """Header fields naming the default keypoint-only model when it shares `net`'s detector and
+    dense motion (the same keypoints, the same motion), else none."""
+    from .models.registry import DEFAULT_MODEL, get_weights, load_model
+
+    other = load_model(DEFAULT_MODEL, inference=True)
+    mine, theirs = net.state_dict(), other.state_dict()
+    shared = [k for k in theirs if not k.startswith("generator.")]
+    if all(k in mine and mine[k].shape == theirs[k].shape and bool((mine[k] == theirs[k]).all()) for k in shared):
+        return {"model": DEFAULT_MODEL, "weights_sha256": get_weights(DEFAULT_MODEL).sha256}
+    return {}
+
+
+def _thin(every, pattern: SendPattern, count: int):
+    """The rows of every-frame detections (sent_idx, kps, jacs) that `pattern` sends."""
+    idx, kps, jacs = every
+    keep = np.isin(idx, pattern.indices(count))
+    return idx[keep], kps[keep], jacs[keep]
+
+
+def _check_weights(header: bitstream.Header, model: str | None = None, name: str = "file"):
+    """The model that renders the file `name`: the one its header names, or `model` if that one has
+    the same keypoint detector (its keypoints mean the same; only the generator differs)."""
     from .models.registry import WEIGHTS, get_weights, load_model, shipped_detector_fingerprint
 
     entry = WEIGHTS.get(header.model)
     if entry is None:
-        raise ModelError(f"file was made with model {header.model!r}, which this kpcodec does not ship "
+        raise ModelError(f"{name} was made with model {header.model!r}, which this kpcodec does not ship "
                          f"(have: {', '.join(sorted(WEIGHTS)) or 'none'})")
     if entry.sha256 != header.weights_sha256:
-        raise ModelError(f"file was made with other weights for {header.model!r} "
+        raise ModelError(f"{name} was made with other weights for {header.model!r} "
                          f"(sha256 {header.weights_sha256[:12]}…, this kpcodec has {entry.sha256[:12]}…)")
     if model is None or model == header.model:
         return load_model(header.model, inference=True)
     other = get_weights(model)
     if shipped_detector_fingerprint(other.sha256) != shipped_detector_fingerprint(entry.sha256):
         raise ModelError(f"model {model!r} has another keypoint detector than {header.model!r}, "
-                         "which made the file: it cannot render these keypoints")
+                         f"which made {name}: it cannot render these keypoints")
     return load_model(model, inference=True)
 
 
+@_names_file
 def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
            progress: Progress | None = None, audio: bool = True, threads: int | None = None,
-           model: str | None = None, ignore_errors: bool = False) -> Summary:
-    """Decode .kpc `input` ("-" for stdin) to an MP4 `output` ("-" for stdout).
+           model: str | None = None, ignore_errors: bool = False, warn: Warn | None = None) -> Summary:
+    """Decode .kpc `input` ("-" for stdin) to a video `output` ("-" for an MP4 on stdout).
+
+    The suffix of `output` picks the container and its video codec (kpcodec.video.CONTAINERS:
+    H.264 in .mp4/.mov/.mkv, VP9 or AV1 in .webm, GIF, raw .y4m; no suffix: MP4); any other
+    suffix is a UsageError before anything is read. `warn(message)` is told of an output without
+    a suffix and of audio that its container cannot hold (then left out).
 
     `model`: render with this shipped model instead of the one the file names, if both share a
     keypoint detector (e.g. the cheaper fomm-256-fast on a slow machine, or the quarter model).
@@ -319,20 +430,28 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     `ignore_errors`: a base-layer frame that does not decode is rendered from the keypoints alone
     (counted in `Summary.base_errors`) instead of stopping.
 
-    The file's audio (an `opus` chunk) is muxed into the MP4 as is, unless `audio` is False.
+    The file's audio (an `opus` chunk) is muxed into the video as is, unless `audio` is False.
     `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
     machine, 27.7 against 21.3 fps for two workers); 1 renders in this thread on one torch thread;
     N >= 2 on N single-threaded workers (kpcodec.parallel), which keep their pace when other jobs
     take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
     """
-    check_output(output, force)
+    name = _display_name(input)
+    check_output(output, force, (input,))
+    container, _ = video.container_for(output)  # a suffix it cannot write fails before any work
+    if warn and str(output) != "-" and not os.path.splitext(os.fspath(output))[1]:
+        warn(f"{output} has no suffix: writing an MP4")
     start = time.perf_counter()
     stream = bitstream.read_file(input)
     h = stream.header
     track = audio_codec.from_stream(stream) if audio else None
-    net = _check_weights(h, model)
+    if track is not None and not container.audio:
+        if warn:
+            warn(f"{output}: a {container.format} file cannot hold audio; the audio of {name} is left out")
+        track = None
+    net = _check_weights(h, model, name)
     if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
-        raise ModelError(f"file's {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
+        raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
                          f"{model or h.model!r}")
     torch = _torch()
     from .models.frames import frames_to_tensor, tensor_to_frames
@@ -370,7 +489,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         if track is not None:
             writer.add_audio(track)
         # Frames are streamed: a few batches in flight, each written as soon as it is next.
-        items = _with_base(filled, stream.base if fuse else None, input, ignore_errors, base_errors)
+        items = _with_base(filled, stream.base if fuse else None, name, ignore_errors, base_errors)
         for frames in ordered_map(render, _source_batches(items, sources, prepare, batch), workers):
             for frame in frames:
                 writer.write(frame)
@@ -500,6 +619,7 @@ def bit_budget(chunks: list[tuple[str, int]], duration_s: float, sent_frames: in
     return out
 
 
+@_names_file
 def info(input) -> dict:
     """Header, chunk sizes (bytes, kb/s), the bit budget and keypoint statistics of a .kpc file."""
     data = bitstream.read_bytes(input)

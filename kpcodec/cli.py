@@ -2,12 +2,15 @@
 
 stdout carries results (tables, --json); progress bars, logs and errors go to stderr.
 Errors are one line and an exit code: 1 for bad data, 2 for usage, 130/143 on SIGINT/SIGTERM.
+Warnings are one line too ("kpcodec: warning: ..."), shown even with --quiet.
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -54,16 +57,47 @@ def _errors_to_exit():
         signal.signal(signal.SIGTERM, old)
 
 
+def _warn(message: str) -> None:
+    """A warning: one line on stderr, shown even with --quiet."""
+    err.print(f"kpcodec: warning: {message}", markup=False)
+
+
+PLAIN_PROGRESS_S = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
 @contextmanager
 def _progress(label: str, quiet: bool):
-    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task(label, total=None)
+    """An update(done, total) for the command `label`: a live bar on a terminal; elsewhere (a log
+    file, a pipe) a plain line every PLAIN_PROGRESS_S seconds; nothing with --quiet."""
+    if quiet or err.is_terminal:
+        columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+            task = bar.add_task(label, total=None)
 
-        def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
+            def update(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
 
-        yield update
+            yield update
+        return
+    first = last = None  # (time, done) of the first update (the rate leaves the setting up out), of the last line
+
+    def plain(done: int, total: int | None) -> None:
+        nonlocal first, last
+        now = time.monotonic()
+        if first is None:
+            first = last = (now, done)
+            return
+        if now - last[0] < PLAIN_PROGRESS_S:
+            return
+        last = (now, done)
+        fps = (done - first[1]) / (now - first[0]) if now > first[0] else 0.0
+        line = f"{label}: {done}/{total} frames" if total else f"{label}: {done} frames"
+        line += f", {fps:.1f} fps"
+        if total and fps > 0 and done < total:
+            line += f", ETA {(total - done) / fps:.0f} s"
+        err.print(line, markup=False)
+
+    yield plain
 
 
 def _check_stdout(output: str) -> None:
@@ -146,17 +180,17 @@ def encode(
 
     with _errors_to_exit():
         _check_stdout(output)
-        with _progress("encoding", quiet) as progress:
+        with _progress("encode", quiet) as progress:
             s = api.encode(input, output, keep_every=keep_every, model=model, crop=_parse_crop(crop),
                            source_codec=source_codec or source_image.DEFAULT_CODEC,
                            source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
                            force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
                            ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
                            max_error=max_error, threads=_check_threads(threads), refresh=refresh,
-                           refresh_threshold=refresh_threshold, base_layer=base_layer, bitrate=bitrate)
+                           refresh_threshold=refresh_threshold, base_layer=base_layer, bitrate=bitrate,
+                           warn=_warn)
     if s.skipped:  # a warning, so even --quiet says it
-        err.print(f"kpcodec: warning: {s.skipped} input frame(s) did not decode; the previous frame "
-                  "was repeated in their place", markup=False)
+        _warn(f"{s.skipped} input frame(s) did not decode; the previous frame was repeated in their place")
     if not quiet:
         sound = f" (audio {s.audio_bytes * 8 / s.duration_s / 1000:.2f})" if s.audio_bytes and s.duration_s else ""
         fresh = f", {s.refreshes} source refresh(es)" if s.refreshes else ""
@@ -169,27 +203,26 @@ def encode(
 @app.command()
 def decode(
     input: Annotated[str, typer.Argument(help="Input .kpc file ('-' for stdin).")],
-    output: Annotated[str, typer.Option("-o", "--output", help="Output MP4 ('-' for stdout).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output video: .mp4, .mov, .mkv (H.264), .webm (VP9), .gif or .y4m ('-': MP4 to stdout).")],
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
-    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the MP4.")] = False,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the video.")] = False,
     model: Annotated[Optional[str], typer.Option("--model", help="Render with this shipped model instead of the file's, if it has the same keypoint detector (e.g. fomm-256-fast: faster; fomm-256-quarter: sharper).")] = None,
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Render a base-layer frame that does not decode from the keypoints alone instead of stopping.")] = False,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
 ):
-    """Decode a .kpc file into an H.264 MP4 (with its Opus audio, if any)."""
+    """Decode a .kpc file into a video, by default an H.264 MP4 (with its Opus audio, if any)."""
     from . import api
 
     with _errors_to_exit():
         _check_stdout(output)
         workers = _check_threads(threads)
-        with _progress("decoding", quiet) as progress:
+        with _progress("decode", quiet) as progress:
             s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio,
-                           threads=workers, model=model, ignore_errors=ignore_errors)
+                           threads=workers, model=model, ignore_errors=ignore_errors, warn=_warn)
     if s.base_errors:
-        err.print(f"kpcodec: warning: {s.base_errors} base-layer frame(s) did not decode; rendered from the "
-                  "keypoints alone", markup=False)
+        _warn(f"{s.base_errors} base-layer frame(s) did not decode; rendered from the keypoints alone")
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)
@@ -306,6 +339,53 @@ def train_predictor(
                                seed=seed, threads=threads, val_every=val_every, quiet=quiet)
 
 
+def _compare_encodes(names, keep_every, crfs: dict, hybrid_kbps, low_res, low_crfs: dict) -> dict[str, int]:
+    """How many encodes `kpcodec compare` runs per codec (a codec this PyAV build lacks: none)."""
+    from . import classic
+    from .compare import DEFAULT_LOW_CRFS, LOW_RES_CODECS
+
+    counts = {}
+    for key in dict.fromkeys(names):
+        if key == "kpcodec":
+            counts[key] = len(dict.fromkeys(keep_every))
+        elif key == "kpcodec-hybrid":
+            counts[key] = len(dict.fromkeys(hybrid_kbps))
+        elif classic.missing_reason(LOW_RES_CODECS.get(key, key)):
+            continue
+        elif key in LOW_RES_CODECS:
+            counts[key] = len(low_res) * len(low_crfs.get(key, DEFAULT_LOW_CRFS[key]))
+        else:
+            counts[key] = len(crfs.get(key, classic.CODECS[key].default_crfs))
+    return counts
+
+
+def _unique_outputs(paths) -> None:
+    """Two of compare's outputs may not be one file."""
+    from .api import _same_file
+
+    given = [p for p in paths if p is not None]
+    for i, a in enumerate(given):
+        for b in given[i + 1:]:
+            if os.path.abspath(a) == os.path.abspath(b) or _same_file(a, b):
+                raise UsageError(f"{a} is given for two outputs (choose a file for each)")
+
+
+def _compare_start(input, model, crop, encodes: dict[str, int], total, landmarks: bool, quiet: bool) -> None:
+    """compare's lines up front: its crop warnings and (but with --quiet) how many encodes it runs."""
+    from . import video
+    from .compare import _model_size
+
+    for message in video.crop_warnings(video.probe(input), _model_size(model)[1], crop):
+        _warn(message)
+    if quiet:
+        return
+    n = sum(encodes.values())
+    per = n + (1 if landmarks else 0)  # compare's progress counts frames per encode and landmark pass
+    frames = f" of {total // per} frames each" if total and per and total % per == 0 else ""
+    err.print(f"compare: {n} encode{'' if n == 1 else 's'} ({', '.join(f'{k} {v}' for k, v in encodes.items())})"
+              f"{frames}", markup=False)
+
+
 def _compare_summary(result, written: list[str]) -> str:
     """The one closing line of `kpcodec compare`."""
     from .compare import _kb
@@ -361,7 +441,7 @@ def compare(
     quiet: Quiet = False,
 ):
     """Compare kpcodec with H.264, H.265 and AV1 on a clip: rate, quality, speed."""
-    from . import api, report
+    from . import api, report, video
     from .compare import compare as run_compare
     from .compare import parse_codecs, parse_floats, parse_ints, parse_low_res
 
@@ -377,15 +457,37 @@ def compare(
         # Everything that would fail after minutes of work fails now instead.
         for path in (csv_path, plot, side_by_side):
             if path is not None:
-                api.check_output(path, force)
+                api.check_output(path, force, (input,))
+        _unique_outputs((csv_path, plot, side_by_side))
         if plot is not None:
-            report.check_plot_available()
-        if side_by_side is not None and "kpcodec" not in names:
-            raise UsageError("--side-by-side needs kpcodec among --codecs")
-        with _progress("comparing", quiet) as progress:
+            report.check_plot_available(plot)
+        if side_by_side is not None:
+            video.container_for(side_by_side)
+            if "kpcodec" not in names:
+                raise UsageError("--side-by-side needs kpcodec among --codecs")
+        box = _parse_crop(crop)
+        if landmarks:
+            from .compare import _landmarks_available
+
+            missing = _landmarks_available()
+            if missing:  # the columns would be empty: say so now, not in a note at the end
+                _warn(missing)
+                landmarks = False
+        encodes = _compare_encodes(names, ks, crfs, hybrid_kbps, lows, low_crfs)
+        with _progress("compare", quiet) as progress:
+            started = False
+
+            def update(done: int, total: int | None) -> None:
+                # compare's first call comes once its arguments are checked and the clip is read.
+                nonlocal started
+                if not started:
+                    started = True
+                    _compare_start(input, model, box, encodes, total, landmarks, quiet)
+                progress(done, total)
+
             result = run_compare(input, codecs=names, keep_every=ks, crfs=crfs, model=model,
-                                 crop=_parse_crop(crop), max_frames=max_frames, landmarks=landmarks,
-                                 threads=threads, predictor=predictor, progress=progress,
+                                 crop=box, max_frames=max_frames, landmarks=landmarks,
+                                 threads=threads, predictor=predictor, progress=update,
                                  hybrid_kbps=hybrid_kbps, low_res=lows, low_crfs=low_crfs)
         written = []
         if csv_path is not None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kpcodec.errors import KpcodecError
+from kpcodec.errors import KpcodecError, UsageError
 
 N_LANDMARKS = 478
 
@@ -55,7 +55,7 @@ EYE_CONTOUR: tuple[int, ...] = (
 
 
 def _face_mesh_module() -> Any:
-    """Import mediapipe's face mesh, or raise KpcodecError saying how to install it."""
+    """Import mediapipe's face mesh, or raise UsageError (exit 2) saying how to install it."""
     try:
         import mediapipe as mp
 
@@ -68,7 +68,7 @@ def _face_mesh_module() -> Any:
         # Newer mediapipe releases drop the "solutions" API: treat that like a missing package.
         return mp.solutions.face_mesh
     except (ImportError, AttributeError) as exc:
-        raise KpcodecError(MEDIAPIPE_MISSING) from exc
+        raise UsageError(MEDIAPIPE_MISSING) from exc
 
 
 class FaceLandmarker:

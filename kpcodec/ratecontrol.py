@@ -108,9 +108,13 @@ def _kbps(nbytes: int, seconds: float) -> float:
 class BaseLayerPass:
     """Runs beside encode's frame loop: push(i, frame) every frame; finish() -> BaseLayer or None."""
 
-    def __init__(self, plan: Plan, fps: Fraction, source_quality: int, source_codec: str):
+    def __init__(self, plan: Plan, fps: Fraction, source_quality: int, source_codec: str,
+                 expected_frames: int | None = None):
         self.plan = plan
         self.fps = Fraction(fps)
+        # The clip's length as the container states it (None: unknown, e.g. a pipe or a camera):
+        # the source image's bytes are spread over it, not over the look-ahead alone.
+        self.expected_frames = expected_frames
         self.source_quality, self.source_codec = source_quality, source_codec
         self.settings = plan.settings
         self.window = max(1, int(round(WINDOW_S * float(self.fps)))) if plan.target_kbps is not None else 0
@@ -135,20 +139,21 @@ class BaseLayerPass:
         if self.window and not self._decided:
             self._buffer.append(frame)
             if len(self._buffer) == self.window:
-                self._decide(self._estimated_fixed_bytes(len(self._buffer)))
+                self._decide(self._estimated_fixed_kbps())
             return
         if self._encoder is not None:
             self._packets += [p for _, p in self._encoder.push(i, frame)]
 
-    def _estimated_fixed_bytes(self, frames: int) -> int:
-        seconds = frames / float(self.fps)
-        kp = KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2]) * 1000 * seconds / 8
-        return HEADER_BYTES + self._source_bytes + int(kp)
+    def _estimated_fixed_kbps(self) -> float:
+        """Header, source image and keypoints, kb/s: the source spread over the clip's stated
+        length (at least the look-ahead), the keypoints at their val rate."""
+        frames = max(len(self._buffer), self.expected_frames or 0)
+        return (_kbps(HEADER_BYTES + self._source_bytes, frames / float(self.fps))
+                + KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2]))
 
-    def _decide(self, fixed_bytes: int) -> None:
-        """Settings for the base budget left by `fixed_bytes` over the buffered frames; codes them."""
-        frames = len(self._buffer)
-        budget = self.plan.target_kbps - _kbps(fixed_bytes, frames / float(self.fps))
+    def _decide(self, fixed_kbps: float) -> None:
+        """Settings for the base budget that `fixed_kbps` leaves; codes the buffered frames."""
+        budget = self.plan.target_kbps - fixed_kbps
         self._decided = True
         self._start(choose_settings(self._buffer, self.fps, budget))
         if self._encoder is not None:
@@ -156,17 +161,41 @@ class BaseLayerPass:
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
         self._buffer = []
 
-    def finish(self, stream: bitstream.KpcStream) -> bitstream.BaseLayer | None:
-        """The base layer of the whole clip; `stream` (all but the base) gives the exact fixed bytes."""
+    def finish(self, stream_at) -> tuple[int, bitstream.BaseLayer | None]:
+        """(keep-every, base layer) of the whole clip. `stream_at(k)` is the stream without a
+        base at keep-every k: its bytes are the exact fixed cost. Where no base layer fits a
+        rate target, the keypoint-only file takes the keep-every whose rate comes closest to it
+        (keep-every 1 where it fits: the best keypoint-only picture)."""
+        keep = self.plan.keep_every
         if self.window and not self._decided:
             # The whole clip was the look-ahead: decide on the exact bytes of everything else
             # (+ the BASE chunk's framing and fields).
-            self._decide(len(bitstream.dumps(stream)) + 21)
+            self._decide(_kbps(len(bitstream.dumps(stream_at(keep))) + 21, self.count / float(self.fps)))
         if self._encoder is None:
-            return None
+            return settle_keypoint_only(self.plan, stream_at, self.count, self.fps), None
         self._packets += [p for _, p in self._encoder.flush()]
         s = self.settings
-        return bitstream.BaseLayer(s.size, s.divisor, s.crf, self._packets)
+        return keep, bitstream.BaseLayer(s.size, s.divisor, s.crf, self._packets)
+
+
+KEEP_CHOICES = (1, 2, 4)
+
+
+def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps) -> int:
+    """Keep-every of a file without a base layer: the plan's, or with a rate target the one
+    `keypoint_only_keep` picks from the exact sizes of `stream_at(k)`."""
+    if plan.target_kbps is None:
+        return plan.keep_every
+    seconds = frames / float(fps)
+    return keypoint_only_keep(plan.target_kbps,
+                              {k: _kbps(len(bitstream.dumps(stream_at(k))), seconds) for k in KEEP_CHOICES})
+
+
+def keypoint_only_keep(target_kbps: float, rates: dict[int, float]) -> int:
+    """The keep-every of a keypoint-only file at a rate target: the densest (best) one whose
+    rate stays within the target, else the cheapest."""
+    fits = [k for k, r in rates.items() if r <= target_kbps]
+    return min(fits) if fits else max(rates, key=lambda k: (-rates[k], k))
 
 
 def _rate(frames, fps, settings) -> float:

@@ -139,11 +139,20 @@ def write_csv(rows: Sequence, path, force: bool = False) -> None:
 # --------------------------------------------------------------------------- plot
 
 
-def check_plot_available() -> None:
+def check_plot_available(path=None) -> None:
+    """UsageError (exit 2, with the pip line) without matplotlib, or for a `path` whose suffix
+    names an image format it cannot write."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise KpcodecError(PLOT_MISSING) from None
+        raise UsageError(PLOT_MISSING) from None
+    if path is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        fmt = Path(os.fspath(path)).suffix.lstrip(".").lower() or "png"
+        if fmt not in formats:
+            raise UsageError(f"cannot write plot {path}: no image format {fmt} (writes {', '.join(sorted(formats))})")
 
 
 def _rate_tick(x, _pos=None) -> str:

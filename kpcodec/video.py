@@ -7,8 +7,11 @@ rest of kpcodec sees only ``numpy`` RGB frames and ``kpcodec.errors`` exceptions
 * :func:`read_frames` yields HxWx3 ``uint8`` RGB frames, square-cropped and
   resized to ``size x size``, at a constant frame rate (see its docstring for the
   variable-frame-rate policy).
-* :class:`VideoWriter` encodes RGB frames to H.264 (or another encoder) in
-  yuv420p, atomically (temp file + ``os.replace``) or as fragmented MP4 to stdout.
+* :class:`VideoWriter` encodes RGB frames in the container its suffix names, with
+  the video codec of :data:`CONTAINERS` (H.264 in mp4/mov/mkv, VP9 or AV1 in webm,
+  GIF, raw y4m) or another encoder, atomically (temp file + ``os.replace``) or as
+  fragmented MP4 to stdout.
+* :func:`crop_warnings` says when a crop loses much (upscaled, or a very wide frame).
 * :func:`check_codecs` reports which of the encoders/decoders we rely on exist.
 
 Every reading failure raises :class:`~kpcodec.errors.VideoError` with a
@@ -35,7 +38,8 @@ from PIL import Image
 
 from kpcodec.errors import UsageError, VideoError
 
-__all__ = ["VideoInfo", "probe", "read_frames", "VideoWriter", "check_codecs"]
+__all__ = ["VideoInfo", "probe", "read_frames", "VideoWriter", "CONTAINERS", "container_for",
+           "crop_warnings", "check_codecs"]
 
 # Demuxers that open a single still image as a one-frame "video"; we refuse them.
 _STILL_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe",
@@ -317,6 +321,29 @@ def _crop_box(path: str, w: int, h: int, crop) -> tuple[int, int, int, int]:
     return (x, y, cw, ch)
 
 
+# crop_warnings: the crop is blown up more than this to the model's size, or the frame is
+# wider (or taller) than this, so that its centre square keeps little of it.
+MAX_UPSCALE = 1.5
+MAX_ASPECT = 4.0
+
+
+def crop_warnings(info: VideoInfo, size: int, crop=None) -> list[str]:
+    """Warnings (one line each, naming the file) about the square a `size` model will see of
+    the video `info` describes: the crop (default the centred largest square) upscaled more than
+    MAX_UPSCALE, or, without `crop`, a frame beyond MAX_ASPECT:1. A bad `crop` raises UsageError."""
+    w, h = info.width, info.height
+    side = _crop_box(info.path, w, h, crop)[2]
+    what = "crop" if crop is not None else "centre square"
+    out = []
+    if size / side > MAX_UPSCALE:
+        out.append(f"{info.path}: the {side}x{side} {what} is upscaled {size / side:.1f}x to the model's "
+                   f"{size}x{size}, which blurs it (a larger --crop, or a larger input, keeps the detail)")
+    if crop is None and max(w, h) / min(w, h) > MAX_ASPECT:
+        out.append(f"{info.path}: the {w}x{h} frame is beyond {MAX_ASPECT:g}:1, so its centre square keeps "
+                   f"{min(w, h) / max(w, h):.0%} of it (choose the square with --crop x,y,w,h)")
+    return out
+
+
 def _to_rgb(frame, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """Decoded frame -> rotated, cropped, resized contiguous uint8 RGB array."""
     # rgb24 conversion honours the frame's colour range/matrix tags (full-range phone video).
@@ -456,28 +483,88 @@ def _encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
     return {}
 
 
+@dataclass(frozen=True)
+class Container:
+    """An output container: FFmpeg muxer, video encoders in order of preference (the first this
+    PyAV build has is used), their pixel format, and whether it carries Opus audio."""
+
+    format: str
+    encoders: tuple[str, ...]
+    pix_fmt: str
+    audio: bool
+
+
+# What VideoWriter (and so `kpcodec decode`) writes, by the output's suffix; no suffix and "-"
+# (stdout, then fragmented) are MP4. GIF frames get a palette of their own (pal8).
+CONTAINERS: dict[str, Container] = {
+    ".mp4": Container("mp4", ("libx264",), "yuv420p", True),
+    ".mov": Container("mov", ("libx264",), "yuv420p", True),
+    ".mkv": Container("matroska", ("libx264",), "yuv420p", True),
+    ".webm": Container("webm", ("libvpx-vp9", "libsvtav1"), "yuv420p", True),
+    ".gif": Container("gif", ("gif",), "pal8", False),
+    ".y4m": Container("yuv4mpegpipe", ("rawvideo",), "yuv420p", False),
+}
+
+
+def _suffix(path: str) -> str:
+    return "" if path == "-" else Path(path).suffix.lower()
+
+
+def container_for(path) -> tuple[Container, str]:
+    """The container of :data:`CONTAINERS` for output `path` and the video encoder to use.
+
+    UsageError for a suffix not in the table (the message lists those it writes), or when this
+    PyAV build has none of its encoders.
+    """
+    p = os.fspath(path)
+    suffix = _suffix(p)
+    container = CONTAINERS.get(suffix or ".mp4")
+    if container is None:
+        raise UsageError(f"cannot write {p}: no video container for {suffix} (writes "
+                         f"{', '.join(s.lstrip('.') for s in CONTAINERS)}; '-' for MP4 to stdout)")
+    codec = next((c for c in container.encoders if c in av.codecs_available), None)
+    if codec is None:
+        raise UsageError(f"cannot write {p}: this PyAV build has no {' or '.join(container.encoders)} encoder")
+    return container, codec
+
+
+def _pal8(arr: np.ndarray) -> av.VideoFrame:
+    """An RGB frame as a palette frame with its own 256 colours (swscale cannot make pal8)."""
+    image = Image.fromarray(arr).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    rgb = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
+    palette = np.zeros((256, 4), np.uint8)
+    palette[:, 0] = 255  # ARGB, opaque
+    palette[:len(rgb), 1:] = rgb
+    return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
+
+
 class VideoWriter:
     """Encode RGB frames to a video file, atomically.
 
-    ``VideoWriter(path, fps, size=(w, h), codec="libx264", crf=18, preset="medium")``;
+    ``VideoWriter(path, fps, size=(w, h), codec=None, crf=18, preset="medium")``;
     ``write(frame)`` takes an ``h x w x 3`` uint8 RGB array.  Use as a context
     manager, or call :meth:`close` (success) / :meth:`abort` (discard) yourself.
 
     * Frames are timestamped ``i / fps`` with time base ``1 / fps`` (rational), so
       the file has exactly the frames written, at exactly ``fps``.
-    * Pixel format yuv420p, so width and height must be even (UsageError otherwise).
+    * ``codec=None``: the container and codec :func:`container_for` picks from the
+      suffix (UsageError for one it does not write); a named ``codec`` goes into the
+      container FFmpeg guesses from the suffix.
+    * Pixel format yuv420p (GIF: pal8), so width and height must be even (UsageError
+      otherwise).
     * The file is written to a hidden temp file next to ``path`` with the same
-      suffix (so the container is chosen from it; no suffix -> mp4) and moved onto
+      suffix (no suffix -> mp4) and moved onto
       ``path`` with ``os.replace`` when :meth:`close` succeeds.  If an exception
       leaves the ``with`` block, or :meth:`abort` is called, the temp file is
       deleted and ``path`` is untouched.
     * ``path == "-"``: fragmented MP4 (``frag_keyframe+empty_moov``) to
       ``sys.stdout.buffer``; this needs no seeking, so it works into a pipe.
     * Closing a writer that got no frames raises VideoError (no file is made).
-    * :meth:`add_audio` (before the first frame) adds an Opus track, muxed as is.
+    * :meth:`add_audio` (before the first frame) adds an Opus track, muxed as is;
+      ``holds_audio`` says whether the container can carry one.
     """
 
-    def __init__(self, path, fps, size=(256, 256), codec: str = "libx264",
+    def __init__(self, path, fps, size=(256, 256), codec: str | None = None,
                  crf: int = 18, preset: str = "medium"):
         self._container = None
         self._tmp: str | None = None
@@ -491,8 +578,16 @@ class VideoWriter:
             raise UsageError(f"size must be (width, height), got {size!r}") from e
         if w <= 0 or h <= 0 or w % 2 or h % 2:
             raise UsageError(f"video size {w}x{h} must be positive and even (yuv420p)")
+        if codec is None:
+            container, codec = container_for(self.path)
+        else:
+            container = CONTAINERS.get(_suffix(self.path) or ".mp4")
+            if container is not None and codec not in container.encoders:
+                container = Container(container.format, (codec,), "yuvj420p" if codec == "mjpeg" else "yuv420p",
+                                      container.audio)
         self.size = (w, h)
         self.codec = codec
+        self.holds_audio = container.audio if container is not None else True
         self.frames_written = 0
 
         if self.path == "-":
@@ -502,7 +597,8 @@ class VideoWriter:
         else:
             directory = os.path.dirname(os.path.abspath(self.path))
             suffix = Path(self.path).suffix
-            fmt, opts = (None if suffix else "mp4"), {}
+            # A suffix not in CONTAINERS (with a named codec): FFmpeg guesses the container from it.
+            fmt, opts = (container.format if container is not None else None), {}
             try:
                 fd, self._tmp = tempfile.mkstemp(
                     prefix=f".{Path(self.path).name}.", suffix=f".tmp{suffix or '.mp4'}",
@@ -526,8 +622,10 @@ class VideoWriter:
             except (av.FFmpegError, ValueError, KeyError) as e:
                 raise UsageError(f"video encoder {codec!r} is not available") from e
             stream.width, stream.height = w, h
-            # mjpeg only takes full-range "j" formats; everything else gets plain yuv420p.
-            stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            # mjpeg only takes full-range "j" formats; GIF a palette; everything else plain yuv420p.
+            self._pix_fmt = container.pix_fmt if container is not None else (
+                "yuvj420p" if codec == "mjpeg" else "yuv420p")
+            stream.pix_fmt = self._pix_fmt
             stream.codec_context.time_base = 1 / self.fps
             try:  # open now, so a bad crf/preset is a UsageError here, not at write()
                 stream.codec_context.open()
@@ -553,6 +651,8 @@ class VideoWriter:
 
         if self.frames_written or self._audio is not None or self._closed:
             raise ValueError("add_audio() must come once, before the first write()")
+        if not self.holds_audio:
+            raise VideoError(f"cannot add Opus audio to {self.path}: its container holds no audio")
         try:
             stream = self._container.add_stream("libopus", rate=CLOCK)
             stream.layout = "mono" if track.channels == 1 else "stereo"
@@ -596,7 +696,8 @@ class VideoWriter:
             raise ValueError(
                 f"expected a {h}x{w}x3 uint8 frame, got {arr.shape} {arr.dtype}"
             )
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+        arr = np.ascontiguousarray(arr)
+        vf = _pal8(arr) if self._pix_fmt == "pal8" else av.VideoFrame.from_ndarray(arr, format="rgb24")
         vf.pts = self.frames_written
         vf.time_base = 1 / self.fps
         try:

@@ -267,7 +267,7 @@ def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip
     assert r.exit_code == 0, r.output
     outs = []
     for n in ("1", "2"):
-        mp4 = tmp_path / f"t{n}.mp4"
+        mp4 = tmp_path / f"t{n}.y4m"  # raw: the rendered frames, no H.264 encoder in between
         r = run(runner, "decode", kpc, "-o", mp4, "--threads", n, "-q")
         assert r.exit_code == 0, r.output
         outs.append(np.stack(list(read_frames(str(mp4)))))

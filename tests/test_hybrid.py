@@ -180,3 +180,49 @@ def test_below_the_cheapest_base_layer_the_file_is_keypoint_only(runner, tmp_pat
     r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--bitrate", "1k", "--no-audio")
     assert r.exit_code == 0, r.stderr
     assert bitstream.read_file(kpc).base is None
+
+
+def test_keypoint_only_takes_the_densest_keep_every_within_the_target():
+    rates = {1: 3.4, 2: 2.9, 4: 2.4}
+    assert ratecontrol.keypoint_only_keep(4.0, rates) == 1
+    assert ratecontrol.keypoint_only_keep(3.0, rates) == 2
+    assert ratecontrol.keypoint_only_keep(1.0, rates) == 4  # nothing fits: the cheapest
+
+
+def test_the_source_image_is_spread_over_the_stated_clip_length():
+    plan = ratecontrol.plan(bitrate="6k")
+    short = ratecontrol.BaseLayerPass(plan, 30, 50, "avif")
+    long = ratecontrol.BaseLayerPass(plan, 30, 50, "avif", expected_frames=1800)
+    for p in (short, long):
+        p._source_bytes, p._buffer = 3000, [None] * p.window
+    kp = ratecontrol.KEYPOINT_KBPS[2]
+    assert short._estimated_fixed_kbps() - kp == pytest.approx((3000 + ratecontrol.HEADER_BYTES) * 8 / 10 / 1000)
+    assert long._estimated_fixed_kbps() - kp == pytest.approx((3000 + ratecontrol.HEADER_BYTES) * 8 / 60 / 1000)
+
+
+def test_a_target_between_keypoint_rates_picks_keep_every_without_a_base(runner, tmp_path):
+    """Where no base layer fits, the rate control picks keep-every for the target."""
+    def encode(name, *args):
+        kpc = tmp_path / f"{name}.kpc"
+        r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--no-audio", *args)
+        assert r.exit_code == 0, r.stderr
+        return bitstream.read_file(kpc), json.loads(run(runner, "info", kpc, "--json").stdout)["kbps"]
+
+    # At these tiny rates the plan codes the source image at quality 30.
+    rate = {k: encode(f"k{k}", "--keep-every", str(k), "--source-quality", "30")[1] for k in (1, 2, 4)}
+    assert rate[1] > rate[2] > rate[4]
+    for target, keep in ((rate[1] * 1.01, 1), ((rate[1] + rate[2]) / 2, 2), (rate[4] * 0.9, 4)):
+        s, _ = encode(f"t{target:.3f}", "--bitrate", f"{target:.3f}k", "--base-layer", "off")
+        assert s.base is None and s.header.keep_every == keep, (target, rate)
+
+
+def test_a_file_left_without_a_base_layer_names_the_keypoint_model(runner, tmp_path):
+    """The hybrid model's keypoints are the keypoint model's; where the rate control sends no
+    base layer, the file is the keypoint model's (its no-base rendering is better)."""
+    from kpcodec.models.registry import DEFAULT_MODEL
+
+    kpc = tmp_path / "s.kpc"
+    r = run(runner, "encode", SAMPLE, "-o", kpc, "--bitrate", "1k", "--no-audio")
+    assert r.exit_code == 0, r.stderr
+    s = bitstream.read_file(kpc)
+    assert s.base is None and s.header.model == DEFAULT_MODEL
