@@ -227,7 +227,6 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     from . import ratecontrol as rc
     from . import refresh as rf
     from .adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
-    from .models.frames import frames_to_tensor
     from .patterns import SendPattern
     from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
@@ -261,7 +260,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         warn(f"{output} does not end in .kpc (it is written as a .kpc file all the same)")
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.parallel)
     start = time.perf_counter()
-    info = video.probe(input)
+    info = video.probe(input)  # a bad input is refused before torch is imported
+    from .models.frames import frames_to_tensor
+
     name, sha, net = _model(model or (rc.default_hybrid_model() if plan.wants_base else None))
     if plan.wants_base and not net.cfg.base_fusion:
         raise UsageError(f"model {name!r} cannot use a base layer (hybrid models: {', '.join(rc.hybrid_models())})")
@@ -343,9 +344,9 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
             return bitstream.KpcStream(at, source_codec, source_data, *_thin(every, SendPattern.keep_every(k), count))
 
         if base is not None:
-            chosen, base_stream = base.finish(stream_at)
+            chosen, base_stream = base.finish(stream_at, keep_every)
         else:
-            chosen = rc.settle_keypoint_only(plan, stream_at, count, info.fps)
+            chosen = rc.settle_keypoint_only(plan, stream_at, count, info.fps, keep_every)
         if chosen != keep_every and not refreshes:
             header = replace(header, keep_every=chosen)
             sent_idx, kps, jacs = _thin(every, SendPattern.keep_every(chosen), count)

@@ -644,7 +644,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
         else:
             run_classic.append(key)
     model_name, size = _model_size(model)
-    if "kpcodec" in codecs or hybrid_kbps:
+    if "kpcodec" in codecs or hybrid_kbps or hybrid_settings:
         from .models.registry import load_model
 
         load_model(model_name)  # load (and sha256-check) once, before anything is timed
@@ -686,7 +686,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     rows: list[Row] = []
     kpcodec_info: dict = {}
 
-    if "kpcodec" in codecs or hybrid_kbps:
+    if "kpcodec" in codecs or hybrid_kbps or hybrid_settings:
         torch = None
         old_threads = None
         if threads:

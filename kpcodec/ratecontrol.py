@@ -161,18 +161,17 @@ class BaseLayerPass:
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
         self._buffer = []
 
-    def finish(self, stream_at) -> tuple[int, bitstream.BaseLayer | None]:
-        """(keep-every, base layer) of the whole clip. `stream_at(k)` is the stream without a
-        base at keep-every k: its bytes are the exact fixed cost. Where no base layer fits a
-        rate target, the keypoint-only file takes the keep-every whose rate comes closest to it
-        (keep-every 1 where it fits: the best keypoint-only picture)."""
-        keep = self.plan.keep_every
+    def finish(self, stream_at, keep: int) -> tuple[int, bitstream.BaseLayer | None]:
+        """(keep-every, base layer) of the whole clip coded at keep-every `keep`. `stream_at(k)`
+        is the stream without a base at keep-every k: its bytes are the exact fixed cost. Where
+        no base layer fits a rate target, the keypoint-only file takes the keep-every whose rate
+        comes closest to it (keep-every 1 where it fits: the best keypoint-only picture)."""
         if self.window and not self._decided:
             # The whole clip was the look-ahead: decide on the exact bytes of everything else
             # (+ the BASE chunk's framing and fields).
             self._decide(_kbps(len(bitstream.dumps(stream_at(keep))) + 21, self.count / float(self.fps)))
         if self._encoder is None:
-            return settle_keypoint_only(self.plan, stream_at, self.count, self.fps), None
+            return settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None
         self._packets += [p for _, p in self._encoder.flush()]
         s = self.settings
         return keep, bitstream.BaseLayer(s.size, s.divisor, s.crf, self._packets)
@@ -181,11 +180,11 @@ class BaseLayerPass:
 KEEP_CHOICES = (1, 2, 4)
 
 
-def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps) -> int:
-    """Keep-every of a file without a base layer: the plan's, or with a rate target the one
-    `keypoint_only_keep` picks from the exact sizes of `stream_at(k)`."""
+def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps, keep: int) -> int:
+    """Keep-every of a file without a base layer: `keep` as asked, or with a rate target the
+    one `keypoint_only_keep` picks from the exact sizes of `stream_at(k)`."""
     if plan.target_kbps is None:
-        return plan.keep_every
+        return keep
     seconds = frames / float(fps)
     return keypoint_only_keep(plan.target_kbps,
                               {k: _kbps(len(bitstream.dumps(stream_at(k))), seconds) for k in KEEP_CHOICES})

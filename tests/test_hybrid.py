@@ -131,6 +131,16 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     assert np.abs(with_base.astype(int) - without).mean() > 0.5
 
 
+@pytest.mark.parametrize("keep", [1, 2, 4])
+def test_a_fixed_base_layer_keeps_the_keep_every_asked_for(runner, clip48, tmp_path, keep):
+    kpc = tmp_path / "h.kpc"
+    r = run(runner, "encode", clip48, "-o", kpc, "--model", "tiny-hybrid", "--base-layer", "32@2:63",
+            "--keep-every", str(keep))
+    assert r.exit_code == 0, r.stderr
+    s = bitstream.read_file(kpc)
+    assert s.header.keep_every == keep and list(s.sent_indices) == list(range(0, 24, keep))
+
+
 def test_base_layer_needs_a_hybrid_model(runner, clip48, tmp_path):
     r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--model", "tiny", "--base-layer", "32")
     assert r.exit_code == 2 and "cannot use a base layer" in r.stderr
@@ -226,3 +236,16 @@ def test_a_file_left_without_a_base_layer_names_the_keypoint_model(runner, tmp_p
     assert r.exit_code == 0, r.stderr
     s = bitstream.read_file(kpc)
     assert s.base is None and s.header.model == DEFAULT_MODEL
+
+
+def test_compare_runs_hybrid_rows_without_keypoint_rows(clip48):
+    """kpcodec-hybrid alone: its rate-controlled and its fixed-setting rows, next to av1-low."""
+    from kpcodec import classic
+    from kpcodec import compare as cmp
+
+    r = cmp.compare(clip48, codecs=("kpcodec-hybrid", "av1-low"), keep_every=(), landmarks=False,
+                    hybrid_kbps=(8.0,), hybrid_settings=[(1, "32@2:63")], low_res=[classic.LowRes(32, 2)],
+                    low_crfs={"av1-low": (63,)})
+    rows = {(row.codec, row.variant) for row in r.rows}
+    assert ("kpcodec-hybrid", "k=1 32@2:63") in rows and ("av1-low", "32px@2") in rows
+    assert sum(row.codec == "kpcodec-hybrid" for row in r.rows) == 2

@@ -265,3 +265,24 @@ def test_malformed_kpc_errors_name_the_file(runner, kpc, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
     shutil.rmtree(tmp_path / "nope", ignore_errors=True)
     one_line_error(run(runner, "decode", tmp_path / "nope.kpc", "-o", tmp_path / "o.mp4"), 1, "nope.kpc")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["encode", "--help"], ["info", "GOLDEN"], ["encode", "EMPTY", "-o", "OUT"]])
+def test_quick_answers_do_not_import_torch(args, tmp_path):
+    """--help, info and a refused input answer before torch is imported (start-up, issue 22)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    golden = Path(__file__).resolve().parent / "golden" / "v1_3.kpc"
+    args = [str(golden) if a == "GOLDEN" else str(empty) if a == "EMPTY" else str(tmp_path / "x.kpc") if a == "OUT"
+            else a for a in args]
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['kpcodec', *{args!r}]\n"
+            "try:\n    runpy.run_module('kpcodec', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stderr.strip().splitlines()[-1] == "NO-TORCH", p.stderr
