@@ -353,7 +353,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
         if base_stream is None and model is None and net.cfg.base_fusion:
             # No base layer after all: the keypoint model renders it better (the hybrid model's
             # keypoints are the same; its no-base path is only its fallback).
-            header = replace(header, **_keypoint_model_of(net))
+            header = replace(header, **_keypoint_model_of(sha))
     extra, audio_bytes = [], 0
     if audio and info.has_audio:
         track = audio_codec.encode_audio(input, header.duration_s, audio_bitrate, ignore_errors=ignore_errors)
@@ -373,16 +373,14 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                    base_layer=str(base.settings) if base_stream else None)
 
 
-def _keypoint_model_of(net) -> dict:
-    """Header fields naming the default keypoint-only model when it shares `net`'s detector and
-    dense motion (the same keypoints, the same motion), else none."""
-    from .models.registry import DEFAULT_MODEL, get_weights, load_model
+def _keypoint_model_of(sha256: str) -> dict:
+    """Header fields naming the default keypoint-only model when it shares the detector of the
+    shipped weights `sha256` (the same check as decode --model: the same keypoints), else none."""
+    from .models.registry import DEFAULT_MODEL, get_weights, shipped_detector_fingerprint
 
-    other = load_model(DEFAULT_MODEL, inference=True)
-    mine, theirs = net.state_dict(), other.state_dict()
-    shared = [k for k in theirs if not k.startswith("generator.")]
-    if all(k in mine and mine[k].shape == theirs[k].shape and bool((mine[k] == theirs[k]).all()) for k in shared):
-        return {"model": DEFAULT_MODEL, "weights_sha256": get_weights(DEFAULT_MODEL).sha256}
+    default = get_weights(DEFAULT_MODEL).sha256
+    if shipped_detector_fingerprint(default) == shipped_detector_fingerprint(sha256):
+        return {"model": DEFAULT_MODEL, "weights_sha256": default}
     return {}
 
 
@@ -549,7 +547,7 @@ def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bo
 def _base_batch(net, bases: list, kp, jac):
     """render()'s base arguments (frames, their keypoints, Jacobians) for one batch of _with_base
     entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
-    its keypoints, a missing one is zeros; None when the batch has no base frame at all."""
+    its keypoints, a missing one is zeros; (None, None, None) when the batch has no base frame."""
     torch = _torch()
     from .models.frames import frames_to_tensor
 
