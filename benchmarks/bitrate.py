@@ -9,7 +9,7 @@ every frame) is coded as the .kpc keypoint chunk at keep-every 1, 2, 4 and auto,
 coding stage: 1.0 (plain DPCM, kp 1/256, jac 1/64, varints + zstd), then each step of
 format 1.1 added in turn: the in-loop integer predictor, the chosen steps, the range coder
 (= format 1.1's KPRC chunk), then format 1.3's intra-frame decorrelation with positions
-predicted by their last value (KPRC coder 1 where it is smaller, as kpcodec.bitstream writes it). Rates are chunk bytes (framing
+predicted by their last value (KPRC coder 1 where it is smaller, as kpcodec.bitstream.container writes it). Rates are chunk bytes (framing
 included) x 8 over the clips' duration at 25 fps. The error column is the decoder's
 keypoints (the file's default predictor filling the unsent frames, from the quantised
 sent ones) against the detector's, mean L2 over all frames in px at 256x256.
@@ -33,8 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kpcodec import adaptive, bitstream, predict  # noqa: E402
-from kpcodec import quantize as q  # noqa: E402
+from kpcodec.codec import adaptive, predictors as predict  # noqa: E402
+
+from kpcodec import bitstream
+from kpcodec.bitstream import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
 FPS = 25.0  # rates are quoted at 25 fps, whatever a clip's own rate
@@ -127,7 +129,7 @@ def render_rows(data: Path, val: dict, clips: list[str], frames: int) -> list[di
     """SSIM of the rendered video with every frame's keypoints quantised at each step pair."""
     import torch
 
-    from kpcodec.metrics import ssim
+    from kpcodec.eval.metrics import ssim
     from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
     from kpcodec.train.data import decode_clip
@@ -160,8 +162,8 @@ def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], f
     steps), SSIM and mediapipe face-landmark error against the original frames' landmarks."""
     import torch
 
-    from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
-    from kpcodec.metrics import ssim
+    from kpcodec.eval.landmarks import FaceLandmarker, fidelity_from_landmarks
+    from kpcodec.eval.metrics import ssim
     from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
     from kpcodec.train.data import decode_clip

@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/compare.py --data ../shared/data --max-frames 60
     nice -n 10 python benchmarks/compare.py --clips 3 --max-frames 30   # a quick look
 
-Runs `kpcodec.compare.compare` on each val clip of DATA/manifest.csv (split == val), in
+Runs `kpcodec.eval.compare.compare` on each val clip of DATA/manifest.csv (split == val), in
 manifest order (--clips N takes N clips evenly spread over it, first and last included), then:
 
 * averages every (codec, setting) over the clips: kb/s and every score are means over clips
@@ -37,15 +37,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kpcodec import classic, report  # noqa: E402
-from kpcodec import compare as cmp  # noqa: E402
+from kpcodec.eval import classic, report  # noqa: E402
+from kpcodec.eval import compare as cmp  # noqa: E402
 
 SCORES = ("psnr", "ssim", "ms_ssim", "landmark_px", "face_found", "lip_corr")
 
 
 @dataclass
 class MeanRow:
-    """A (codec, setting) averaged over clips; quacks like kpcodec.compare.Row for report/headline."""
+    """A (codec, setting) averaged over clips; quacks like kpcodec.eval.compare.Row for report/headline."""
 
     codec: str
     param: int
@@ -282,7 +282,7 @@ def render(meta: dict, record: list[dict], out: Path) -> None:
         "the classic codecs' first packet = key frame). Short clips make the first frame weigh heavily in "
         "the total rate, for every codec.",
         "- **Scores:** per-frame means against the same cropped, scaled frames every codec got; SSIM/MS-SSIM 7x7 "
-        "uniform window (kpcodec.metrics); landmark error = mean distance of mediapipe face-mesh landmarks "
+        "uniform window (kpcodec.eval.metrics); landmark error = mean distance of mediapipe face-mesh landmarks "
         "(478) between original and decoded frame, px at 256x256, averaged over the clips where a face was "
         "found in both (count in brackets). kpcodec is scored on the MP4 `kpcodec decode` writes (H.264 CRF 18 "
         "of its output). fps include colour conversion (kpcodec: reading its input file / writing its MP4), "

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpcodec.landmarks import EYE_CONTOUR
-from kpcodec.metrics import ssim
+from kpcodec.eval.landmarks import EYE_CONTOUR
+from kpcodec.eval.metrics import ssim
 from kpcodec.models.registry import load_checkpoint, load_model
 from kpcodec.train.data import decode_clip, manifest_rows
 from kpcodec.train.evaluate import reconstruct

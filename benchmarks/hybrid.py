@@ -5,7 +5,7 @@ and the issue's targets checked on the numbers.
     python benchmarks/hybrid.py --workers 2                 # the whole val split
     python benchmarks/hybrid.py --clips 3 --max-frames 60    # a quick look
 
-Each val clip goes through `kpcodec.compare.compare` (one data path: `kpcodec encode` and
+Each val clip goes through `kpcodec.eval.compare.compare` (one data path: `kpcodec encode` and
 `decode` on the clip) with: kpcodec keypoints only at keep-every 1/2/4; the hybrid mode at
 each fixed base-layer setting of SETTINGS (keep-every 1/2/4 for the first, 2 for the others)
 and under rate control at each --bitrate of TARGETS; SVT-AV1 full resolution (CRF 35..63);
@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare import git_commit, machine, markdown_table, mean_rows  # noqa: E402
 
-from kpcodec import classic, report  # noqa: E402
-from kpcodec import compare as cmp  # noqa: E402
+from kpcodec.eval import classic, report  # noqa: E402
+from kpcodec.eval import compare as cmp  # noqa: E402
 
 CODECS = ("kpcodec", "kpcodec-hybrid", "av1", "av1-low")
 # 96@3:63 at keep-every 1/2/4, the richest one at 2; the rate-controlled rows (TARGETS) cover the
-# candidates in between (kpcodec.ratecontrol.CANDIDATES).
+# candidates in between (kpcodec.codec.ratecontrol.CANDIDATES).
 SETTINGS = ("96@3:63", "128@2:52")
 TARGETS = (3.0, 4.0, 6.0, 8.0, 12.0)
 LOW_RES = (classic.LowRes(64, 3), classic.LowRes(96, 3), classic.LowRes(128, 3))
@@ -98,13 +98,17 @@ def speed(path: Path, frames: int = 250) -> dict:
     keypoints-only and hybrid files at keep-every 2, and the base layer's AV1 decode alone."""
     import tempfile
 
-    from kpcodec import api, baselayer, bitstream, video
+    from kpcodec import api
+
+    from kpcodec.media import baselayer, video
+
+    from kpcodec import bitstream
 
     out = {}
     with tempfile.TemporaryDirectory() as work:
         clip = os.path.join(work, "clip.mkv")
         originals = list(video.read_frames(str(path), size=256))[:frames]
-        cmp._write_lossless(clip, originals, video.probe(str(path)).fps)
+        cmp.write_lossless(clip, originals, video.probe(str(path)).fps)
         for label, kwargs in (("keypoints only", {}), (f"hybrid {SETTINGS[0]}", {"base_layer": SETTINGS[0]})):
             kpc = os.path.join(work, "x.kpc")
             api.encode(clip, kpc, keep_every=2, force=True, **kwargs)
@@ -127,7 +131,7 @@ def speed(path: Path, frames: int = 250) -> dict:
 def _at(rows, codec: str, rate: float, metric: str) -> float | None:
     """`metric` of `codec`'s mean-curve frontier at `rate` kb/s (log-rate linear), None outside it."""
     higher = cmp.HIGHER_IS_BETTER[metric]
-    pts = cmp._frontier([(r.kbps, getattr(r, metric)) for r in rows if r.codec == codec], higher)
+    pts = cmp.pareto_frontier([(r.kbps, getattr(r, metric)) for r in rows if r.codec == codec], higher)
     if len(pts) < 2 or not pts[0][0] <= math.log(rate) <= pts[-1][0]:
         return None
     v = float(np.interp(math.log(rate), [p[0] for p in pts], [p[1] for p in pts]))
@@ -148,7 +152,7 @@ def targets(rows, record) -> list[str]:
             if (a < b) if cmp.HIGHER_IS_BETTER[metric] else (a > b):
                 worse.append(f"{rate:.1f} kb/s ({a:.3f} vs {b:.3f})")
         verdict = "met" if checked and not worse else "NOT met" if worse else "not measurable (curves do not overlap)"
-        lines.append(f"- 3-12 kb/s, hybrid above low-res AV1 on {cmp._metric_name(metric)}: **{verdict}** "
+        lines.append(f"- 3-12 kb/s, hybrid above low-res AV1 on {cmp.metric_name(metric)}: **{verdict}** "
                      f"({checked} rates checked" + (f"; below at {', '.join(worse)}" if worse else "") + ")")
     av1 = [r for r in rows if r.codec == "av1"]
     floor = min(av1, key=lambda r: r.kbps) if av1 else None
@@ -159,7 +163,7 @@ def targets(rows, record) -> list[str]:
             reach = [r for r in rates if getattr(r, metric) is not None and
                      (getattr(r, metric) >= getattr(floor, metric) if higher else getattr(r, metric) <= getattr(floor, metric))]
             best = max(rates, key=lambda r: getattr(r, metric) if higher else -getattr(r, metric)) if rates else None
-            text = (f"- <= 8 kb/s reaches SVT-AV1 {floor.setting} ({floor.kbps:.2f} kb/s, {cmp._metric_name(metric)} "
+            text = (f"- <= 8 kb/s reaches SVT-AV1 {floor.setting} ({floor.kbps:.2f} kb/s, {cmp.metric_name(metric)} "
                     f"{getattr(floor, metric):.3f}): ")
             if reach:
                 r = min(reach, key=lambda r: r.kbps)
@@ -294,7 +298,7 @@ def render(meta: dict, record: list[dict], speeds: dict, out: Path) -> None:
         clip_vals = per_clip.get((b["codec"], b["reference"], b["metric"]), [])
         mean = "no overlap" if b["bd_rate_pct"] is None else f"{b['bd_rate_pct']:+.1f}%"
         med = f"{statistics.median(clip_vals):+.1f}% ({len(clip_vals)})" if clip_vals else "–"
-        md.append(f"| {b['codec']} | {b['reference']} | {cmp._metric_name(b['metric'])} | {mean} | {med} |")
+        md.append(f"| {b['codec']} | {b['reference']} | {cmp.metric_name(b['metric'])} | {mean} | {med} |")
     md += ["", "## Decode speed (one clip, keep-every 2, default threads, best of 3, start-up included)", ""]
     for label, v in speeds.items():
         if "fps_best" in v:

@@ -2,7 +2,7 @@
 
     python benchmarks/interp_compare.py --clips 4
 
-For --clips val clips (spread over the sorted names), runs kpcodec.compare.compare (what
+For --clips val clips (spread over the sorted names), runs kpcodec.eval.compare.compare (what
 `kpcodec compare --codecs kpcodec -k 1,2,4 [--predictor interp]` runs: encode to .kpc,
 decode to MP4, score against the original frames) once with the decoder's default predictor
 and once with `interp`, which waits for the next sent frame (keep-every N - 1 frames of
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bitrate import _machine, save_results  # noqa: E402
 from rate_quality import pick_clips  # noqa: E402
 
-from kpcodec import predict  # noqa: E402
-from kpcodec.compare import compare  # noqa: E402
+from kpcodec.codec import predictors as predict  # noqa: E402
+from kpcodec.eval.compare import compare  # noqa: E402
 
 KEEPS = (1, 2, 4)
 

@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bitrate import FPS, _machine, chunk_bytes, fill_error_px, save_results  # noqa: E402
 from bitrate import decoded_keypoints as decoded_at  # noqa: E402
 
-from kpcodec import adaptive, bitstream, predict  # noqa: E402
-from kpcodec import quantize as q  # noqa: E402
+from kpcodec.codec import adaptive, predictors as predict  # noqa: E402
+
+from kpcodec import bitstream
+from kpcodec.bitstream import quantize as q  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
 PREDICTORS = q.PREDICTORS_1_3  # the newest format's in-loop predictors
@@ -130,7 +132,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from kpcodec.metrics import ssim
+    from kpcodec.eval.metrics import ssim
     from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import DEFAULT_MODEL, load_model
     from kpcodec.train.data import decode_clip

@@ -37,7 +37,7 @@ CUT = ("dreamtalk_W011_front_happy_level3_001", "vox1_id10289_2dD2ZWGfhwc_002584
 
 
 def read(path, limit: int) -> np.ndarray:
-    from kpcodec import video
+    from kpcodec.media import video
 
     frames = []
     for frame in video.read_frames(path, size=256):
@@ -48,7 +48,7 @@ def read(path, limit: int) -> np.ndarray:
 
 
 def write_cut(data: Path, out: Path, limit: int) -> None:
-    from kpcodec import video
+    from kpcodec.media import video
 
     # The cut falls between two checks (frame 90), so only the cut test can catch it at once.
     a, b = read(data / f"{CUT[0]}.mp4", 90), read(data / f"{CUT[1]}.mp4", limit - 90)
@@ -58,7 +58,7 @@ def write_cut(data: Path, out: Path, limit: int) -> None:
 
 
 def landmarks(frames) -> list:
-    from kpcodec.landmarks import FaceLandmarker
+    from kpcodec.eval.landmarks import FaceLandmarker
 
     with FaceLandmarker() as mark:
         return [mark.detect(f) for f in frames]
@@ -66,8 +66,8 @@ def landmarks(frames) -> list:
 
 def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int, tmp: Path) -> list[dict]:
     from kpcodec import api
-    from kpcodec.landmarks import fidelity_from_landmarks
-    from kpcodec.metrics import ssim
+    from kpcodec.eval.landmarks import fidelity_from_landmarks
+    from kpcodec.eval.metrics import ssim
 
     source = read(path, limit)
     rows, plain = [], None
@@ -95,7 +95,8 @@ def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int
 
 
 def timing_rows(clips: list[str], val: Path, tmp: Path, repeats: int) -> list[dict]:
-    from kpcodec import api, bitstream
+    from kpcodec import api
+    from kpcodec import bitstream
 
     rows = []
     for clip in clips:

@@ -35,4 +35,4 @@ for kind in rnn vae vrnn rnn-interp; do
   [[ $kind == vae || $kind == vrnn ]] && variant="--sample-variant"
   python -m kpcodec.train.predictor export runs/pred-$kind --name $kind $variant
 done
-$NICE python benchmarks/predictors.py --trajectories "$TRAJ" --data "$DATA" ${BENCH:-$DETECTOR} --set-default
+$NICE python benchmarks/predictor_quality.py --trajectories "$TRAJ" --data "$DATA" ${BENCH:-$DETECTOR} --set-default

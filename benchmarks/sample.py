@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare import git_commit, machine, markdown_table, mean_rows  # noqa: E402
 
-from kpcodec import classic, report  # noqa: E402
-from kpcodec import compare as cmp  # noqa: E402
+from kpcodec.eval import classic, report  # noqa: E402
+from kpcodec.eval import compare as cmp  # noqa: E402
 
 CODECS = ("kpcodec", "kpcodec-hybrid", "x264", "av1", "av1-low")
 TARGETS = (4.0, 6.0, 8.0, 12.0)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
           "## BD-rate (kpcodec's rate change at equal quality; negative = fewer bits)", ""]
     for b in cmp.bd_rates(rows):
         v = "no overlap" if b["bd_rate_pct"] is None else f"{b['bd_rate_pct']:+.1f}%"
-        md.append(f"- {b['codec']} against {b['reference']} on {cmp._metric_name(b['metric'])}: {v}")
+        md.append(f"- {b['codec']} against {b['reference']} on {cmp.metric_name(b['metric'])}: {v}")
     if r.notes:
         md += ["", "Notes: " + "; ".join(r.notes)]
     (args.out / "sample.md").write_text("\n".join(md) + "\n")

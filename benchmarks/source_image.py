@@ -6,7 +6,7 @@ Every val clip's first frame at 256x256 (what `kpcodec encode` codes), through e
 installable here at a sweep of qualities: AVIF and WebP (Pillow), JPEG XL (the
 pillow-jxl-plugin package, if installed), and one intra frame of x264 and x265 (PyAV,
 yuv420p, preset veryslow; parameter sets counted, the SEI text dropped). Mean bytes and SSIM per setting, and each codec's
-bytes at the SSIM of the shipped default (kpcodec.source_image: AVIF q50), interpolated
+bytes at the SSIM of the shipped default (kpcodec.media.source_image: AVIF q50), interpolated
 on its curve (log bytes linear in SSIM).
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kpcodec import source_image  # noqa: E402
-from kpcodec.metrics import ssim  # noqa: E402
+from kpcodec.media import source_image  # noqa: E402
+from kpcodec.eval.metrics import ssim  # noqa: E402
 
 SWEEPS = {
     "avif": [30, 40, 50, 60, 70],

@@ -71,7 +71,7 @@ def make_clip(path: Path, seconds: float, fps: int = 25) -> int:
     """samples/astronaut.mp4 looped (forwards then backwards, no jump) to `seconds`."""
     import av
 
-    from kpcodec import video
+    from kpcodec.media import video
 
     frames = list(video.read_frames(str(ROOT / "samples" / "astronaut.mp4"), size=256))
     cycle = frames + frames[-2:0:-1]
@@ -133,7 +133,7 @@ def breakdown(models: list[str], threads: int, frames: int = 32, batch: int = 4)
     inference-prepared model. CPU ms (this process's CPU time), fastest of 3."""
     import torch
 
-    from kpcodec import video
+    from kpcodec.media import video
     from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
     from kpcodec.models.registry import WEIGHTS, load_model
 

@@ -7,19 +7,19 @@ __version__ = "0.1.0"
 
 
 def encode(*args, **kwargs):
-    from .api import encode as _encode
+    from kpcodec.api import encode as _encode
 
     return _encode(*args, **kwargs)
 
 
 def decode(*args, **kwargs):
-    from .api import decode as _decode
+    from kpcodec.api import decode as _decode
 
     return _decode(*args, **kwargs)
 
 
 def info(*args, **kwargs):
-    from .api import info as _info
+    from kpcodec.api import info as _info
 
     return _info(*args, **kwargs)
 

@@ -3,8 +3,8 @@
 encode: video -> crop/scale to the model's resolution -> code frame 0 as an image -> FOMM
 keypoints of the sent frames only (every keep_every-th, a send:skip block pattern, or with
 keep_every "auto" the frames the decoder's predictor would get more than max_error px
-wrong: kpcodec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1; with refresh "auto"
-a new source image wherever the decoder's rendering drifts (kpcodec.refresh; .kpc 1.2).
+wrong: kpcodec.codec.adaptive) -> closed-loop quantised, range-coded .kpc 1.1; with refresh "auto"
+a new source image wherever the decoder's rendering drifts (kpcodec.codec.refresh; .kpc 1.2).
 decode: .kpc -> source image -> keypoints of the unsent frames predicted -> every frame
 rendered by the dense-motion network and generator from the source image in force at that
 frame -> a video (H.264 MP4 unless the output's suffix picks another container), streamed frame
@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from . import audio as audio_codec
-from . import bitstream, predict, source_image, video
-from .parallel import fixed_mmap_threshold, ordered_map, torch_thread_count, torch_threads, torch_threads_for
-from .errors import KpcFormatError, KpcodecError, ModelError, OutputExistsError, UsageError
+from kpcodec.media import audio as audio_codec
+from kpcodec import bitstream
+from kpcodec.codec import predictors as predict
+from kpcodec.media import source_image, video
+from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map, torch_thread_count, torch_threads, torch_threads_for
+from kpcodec.errors import KpcFormatError, KpcodecError, ModelError, OutputExistsError, UsageError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 Warn = Callable[[str], None]  # one warning line, e.g. the CLI's "kpcodec: warning: ..."
@@ -63,7 +65,7 @@ class Summary:
         return {**asdict(self), "fps": self.fps, "kbps": self.kbps}
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
     try:
         return os.path.samefile(a, b)  # follows symlinks; hard links share the inode
     except OSError:  # either one missing or unreadable: not the same file
@@ -83,7 +85,7 @@ def check_output(path, force: bool, inputs=()) -> None:
         return
     path = os.fspath(path)
     for src in inputs:
-        if src is not None and str(src) != "-" and _same_file(path, src):
+        if src is not None and str(src) != "-" and same_file(path, src):
             raise UsageError(f"{path} is the same file as the input {os.fspath(src)}: refusing to "
                              "overwrite it, even with -f/--force (choose another output)")
     if os.path.isdir(path):
@@ -159,7 +161,7 @@ def _torch():
 
 
 def _model(name: str | None):
-    from .models.registry import DEFAULT_MODEL, get_weights, load_model
+    from kpcodec.models.registry import DEFAULT_MODEL, get_weights, load_model
 
     name = name or DEFAULT_MODEL
     return name, get_weights(name).sha256, load_model(name, inference=True)
@@ -208,27 +210,27 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     unless `audio` is False. With `ignore_errors`, frames that do not decode are
     replaced by the previous frame and counted in `Summary.skipped`.
 
-    `keep_pattern` "S:K" (send S frames, skip K; kpcodec.patterns) replaces `keep_every`.
+    `keep_pattern` "S:K" (send S frames, skip K; kpcodec.codec.patterns) replaces `keep_every`.
     `keep_every` "auto" detects every frame and sends those the decoder's predictor would
-    get more than `max_error` px wrong (default kpcodec.adaptive.DEFAULT_MAX_ERROR).
-    `predictor` is recorded in the header as the decoder's default (kpcodec.predict).
+    get more than `max_error` px wrong (default kpcodec.codec.adaptive.DEFAULT_MAX_ERROR).
+    `predictor` is recorded in the header as the decoder's default (kpcodec.codec.predictors).
     `threads`: None runs the detector in this thread on torch's own threads (every core); 1 runs it
-    in this thread on one torch thread; N >= 2 on N single-threaded workers (kpcodec.parallel),
+    in this thread on one torch thread; N >= 2 on N single-threaded workers (kpcodec.codec.parallel),
     steadier when other jobs share the cores.
     `refresh` "auto" sends a new source image where the decoder's rendering of a checked frame
-    falls below SSIM `refresh_threshold` (kpcodec.refresh); "off" (default) never does.
-    `base_layer` (hybrid mode, kpcodec.baselayer): "off", "auto", "SIZE[@DIV][:CRF]" or settings;
+    falls below SSIM `refresh_threshold` (kpcodec.codec.refresh); "off" (default) never does.
+    `base_layer` (hybrid mode, kpcodec.media.baselayer): "off", "auto", "SIZE[@DIV][:CRF]" or settings;
     `bitrate` a target total rate ("6k", kb/s; source + keypoints + base layer, audio apart)
-    for the rate control of kpcodec.ratecontrol, which then picks keep-every, the base layer and
+    for the rate control of kpcodec.codec.ratecontrol, which then picks keep-every, the base layer and
     the source quality (default base layer with a bitrate: auto; without: off).
     `warn(message)` is told, before any frame is read, of an output name without ".kpc" and of a
     crop that the model's resolution would blow up or an input too wide for its centre square.
     """
-    from . import ratecontrol as rc
-    from . import refresh as rf
-    from .adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
-    from .patterns import SendPattern
-    from .quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
+    from kpcodec.codec import ratecontrol as rc
+    from kpcodec.codec import refresh as rf
+    from kpcodec.codec.adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
+    from kpcodec.codec.patterns import SendPattern
+    from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
     plan = rc.plan(base_layer, bitrate)  # checks both; the rate control settles after the look-ahead
     keep_every = parse_keep_every(keep_every if plan.target_kbps is None else plan.keep_every)
@@ -258,10 +260,10 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     check_output(output, force, (input,))
     if warn and str(output) != "-" and not os.fspath(output).lower().endswith(".kpc"):
         warn(f"{output} does not end in .kpc (it is written as a .kpc file all the same)")
-    fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.parallel)
+    fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.codec.parallel)
     start = time.perf_counter()
     info = video.probe(input)  # a bad input is refused before torch is imported
-    from .models.frames import frames_to_tensor
+    from kpcodec.models.frames import frames_to_tensor
 
     name, sha, net = _model(model or (rc.default_hybrid_model() if plan.wants_base else None))
     if plan.wants_base and not net.cfg.base_fusion:
@@ -376,7 +378,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
 def _keypoint_model_of(sha256: str) -> dict:
     """Header fields naming the default keypoint-only model when it shares the detector of the
     shipped weights `sha256` (the same check as decode --model: the same keypoints), else none."""
-    from .models.registry import DEFAULT_MODEL, get_weights, shipped_detector_fingerprint
+    from kpcodec.models.registry import DEFAULT_MODEL, get_weights, shipped_detector_fingerprint
 
     default = get_weights(DEFAULT_MODEL).sha256
     if shipped_detector_fingerprint(default) == shipped_detector_fingerprint(sha256):
@@ -394,7 +396,7 @@ def _thin(every, pattern: SendPattern, count: int):
 def _check_weights(header: bitstream.Header, model: str | None = None, name: str = "file"):
     """The model that renders the file `name`: the one its header names, or `model` if that one has
     the same keypoint detector (its keypoints mean the same; only the generator differs)."""
-    from .models.registry import WEIGHTS, get_weights, load_model, shipped_detector_fingerprint
+    from kpcodec.models.registry import WEIGHTS, get_weights, load_model, shipped_detector_fingerprint
 
     entry = WEIGHTS.get(header.model)
     if entry is None:
@@ -418,7 +420,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
            model: str | None = None, ignore_errors: bool = False, warn: Warn | None = None) -> Summary:
     """Decode .kpc `input` ("-" for stdin) to a video `output` ("-" for an MP4 on stdout).
 
-    The suffix of `output` picks the container and its video codec (kpcodec.video.CONTAINERS:
+    The suffix of `output` picks the container and its video codec (kpcodec.media.video.CONTAINERS:
     H.264 in .mp4/.mov/.mkv, VP9 or AV1 in .webm, GIF, raw .y4m; no suffix: MP4); any other
     suffix is a UsageError before anything is read. `warn(message)` is told of an output without
     a suffix and of audio that its container cannot hold (then left out).
@@ -432,7 +434,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     The file's audio (an `opus` chunk) is muxed into the video as is, unless `audio` is False.
     `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
     machine, 27.7 against 21.3 fps for two workers); 1 renders in this thread on one torch thread;
-    N >= 2 on N single-threaded workers (kpcodec.parallel), which keep their pace when other jobs
+    N >= 2 on N single-threaded workers (kpcodec.codec.parallel), which keep their pace when other jobs
     take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
     """
     name = _display_name(input)
@@ -453,7 +455,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
         raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
                          f"{model or h.model!r}")
     torch = _torch()
-    from .models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 
     # The first source image is checked before the MP4 is opened; each refresh image is decoded
     # only when its first frame is due (a long call may hold many), and a bad one aborts the
@@ -513,7 +515,7 @@ def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bo
         for kp, jac in filled:
             yield kp, jac, None
         return
-    from . import baselayer
+    from kpcodec.media import baselayer
 
     decoder = baselayer.BaseLayerDecoder()
     packets = iter(enumerate(base.packets))
@@ -549,7 +551,7 @@ def _base_batch(net, bases: list, kp, jac):
     entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
     its keypoints, a missing one is zeros; (None, None, None) when the batch has no base frame."""
     torch = _torch()
-    from .models.frames import frames_to_tensor
+    from kpcodec.models.frames import frames_to_tensor
 
     present = [b for b in bases if b is not None]
     if not present:

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
-from .errors import KpcodecError, UsageError
+from kpcodec import __version__
+from kpcodec.errors import KpcodecError, UsageError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kpcodec: a keypoint video codec for talking-head and motion video.")
@@ -124,8 +124,8 @@ def _parse_crop(text: Optional[str]):
 
 def _version_callback(value: bool):
     if value:
-        from .bitstream import FORMAT_VERSION
-        from .models.registry import DEFAULT_MODEL
+        from kpcodec.bitstream.container import FORMAT_VERSION
+        from kpcodec.models.registry import DEFAULT_MODEL
 
         out.print(f"kpcodec {__version__} (.kpc format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}, "
                   f"default model {DEFAULT_MODEL})")
@@ -176,7 +176,8 @@ def encode(
     quiet: Quiet = False,
 ):
     """Encode a video ('-' for stdin) into a .kpc keypoint stream."""
-    from . import api, source_image
+    from kpcodec import api
+    from kpcodec.media import source_image
 
     with _errors_to_exit():
         _check_stdout(output)
@@ -213,7 +214,7 @@ def decode(
     quiet: Quiet = False,
 ):
     """Decode a .kpc file into a video, by default an H.264 MP4 (with its Opus audio, if any)."""
-    from . import api
+    from kpcodec import api
 
     with _errors_to_exit():
         _check_stdout(output)
@@ -235,7 +236,7 @@ def info(
     quiet: Quiet = False,
 ):
     """Show a .kpc file's header and where its bytes go."""
-    from . import api
+    from kpcodec import api
 
     with _errors_to_exit():
         d = api.info(input)
@@ -310,7 +311,7 @@ def train(
     quiet: Quiet = False,
 ):
     """Train (or resume training) the motion model on talking-head clips."""
-    from .train.run import run_training
+    from kpcodec.train.run import run_training
 
     with _errors_to_exit():
         run_training(config, data, out_dir or Path("runs") / config, steps, resume=resume, recipe=recipe,
@@ -332,7 +333,7 @@ def train_predictor(
     quiet: Quiet = False,
 ):
     """Train (or resume training) a keypoint predictor on detector trajectories."""
-    from .train.predictor import run_predictor_training
+    from kpcodec.train.predictor_training import run_predictor_training
 
     with _errors_to_exit():
         run_predictor_training(kind, trajectories, out_dir or Path("runs") / f"pred-{kind}", steps, resume=resume,
@@ -341,8 +342,8 @@ def train_predictor(
 
 def _compare_encodes(names, keep_every, crfs: dict, hybrid_kbps, low_res, low_crfs: dict) -> dict[str, int]:
     """How many encodes `kpcodec compare` runs per codec (a codec this PyAV build lacks: none)."""
-    from . import classic
-    from .compare import DEFAULT_LOW_CRFS, LOW_RES_CODECS
+    from kpcodec.eval import classic
+    from kpcodec.eval.compare import DEFAULT_LOW_CRFS, LOW_RES_CODECS
 
     counts = {}
     for key in dict.fromkeys(names):
@@ -361,21 +362,21 @@ def _compare_encodes(names, keep_every, crfs: dict, hybrid_kbps, low_res, low_cr
 
 def _unique_outputs(paths) -> None:
     """Two of compare's outputs may not be one file."""
-    from .api import _same_file
+    from kpcodec.api import same_file
 
     given = [p for p in paths if p is not None]
     for i, a in enumerate(given):
         for b in given[i + 1:]:
-            if os.path.abspath(a) == os.path.abspath(b) or _same_file(a, b):
+            if os.path.abspath(a) == os.path.abspath(b) or same_file(a, b):
                 raise UsageError(f"{a} is given for two outputs (choose a file for each)")
 
 
 def _compare_start(input, model, crop, encodes: dict[str, int], total, landmarks: bool, quiet: bool) -> None:
     """compare's lines up front: its crop warnings and (but with --quiet) how many encodes it runs."""
-    from . import video
-    from .compare import _model_size
+    from kpcodec.media import video
+    from kpcodec.eval.compare import model_size
 
-    for message in video.crop_warnings(video.probe(input), _model_size(model)[1], crop):
+    for message in video.crop_warnings(video.probe(input), model_size(model)[1], crop):
         _warn(message)
     if quiet:
         return
@@ -388,7 +389,7 @@ def _compare_start(input, model, crop, encodes: dict[str, int], total, landmarks
 
 def _compare_summary(result, written: list[str]) -> str:
     """The one closing line of `kpcodec compare`."""
-    from .compare import _kb
+    from kpcodec.eval.compare import format_kb
 
     codecs = ",".join(dict.fromkeys(r.codec for r in result.rows))
     line = (f"compared {len(result.rows)} settings ({codecs}) on {result.frames} frames at "
@@ -404,11 +405,11 @@ def _compare_summary(result, written: list[str]) -> str:
                       if versus.ratio is not None and versus.ratio >= 1
                       else f"{versus.codec} wins ({versus.ratio or 0:.2f}x its rate for that SSIM)"),
             "classic-wins": f"{versus.codec} wins outright",
-            "no-overlap": f"no overlap with {versus.codec} (its floor: {_kb(versus.classic_kbps)} kb/s at "
+            "no-overlap": f"no overlap with {versus.codec} (its floor: {format_kb(versus.classic_kbps)} kb/s at "
                           f"SSIM {versus.classic_value:.3f})",
             "above-sweep": f"{versus.codec} needs more than its whole sweep",
         }[versus.verdict]
-        line += f"; kpcodec k={r.param}: {_kb(r.kbps)} kb/s at SSIM {r.ssim:.3f}, {verdict}"
+        line += f"; kpcodec k={r.param}: {format_kb(r.kbps)} kb/s at SSIM {r.ssim:.3f}, {verdict}"
     if written:
         line += " -> " + ", ".join(written)
     return line
@@ -441,9 +442,11 @@ def compare(
     quiet: Quiet = False,
 ):
     """Compare kpcodec with H.264, H.265 and AV1 on a clip: rate, quality, speed."""
-    from . import api, report, video
-    from .compare import compare as run_compare
-    from .compare import parse_codecs, parse_floats, parse_ints, parse_low_res
+    from kpcodec import api
+    from kpcodec.eval import report
+    from kpcodec.media import video
+    from kpcodec.eval.compare import compare as run_compare
+    from kpcodec.eval.compare import parse_codecs, parse_floats, parse_ints, parse_low_res
 
     with _errors_to_exit():
         names = parse_codecs(codecs)
@@ -467,9 +470,9 @@ def compare(
                 raise UsageError("--side-by-side needs kpcodec among --codecs")
         box = _parse_crop(crop)
         if landmarks:
-            from .compare import _landmarks_available
+            from kpcodec.eval.compare import landmarks_available
 
-            missing = _landmarks_available()
+            missing = landmarks_available()
             if missing:  # the columns would be empty: say so now, not in a note at the end
                 _warn(missing)
                 landmarks = False

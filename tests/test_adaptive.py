@@ -1,11 +1,11 @@
-"""Adaptive keep (kpcodec.adaptive) and the online predictor it runs (kpcodec.predict.OnlineFill)."""
+"""Adaptive keep (kpcodec.codec.adaptive) and the online predictor it runs (kpcodec.codec.predictors.OnlineFill)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kpcodec import adaptive, predict
-from kpcodec import quantize as q
+from kpcodec.codec import adaptive, predictors as predict
+from kpcodec.bitstream import quantize as q
 from kpcodec.errors import UsageError
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from conftest import make_clip_with_audio
 
-from kpcodec import audio, bitstream
+from kpcodec.media import audio
+
+from kpcodec import bitstream
 from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
-from kpcodec.video import VideoWriter, probe
+from kpcodec.media.video import VideoWriter, probe
 
 
 def run(runner, *args):

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import rate_quality as rq  # noqa: E402
 
-from kpcodec import quantize as q  # noqa: E402
+from kpcodec.bitstream import quantize as q  # noqa: E402
 
 
 def smooth_trajectory(frames: int = 60, k: int = 10, seed: int = 0) -> dict:

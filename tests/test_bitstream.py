@@ -1,4 +1,4 @@
-"""Tests for the .kpc container (kpcodec.bitstream) and kpcodec.quantize."""
+"""Tests for the .kpc container (kpcodec.bitstream.container) and kpcodec.bitstream.quantize."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpcodec import bitstream as bs
-from kpcodec import quantize as q
+from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -479,7 +479,7 @@ def test_coder_1_is_refused_where_it_is_not_defined():
 
 def test_coder_1_rejects_symbols_that_undo_out_of_range():
     """Huge symbols in every column grow through the prediction: a clean error, no overflow."""
-    from kpcodec import entropy
+    from kpcodec.bitstream import entropy
 
     data = bs.dumps(head_motion(s=4))
     kprc = dict(split(data)[1])["KPRC"]
@@ -581,7 +581,7 @@ def test_bad_sent_indices_rejected(indices, match):
 
 def test_decoder_limit_applies_to_both_sides(monkeypatch):
     data = small_file()  # S*K = 6
-    monkeypatch.setattr(bs, "MAX_SENT_KEYPOINTS", 5)
+    monkeypatch.setattr(bs.container, "MAX_SENT_KEYPOINTS", 5)
     assert_rejects(data, "decoder limit")
     with pytest.raises(KpcFormatError, match="too many sent keypoints"):
         bs.dumps(make_stream(s=3, k=2))
@@ -742,7 +742,7 @@ def _with_base_payload(payload: bytes) -> bytes:
     data = (GOLDEN / "v1_4.kpc").read_bytes()
     table = bs.chunk_table(data)
     start = sum(n for kind, n in table[:-2])  # where BASE begins
-    return data[:start] + bs._chunk("BASE", payload) + bs._chunk("KEND", b"")
+    return data[:start] + bs.container._chunk("BASE", payload) + bs.container._chunk("KEND", b"")
 
 
 @pytest.mark.parametrize("payload, message", [
@@ -802,7 +802,7 @@ def test_stdin_and_stdout(monkeypatch):
 
 
 def test_no_torch_import():
-    code = ("import sys, kpcodec.bitstream as bs, kpcodec.quantize, kpcodec.entropy; "
+    code = ("import sys, kpcodec.bitstream.container as bs, kpcodec.bitstream.quantize, kpcodec.bitstream.entropy; "
             "s = bs.loads(open('tests/golden/v1_3.kpc', 'rb').read()); bs.dumps(s); "
             "assert 'constriction' in sys.modules; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
@@ -823,7 +823,7 @@ def test_write_bytes_and_read_bytes(tmp_path):
 
 
 def kprc_payload(deltas, r_kp, r_jac, s=None, coder=0, kp_pred=1, jac_pred=0, coded=None) -> bytes:
-    from kpcodec import entropy
+    from kpcodec.bitstream import entropy
 
     deltas = np.asarray(deltas).reshape(-1, 1)
     count = len(deltas) if s is None else s
@@ -912,9 +912,9 @@ def test_entropy_prior_is_frozen():
     """The coder's starting counts are part of format 1.1 (KPRC coder 0): never change them."""
     import hashlib
 
-    from kpcodec import entropy
+    from kpcodec.bitstream import entropy
 
-    path = ROOT / "kpcodec" / entropy.PRIOR_FILES[0]
+    path = ROOT / "kpcodec" / "bitstream" / entropy.PRIOR_FILES[0]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == \
         "1931bfec9024e23a551cdcbe28e2ed5f62a0a0069c25c4cca50cfb04cfdb06f9"
     streams = entropy.prior()
@@ -923,7 +923,7 @@ def test_entropy_prior_is_frozen():
 
 
 def test_entropy_round_trip_with_escapes():
-    from kpcodec import entropy
+    from kpcodec.bitstream import entropy
 
     rng = np.random.default_rng(3)
     streams = [np.array([[0], [2**32 - 1], [1]]), rng.integers(-40, 40, (3, 6)),

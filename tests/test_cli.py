@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from kpcodec import adaptive, bitstream
+from kpcodec.codec import adaptive
+
+from kpcodec import bitstream
 from kpcodec.cli import app
-from kpcodec.video import probe
+from kpcodec.media.video import probe
 
 
 def run(runner, *args):
@@ -212,7 +214,7 @@ def test_kpc_from_unknown_weights(runner, kpc, tmp_path):
 
 
 def test_decode_with_another_model_of_the_same_detector(runner, clip, tmp_path):
-    from kpcodec import video
+    from kpcodec.media import video
     from kpcodec.models.registry import DEFAULT_MODEL
 
     kpc = tmp_path / "real.kpc"
@@ -260,7 +262,7 @@ def test_version(runner):
 def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip, tmp_path):
     import numpy as np
 
-    from kpcodec.video import read_frames
+    from kpcodec.media.video import read_frames
 
     kpc = tmp_path / "c.kpc"
     r = encode_tiny(runner, clip, kpc, "--no-audio", "--threads", "2", "-q")

@@ -11,9 +11,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kpcodec import api, bitstream, classic, compare as cmp
+from kpcodec import api
+
+from kpcodec import bitstream
+
+from kpcodec.eval import classic, compare as cmp
 from kpcodec.cli import app
-from kpcodec.video import read_frames
+from kpcodec.media.video import read_frames
 
 CRFS = (30, 45)
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
@@ -146,7 +150,7 @@ def test_frontier_drops_dominated_points():
 
 
 def test_missing_mediapipe_and_codec_are_notes(clip, monkeypatch):
-    monkeypatch.setattr(cmp, "_landmarks_available", lambda: "landmark columns empty: no mediapipe")
+    monkeypatch.setattr(cmp, "landmarks_available", lambda: "landmark columns empty: no mediapipe")
     real = classic.missing_reason
     monkeypatch.setattr(classic, "missing_reason", lambda key: "libx265 missing" if key == "x265" else real(key))
     r = cmp.compare(clip, codecs=("x264", "x265"), crfs={"x264": (40,)}, model="tiny")
@@ -168,10 +172,10 @@ def test_cli_outputs(runner, clip, tmp_path):
     with open(out["csv"]) as f:
         table = list(csv.DictReader(f))
     assert [t["setting"] for t in table] == ["k=2", "crf 30", "crf 45"] and float(table[1]["kbps"]) > 0
-    from kpcodec.report import _umask
+    from kpcodec.eval.report import _umask
 
     assert out["csv"].stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
-    from kpcodec.video import probe
+    from kpcodec.media.video import probe
 
     sbs = probe(out["mp4"])
     assert sbs.frame_count == 12 and (sbs.width, sbs.height) == (768, 276)

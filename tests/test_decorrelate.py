@@ -1,4 +1,4 @@
-"""Intra-frame decorrelation of KPRC coder 1 (kpcodec.decorrelate) and its frozen tables."""
+"""Intra-frame decorrelation of KPRC coder 1 (kpcodec.bitstream.decorrelate) and its frozen tables."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kpcodec import decorrelate, entropy
+from kpcodec.bitstream import decorrelate, entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ def test_tables_are_frozen():
     """Coder 1's decorrelation table and entropy prior are part of format 1.3: never change them."""
     digests = {decorrelate.TABLE_FILE: "b9cfea52874f8d3da81b46b57d37bff787a4b65466176220634f11c360c75c64", entropy.PRIOR_FILES[1]: "1970136b6c5ee836f4d820a07efedbba037010ab91db7944f11d01dccffd07e6"}
     for name, digest in digests.items():
-        assert hashlib.sha256((ROOT / "kpcodec" / name).read_bytes()).hexdigest() == digest, name
+        assert hashlib.sha256((ROOT / "kpcodec" / "bitstream" / name).read_bytes()).hexdigest() == digest, name
     table = decorrelate.shipped_table()
     assert table.keypoints == 10 and table.width == 60 and table.shift == 8
     assert len(entropy.prior(1)) == 3

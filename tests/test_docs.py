@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import typer
 
-from kpcodec import __version__, audio
-from kpcodec.bitstream import FORMAT_VERSION
+from kpcodec import __version__
+
+from kpcodec.media import audio
+from kpcodec.bitstream.container import FORMAT_VERSION
 from kpcodec.cli import app
 from kpcodec.models.registry import DEFAULT_MODEL
 

@@ -24,7 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpcodec import audio, bitstream
+from kpcodec.media import audio
+
+from kpcodec import bitstream
 from kpcodec.errors import KpcFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +69,7 @@ SEEDS = _seeds()
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     """(type, payload) of each chunk of a valid file."""
-    out, pos = [], bitstream._PREAMBLE_SIZE
+    out, pos = [], bitstream.PREAMBLE_SIZE
     while pos < len(data):
         (n,) = struct.unpack_from("<I", data, pos + 4)
         out.append((data[pos:pos + 4], data[pos + 8:pos + 8 + n]))

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from kpcodec import baselayer, bitstream, ratecontrol
+from kpcodec.media import baselayer
+
+from kpcodec import bitstream
+
+from kpcodec.codec import ratecontrol
 from kpcodec.cli import app
 from kpcodec.errors import UsageError
 from kpcodec.models.registry import build_model, get_config, load_model
@@ -123,7 +127,7 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     from kpcodec import api
 
     api.decode(kpc, tmp_path / "ignored.mp4", model="tiny")  # same detector, no fusion: base ignored
-    from kpcodec.video import read_frames
+    from kpcodec.media.video import read_frames
 
     with_base = np.stack(list(read_frames(str(mp4), size=64)))
     without = np.stack(list(read_frames(str(tmp_path / "ignored.mp4"), size=64)))
@@ -240,8 +244,8 @@ def test_a_file_left_without_a_base_layer_names_the_keypoint_model(runner, tmp_p
 
 def test_compare_runs_hybrid_rows_without_keypoint_rows(clip48):
     """kpcodec-hybrid alone: its rate-controlled and its fixed-setting rows, next to av1-low."""
-    from kpcodec import classic
-    from kpcodec import compare as cmp
+    from kpcodec.eval import classic
+    from kpcodec.eval import compare as cmp
 
     r = cmp.compare(clip48, codecs=("kpcodec-hybrid", "av1-low"), keep_every=(), landmarks=False,
                     hybrid_kbps=(8.0,), hybrid_settings=[(1, "32@2:63")], low_res=[classic.LowRes(32, 2)],

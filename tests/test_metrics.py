@@ -1,4 +1,4 @@
-"""Tests for kpcodec.metrics (frame quality) and kpcodec.landmarks (face motion)."""
+"""Tests for kpcodec.eval.metrics (frame quality) and kpcodec.eval.landmarks (face motion)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from skimage import data, transform
 from skimage.metrics import structural_similarity
 
-from kpcodec import landmarks as lmk
-from kpcodec import metrics
+from kpcodec.eval import landmarks as lmk
+from kpcodec.eval import metrics
 from kpcodec.errors import KpcodecError
 
 

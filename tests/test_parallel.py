@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from kpcodec.parallel import available_cores, ordered_map, single_threaded_torch
+from kpcodec.codec.parallel import available_cores, ordered_map, single_threaded_torch
 
 
 def test_results_come_in_input_order_whatever_finishes_first():
@@ -53,7 +53,7 @@ def test_single_threaded_torch_restores_the_thread_count():
 def test_glibc_mmap_threshold_is_pinned_for_flat_memory():
     import platform
 
-    from kpcodec.parallel import fixed_mmap_threshold
+    from kpcodec.codec.parallel import fixed_mmap_threshold
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
@@ -61,7 +61,7 @@ def test_glibc_mmap_threshold_is_pinned_for_flat_memory():
 
 
 def test_idle_cores_leaves_out_the_load():
-    from kpcodec.parallel import idle_cores
+    from kpcodec.codec.parallel import idle_cores
 
     assert idle_cores(cores=2, load=0.1) == 2
     assert idle_cores(cores=2, load=1.2) == 1  # another job holds a core
@@ -73,7 +73,7 @@ def test_idle_cores_leaves_out_the_load():
 def test_explicit_threads_mean_single_threaded_torch():
     import torch
 
-    from kpcodec.parallel import torch_threads_for
+    from kpcodec.codec.parallel import torch_threads_for
 
     before = torch.get_num_threads()
     with torch_threads_for(1):

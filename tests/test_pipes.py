@@ -12,7 +12,7 @@ from conftest import make_clip_with_audio
 
 from kpcodec import bitstream
 from kpcodec.cli import app
-from kpcodec.video import probe
+from kpcodec.media.video import probe
 
 KPCODEC = [sys.executable, "-m", "kpcodec"]
 

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from kpcodec import bitstream, predict
+from kpcodec import bitstream
+
+from kpcodec.codec import predictors as predict
 from kpcodec.cli import app
 from kpcodec.errors import UsageError
-from kpcodec.patterns import SendPattern
+from kpcodec.models.registry import weights_dir
+from kpcodec.codec.patterns import SendPattern
 
 LEARNED = [n for n, e in predict.PREDICTORS.items() if e.learned]
 
@@ -52,7 +55,7 @@ def test_file_predictor_falls_back_to_default():
 def test_shipped_learned_weights_are_small_and_checked():
     for name in LEARNED:
         entry = predict.get_predictor(name)
-        path = predict.predictor_dir() / entry.file
+        path = weights_dir() / entry.file
         assert path.stat().st_size < 1_000_000
         assert all(v.dtype == torch.float16 for v in torch.load(path, weights_only=True).values())
         assert predict.load_learned(name) is predict.load_learned(name)  # cached
@@ -127,7 +130,7 @@ def test_hold_and_linear_are_exact():
 
 
 def test_linear_with_damping_one_is_constant_velocity():
-    from kpcodec.predict import _linear
+    from kpcodec.codec.predictors import _linear
 
     kp = np.arange(5, dtype=np.float32).reshape(5, 1, 1) * np.ones((1, 1, 2), np.float32)
     out = [k for k, _ in _linear(np.array([0, 1]), kp[:2], np.zeros((2, 1, 2, 2)), 5, damping=1.0)]
@@ -136,7 +139,7 @@ def test_linear_with_damping_one_is_constant_velocity():
 
 @pytest.mark.parametrize("name", LEARNED)
 def test_learned_predictors_load_run_and_stream(name):
-    from kpcodec.models.predictors import rollout
+    from kpcodec.models.predictor_nets import rollout
 
     kp, jac = trajectory(25)
     idx = SendPattern(12, 12).indices(25)
@@ -178,8 +181,8 @@ def test_learned_weights_failing_their_checksum_are_refused(monkeypatch, tmp_pat
     name = LEARNED[0]
     entry = predict.get_predictor(name)
     bad = tmp_path / entry.file
-    bad.write_bytes((predict.predictor_dir() / entry.file).read_bytes() + b"x")
-    monkeypatch.setattr(predict, "predictor_dir", lambda: tmp_path)
+    bad.write_bytes((weights_dir() / entry.file).read_bytes() + b"x")
+    monkeypatch.setattr(predict, "weights_dir", lambda: tmp_path)
     predict.load_learned.cache_clear()
     try:
         with pytest.raises(ModelError, match="sha256"):
@@ -237,7 +240,7 @@ def tiny_kpc(tmp_path_factory, clip):
 
 @pytest.mark.parametrize("name", list(predict.PREDICTORS))
 def test_decode_with_each_predictor(runner, tiny_kpc, tmp_path, name):
-    from kpcodec.video import probe
+    from kpcodec.media.video import probe
 
     mp4 = tmp_path / f"{name}.mp4"
     r = runner.invoke(app, ["decode", str(tiny_kpc), "-o", str(mp4), "--predictor", name])
@@ -260,7 +263,7 @@ def test_bitstream_and_predict_stay_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, kpcodec.bitstream, kpcodec.predict as p;"
+    code = ("import sys, numpy as np, kpcodec.bitstream.container, kpcodec.codec.predictors as p;"
             "list(p.fill_keypoints(np.array([0]), np.zeros((1,2,2)), np.zeros((1,2,2,2)), 3, 'linear'));"
             "assert 'torch' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -304,12 +307,13 @@ def test_train_predictor_errors(runner, tmp_path):
 
 
 def test_export_to_a_registry(tmp_path, monkeypatch, runner):
-    from kpcodec.train import predictor as tp
+    from kpcodec.train import predictor_training as tp
 
     traj = synthetic_trajectories(tmp_path / "traj")
     assert runner.invoke(app, ["train-predictor", "--kind", "rnn", "--trajectories", str(traj), "--out",
                                str(tmp_path / "run"), "--steps", "1", "-q"]).exit_code == 0
-    monkeypatch.setattr(predict, "predictor_dir", lambda: tmp_path)
+    monkeypatch.setattr(predict, "weights_dir", lambda: tmp_path)
+    monkeypatch.setattr("kpcodec.models.registry.weights_dir", lambda: tmp_path)
     monkeypatch.setattr(predict, "registry_path", lambda: tmp_path / "predictors.json")
     target = tp.export(tmp_path / "run", "mine", make_default=True, variants={"mine-sample": {"sample": True}})
     reg = json.loads((tmp_path / "predictors.json").read_text())

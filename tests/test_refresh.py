@@ -10,11 +10,11 @@ from skimage.data import astronaut, coffee
 from skimage.transform import resize
 
 from kpcodec import bitstream as bs
-from kpcodec import refresh as rf
+from kpcodec.codec import refresh as rf
 from kpcodec.api import _source_batches
 from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
-from kpcodec.video import VideoWriter
+from kpcodec.media.video import VideoWriter
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -100,7 +100,7 @@ def test_bad_refresh_frames_rejected_both_ways(frames, needle):
     # the same chunks written by hand are refused by the reader
     good = bs.dumps(stream_with_refresh((4, 7)))
     chunks = []
-    for kind, payload, _ in bs._split_chunks(good):
+    for kind, payload, _ in bs.container._split_chunks(good):
         chunks.append((kind, payload))
     srcr = [i for i, (k, _) in enumerate(chunks) if k == "SRCR"]
     for i, f in zip(srcr, list(frames) + [None]):
@@ -108,7 +108,7 @@ def test_bad_refresh_frames_rejected_both_ways(frames, needle):
             chunks[i] = None
         else:
             chunks[i] = ("SRCR", int(f).to_bytes(4, "little") + chunks[i][1][4:])
-    data = bs.MAGIC + b"\x01\x02" + b"".join(bs._chunk(k, p) for k, p in (c for c in chunks if c))
+    data = bs.MAGIC + b"\x01\x02" + b"".join(bs.container._chunk(k, p) for k, p in (c for c in chunks if c))
     with pytest.raises(KpcFormatError, match=needle):
         bs.loads(data)
 
@@ -121,15 +121,15 @@ def test_refresh_needs_1_2_and_its_place():
     data = bs.dumps(stream_with_refresh())
     with pytest.raises(KpcFormatError, match="chunk SRCR where KEND was expected"):
         bs.loads(data[:8] + b"\x01\x01" + data[10:])  # a 1.1 file has no SRCR
-    chunks = [(k, p) for k, p, _ in bs._split_chunks(data)]
+    chunks = [(k, p) for k, p, _ in bs.container._split_chunks(data)]
     order = [chunks[0], chunks[1], chunks[3], chunks[2]] + chunks[4:]  # SRCR before KPRC
     with pytest.raises(KpcFormatError, match="chunk SRCR where KPRC was expected"):
-        bs.loads(bs.MAGIC + b"\x01\x02" + b"".join(bs._chunk(k, p) for k, p in order))
+        bs.loads(bs.MAGIC + b"\x01\x02" + b"".join(bs.container._chunk(k, p) for k, p in order))
 
 
 def test_a_1_1_reader_refuses_a_refreshed_file(monkeypatch):
     """What this package's 1.1 reader did with a chunk it did not know: a clear error."""
-    monkeypatch.setattr(bs, "_CRITICAL", frozenset(bs._ORDER_1_0 + bs._ORDER_1_1))
+    monkeypatch.setattr(bs.container, "_CRITICAL", frozenset(bs.container._ORDER_1_0 + bs.container._ORDER_1_1))
     with pytest.raises(KpcFormatError, match="unknown critical chunk SRCR"):
         bs.loads(bs.dumps(stream_with_refresh()))
 

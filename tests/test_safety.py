@@ -12,10 +12,12 @@ import av
 import pytest
 from conftest import make_clip, make_clip_with_audio
 
-from kpcodec import cli, video
+from kpcodec import cli
+
+from kpcodec.media import video
 from kpcodec.cli import app
 from kpcodec.errors import UsageError
-from kpcodec.video import probe
+from kpcodec.media.video import probe
 
 
 def run(runner, *args, **kw):
@@ -96,7 +98,8 @@ def test_output_names_that_do_not_fit_warn(runner, clip, kpc, tmp_path):
 
 
 def test_outputs_are_checked_before_any_work(runner, clip, kpc, tmp_path, monkeypatch):
-    from kpcodec import api, bitstream
+    from kpcodec import api
+    from kpcodec import bitstream
     from kpcodec.models import registry
 
     def no_work(*args, **kwargs):
@@ -212,7 +215,7 @@ def test_missing_matplotlib_is_a_usage_error_with_the_pip_line(runner, clip, tmp
 
 
 def test_missing_mediapipe_warns_once_that_landmark_columns_are_empty(runner, clip, monkeypatch):
-    from kpcodec import landmarks
+    from kpcodec.eval import landmarks
 
     monkeypatch.setitem(sys.modules, "mediapipe", None)
     with pytest.raises(UsageError, match=r"pip install 'kpcodec\[eval\]'"):

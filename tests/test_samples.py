@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kpcodec import bitstream
-from kpcodec.video import probe
+from kpcodec.media.video import probe
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 KPC_FILES = sorted(SAMPLES.glob("*.kpc"))

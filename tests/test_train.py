@@ -93,7 +93,7 @@ def test_flow_at_landmarks_zero_for_a_perfect_flow():
 
 
 def test_landmark_weights_emphasise_the_lips():
-    from kpcodec.landmarks import LIP_CONTOUR, N_LANDMARKS
+    from kpcodec.eval.landmarks import LIP_CONTOUR, N_LANDMARKS
     from kpcodec.models.blocks import make_coordinate_grid
 
     assert losses.landmark_weights(N_LANDMARKS, 1.0, 1.0) is None

@@ -1,4 +1,4 @@
-"""Tests for kpcodec.video (probe / read_frames / VideoWriter) and kpcodec.source_image.
+"""Tests for kpcodec.media.video (probe / read_frames / VideoWriter) and kpcodec.media.source_image.
 
 Every clip is tiny (64x64 or smaller, about 10 frames) and made in a tmp dir.
 Frame k of a test clip is a flat grey of level 10 + 20k, so a decoded frame
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from kpcodec.errors import KpcFormatError, UsageError, VideoError
-from kpcodec.source_image import (CODECS, DEFAULT_CODEC, DEFAULT_QUALITY, available_codecs,
+from kpcodec.media.source_image import (CODECS, DEFAULT_CODEC, DEFAULT_QUALITY, available_codecs,
                                   decode_image, encode_image)
-from kpcodec.video import VideoInfo, VideoWriter, check_codecs, probe, read_frames
+from kpcodec.media.video import VideoInfo, VideoWriter, check_codecs, probe, read_frames
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -319,7 +319,7 @@ def test_writer_argument_errors(tmp_path):
 
 
 def test_writer_stdout_is_fragmented_mp4(tmp_path):
-    code = ("import numpy as np\nfrom kpcodec.video import VideoWriter\n"
+    code = ("import numpy as np\nfrom kpcodec.media.video import VideoWriter\n"
             "with VideoWriter('-', 25, (32, 32), preset='ultrafast') as w:\n"
             "    for k in range(10): w.write(np.full((32, 32, 3), 10 + 20 * k, np.uint8))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import warp
-from .generator import Generator
-from .keypoints import KeypointDetector
-from .motion import DenseMotion
+from kpcodec.models.blocks import warp
+from kpcodec.models.generator import Generator
+from kpcodec.models.keypoints import KeypointDetector
+from kpcodec.models.motion import DenseMotion
 
 
 @dataclass

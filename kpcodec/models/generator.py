@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DownBlock, ResBlock, SameBlock, UpBlock, resize, warp
+from kpcodec.models.blocks import DownBlock, ResBlock, SameBlock, UpBlock, resize, warp
 
 
 class Generator(nn.Module):

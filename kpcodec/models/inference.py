@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .blocks import ResBlock, SameBlock, UpBlock
+from kpcodec.models.blocks import ResBlock, SameBlock, UpBlock
 
 # Nearest 2x upsampling then a 3x3 kernel tap t (0..2, offsets -1..1) = a stride-2 transposed
 # convolution with a 4x4 kernel whose tap k (0..3) sums the 3x3 taps marked in row k: an output

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Hourglass, make_coordinate_grid, resize
+from kpcodec.models.blocks import Hourglass, make_coordinate_grid, resize
 
 
 class KeypointDetector(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Hourglass, inverse_2x2, make_coordinate_grid, resize, warp
+from kpcodec.models.blocks import Hourglass, inverse_2x2, make_coordinate_grid, resize, warp
 
 
 def keypoint_heatmaps(kp: torch.Tensor, height: int, width: int, variance: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ModelError
+from kpcodec.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ModelConfig:
     # gets pixel-sharp gradients. Off for the published-width config.
     warp_blend: bool = False
     # Hybrid mode: the generator also takes a decoded low-resolution base-layer frame (an AV1
-    # stream in the .kpc, kpcodec.baselayer), upsampled and moved to the frame's keypoints,
+    # stream in the .kpc, kpcodec.media.baselayer), upsampled and moved to the frame's keypoints,
     # and fuses it at the bottleneck and at the output (kpcodec.models.generator).
     base_fusion: bool = False
     base_channels: int = 32
@@ -164,7 +164,7 @@ def get_weights(model: str) -> Weights:
 
 def build_model(config: str):
     """An untrained model for a config (training, tests)."""
-    from .fomm import MotionModel
+    from kpcodec.models.fomm import MotionModel
 
     return MotionModel(get_config(config))
 
@@ -199,7 +199,7 @@ def load_model(model: str | None = None, inference: bool = False):
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     if inference:
-        from .inference import prepare_for_inference
+        from kpcodec.models.inference import prepare_for_inference
 
         return prepare_for_inference(net)
     return net.eval()

@@ -1,5 +1,5 @@
 """`python -m kpcodec.train ...` is the same as `kpcodec train ...`."""
-from ..cli import app
+from kpcodec.cli import app
 
 if __name__ == "__main__":
     import sys

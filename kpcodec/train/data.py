@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..parallel import ordered_map
+from kpcodec.codec.parallel import ordered_map
 
 
 @dataclass

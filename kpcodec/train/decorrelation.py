@@ -1,10 +1,10 @@
-"""Learn the intra-frame decorrelation table of KPRC coder 1 (kpcodec/entropy_decorrelation.json).
+"""Learn the intra-frame decorrelation table of KPRC coder 1 (kpcodec/bitstream/entropy_decorrelation.json).
 
     python -m kpcodec.train.decorrelation --trajectories runs/cache/trajectories
 
 Codes the train split's trajectories (kpcodec.train.trajectories) with the closed-loop
 quantiser at keep-every 1, 2 and 4 (default steps, format 1.3's in-loop predictors), one per
-gap class of kpcodec.decorrelate, and fits, for each residual of a frame, a ridge regression
+gap class of kpcodec.bitstream.decorrelate, and fits, for each residual of a frame, a ridge regression
 on the residuals coded before it in that frame. The weights are rounded to integers at
 2**shift. The table is part
 of format 1.3: changing it changes the bitstream, so a new table needs a new coder id; after
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kpcodec import decorrelate
-from kpcodec import quantize as q
+from kpcodec.bitstream import decorrelate
+from kpcodec.bitstream import quantize as q
 from kpcodec.train.entropy_prior import residuals
 from kpcodec.train.trajectories import load_trajectories
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trajectories", type=Path, default=Path("runs/cache/trajectories"))
     p.add_argument("--shift", type=int, default=8, help="weights are integers at 2**shift")
     p.add_argument("--ridge", type=float, default=1.0)
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / decorrelate.TABLE_FILE)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bitstream" / decorrelate.TABLE_FILE)
     args = p.parse_args(argv)
     train = load_trajectories(args.trajectories, "train")
     if not train:

@@ -4,10 +4,10 @@
 
 Codes the train split's trajectories (kpcodec.train.trajectories) as the .kpc writer does
 (coder 0 with 1.1's in-loop predictors, coder 1 with 1.3's), at keep-every 1, 2 and 4 with
-the default steps, counts how often each adaptive model of kpcodec.entropy sees each
+the default steps, counts how often each adaptive model of kpcodec.bitstream.entropy sees each
 symbol, and scales every model's counts to about --total (each count at least 1): the
 coder's starting point. Coder 1 counts
-the symbols after intra-frame decorrelation (kpcodec.decorrelate). Each file is part of the
+the symbols after intra-frame decorrelation (kpcodec.bitstream.decorrelate). Each file is part of the
 format (coder 0: 1.1, coder 1: 1.3): changing one changes the bitstream, so regenerate a
 prior only for a new coder id.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kpcodec import decorrelate, entropy
-from kpcodec import quantize as q
+from kpcodec.bitstream import decorrelate, entropy
+from kpcodec.bitstream import quantize as q
 from kpcodec.train.trajectories import load_trajectories
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--coder", type=int, choices=sorted(entropy.PRIOR_FILES), default=1)
     p.add_argument("--out", type=Path, help="default: the coder's file in the package")
     args = p.parse_args(argv)
-    out = args.out or Path(__file__).resolve().parents[1] / entropy.PRIOR_FILES[args.coder]
+    out = args.out or Path(__file__).resolve().parents[1] / "bitstream" / entropy.PRIOR_FILES[args.coder]
     train = load_trajectories(args.trajectories, "train")
     if not train:
         raise SystemExit(f"{args.trajectories}: no train trajectories")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.frames import frames_to_tensor, tensor_to_frames
-from .data import decode_clip
+from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+from kpcodec.train.data import decode_clip
 
 # A fixed, varied monitoring subset of the val split: different people, head turns, speech, expressions.
 MONITOR_CLIPS = [
@@ -79,11 +79,11 @@ def keypoint_spread(kps: np.ndarray) -> float:
 
 
 def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
-    from ..metrics import l1, psnr, ssim
+    from kpcodec.eval.metrics import l1, psnr, ssim
 
     size = model.cfg.image_size
     if clip.frames.shape[1] != size:  # small test configs: compare at the model's resolution
-        from ..models.blocks import resize
+        from kpcodec.models.blocks import resize
 
         clip = EvalClip(clip.name, tensor_to_frames(resize(frames_to_tensor(clip.frames), size)), None)
     decoded, kps = reconstruct(model, clip.frames)
@@ -99,7 +99,7 @@ def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
         "kp_spread": keypoint_spread(kps),
     }
     if landmarker_factory is not None and clip.landmarks is not None:
-        from ..landmarks import fidelity_from_landmarks
+        from kpcodec.eval.landmarks import fidelity_from_landmarks
 
         with landmarker_factory() as mark:
             found = [mark.detect(f) for f in decoded]
@@ -114,7 +114,7 @@ def evaluate(model, clips: list[EvalClip], use_landmarks: bool = True) -> dict:
     factory = None
     if use_landmarks:
         try:
-            from ..landmarks import FaceLandmarker
+            from kpcodec.eval.landmarks import FaceLandmarker
 
             FaceLandmarker().close()
             factory = FaceLandmarker

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.registry import load_checkpoint, sha256_file, weights_dir
+from kpcodec.models.registry import load_checkpoint, sha256_file, weights_dir
 
 
 def export(checkpoint: Path, name: str, config: str, make_default: bool = False,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..models.fomm import MotionModel
-from ..models.registry import ModelConfig, build_model, get_config
-from .transplant import read_checkpoint
+from kpcodec.models.fomm import MotionModel
+from kpcodec.models.registry import ModelConfig, build_model, get_config
+from kpcodec.train.transplant import read_checkpoint
 
 _NEW_BLOCK_LAST_CONV = re.compile(r"(.*\.bottleneck\.\d+)\.conv2\.(weight|bias)$")
 

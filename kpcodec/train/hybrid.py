@@ -1,5 +1,5 @@
 """Train a hybrid generator: the shipped detector and dense motion frozen, the generator fusing
-a base-layer frame that really went through the AV1 base layer (kpcodec.baselayer).
+a base-layer frame that really went through the AV1 base layer (kpcodec.media.baselayer).
 
 Data: every `stride`-th train frame (as for the motion model) is coded per clip as its own
 base-layer stream, once per training setting (size, CRF), and decoded; the decoded frames are
@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import baselayer
-from ..metrics import ssim as ssim_np
-from ..models.frames import frames_to_tensor, tensor_to_frames
-from ..parallel import fixed_mmap_threshold, ordered_map
-from . import losses
-from .data import PairSampler, decode_clip, load_clips
-from .evaluate import MONITOR_CLIPS
-from .trainer import Trainer
+from kpcodec.media import baselayer
+from kpcodec.eval.metrics import ssim as ssim_np
+from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map
+from kpcodec.train import losses
+from kpcodec.train.data import PairSampler, decode_clip, load_clips
+from kpcodec.train.evaluate import MONITOR_CLIPS
+from kpcodec.train.trainer import Trainer
 
 # Base-layer settings trained on (size, CRF): one model for every rate the encoder picks.
 TRAIN_SETTINGS = ((64, 63), (96, 63), (128, 63), (96, 52), (128, 52))
@@ -101,7 +101,7 @@ class HybridTrainer(Trainer):
         for (clip, s, q), frames in zip(jobs, coded):
             self.base.setdefault(clip.name, []).append(frames)
         print(f"base layer: {len(jobs)} clip codings in {time.time() - t0:.0f} s", flush=True)
-        # The loading threads pinned glibc's mmap threshold (kpcodec.parallel), which makes every
+        # The loading threads pinned glibc's mmap threshold (kpcodec.codec.parallel), which makes every
         # large training tensor a fresh mmap: steps ran at half speed (2.6 against 1.35 s).
         fixed_mmap_threshold(32 << 20)
         t0 = time.time()
@@ -116,7 +116,7 @@ class HybridTrainer(Trainer):
             self.monitor.append(MonitorClip(Path(f).stem, frames, base))
 
     def _cached_keypoints(self, clip) -> tuple[np.ndarray, np.ndarray]:
-        from ..models.registry import state_sha256
+        from kpcodec.models.registry import state_sha256
 
         if not hasattr(self, "_detector_tag"):
             self._detector_tag = state_sha256({k: v for k, v in self.model.state_dict().items()

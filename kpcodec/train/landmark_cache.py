@@ -4,7 +4,7 @@
 
 Reads ``<data>/manifest.csv``, takes the talking-head clips of the train and val splits
 (``motion/`` clips have no faces to speak of and are skipped), decodes every frame with
-PyAV as rgb24 and runs the face mesh (``kpcodec.landmarks.FaceLandmarker``, a new one
+PyAV as rgb24 and runs the face mesh (``kpcodec.eval.landmarks.FaceLandmarker``, a new one
 per clip so tracking never carries over between clips). For each clip it writes
 ``<out>/<clip file stem>.npz`` with:
 
@@ -63,7 +63,7 @@ def detect_clip(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Decode a clip and return (landmarks float16 (T,478,2), found bool (T,), (H, W))."""
     import av
 
-    from kpcodec.landmarks import N_LANDMARKS, FaceLandmarker
+    from kpcodec.eval.landmarks import N_LANDMARKS, FaceLandmarker
 
     landmarks: list[np.ndarray] = []
     found: list[bool] = []

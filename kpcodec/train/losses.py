@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.blocks import inverse_2x2, make_coordinate_grid, resize
+from kpcodec.models.blocks import inverse_2x2, make_coordinate_grid, resize
 
 
 def pyramid_l1(pred: torch.Tensor, target: torch.Tensor, scales=(1.0, 0.5, 0.25, 0.125)) -> torch.Tensor:
@@ -77,7 +77,7 @@ def flow_at_landmarks(flow: torch.Tensor, lm_driving: torch.Tensor, lm_source: t
 
 def landmark_weights(count: int, lips: float, eyes: float) -> torch.Tensor | None:
     """Per-landmark weights of the face-mesh topology (None when every weight is 1)."""
-    from kpcodec.landmarks import EYE_CONTOUR, LIP_CONTOUR
+    from kpcodec.eval.landmarks import EYE_CONTOUR, LIP_CONTOUR
 
     if lips == 1.0 and eyes == 1.0:
         return None

@@ -6,8 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..errors import UsageError
-from .trainer import Trainer
+from kpcodec.errors import UsageError
+from kpcodec.train.trainer import Trainer
 
 
 def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = False, recipe: str = "base",

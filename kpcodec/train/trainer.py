@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..landmarks import N_LANDMARKS
-from ..models.blocks import resize
-from ..models.registry import build_model, get_config
-from . import losses
-from .data import PairSampler, load_clips, refresh_landmarks
-from .meter import StepMeter
-from .evaluate import MONITOR_CLIPS, evaluate, keypoint_spread, load_eval_clips
-from .recipe import RECIPES
+from kpcodec.eval.landmarks import N_LANDMARKS
+from kpcodec.models.blocks import resize
+from kpcodec.models.registry import build_model, get_config
+from kpcodec.train import losses
+from kpcodec.train.data import PairSampler, load_clips, refresh_landmarks
+from kpcodec.train.meter import StepMeter
+from kpcodec.train.evaluate import MONITOR_CLIPS, evaluate, keypoint_spread, load_eval_clips
+from kpcodec.train.recipe import RECIPES
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -1,5 +1,5 @@
 """Keypoint trajectories of every talking-head clip: the training and validation data of the
-keypoint predictors (kpcodec.train.predictor) and of benchmarks/predictors.py.
+keypoint predictors (kpcodec.train.predictor_training) and of benchmarks/predictor_quality.py.
 
     python -m kpcodec.train.trajectories --data /work/shared/data \\
         --checkpoint runs/fomm-256-quarter/checkpoint.pt --config fomm-256-quarter \\
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.registry import state_sha256
+from kpcodec.models.registry import state_sha256
 
 TALKING_HEADS = "talking-heads/"
 
@@ -33,7 +33,7 @@ def load_detector(checkpoint: Path | None, config: str | None, model: str | None
     """(detector module in eval mode, label, sha256)."""
     import torch
 
-    from ..models.registry import get_weights, load_checkpoint
+    from kpcodec.models.registry import get_weights, load_checkpoint
 
     if checkpoint is not None:
         if not config:
@@ -42,9 +42,9 @@ def load_detector(checkpoint: Path | None, config: str | None, model: str | None
         step = ck.get("step") if isinstance(ck, dict) else None
         label = f"{config} @ {checkpoint}" + (f" step {step}" if step is not None else "")
         return net.detector.eval(), label, state_sha256(net.detector.state_dict())
-    from ..errors import ModelError
-    from ..models.keypoints import KeypointDetector
-    from ..models.registry import DEFAULT_MODEL, get_config, sha256_file, weights_dir
+    from kpcodec.errors import ModelError
+    from kpcodec.models.keypoints import KeypointDetector
+    from kpcodec.models.registry import DEFAULT_MODEL, get_config, sha256_file, weights_dir
 
     # Only the detector is needed: load its part of the shipped file (sha256 checked), so
     # that changes to the rest of the model do not matter here.

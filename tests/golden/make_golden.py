@@ -19,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
 
-from kpcodec.bitstream import BaseLayer, Header, KpcStream, Refresh, dumps, loads  # noqa: E402
+from kpcodec.bitstream.container import BaseLayer, Header, KpcStream, Refresh, dumps, loads  # noqa: E402
 
 
 def tiny_png(width: int = 8, height: int = 8) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpcodec.landmarks import EYE_CONTOUR, LIP_CONTOUR, N_LANDMARKS
+from kpcodec.eval.landmarks import EYE_CONTOUR, LIP_CONTOUR, N_LANDMARKS
 
 SCALE = 64.0  # steps per pixel
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kpcodec.landmarks import N_LANDMARKS
+from kpcodec.eval.landmarks import N_LANDMARKS
 from pack import SCALE  # this folder's pack.py: the same fixed point
 
 

@@ -6,16 +6,16 @@
 * kpcodec at each keep-every, through :func:`kpcodec.api.encode` / :func:`kpcodec.api.decode`
   on temp files (the frames are first stored losslessly, FFV1, so that ``encode`` reads
   back exactly them, and ``--max-frames`` applies to it too);
-* each classic codec over a CRF sweep, coded in memory (:mod:`kpcodec.classic`).
+* each classic codec over a CRF sweep, coded in memory (:mod:`kpcodec.eval.classic`).
 
 Every decoded frame is scored against its original: PSNR, SSIM, MS-SSIM
-(:mod:`kpcodec.metrics`) and, with mediapipe, the face-mesh landmark error in pixels at
+(:mod:`kpcodec.eval.metrics`) and, with mediapipe, the face-mesh landmark error in pixels at
 256x256 (frames of other sizes are resized to 256 for detection), the share of frames with
-a face found in both, and the lip-gap correlation (:mod:`kpcodec.landmarks`).
+a face found in both, and the lip-gap correlation (:mod:`kpcodec.eval.landmarks`).
 
 Rates are kb/s over the clip's duration (frames / fps): ``kbps`` counts every coded byte
 (for kpcodec the whole .kpc file, for classic codecs the whole elementary stream, see
-:mod:`kpcodec.classic`); ``steady_kbps`` leaves out the first frame's cost (kpcodec: the
+:mod:`kpcodec.eval.classic`); ``steady_kbps`` leaves out the first frame's cost (kpcodec: the
 SRCF source-image chunk; classic codecs: the first packet, the key frame with headers).
 
 The headline (:func:`headline`) answers "how many times kpcodec's rate would H.264 (AV1,
@@ -23,7 +23,7 @@ H.265) need for the same quality?", per keep-every, for SSIM and for landmark er
 BD-rate style: interpolated on the classic codec's curve, log-rate linear in quality. When
 the curves do not overlap it says so and where each one ends, instead of extrapolating.
 
-Nothing here prints; the CLI and :mod:`kpcodec.report` render a :class:`CompareResult`.
+Nothing here prints; the CLI and :mod:`kpcodec.eval.report` render a :class:`CompareResult`.
 """
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ import av
 import numpy as np
 from PIL import Image
 
-from . import classic, metrics, video
-from .errors import KpcodecError, UsageError, VideoError
+from kpcodec.eval import classic, metrics
+
+from kpcodec.media import video
+from kpcodec.errors import KpcodecError, UsageError, VideoError
 
 __all__ = ["ALL_CODECS", "DEFAULT_KEEP_EVERY", "LANDMARK_SIZE", "Row", "Headline", "CompareResult",
            "compare", "headline", "rate_at_quality", "decoded_frames", "parse_codecs", "parse_ints"]
@@ -275,7 +277,7 @@ def _at_landmark_size(frame: np.ndarray) -> np.ndarray:
 
 def _detect_all(frames: Sequence[np.ndarray], tick: Callable[[], None]) -> list[np.ndarray | None]:
     """Face-mesh landmarks of every frame, one tracker per sequence (video mode)."""
-    from .landmarks import FaceLandmarker
+    from kpcodec.eval.landmarks import FaceLandmarker
 
     out = []
     with FaceLandmarker() as marker:
@@ -301,7 +303,7 @@ def _score(row: Row, originals: Sequence[np.ndarray], decoded: Sequence[np.ndarr
     row.per_frame = {"psnr": per["psnr"], "ssim": per["ssim"], "ms_ssim": per["ms_ssim"]}
     if original_marks is None:
         return
-    from .landmarks import fidelity_from_landmarks, landmark_error
+    from kpcodec.eval.landmarks import fidelity_from_landmarks, landmark_error
 
     marks = _detect_all(decoded, tick)
     fid = fidelity_from_landmarks(original_marks, marks)
@@ -314,7 +316,7 @@ def _score(row: Row, originals: Sequence[np.ndarray], decoded: Sequence[np.ndarr
 # --------------------------------------------------------------------------- kpcodec rows
 
 
-def _write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> None:
+def write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> None:
     """FFV1 (lossless, always in FFmpeg) in Matroska: read_frames gives these exact frames back."""
     h, w = frames[0].shape[:2]
     try:
@@ -337,7 +339,8 @@ def _kpcodec_row(clip: str, workdir: str, k, model: str | None, duration: float,
                  predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
     """kpcodec at keep-every `k`; in hybrid mode (`model` None: the default hybrid model) at target
     `bitrate` kb/s, or at keep-every `k` with the fixed `base_layer` settings."""
-    from . import api, bitstream
+    from kpcodec import api
+    from kpcodec import bitstream
 
     hybrid = bitrate is not None or base_layer is not None
     tag = f"k{k}" if not hybrid else f"b{bitrate:g}" if bitrate is not None else f"k{k}-{base_layer}"
@@ -401,15 +404,15 @@ def rate_at_quality(points: Iterable[tuple[float, float]], quality: float, highe
     return "inside", float(np.exp(np.interp(target, qs, logr))), None, frontier
 
 
-def _fmt_value(metric: str, v: float) -> str:
+def format_value(metric: str, v: float) -> str:
     return f"{v:.2f} px" if metric == "landmark_px" else f"{v:.3f}"
 
 
-def _metric_name(metric: str) -> str:
+def metric_name(metric: str) -> str:
     return {"ssim": "SSIM", "landmark_px": "landmark error", "psnr": "PSNR", "ms_ssim": "MS-SSIM"}[metric]
 
 
-def _kb(v: float) -> str:
+def format_kb(v: float) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
@@ -432,9 +435,9 @@ def _headline_item(metric: str, rate: str, codec: str, kp_row, classic_rows) -> 
     if where is None:
         return None
     kp_kbps = rate_of(kp_row)
-    name, mname = f"kpcodec {kp_row.setting}", _metric_name(metric)
+    name, mname = f"kpcodec {kp_row.setting}", metric_name(metric)
     steady = " steady-state" if rate == "steady" else ""
-    lead = f"{mname}: {name} reaches {_fmt_value(metric, kp_value)} at {_kb(kp_kbps)}{steady} kb/s; "
+    lead = f"{mname}: {name} reaches {format_value(metric, kp_value)} at {format_kb(kp_kbps)}{steady} kb/s; "
     ratio = kbps / kp_kbps if kp_kbps > 0 else math.inf
     setting = end_value = None
     if where != "inside":
@@ -444,25 +447,25 @@ def _headline_item(metric: str, rate: str, codec: str, kp_row, classic_rows) -> 
     if where == "inside":
         verdict, bound = "ratio", None
         if ratio >= 1:
-            text = f"{codec} needs {_kb(kbps)} kb/s for it: {_times(ratio)} kpcodec's rate"
+            text = f"{codec} needs {format_kb(kbps)} kb/s for it: {_times(ratio)} kpcodec's rate"
         else:
-            text = f"{codec} needs only {_kb(kbps)} kb/s for it ({_times(ratio)} kpcodec's rate): {codec} wins"
+            text = f"{codec} needs only {format_kb(kbps)} kb/s for it ({_times(ratio)} kpcodec's rate): {codec} wins"
     elif where == "below":
         bound = "<="
         if kbps <= kp_kbps:
             verdict = "classic-wins"
-            text = (f"{codec} wins outright: its {setting} costs {_kb(kbps)} kb/s, no more than kpcodec, and "
-                    f"already has {mname} {_fmt_value(metric, end_value)}, better than kpcodec's")
+            text = (f"{codec} wins outright: its {setting} costs {format_kb(kbps)} kb/s, no more than kpcodec, and "
+                    f"already has {mname} {format_value(metric, end_value)}, better than kpcodec's")
         else:
             verdict = "no-overlap"
-            text = (f"{codec} never gets as low as {_kb(kp_kbps)} kb/s: its floor is {_kb(kbps)} kb/s "
-                    f"({setting}) at {mname} {_fmt_value(metric, end_value)}, better than kpcodec's "
-                    f"{_fmt_value(metric, kp_value)}; the curves do not overlap "
+            text = (f"{codec} never gets as low as {format_kb(kp_kbps)} kb/s: its floor is {format_kb(kbps)} kb/s "
+                    f"({setting}) at {mname} {format_value(metric, end_value)}, better than kpcodec's "
+                    f"{format_value(metric, kp_value)}; the curves do not overlap "
                     f"({codec} at kpcodec's quality would need at most {_times(ratio)} kpcodec's rate)")
     else:
         verdict, bound = "above-sweep", ">="
-        text = (f"{codec}'s best point in the sweep ({setting}, {_kb(kbps)} kb/s) only reaches "
-                f"{_fmt_value(metric, end_value)}: {codec} needs more than {_kb(kbps)} kb/s "
+        text = (f"{codec}'s best point in the sweep ({setting}, {format_kb(kbps)} kb/s) only reaches "
+                f"{format_value(metric, end_value)}: {codec} needs more than {format_kb(kbps)} kb/s "
                 f"(> {_times(ratio)} kpcodec's rate)")
     return Headline(metric, rate, codec, kp_row.param, kp_kbps, kp_value, verdict,
                     ratio if math.isfinite(ratio) else None, bound, kbps,
@@ -496,7 +499,7 @@ def headline(rows: Sequence, *, metrics_: Sequence[str] = HEADLINE_METRICS,
     return items
 
 
-def _frontier(points: Iterable[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+def pareto_frontier(points: Iterable[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
     """(log rate, quality) of the points no other point beats at a lower rate, by rate."""
     out: list[tuple[float, float]] = []
     for rate, q in sorted(points):
@@ -514,7 +517,7 @@ def bd_rate(test: Iterable[tuple[float, float]], ref: Iterable[tuple[float, floa
     log-rate difference at equal quality over the qualities both reach, as a percentage of
     `ref`'s rate (-50: `test` needs half the bits). Piecewise-linear on each curve's frontier
     (no cubic fit: a few noisy points make a cubic swing). None when they do not overlap."""
-    a, b = _frontier(test, higher_is_better), _frontier(ref, higher_is_better)
+    a, b = pareto_frontier(test, higher_is_better), pareto_frontier(ref, higher_is_better)
     if len(a) < 2 or len(b) < 2:
         return None
     lo, hi = max(a[0][1], b[0][1]), min(a[-1][1], b[-1][1])
@@ -549,18 +552,18 @@ def bd_rates(rows: Sequence) -> list[dict]:
 # --------------------------------------------------------------------------- compare
 
 
-def _model_size(model: str | None) -> tuple[str, int]:
-    from .models.registry import DEFAULT_MODEL, get_config, get_weights
+def model_size(model: str | None) -> tuple[str, int]:
+    from kpcodec.models.registry import DEFAULT_MODEL, get_config, get_weights
 
     name = model or DEFAULT_MODEL
     return name, get_config(get_weights(name).config).image_size
 
 
-def _landmarks_available() -> str | None:
+def landmarks_available() -> str | None:
     try:
-        from .landmarks import _face_mesh_module
+        from kpcodec.eval.landmarks import face_mesh_module
 
-        _face_mesh_module()
+        face_mesh_module()
         return None
     except KpcodecError as e:
         return f"landmark columns empty: {e}"
@@ -578,7 +581,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
 
     codecs: any of "kpcodec", "x264", "x265", "av1" (a classic codec missing from this
     PyAV build is skipped with a note). crfs: per classic codec, its CRF sweep (default
-    :data:`kpcodec.classic.CODECS`' ``default_crfs``). model: kpcodec model (default: the
+    :data:`kpcodec.eval.classic.CODECS`' ``default_crfs``). model: kpcodec model (default: the
     registry's); its resolution is every codec's. max_frames: only the first N frames.
     landmarks: False skips mediapipe (landmark columns empty). threads: encoder/decoder and
     torch threads for every codec, so that fps are comparable (None: each library's default).
@@ -597,8 +600,8 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     hybrid_kbps = tuple(dict.fromkeys(float(b) for b in hybrid_kbps)) if "kpcodec-hybrid" in codecs else ()
     hybrid_settings = tuple(hybrid_settings) if "kpcodec-hybrid" in codecs else ()
     if "kpcodec-hybrid" in codecs:
-        from .baselayer import parse_settings
-        from .ratecontrol import default_hybrid_model, parse_bitrate
+        from kpcodec.media.baselayer import parse_settings
+        from kpcodec.codec.ratecontrol import default_hybrid_model, parse_bitrate
 
         if not hybrid_kbps and not hybrid_settings:
             raise UsageError("--hybrid-bitrates: empty list")
@@ -621,7 +624,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1 (got {threads})")
     if predictor is not None:
-        from . import predict
+        from kpcodec.codec import predictors as predict
 
         predictor = predict.get_predictor(predictor).name  # UsageError for an unknown name, before any work
     crfs = dict(crfs or {})
@@ -643,9 +646,9 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
             notes.append(reason)
         else:
             run_classic.append(key)
-    model_name, size = _model_size(model)
+    model_name, size = model_size(model)
     if "kpcodec" in codecs or hybrid_kbps or hybrid_settings:
-        from .models.registry import load_model
+        from kpcodec.models.registry import load_model
 
         load_model(model_name)  # load (and sha256-check) once, before anything is timed
         if hybrid_kbps:
@@ -660,7 +663,7 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
     duration = n / float(fps)
 
     if landmarks:
-        missing = _landmarks_available()
+        missing = landmarks_available()
         if missing:
             notes.append(missing)
             landmarks = False
@@ -697,9 +700,9 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
         try:
             with tempfile.TemporaryDirectory(prefix="kpcodec-compare-") as work:
                 clip = os.path.join(work, "input.mkv")
-                _write_lossless(clip, originals[:2], fps)
+                write_lossless(clip, originals[:2], fps)
                 _kpcodec_row(clip, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
-                _write_lossless(clip, originals, fps)
+                write_lossless(clip, originals, fps)
                 for k in keep_every if "kpcodec" in codecs else ():
                     row, mp4, kpcodec_info = _kpcodec_row(clip, work, k, model_name, duration, n, predictor)
                     _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)

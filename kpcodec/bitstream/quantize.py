@@ -6,7 +6,7 @@ with an integer in-loop predictor per quantity) and format 1.0's plain DPCM
 (:func:`quantize_keypoints` / :func:`dequantize_keypoints`), and format 1.0's
 lossless packing of integer symbols into bytes (:func:`pack_symbols` /
 :func:`unpack_symbols`: zigzag, LEB128 varints, zstd). Format 1.1's entropy
-coder is kpcodec.entropy.
+coder is kpcodec.bitstream.entropy.
 
 Only numpy and zstandard are used here: the decoder must run without torch.
 """

@@ -2,8 +2,8 @@
 
     kpcodec train-predictor --kind vrnn --trajectories runs/cache/trajectories --out runs/pred-vrnn \\
         [--resume] [--steps N]
-    python -m kpcodec.train.predictor export runs/pred-vrnn --name vrnn [--default]
-    python -m kpcodec.train.predictor tune-linear --trajectories runs/cache/trajectories
+    python -m kpcodec.train.predictor_training export runs/pred-vrnn --name vrnn [--default]
+    python -m kpcodec.train.predictor_training tune-linear --trajectories runs/cache/trajectories
 
 Data: random windows of `window` frames from the train-split trajectories
 (kpcodec.train.trajectories), each with a random send pattern (keep-every 2, 3, 4 or the
@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .meter import StepMeter
-from ..errors import UsageError
-from ..models.predictors import KINDS, PredictorConfig, build_predictor, parameter_count, rollout
-from ..patterns import SendPattern
-from .trajectories import load_trajectories
+from kpcodec.train.meter import StepMeter
+from kpcodec.errors import UsageError
+from kpcodec.models.predictor_nets import KINDS, PredictorConfig, build_predictor, parameter_count, rollout
+from kpcodec.codec.patterns import SendPattern
+from kpcodec.train.trajectories import load_trajectories
 
 PX = 127.5  # [-1,1] units -> pixels at 256x256
 TRAIN_PATTERNS = (SendPattern(1, 1), SendPattern(1, 2), SendPattern(1, 3), SendPattern(12, 12))
@@ -140,7 +140,7 @@ def loss_terms(model, recipe: PredictorRecipe, kp, jac, sent, beta: float | None
            "jac_l1_skipped": (e_jac * skipped.unsqueeze(-1)).sum().item() / max(skipped.sum().item() * kp.shape[2], 1)}
     total = pred
     if "kl" in terms:
-        # Reconstruction against what the latent encodes (kpcodec.models.predictors._target).
+        # Reconstruction against what the latent encodes (kpcodec.models.predictor_nets._target).
         r_kp, r_jac = errors(terms["rec_kp"], terms["rec_jac"], terms["rec_ref_kp"], terms["rec_ref_jac"])
         recon = (r_kp + recipe.w_jac * r_jac).mean()
         kl = terms["kl"].mean()
@@ -375,7 +375,7 @@ def run_predictor_training(kind: str, trajectories: Path, out: Path, steps: int 
 # -- shipping ----------------------------------------------------------------------------
 
 def _update_registry(update) -> None:
-    from ..predict import registry_path
+    from kpcodec.codec.predictors import registry_path
 
     path = registry_path()
     data = json.loads(path.read_text()) if path.is_file() else {"default": "linear", "predictors": {}}
@@ -391,16 +391,16 @@ def export(run_dir: Path, name: str, make_default: bool = False, variants: dict 
     `variants` maps extra names to inference options sharing the same file (e.g.
     {"vrnn-sample": {"sample": True}}).
     """
-    from ..models.registry import sha256_file
-    from ..predict import predictor_dir
+    from kpcodec.models.registry import sha256_file
+    from kpcodec.models.registry import weights_dir
 
     ck = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
     model = build_predictor(ck["config"])
     model.load_state_dict(ck["model"])
-    tmp = predictor_dir() / f"pred-{name}.tmp"
+    tmp = weights_dir() / f"pred-{name}.tmp"
     tmp.write_bytes(fp16_bytes(model))
     digest = sha256_file(tmp)
-    target = predictor_dir() / f"pred-{name}-{digest[:8]}.pt"
+    target = weights_dir() / f"pred-{name}-{digest[:8]}.pt"
     tmp.replace(target)
     entry = {"kind": ck["kind"], "config": ck["config"], "file": target.name, "sha256": digest,
              "trained": {"steps": ck["step"], "cpu_seconds": round(ck["cpu_seconds"], 1),
@@ -418,7 +418,7 @@ def export(run_dir: Path, name: str, make_default: bool = False, variants: dict 
             data["default"] = name
         still = {e.get("file") for e in preds.values()}
         for f in old - still - {None}:
-            (predictor_dir() / f).unlink(missing_ok=True)
+            (weights_dir() / f).unlink(missing_ok=True)
 
     _update_registry(update)
     return target

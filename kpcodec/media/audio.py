@@ -7,13 +7,13 @@
 * :func:`pack` / :func:`unpack` turn an :class:`OpusTrack` into the ``opus`` chunk
   payload and back; the layout is specified in man/kpc.5.  :func:`unpack` raises
   KpcFormatError for every defect.
-* :func:`from_stream` finds the track in a parsed :class:`~kpcodec.bitstream.KpcStream`.
+* :func:`from_stream` finds the track in a parsed :class:`~kpcodec.bitstream.container.KpcStream`.
 * :func:`decode_pcm` decodes a track to float samples (tests, tools).
 * :func:`opus_head` is the Ogg/MP4 ``OpusHead`` for muxing the packets unchanged
-  (see :meth:`kpcodec.video.VideoWriter.add_audio`).
+  (see :meth:`kpcodec.media.video.VideoWriter.add_audio`).
 
 All timestamps are counted in 48 kHz samples ("ticks"), Opus's own clock, whatever
-rate the audio was coded at.  Only numpy, zstandard (via kpcodec.quantize) and PyAV.
+rate the audio was coded at.  Only numpy, zstandard (via kpcodec.bitstream.quantize) and PyAV.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import KpcFormatError, UsageError, VideoError
+from kpcodec.errors import KpcFormatError, UsageError, VideoError
 
 CHUNK_TYPE = "opus"
 CLOCK = 48000  # Opus timestamps and pre-skip are always in 48 kHz samples
@@ -77,7 +77,7 @@ class OpusTrack:
 
 def pack(track: OpusTrack) -> bytes:
     """The ``opus`` chunk payload for ``track`` (layout in man/kpc.5)."""
-    from .quantize import pack_symbols
+    from kpcodec.bitstream.quantize import pack_symbols
 
     pts = np.asarray(track.pts, dtype=np.int64)
     sizes = np.array([len(p) for p in track.packets], dtype=np.int64)
@@ -120,7 +120,7 @@ def _check(sample_rate, channels, pre_skip, length, pts, sizes) -> None:
 
 def unpack(payload: bytes) -> OpusTrack:
     """Parse an ``opus`` chunk payload; any defect raises KpcFormatError."""
-    from .quantize import unpack_symbols
+    from kpcodec.bitstream.quantize import unpack_symbols
 
     data = bytes(payload)
     if len(data) < _FIXED.size:

@@ -1,6 +1,6 @@
 """Adaptive entropy coding of integer residuals (the KPRC chunk of .kpc format 1.1).
 
-The residuals of the closed-loop quantiser (kpcodec.quantize) go through one range coder
+The residuals of the closed-loop quantiser (kpcodec.bitstream.quantize) go through one range coder
 (the `constriction` package), frame by frame: for every frame, each stream's row of
 residuals in order. Each residual v is zigzag mapped to z (0, -1, 1, -2, ... -> 0, 1, 2,
 3, ...); z < ESCAPE is one symbol of an adaptive categorical model, larger z are the
@@ -13,7 +13,7 @@ coded in this frame's row (keypoints move together). Frame 0 has its own models 
 residuals are absolute levels). Every model is a table of integer counts, updated after
 each symbol: deterministic on any machine, as encoder and decoder must be. The counts
 start from a learned prior, one per KPRC coder id (entropy_prior.json for coder 0 and
-entropy_prior_1.json for coder 1, whose symbols are kpcodec.decorrelate's; both made from the
+entropy_prior_1.json for coder 1, whose symbols are kpcodec.bitstream.decorrelate's; both made from the
 train split's residuals by kpcodec.train.entropy_prior), so short clips do not pay for
 learning them.
 
@@ -79,7 +79,7 @@ _CONTEXTS = PREV_CLASSES * ROW_CLASSES
 @lru_cache(maxsize=None)
 def prior(coder: int = 0) -> list[dict]:
     """Initial counts per stream (frame-index deltas, keypoints, Jacobians), or [] if none."""
-    path = resources.files("kpcodec") / PRIOR_FILES[coder]
+    path = resources.files("kpcodec.bitstream") / PRIOR_FILES[coder]
     if not path.is_file():
         return []
     return json.loads(path.read_text())["streams"]

@@ -1,8 +1,8 @@
-"""Rendering a :class:`kpcodec.compare.CompareResult`: table, headline, CSV, plot, side-by-side.
+"""Rendering a :class:`kpcodec.eval.compare.CompareResult`: table, headline, CSV, plot, side-by-side.
 
 Everything that writes a file writes it atomically (a hidden temp file next to the target,
 then ``os.replace``) and refuses to overwrite an existing file unless ``force``.
-The rate-quality functions take rows (:class:`kpcodec.compare.Row` or anything with its
+The rate-quality functions take rows (:class:`kpcodec.eval.compare.Row` or anything with its
 attributes), so the benchmark can render curves averaged over many clips the same way.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import check_output
-from .errors import KpcodecError, UsageError
+from kpcodec.api import check_output
+from kpcodec.errors import KpcodecError, UsageError
 
 CODEC_LABELS = {"kpcodec": "kpcodec", "kpcodec-hybrid": "kpcodec hybrid (base layer)", "x264": "H.264 (x264)",
                 "x265": "H.265 (x265)", "av1": "AV1 (SVT-AV1)", "av1-low": "AV1 low-res, upscaled",
@@ -87,7 +87,7 @@ def rows_table(rows: Sequence, title: str | None = None):
 
 def headline_lines(items: Sequence, rate: str = "total") -> list[str]:
     """Headline items grouped by metric and keep-every, one line per classic codec."""
-    from .compare import _fmt_value, _kb, _metric_name
+    from kpcodec.eval.compare import format_value, format_kb, metric_name
 
     lines = []
     last = None
@@ -101,8 +101,8 @@ def headline_lines(items: Sequence, rate: str = "total") -> list[str]:
         key = (h.metric, h.kp_setting or h.keep_every)
         if key != last:
             steady = " steady-state" if rate == "steady" else ""
-            lines.append(f"{_metric_name(h.metric)}, kpcodec {h.kp_setting or f'k={h.keep_every}'} "
-                         f"({_fmt_value(h.metric, h.kp_value)} at {_kb(h.kp_kbps)}{steady} kb/s):")
+            lines.append(f"{metric_name(h.metric)}, kpcodec {h.kp_setting or f'k={h.keep_every}'} "
+                         f"({format_value(h.metric, h.kp_value)} at {format_kb(h.kp_kbps)}{steady} kb/s):")
             last = key
         lines.append(f"  {h.detail}")
     return lines
@@ -110,16 +110,16 @@ def headline_lines(items: Sequence, rate: str = "total") -> list[str]:
 
 def bd_rate_lines(items: Sequence[dict]) -> list[str]:
     """One line per kpcodec curve and reference: BD-rate on SSIM and on landmark error."""
-    from .compare import _metric_name
+    from kpcodec.eval.compare import metric_name
 
     lines = []
     for item in items:
         name = f"{CODEC_LABELS.get(item['codec'], item['codec'])} vs {CODEC_LABELS.get(item['reference'], item['reference'])}"
         if item["bd_rate_pct"] is None:
-            lines.append(f"  {name}, {_metric_name(item['metric'])}: curves do not overlap")
+            lines.append(f"  {name}, {metric_name(item['metric'])}: curves do not overlap")
         else:
             lo, hi = item["quality_range"]
-            lines.append(f"  {name}, {_metric_name(item['metric'])}: {item['bd_rate_pct']:+.1f}% "
+            lines.append(f"  {name}, {metric_name(item['metric'])}: {item['bd_rate_pct']:+.1f}% "
                          f"(over {lo:.3g}..{hi:.3g})")
     return lines
 
@@ -291,8 +291,8 @@ def _panel(frame: np.ndarray, side: int, label: str, font, bar: int) -> np.ndarr
 
 def side_by_side(result, path, keep_every: int = 2, force: bool = False) -> tuple:
     """MP4: original | kpcodec | H.264 at kpcodec's rate, each panel labelled; returns the rows used."""
-    from . import video
-    from .compare import decoded_frames
+    from kpcodec.media import video
+    from kpcodec.eval.compare import decoded_frames
 
     check_output(path, force)
     kp_row, classic_row = side_by_side_rows(result, keep_every)

@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import UsageError, VideoError
+from kpcodec.errors import UsageError, VideoError
 
 ENCODER = "libsvtav1"
 DECODERS = ("libdav1d", "libaom-av1", "av1")

@@ -2,12 +2,12 @@
 prediction of them would be too far off.
 
 The encoder has the detector's keypoints for every frame. It runs what the decoder will
-run, the file's fill predictor (kpcodec.predict) on the sent frames' keypoints as the
-decoder reconstructs them (kpcodec.quantize), and sends frame t as soon as the predicted
+run, the file's fill predictor (kpcodec.codec.predictors) on the sent frames' keypoints as the
+decoder reconstructs them (kpcodec.bitstream.quantize), and sends frame t as soon as the predicted
 keypoints of t are more than `max_error` pixels (mean over keypoints of the L2 distance,
 at 256x256) from the detector's. Frame 0 is always sent.
 
-Causal predictors (kpcodec.predict.OnlineFill): their prediction of frame t does not
+Causal predictors (kpcodec.codec.predictors.OnlineFill): their prediction of frame t does not
 depend on frames sent after t, so one pass over the frames decides exactly. With `interp`
 (linear interpolation between sent frames, which makes the decoder wait for the next one)
 the encoder instead stretches each gap from the last sent frame as far as every frame in it
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import predict
-from . import quantize as q
-from .errors import UsageError
+from kpcodec.codec import predictors as predict
+from kpcodec.bitstream import quantize as q
+from kpcodec.errors import UsageError
 
 PX_AT_256 = 127.5  # [-1, 1] coordinates to pixels at 256x256
 DEFAULT_MAX_ERROR = 2.0  # px: below keep-every 2 in rate and error on the val split (benchmarks/results/bitrate.md)

@@ -12,17 +12,17 @@ KpcFormatError (KpcVersionError for an unknown major version).
 
 The two versions differ in the keypoint chunk: 1.0's KPTS holds plain DPCM residuals
 packed as varints + zstd; 1.1's KPRC holds residuals of an integer in-loop predictor
-(kpcodec.quantize), range-coded with adaptive models (kpcodec.entropy). A stream
+(kpcodec.bitstream.quantize), range-coded with adaptive models (kpcodec.bitstream.entropy). A stream
 remembers its version, so a 1.0 file re-serialises byte for byte.
 1.2 adds source refreshes: critical SRCR chunks after KPRC, each a frame index and a new source
 image from that frame on. A 1.1 reader refuses them ("unknown critical chunk SRCR") instead of
 rendering the whole video from the first image.
 1.3 adds KPRC coder 1: the same residuals, decorrelated within each frame by a fixed integer
-linear prediction (kpcodec.decorrelate) before range coding, for fewer bits and the same
+linear prediction (kpcodec.bitstream.decorrelate) before range coding, for fewer bits and the same
 decoded keypoints. A stream is written as 1.3 when the shipped decorrelation table fits its
 keypoint count; otherwise as 1.2 with refreshes and 1.1 without.
 1.4 adds the hybrid mode's base layer: one critical BASE chunk after the refreshes, a tiny
-low-resolution AV1 stream (kpcodec.baselayer) as one temporal unit per base frame. A 1.3 reader
+low-resolution AV1 stream (kpcodec.media.baselayer) as one temporal unit per base frame. A 1.3 reader
 refuses it ("unknown critical chunk BASE"); a stream with a base layer is written as 1.4.
 
 Only numpy, zstandard, constriction and the standard library are used: no torch.
@@ -39,15 +39,15 @@ from fractions import Fraction
 
 import numpy as np
 
-from kpcodec import decorrelate, entropy
-from kpcodec import quantize as q
+from kpcodec.bitstream import decorrelate, entropy
+from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
 FORMAT_VERSION = (1, 4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # and any newer minor of major 1, leniently
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
-_PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
+PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
 _FRAMING_SIZE = 12  # type, length, CRC
 _ORDER_1_0 = ("HEAD", "SRCF", "KPTS", "KEND")
 _ORDER_1_1 = ("HEAD", "SRCF", "KPRC", "KEND")
@@ -64,8 +64,8 @@ MAX_BASE_SIZE = 1024
 MAX_BASE_DIVISOR = 255
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
 _KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE, 4: FLAG_ADAPTIVE}  # per minor version
-CODER_CONTEXT = 0  # KPRC coder 0: the adaptive context coder of kpcodec.entropy
-CODER_DECORRELATED = 1  # KPRC coder 1 (1.3): kpcodec.decorrelate, then the context coder
+CODER_CONTEXT = 0  # KPRC coder 0: the adaptive context coder of kpcodec.bitstream.entropy
+CODER_DECORRELATED = 1  # KPRC coder 1 (1.3): kpcodec.bitstream.decorrelate, then the context coder
 _U32_MAX = 2**32 - 1
 # Decoder limit on S*K: keeps a hostile file from asking for gigabytes.
 MAX_SENT_KEYPOINTS = 2**24
@@ -110,7 +110,7 @@ class Refresh:
 @dataclass
 class BaseLayer:
     """The hybrid mode's base layer (the BASE chunk): base frame n belongs to video frame
-    n * divisor and is packet n, coded at size x size (kpcodec.baselayer)."""
+    n * divisor and is packet n, coded at size x size (kpcodec.media.baselayer)."""
 
     size: int
     divisor: int
@@ -488,7 +488,7 @@ class _Reader:
 
 def _split_chunks(data: bytes):
     """Yield (type, payload, offset) for each chunk up to KEND, checking framing."""
-    pos = _PREAMBLE_SIZE
+    pos = PREAMBLE_SIZE
     while True:
         if len(data) - pos < 8:
             raise KpcFormatError(f"truncated file: missing chunk header at byte {pos}"
@@ -521,7 +521,7 @@ def _read_preamble(data) -> tuple[bytes, int]:
         if len(data) < len(MAGIC) and MAGIC.startswith(data):
             raise KpcFormatError(f"truncated file: only {len(data)} bytes")
         raise KpcFormatError("not a .kpc file (bad magic)")
-    if len(data) < _PREAMBLE_SIZE:
+    if len(data) < PREAMBLE_SIZE:
         raise KpcFormatError("truncated file: version bytes missing")
     major, minor = data[len(MAGIC)], data[len(MAGIC) + 1]
     if major != FORMAT_VERSION[0]:
@@ -733,7 +733,7 @@ def chunk_table(data: bytes) -> list[tuple[str, int]]:
     and version are checked; chunk payloads are not decoded.
     """
     data, _ = _read_preamble(data)
-    table = [("magic", _PREAMBLE_SIZE)]
+    table = [("magic", PREAMBLE_SIZE)]
     for kind, payload, _ in _split_chunks(data):
         table.append((kind, len(payload) + _FRAMING_SIZE))
     return table

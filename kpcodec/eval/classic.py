@@ -20,8 +20,8 @@ How bytes are counted (so that the comparison with .kpc files is fair both ways)
   ``bytes - first_bytes`` is the steady-state cost of the remaining frames.
 
 Colour: frames go RGB -> yuv420p -> RGB through swscale's defaults (BT.601, limited
-range), the same path :class:`kpcodec.video.VideoWriter` and
-:func:`kpcodec.video.read_frames` take, so every codec in a comparison pays the same
+range), the same path :class:`kpcodec.media.video.VideoWriter` and
+:func:`kpcodec.media.video.read_frames` take, so every codec in a comparison pays the same
 chroma subsampling.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .errors import UsageError, VideoError
+from kpcodec.errors import UsageError, VideoError
 
 __all__ = ["ClassicCodec", "CODECS", "Coded", "missing_reason", "encode_frames", "decode_packets",
            "strip_h264_sei", "LowRes", "encode_low_res"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from kpcodec.errors import UsageError
 
 
 @dataclass(frozen=True)

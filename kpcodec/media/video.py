@@ -639,7 +639,7 @@ class VideoWriter:
             raise
 
     def add_audio(self, track) -> None:
-        """Mux an Opus track (a :class:`kpcodec.audio.OpusTrack`) unchanged, next to the video.
+        """Mux an Opus track (a :class:`kpcodec.media.audio.OpusTrack`) unchanged, next to the video.
 
         Call it before the first :meth:`write` (the container header is written with
         the first packet).  The packets keep their timestamps (48 kHz ticks from
@@ -647,7 +647,7 @@ class VideoWriter:
         ``OpusHead`` with the track's pre-skip goes into the stream's extradata, so
         players drop the encoder priming.  mp4/mov/mkv/webm carry Opus.
         """
-        from kpcodec.audio import CLOCK, opus_head
+        from kpcodec.media.audio import CLOCK, opus_head
 
         if self.frames_written or self._audio is not None or self._closed:
             raise ValueError("add_audio() must come once, before the first write()")
@@ -671,7 +671,7 @@ class VideoWriter:
         """Mux the queued audio packets that start before ``until_s`` (None: all)."""
         if self._audio is None:
             return
-        from kpcodec.audio import CLOCK
+        from kpcodec.media.audio import CLOCK
 
         limit = None if until_s is None else until_s * CLOCK
         while self._audio_next < len(self._audio_packets):

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import metrics, predict, source_image
-from . import quantize as q
-from .bitstream import Refresh
-from .errors import UsageError
+from kpcodec.eval import metrics
+
+from kpcodec.codec import predictors as predict
+
+from kpcodec.media import source_image
+from kpcodec.bitstream import quantize as q
+from kpcodec.bitstream.container import Refresh
+from kpcodec.errors import UsageError
 
 MODES = ("auto", "off")
 # Off by default (benchmarks/results/refresh.md): on the val clips that drift, refreshes buy
@@ -107,7 +111,7 @@ def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np
     """
     import torch
 
-    from .models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 
     def prepare(data: bytes):
         image = source_image.decode_image(data, codec)

@@ -19,8 +19,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import baselayer, bitstream, source_image
-from .errors import UsageError
+from kpcodec.media import baselayer, source_image
+
+from kpcodec import bitstream
+from kpcodec.errors import UsageError
 
 WINDOW_S = 10.0
 # Keypoint stream of format 1.3 on the val split, kb/s by keep-every (benchmarks/results/bitrate.md).
@@ -88,13 +90,13 @@ def plan(base_layer=None, bitrate=None) -> Plan:
 
 
 def hybrid_models() -> list[str]:
-    from .models.registry import WEIGHTS, get_config
+    from kpcodec.models.registry import WEIGHTS, get_config
 
     return sorted(n for n, w in WEIGHTS.items() if get_config(w.config).base_fusion)
 
 
 def default_hybrid_model() -> str:
-    from .models.registry import DEFAULT_HYBRID_MODEL
+    from kpcodec.models.registry import DEFAULT_HYBRID_MODEL
 
     if DEFAULT_HYBRID_MODEL is None:
         raise UsageError("this kpcodec ships no hybrid model: use --base-layer off")

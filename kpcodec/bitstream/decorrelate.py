@@ -1,6 +1,6 @@
 """Intra-frame decorrelation of keypoint residuals (KPRC coder 1, .kpc format 1.3).
 
-The closed-loop residuals of one sent frame (kpcodec.quantize: 2K keypoint values, then 4K
+The closed-loop residuals of one sent frame (kpcodec.bitstream.quantize: 2K keypoint values, then 4K
 Jacobian entries) are far from independent: a head that moves carries every keypoint with
 it, and a Jacobian changes with its keypoint. Coder 1 codes each residual minus a linear
 prediction from the residuals of the same frame coded before it:
@@ -65,7 +65,7 @@ def table_from_dict(d: dict) -> Table:
 @lru_cache(maxsize=1)
 def shipped_table() -> Table | None:
     """The table of coder 1, or None if the package has none."""
-    path = resources.files("kpcodec") / TABLE_FILE
+    path = resources.files("kpcodec.bitstream") / TABLE_FILE
     if not path.is_file():
         return None
     return table_from_dict(json.loads(path.read_text()))

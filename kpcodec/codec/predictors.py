@@ -13,8 +13,8 @@ motion models' index.json:
                            "file": "pred-NAME-<sha256[:8]>.pt", "sha256": "...", ...}}}
 
 Kinds: `hold`, `linear` (damped velocity; config.damping), `interp` (numpy, here) and the
-learned `rnn`, `vae`, `vrnn` and interpolating `rnn-interp` (kpcodec.models.predictors; torch is imported only when one is
-used, so this module and kpcodec.bitstream stay torch-free). Learned weights are small fp16
+learned `rnn`, `vae`, `vrnn` and interpolating `rnn-interp` (kpcodec.models.predictor_nets; torch is imported only when one is
+used, so this module and kpcodec.bitstream.container stay torch-free). Learned weights are small fp16
 state dicts whose sha256 is checked on load. `options` tune inference: `sample` (draw the
 latent instead of taking the prior mean; `seed`), `hold_jacobians` (predict keypoints only).
 Learned predictors share their weights across keypoints, so they work for any K.
@@ -25,12 +25,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, UsageError
+from kpcodec.errors import ModelError, UsageError
+from kpcodec.models.registry import weights_dir
 
 NUMPY_KINDS = ("hold", "linear", "interp")
 LEARNED_KINDS = ("rnn", "vae", "vrnn", "rnn-interp")
@@ -110,12 +110,9 @@ _BUILTIN = {
 }
 
 
-def predictor_dir() -> Path:
-    return Path(str(resources.files("kpcodec") / "weights"))
-
-
 def registry_path() -> Path:
-    return predictor_dir() / "predictors.json"
+    """The predictors' index, beside the models' in the one weights folder (models.registry)."""
+    return weights_dir() / "predictors.json"
 
 
 def read_registry(path: Path | None = None) -> tuple[dict[str, PredictorEntry], str]:
@@ -155,13 +152,13 @@ def load_learned(name: str):
     """The learned predictor `name` in eval mode, fp32, its weights' sha256 checked."""
     import torch
 
-    from .models.predictors import build_predictor
-    from .models.registry import sha256_file
+    from kpcodec.models.predictor_nets import build_predictor
+    from kpcodec.models.registry import sha256_file
 
     entry = get_predictor(name)
     if not entry.learned:
         raise UsageError(f"predictor {name!r} has no weights (kind {entry.kind})")
-    path = predictor_dir() / (entry.file or "")
+    path = weights_dir() / (entry.file or "")
     if not entry.file or not path.is_file():
         raise ModelError(f"weights file of predictor {name!r} missing: {path}")
     digest = sha256_file(path)

@@ -54,7 +54,7 @@ EYE_CONTOUR: tuple[int, ...] = (
     263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)  # left eye
 
 
-def _face_mesh_module() -> Any:
+def face_mesh_module() -> Any:
     """Import mediapipe's face mesh, or raise UsageError (exit 2) saying how to install it."""
     try:
         import mediapipe as mp
@@ -82,7 +82,7 @@ class FaceLandmarker:
     def __init__(
         self, *, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5
     ) -> None:
-        face_mesh = _face_mesh_module()
+        face_mesh = face_mesh_module()
         self._mesh = face_mesh.FaceMesh(
             static_image_mode=False,
             max_num_faces=1,

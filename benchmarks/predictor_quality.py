@@ -1,14 +1,14 @@
 """Keypoint predictors on the val split: keypoint error, keypoint-stream rate, sender cost,
 and rendered-video quality for the best few (issue 4's table).
 
-    python benchmarks/predictors.py --trajectories runs/cache/trajectories \\
+    python benchmarks/predictor_quality.py --trajectories runs/cache/trajectories \\
         --checkpoint runs/fomm-256-quarter/checkpoint.pt --config fomm-256-quarter
-    python benchmarks/predictors.py --model fomm-256-quarter ...       # shipped motion model
+    python benchmarks/predictor_quality.py --model fomm-256-quarter ...       # shipped motion model
 
 Keypoint part: every val trajectory (kpcodec.train.trajectories: the detector on every
 frame), for each send pattern the sent frames are quantised and packed exactly as the .kpc
-keypoint chunk (kpcodec.bitstream's writer: KPRC of the newest format; its bytes give the rate), then every registered predictor
-fills the other frames through kpcodec.predict.fill_keypoints (the decoder's streaming
+keypoint chunk (kpcodec.bitstream.container's writer: KPRC of the newest format; its bytes give the rate), then every registered predictor
+fills the other frames through kpcodec.codec.predictors.fill_keypoints (the decoder's streaming
 path). Errors are against the detector's unquantised keypoints: mean L2 in pixels at
 256x256 ([-1,1] error x 127.5) on predicted frames only and over all frames, and the mean
 Frobenius norm of the Jacobian error. Sender cost: the detector timed on the sent frames
@@ -31,9 +31,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kpcodec import bitstream, predict  # noqa: E402
-from kpcodec.patterns import SendPattern  # noqa: E402
-from kpcodec.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP  # noqa: E402
+from kpcodec import bitstream  # noqa: E402
+
+from kpcodec.codec import predictors as predict
+from kpcodec.codec.patterns import SendPattern  # noqa: E402
+from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP  # noqa: E402
 from kpcodec.train.trajectories import load_trajectories  # noqa: E402
 
 PX = 127.5
@@ -165,8 +167,8 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
                  patterns: list[SendPattern], max_frames: int) -> list[dict]:
     import torch
 
-    from kpcodec.landmarks import FaceLandmarker, fidelity_from_landmarks
-    from kpcodec.metrics import l1, psnr, ssim
+    from kpcodec.eval.landmarks import FaceLandmarker, fidelity_from_landmarks
+    from kpcodec.eval.metrics import l1, psnr, ssim
     from kpcodec.train.data import decode_clip
     from kpcodec.models.frames import frames_to_tensor as to_tensor
     from kpcodec.train.evaluate import render_keypoints
@@ -263,7 +265,7 @@ def main() -> None:
                    help="make the causal predictor with the lowest mean predicted-frame error the registry default")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--tag", default="predictors")
+    p.add_argument("--tag", default="predictor_quality")
     args = p.parse_args()
     import torch
 
@@ -291,7 +293,7 @@ def main() -> None:
     ranking = rank_causal(kp_rows)
     default = predict.DEFAULT_PREDICTOR
     if args.set_default and ranking:
-        from kpcodec.train.predictor import set_default
+        from kpcodec.train.predictor_training import set_default
 
         default = ranking[0][0]
         set_default(default)
@@ -334,13 +336,13 @@ def main() -> None:
 
 def model_card(r: dict) -> str:
     """kpcodec/weights/PREDICTORS.md: what each registered predictor is, how it was made, how it does."""
-    from kpcodec.models.predictors import build_predictor, parameter_count
+    from kpcodec.models.predictor_nets import build_predictor, parameter_count
 
     entries, default = predict.read_registry()
     lines = ["# Keypoint predictors shipped with kpcodec", "",
              "Registry: `kpcodec/weights/predictors.json` (kinds, settings, fp16 weights with sha256). Written by",
-             f"`benchmarks/predictors.py --set-default` ({r['date']}); full tables in",
-             "benchmarks/results/predictors.md. Errors: val split, mean L2 px at 256x256 on frames not sent.",
+             f"`benchmarks/predictor_quality.py --set-default` ({r['date']}); full tables in",
+             "benchmarks/results/predictor_quality.md. Errors: val split, mean L2 px at 256x256 on frames not sent.",
              f"Trajectories from detector sha256 {', '.join(x[:12] for x in r['detector_sha256'])}.",
              f"Default: **{default}** (lowest mean predicted-frame error among causal predictors).", ""]
     by = {}
@@ -353,7 +355,7 @@ def model_card(r: dict) -> str:
         params, size, training = "—", "—", "—"
         if e.learned:
             params = str(parameter_count(build_predictor({**e.config, "kind": e.kind})))
-            size = f"{e.file} ({(predict.predictor_dir() / e.file).stat().st_size / 1024:.0f} KiB)"
+            size = f"{e.file} ({(predict.weights_dir() / e.file).stat().st_size / 1024:.0f} KiB)"
             raw = json.loads(predict.registry_path().read_text())["predictors"][name].get("trained", {})
             training = f"{raw.get('steps')} steps, {raw.get('cpu_seconds', 0) / 60:.1f} CPU-min"
         elif e.kind == "linear":
