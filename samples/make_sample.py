@@ -30,7 +30,7 @@ from skimage import data
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so this script runs without installing kpcodec
 
-from kpcodec.video import VideoWriter  # noqa: E402
+from kpcodec.media.video import VideoWriter  # noqa: E402
 
 FPS = Fraction(25)
 N_FRAMES = 200  # 8 s
