@@ -263,7 +263,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.codec.parallel)
     start = time.perf_counter()
     info = video.probe(input)  # a bad input is refused before torch is imported
-    from kpcodec.models.frames import frames_to_tensor
+    from kpcodec.codec.renderer import Detector
 
     name, sha, net = _model(model or (rc.default_hybrid_model() if plan.wants_base else None))
     if plan.wants_base and not net.cfg.base_fusion:
@@ -274,7 +274,7 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
             warn(message)
     base = (rc.BaseLayerPass(plan, info.fps, source_quality, source_codec, info.frame_count or None)
             if plan.wants_base else None)
-    torch = _torch()
+    detector = Detector(net)
     sent_idx, kps, jacs = [], [], []
     source = None
     count = 0
@@ -298,9 +298,8 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
                 yield i, frame
 
     def detect(chunk):
-        with torch.inference_mode():
-            kp, jac = net.detect(frames_to_tensor([f for _, f in chunk]))
-        return [i for i, _ in chunk], kp.numpy(), jac.numpy()
+        kp, jac = detector([f for _, f in chunk])
+        return [i for i, _ in chunk], kp, jac
 
     workers = threads or 1
     torch_count = torch_thread_count(threads)  # decided once: the refresh pass uses it too
@@ -386,7 +385,7 @@ def _keypoint_model_of(sha256: str) -> dict:
     return {}
 
 
-def _thin(every, pattern: SendPattern, count: int):
+def _thin(every, pattern, count: int):
     """The rows of every-frame detections (sent_idx, kps, jacs) that `pattern` sends."""
     idx, kps, jacs = every
     keep = np.isin(idx, pattern.indices(count))
@@ -454,9 +453,9 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
         raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
                          f"{model or h.model!r}")
-    torch = _torch()
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.codec.renderer import Renderer
 
+    renderer = Renderer(net)
     # The first source image is checked before the MP4 is opened; each refresh image is decoded
     # only when its first frame is due (a long call may hold many), and a bad one aborts the
     # writer, which leaves no output file.
@@ -467,9 +466,7 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
                                     predictor or predict.file_predictor(h.predictor))
 
     def prepare(coded):
-        image = _source(*coded, h)
-        with torch.inference_mode():
-            return net.prepare_source(frames_to_tensor([image]))
+        return renderer.prepare(_source(*coded, h))
 
     fuse = net.cfg.base_fusion and stream.base is not None
     base_errors: list[int] = []
@@ -477,11 +474,10 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     def render(item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
         state, chunk = item
-        with torch.inference_mode():
-            kp = torch.from_numpy(np.stack([k for k, _, _ in chunk])).float()
-            jac = torch.from_numpy(np.stack([j for _, j, _ in chunk])).float()
-            base = _base_batch(net, [b for _, _, b in chunk], kp, jac) if fuse else (None, None, None)
-            return tensor_to_frames(net.render(state, kp, jac, *base))
+        kp = np.stack([k for k, _, _ in chunk]).astype(np.float32)
+        jac = np.stack([j for _, j, _ in chunk]).astype(np.float32)
+        base = _base_batch([b for _, _, b in chunk], kp, jac) if fuse else (None, None, None)
+        return renderer.render(state, kp, jac, base)
 
     done = 0
     workers = threads or 1
@@ -546,7 +542,7 @@ def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bo
             yield kp, jac, current
 
 
-def _base_batch(net, bases: list, kp, jac):
+def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):
     """render()'s base arguments (frames, their keypoints, Jacobians) for one batch of _with_base
     entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
     its keypoints, a missing one is zeros; (None, None, None) when the batch has no base frame."""
@@ -558,12 +554,11 @@ def _base_batch(net, bases: list, kp, jac):
         return None, None, None
     size = present[0][0].shape[0]
     frames = [b[0] if b is not None else np.zeros((size, size, 3), np.uint8) for b in bases]
-    kp0, jac0 = kp.clone(), jac.clone()
+    kp0, jac0 = kp.copy(), jac.copy()
     for n, b in enumerate(bases):
         if b is not None and b[1] is not None:
-            kp0[n] = torch.from_numpy(b[1])
-            jac0[n] = torch.from_numpy(b[2])
-    return frames_to_tensor(frames), kp0, jac0
+            kp0[n], jac0[n] = b[1], b[2]
+    return frames_to_tensor(frames), torch.from_numpy(kp0), torch.from_numpy(jac0)
 
 
 def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:

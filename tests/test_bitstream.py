@@ -801,11 +801,19 @@ def test_stdin_and_stdout(monkeypatch):
     assert bs.dumps(bs.read_file("-")) == data
 
 
-def test_no_torch_import():
-    code = ("import sys, kpcodec.bitstream.container as bs, kpcodec.bitstream.quantize, kpcodec.bitstream.entropy; "
+def test_bitstream_package_loads_no_torch_and_no_pyav():
+    """kpcodec.bitstream is usable alone: importing every module of it, parsing and writing a file
+    (its audio chunk included) loads neither torch nor PyAV."""
+    code = ("import sys, pkgutil, importlib, kpcodec.bitstream as bs; "
+            "names = [m.name for m in pkgutil.iter_modules(bs.__path__)]; "
+            "[importlib.import_module('kpcodec.bitstream.' + n) for n in names]; "
+            "from kpcodec.bitstream import opus; "
             "s = bs.loads(open('tests/golden/v1_3.kpc', 'rb').read()); bs.dumps(s); "
+            "opus.from_stream(s); "
+            "assert {'container', 'quantize', 'entropy', 'decorrelate', 'opus'} <= set(names), names; "
             "assert 'constriction' in sys.modules; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+            "bad = [m for m in ('torch', 'av') if m in sys.modules]; "
+            "assert not bad, f'imported {bad}'")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)

@@ -109,14 +109,12 @@ def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np
     A refresh frame that was not sent is detected and inserted among the sent frames.
     `scores` maps each checked frame to the SSIM of its check render.
     """
-    import torch
+    from kpcodec.codec.renderer import Detector, Renderer
 
-    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    renderer, detect = Renderer(net), Detector(net)
 
     def prepare(data: bytes):
-        image = source_image.decode_image(data, codec)
-        with torch.inference_mode():
-            return net.prepare_source(frames_to_tensor([image]))
+        return renderer.prepare(source_image.decode_image(data, codec))
 
     if first_data is None:
         first_data = source_image.encode_image(first_frame, codec, quality)
@@ -130,9 +128,7 @@ def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np
             filled = _decoder_keypoints(sent, kps, jacs, frame_count, predictor, kp_step, jac_step)
         frame = checks.frames[t]
         kp, jac = filled[t]
-        with torch.inference_mode():
-            rendered = tensor_to_frames(net.render(state, torch.from_numpy(kp[None]).float(),
-                                                   torch.from_numpy(jac[None]).float()))[0]
+        rendered = renderer.render(state, kp[None], jac[None])[0]
         scores[t] = metrics.ssim(rendered, frame)
         if scores[t] >= threshold:
             continue
@@ -140,11 +136,10 @@ def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np
         refreshes.append(Refresh(t, codec, data))
         state = prepare(data)
         if t not in sent:
-            with torch.inference_mode():
-                kp_t, jac_t = net.detect(frames_to_tensor([frame]))
+            kp_t, jac_t = detect([frame])
             pos = int(np.searchsorted(sent, t))
             sent = np.insert(sent, pos, t)
-            kps = np.insert(kps, pos, kp_t.numpy()[0], axis=0)
-            jacs = np.insert(jacs, pos, jac_t.numpy()[0], axis=0)
+            kps = np.insert(kps, pos, kp_t[0], axis=0)
+            jacs = np.insert(jacs, pos, jac_t[0], axis=0)
             filled = None
     return refreshes, sent, kps, jacs, scores

@@ -4,13 +4,9 @@
   resamples it, lines it up with the video (time 0 = the first video frame; silence
   is added where the audio starts late, and it is cut at the end of the video) and
   codes it with libopus (through PyAV) at a low bit rate.
-* :func:`pack` / :func:`unpack` turn an :class:`OpusTrack` into the ``opus`` chunk
-  payload and back; the layout is specified in man/kpc.5.  :func:`unpack` raises
-  KpcFormatError for every defect.
-* :func:`from_stream` finds the track in a parsed :class:`~kpcodec.bitstream.container.KpcStream`.
+* The ``opus`` chunk itself (:class:`OpusTrack`, :func:`pack`, :func:`unpack`, :func:`from_stream`,
+  :func:`opus_head`) is kpcodec.bitstream.opus's, torch- and PyAV-free; its names are here too.
 * :func:`decode_pcm` decodes a track to float samples (tests, tools).
-* :func:`opus_head` is the Ogg/MP4 ``OpusHead`` for muxing the packets unchanged
-  (see :meth:`kpcodec.media.video.VideoWriter.add_audio`).
 
 All timestamps are counted in 48 kHz samples ("ticks"), Opus's own clock, whatever
 rate the audio was coded at.  Only numpy, zstandard (via kpcodec.bitstream.quantize) and PyAV.
@@ -19,150 +15,17 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from kpcodec.bitstream.opus import (  # noqa: F401  (re-exported: audio.pack, audio.OpusTrack, ...)
+    CHUNK_TYPE, CLOCK, MAX_PACKET_TICKS, SAMPLE_RATES, OpusTrack, from_stream, opus_head, pack, unpack)
 from kpcodec.errors import KpcFormatError, UsageError, VideoError
 
-CHUNK_TYPE = "opus"
-CLOCK = 48000  # Opus timestamps and pre-skip are always in 48 kHz samples
 DEFAULT_KBPS = 12.0
 MIN_KBPS, MAX_KBPS = 6.0, 64.0
-SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)  # what an Opus encoder takes
-MAX_PACKET_TICKS = 5760  # 120 ms: the longest Opus packet
 FRAME_MS = 60  # long frames: the fewest packets (and TOC bytes) per second
-_FIXED = struct.Struct("<IBHIII")  # sample_rate, channels, pre_skip, bitrate, length, N
-
-
-@dataclass
-class OpusTrack:
-    """One Opus stream: what the ``opus`` chunk holds.
-
-    ``pts[i]`` is the time of packet i's first decoded sample, in 48 kHz ticks from
-    video frame 0.  The first ``pre_skip`` decoded samples are encoder priming and
-    are dropped; after them, ``length`` ticks of audio play, starting at
-    ``pts[0] + pre_skip``.
-    """
-
-    sample_rate: int  # rate the audio was coded at (Hz); decoders may output at any rate
-    channels: int
-    pre_skip: int  # 48 kHz ticks
-    bitrate: int  # target bit rate, b/s (informational)
-    length: int  # 48 kHz ticks of audio after pre-skip
-    pts: np.ndarray  # (N,) int64, strictly increasing
-    packets: list[bytes]
-
-    @property
-    def start_s(self) -> float:
-        return (int(self.pts[0]) + self.pre_skip) / CLOCK
-
-    @property
-    def duration_s(self) -> float:
-        return self.length / CLOCK
-
-    @property
-    def end_tick(self) -> int:
-        return int(self.pts[0]) + self.pre_skip + self.length
-
-    def durations(self) -> np.ndarray:
-        """Each packet's duration in ticks; the last one ends where the audio ends."""
-        ends = np.append(self.pts[1:], max(self.end_tick, int(self.pts[-1]) + 1))
-        return ends - self.pts
-
-
-# --------------------------------------------------------------------------- chunk
-
-
-def pack(track: OpusTrack) -> bytes:
-    """The ``opus`` chunk payload for ``track`` (layout in man/kpc.5)."""
-    from kpcodec.bitstream.quantize import pack_symbols
-
-    pts = np.asarray(track.pts, dtype=np.int64)
-    sizes = np.array([len(p) for p in track.packets], dtype=np.int64)
-    _check(track.sample_rate, track.channels, track.pre_skip, track.length, pts, sizes)
-    if not 0 <= track.bitrate <= 2**32 - 1:
-        raise KpcFormatError(f"bad opus field bitrate={track.bitrate}")
-    deltas = np.diff(pts, prepend=0)
-    return b"".join((
-        _FIXED.pack(track.sample_rate, track.channels, track.pre_skip, track.bitrate, track.length, len(pts)),
-        _blob(pack_symbols(sizes)),
-        _blob(pack_symbols(deltas)),
-        *track.packets,
-    ))
-
-
-def _blob(data: bytes) -> bytes:
-    return struct.pack("<I", len(data)) + data
-
-
-def _check(sample_rate, channels, pre_skip, length, pts, sizes) -> None:
-    if sample_rate not in SAMPLE_RATES:
-        raise KpcFormatError(f"bad opus field sample_rate={sample_rate}")
-    if channels not in (1, 2):
-        raise KpcFormatError(f"bad opus field channels={channels}")
-    if not 0 <= pre_skip <= 0xFFFF:
-        raise KpcFormatError(f"bad opus field pre_skip={pre_skip}")
-    if len(pts) < 1 or len(pts) != len(sizes):
-        raise KpcFormatError("opus chunk needs at least one packet")
-    if np.any(sizes < 1):
-        raise KpcFormatError("empty packet in chunk opus")
-    steps = np.diff(pts)
-    if np.any(steps < 1) or np.any(steps > MAX_PACKET_TICKS):
-        raise KpcFormatError("opus packet times are not increasing by 1..5760 ticks")
-    start = int(pts[0]) + pre_skip
-    if start < 0 or start > 2**31 - 1:
-        raise KpcFormatError(f"opus audio starts at tick {start}, before the video or too late")
-    if not 1 <= length <= int(pts[-1]) + MAX_PACKET_TICKS - start:
-        raise KpcFormatError(f"bad opus field length={length} (the packets cannot cover it)")
-
-
-def unpack(payload: bytes) -> OpusTrack:
-    """Parse an ``opus`` chunk payload; any defect raises KpcFormatError."""
-    from kpcodec.bitstream.quantize import unpack_symbols
-
-    data = bytes(payload)
-    if len(data) < _FIXED.size:
-        raise KpcFormatError("truncated chunk opus")
-    sample_rate, channels, pre_skip, bitrate, length, count = _FIXED.unpack_from(data)
-    pos = _FIXED.size
-    if count < 1 or count > len(data) - pos:  # every packet has at least one byte
-        raise KpcFormatError(f"bad opus packet count {count}")
-    blobs = []
-    for what in ("packet sizes", "packet times"):
-        if len(data) - pos < 4:
-            raise KpcFormatError("truncated chunk opus")
-        (n,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if n > len(data) - pos:
-            raise KpcFormatError("truncated chunk opus")
-        try:
-            blobs.append(unpack_symbols(data[pos:pos + n], count).astype(np.int64))
-        except KpcFormatError as exc:
-            raise KpcFormatError(f"{what} in chunk opus: {exc}") from None
-        pos += n
-    sizes, deltas = blobs
-    pts = np.cumsum(deltas)
-    _check(sample_rate, channels, pre_skip, length, pts, sizes)
-    if int(sizes.sum()) != len(data) - pos:
-        raise KpcFormatError(f"opus packet sizes add up to {int(sizes.sum())} bytes, chunk has {len(data) - pos}")
-    ends = pos + np.cumsum(sizes)
-    packets = [data[int(a):int(b)] for a, b in zip(np.append(pos, ends[:-1]), ends)]
-    return OpusTrack(sample_rate, channels, pre_skip, bitrate, length, pts, packets)
-
-
-def from_stream(stream) -> OpusTrack | None:
-    """The audio of a parsed .kpc stream (its first ``opus`` chunk), or None."""
-    for kind, payload in stream.extra_chunks:
-        if kind == CHUNK_TYPE:
-            return unpack(payload)
-    return None
-
-
-def opus_head(track: OpusTrack) -> bytes:
-    """RFC 7845 identification header (``OpusHead``), channel mapping family 0."""
-    return b"OpusHead" + struct.pack("<BBHIhB", 1, track.channels, track.pre_skip, track.sample_rate, 0, 0)
 
 
 # --------------------------------------------------------------------------- encoding

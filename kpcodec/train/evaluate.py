@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from kpcodec.codec.renderer import Detector, Renderer
 from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 from kpcodec.train.data import decode_clip
 
@@ -51,26 +51,23 @@ def load_eval_clips(data_dir: Path, files: list[str], max_frames: int, stride: i
     return clips
 
 
-@torch.inference_mode()
 def render_keypoints(model, state, kps, jacs, batch: int = 8) -> np.ndarray:
     """Frames (T,H,W,3) uint8 rendered from a prepared source (`model.prepare_source`) with
-    keypoints (T,K,2) and Jacobians (T,K,2,2), numpy or tensors, `batch` frames at a time."""
-    kps, jacs = torch.as_tensor(kps, dtype=torch.float32), torch.as_tensor(jacs, dtype=torch.float32)
-    return np.concatenate([tensor_to_frames(model.render(state, kps[i:i + batch], jacs[i:i + batch]))
-                           for i in range(0, len(kps), batch)])
+    keypoints (T,K,2) and Jacobians (T,K,2,2), numpy or tensors, `batch` frames at a time
+    (the decoder's kpcodec.codec.renderer.Renderer)."""
+    return Renderer(model).render_all(state, kps, jacs, batch)
 
 
-@torch.inference_mode()
 def reconstruct(model, frames: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Decoded frames (T,H,W,3) uint8 and keypoints (T,K,2) of every frame from frame 0."""
-    state = model.prepare_source(frames_to_tensor(frames[:1]))
+    renderer, detect = Renderer(model), Detector(model)
+    state = renderer.prepare(frames[0])
     out, kps = [], []
     for i in range(0, len(frames), batch):
-        x = frames_to_tensor(frames[i:i + batch])
-        kp, jac = model.detect(x)
-        out.append(tensor_to_frames(model.render(state, kp, jac)))
-        kps.append(kp.numpy())
-    return np.concatenate(out), np.concatenate(kps)
+        kp, jac = detect(frames[i:i + batch])
+        out += renderer.render(state, kp, jac)
+        kps.append(kp)
+    return np.stack(out), np.concatenate(kps)
 
 
 def keypoint_spread(kps: np.ndarray) -> float:

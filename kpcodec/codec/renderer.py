@@ -1,0 +1,69 @@
+"""The decoder's two uses of a motion model, written once: detect keypoints, render frames.
+
+Everything that detects (encode, the refresh pass, training evaluation) goes through
+:class:`Detector`; everything that renders (decode, the refresh pass's check renders, training
+evaluation) through :class:`Renderer`, whose source state (the keypoints and encoder features of a
+source image) is prepared once per source image and reused for every frame rendered from it, as in
+Gemino's `update_source` / `predict`. Frames in and out are uint8 (H, W, 3) numpy arrays; keypoints
+(K, 2) and Jacobians (K, 2, 2) float32, in batches (B, ...). Torch is imported on first use only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _floats(x):
+    torch = _torch()
+    return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+
+class Detector:
+    """FOMM keypoints and Jacobians of frames."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, frames) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K, 2) keypoints and (B, K, 2, 2) Jacobians, float32, of a list or (B, H, W, 3) array of frames."""
+        from kpcodec.models.frames import frames_to_tensor
+
+        with _torch().inference_mode():
+            kp, jac = self.net.detect(frames_to_tensor(list(frames)))
+        return kp.numpy().astype(np.float32), jac.numpy().astype(np.float32)
+
+
+class Renderer:
+    """Frames rendered by dense motion and the generator from a prepared source image."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def prepare(self, image: np.ndarray):
+        """The source state of one source image (computed once, shared by every frame from it)."""
+        from kpcodec.models.frames import frames_to_tensor
+
+        with _torch().inference_mode():
+            return self.net.prepare_source(frames_to_tensor([image]))
+
+    def render(self, state, kp, jac, base=(None, None, None)) -> list[np.ndarray]:
+        """Frames for a batch of keypoints (B, K, 2) and Jacobians (B, K, 2, 2), numpy or tensors.
+
+        `base` (hybrid models): (base frames as a (B, 3, h, w) tensor, the keypoints and Jacobians
+        of the frames they show), or Nones for keypoints alone."""
+        from kpcodec.models.frames import tensor_to_frames
+
+        with _torch().inference_mode():
+            return list(tensor_to_frames(self.net.render(state, _floats(kp), _floats(jac), *base)))
+
+    def render_all(self, state, kps, jacs, batch: int = 8) -> np.ndarray:
+        """(T, H, W, 3) frames for T keypoints, `batch` at a time."""
+        frames = []
+        for i in range(0, len(kps), batch):
+            frames += self.render(state, kps[i:i + batch], jacs[i:i + batch])
+        return np.stack(frames)
