@@ -130,11 +130,15 @@ def test_hold_and_linear_are_exact():
 
 
 def test_linear_with_damping_one_is_constant_velocity():
-    from kpcodec.codec.predictors import _linear
-
     kp = np.arange(5, dtype=np.float32).reshape(5, 1, 1) * np.ones((1, 1, 2), np.float32)
-    out = [k for k, _ in _linear(np.array([0, 1]), kp[:2], np.zeros((2, 1, 2, 2)), 5, damping=1.0)]
-    np.testing.assert_allclose(np.stack(out), kp)
+    stepper = predict.Stepper("linear", kp[0], np.zeros((1, 2, 2)))
+    stepper.damping = 1.0
+    stepper.commit((kp[1], np.zeros((1, 2, 2))))
+    out = []
+    for _ in range(3):
+        out.append(stepper.predict()[0])
+        stepper.commit(None)
+    np.testing.assert_allclose(np.stack(out), kp[2:])
 
 
 @pytest.mark.parametrize("name", LEARNED)

@@ -38,47 +38,9 @@ INTERPOLATING_KINDS = ("interp", "rnn-interp")
 DEFAULT_DAMPING = 0.8
 
 
-def _hold(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    s = 0
-    for t in range(frame_count):
-        while s + 1 < len(indices) and indices[s + 1] <= t:
-            s += 1
-        yield kps[s], jacs[s]
-
-
-def _linear(indices, kps, jacs, frame_count, damping: float = DEFAULT_DAMPING) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Damped-velocity extrapolation from the last two sent frames (causal)."""
-    s = 0
-    for t in range(frame_count):
-        while s + 1 < len(indices) and indices[s + 1] <= t:
-            s += 1
-        gap = t - indices[s]
-        if gap == 0 or s == 0:
-            yield kps[s], jacs[s]
-            continue
-        span = indices[s] - indices[s - 1]
-        velocity = (kps[s] - kps[s - 1]) / span
-        # Sum of a geometric series: each further frame moves `damping` times the last.
-        travel = gap if damping == 1 else damping * (1 - damping ** gap) / (1 - damping)
-        yield kps[s] + velocity * travel, jacs[s]
-
-
 def between(start: np.ndarray, end: np.ndarray, w):
     """Linear interpolation at fraction `w` (a number, or an array broadcast against the values)."""
     return (1 - w) * start + w * end
-
-
-def _interp(indices, kps, jacs, frame_count) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Linear interpolation between the sent frames around each frame (adds latency)."""
-    s = 0
-    for t in range(frame_count):
-        while s + 1 < len(indices) and indices[s + 1] <= t:
-            s += 1
-        if indices[s] == t or s + 1 == len(indices):
-            yield kps[s], jacs[s]
-            continue
-        a = (t - indices[s]) / (indices[s + 1] - indices[s])
-        yield between(kps[s], kps[s + 1], a), between(jacs[s], jacs[s + 1], a)
 
 
 @dataclass(frozen=True)
@@ -171,110 +133,105 @@ def load_learned(name: str):
     return net.eval()
 
 
-def _learned(net, indices, kps, jacs, frame_count, sample: bool = False, seed: int = 0,
-             hold_jacobians: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream a learned predictor: one step per frame, the state carried along. Causal kinds
-    see sent frames up to the current one; interpolating kinds also the next sent frame."""
-    import torch
-
-    def tensor(x):
-        return torch.from_numpy(np.asarray(x, np.float32))[None]
-
-    def ahead(t: int, s: int):
-        """The next sent frame after frame t (s: the last sent at or before t)."""
-        if not net.lookahead:
-            return None
-        if s + 1 >= len(indices):
-            return None
-        nxt = int(indices[s + 1])
-        return tensor(kps[s + 1]), tensor(jacs[s + 1]), torch.tensor([nxt - t]), torch.ones(1, dtype=torch.bool)
-
-    gen = torch.Generator().manual_seed(int(seed)) if sample else None
-    sent_at = {int(i): s for s, i in enumerate(indices)}
-    # Inference mode only around each step, never across a yield: torch's grad mode is
-    # thread-local, so a mode entered here would stay on in the consumer's code between
-    # frames (and for good in a generator that is dropped half-way).
-    with torch.inference_mode():
-        state = net.init_state(tensor(kps[0]), tensor(jacs[0]), ahead(0, 0))
-    yield kps[0], jacs[0]
-    last, last_jac = 0, jacs[0]
-    yes, no = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
-    for t in range(1, frame_count):
-        s = sent_at.get(t)
-        if s is None:
-            with torch.inference_mode():
-                kp, jac, state, _ = net.step(state, None, None, no, sample, gen, ahead(t, last))
-            jac_out = last_jac if hold_jacobians else jac[0].numpy()
-            yield kp[0].numpy(), jac_out
-        else:
-            last, last_jac = s, jacs[s]
-            with torch.inference_mode():
-                _, _, state, _ = net.step(state, tensor(kps[s]), tensor(jacs[s]), yes, False, None, ahead(t, s))
-            yield kps[s], jacs[s]
+Ahead = tuple  # (keypoints, Jacobians, frame number) of the next sent frame, for interpolating kinds
 
 
-class OnlineFill:
-    """A causal predictor run one frame at a time, for an encoder that decides what to send.
+class Stepper:
+    """One predictor run one frame at a time: every fill of unsent keypoints is this loop.
 
-    `predict()` gives the next frame's (keypoints, Jacobians) as the decoder would fill
-    them; `commit(sent)` moves on by one frame, with that frame's sent values or, with
-    None, the prediction. Fed the same sent frames, it yields exactly what
-    `fill_keypoints` yields (tests check this); sampling predictors are not supported.
+    Made with frame 0's (sent) keypoints; then, for each later frame in order, `predict(ahead)`
+    gives that frame's (keypoints, Jacobians) as the decoder fills them, and `commit(sent, ahead)`
+    moves on by one frame with the frame's sent values, or with None its prediction. `ahead` is the
+    next sent frame after the current one, (kp, jac, frame), or None: only interpolating kinds
+    (`interp`, `rnn-interp`) look at it, causal ones never wait for it. `options` override the
+    registry entry's (sample, seed, hold_jacobians for learned kinds).
     """
 
-    def __init__(self, predictor: str, kp0: np.ndarray, jac0: np.ndarray):
+    def __init__(self, predictor: str, kp0: np.ndarray, jac0: np.ndarray, ahead: Ahead | None = None,
+                 **options):
         self.entry = entry = get_predictor(predictor)
-        if entry.mode != "causal" or entry.kind not in ("hold", "linear") + LEARNED_KINDS:
-            raise UsageError(f"predictor {predictor!r} cannot run online (it needs later frames)")
-        if entry.options.get("sample"):
-            raise UsageError(f"predictor {predictor!r} samples: its predictions depend on what is sent later")
+        if entry.kind not in NUMPY_KINDS + LEARNED_KINDS:
+            raise ModelError(f"predictor {predictor!r} has unknown kind {entry.kind!r}")
+        self.options = {**entry.options, **options}
         self.t = 1  # the frame predict() is about
-        self.sent = [(0, kp0, jac0)]  # (frame, kp, jac) of the last two sent frames
+        self.sent = [(np.int64(0), kp0, jac0)]  # (frame, kp, jac) of the last two sent frames
         self.damping = float(entry.config.get("damping", DEFAULT_DAMPING))
         self.net = self.state = self._pending = None
         if entry.learned:
             import torch
 
-            self.net = load_learned(predictor)
             self._torch = torch
+            self.net = load_learned(predictor)
+            sample = bool(self.options.get("sample"))
+            self._gen = torch.Generator().manual_seed(int(self.options.get("seed", 0))) if sample else None
             with torch.inference_mode():
-                self.state = self.net.init_state(self._tensor(kp0), self._tensor(jac0), None)
+                self.state = self.net.init_state(self._tensor(kp0), self._tensor(jac0), self._ahead(ahead, 0))
 
     def _tensor(self, x):
         return self._torch.from_numpy(np.asarray(x, np.float32))[None]
 
-    def predict(self) -> tuple[np.ndarray, np.ndarray]:
+    def _ahead(self, ahead: Ahead | None, t: int):
+        """A learned net's view of the next sent frame, seen from frame t."""
+        if ahead is None or not self.net.lookahead:
+            return None
+        torch = self._torch
+        return (self._tensor(ahead[0]), self._tensor(ahead[1]), torch.tensor([int(ahead[2]) - t]),
+                torch.ones(1, dtype=torch.bool))
+
+    def predict(self, ahead: Ahead | None = None) -> tuple[np.ndarray, np.ndarray]:
         i, kp, jac = self.sent[-1]
-        if self.entry.kind == "hold" or (self.entry.kind == "linear" and len(self.sent) == 1):
+        kind = self.entry.kind
+        if kind == "hold" or (kind == "linear" and len(self.sent) == 1):
             return kp, jac
-        if self.entry.kind == "linear":
+        if kind == "linear":
             j, kp_before, _ = self.sent[-2]
-            # int64 frame numbers, as fill_keypoints has them: the same numpy promotions
             gap, span, d = np.int64(self.t - i), np.int64(i - j), self.damping
+            # Sum of a geometric series: each further frame moves `damping` times the last.
             travel = gap if d == 1 else d * (1 - d ** gap) / (1 - d)
             return kp + (kp - kp_before) / span * travel, jac
+        if kind == "interp":
+            if ahead is None:
+                return kp, jac
+            w = np.int64(self.t - i) / (np.int64(ahead[2]) - i)
+            return between(kp, ahead[0], w), between(jac, ahead[1], w)
         if self._pending is None:
             torch = self._torch
             with torch.inference_mode():
-                pk, pj, state, _ = self.net.step(self.state, None, None, torch.zeros(1, dtype=torch.bool))
-            pj = jac if self.entry.options.get("hold_jacobians") else pj[0].numpy()
+                pk, pj, state, _ = self.net.step(self.state, None, None, torch.zeros(1, dtype=torch.bool),
+                                                 bool(self.options.get("sample")), self._gen,
+                                                 self._ahead(ahead, self.t))
+            pj = jac if self.options.get("hold_jacobians") else pj[0].numpy()
             self._pending = (pk[0].numpy(), pj, state)
         return self._pending[0], self._pending[1]
 
-    def commit(self, sent: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def commit(self, sent: tuple[np.ndarray, np.ndarray] | None = None, ahead: Ahead | None = None) -> None:
         if self.net is not None:
             if sent is None:
-                self.predict()
+                self.predict(ahead)
                 self.state = self._pending[2]
             else:
                 torch = self._torch
                 with torch.inference_mode():
                     _, _, self.state, _ = self.net.step(self.state, self._tensor(sent[0]), self._tensor(sent[1]),
-                                                        torch.ones(1, dtype=torch.bool))
+                                                        torch.ones(1, dtype=torch.bool), False, None,
+                                                        self._ahead(ahead, self.t))
             self._pending = None
         if sent is not None:
-            self.sent = [self.sent[-1], (self.t, sent[0], sent[1])]
+            self.sent = [self.sent[-1], (np.int64(self.t), sent[0], sent[1])]
         self.t += 1
+
+
+class OnlineFill(Stepper):
+    """A causal, deterministic Stepper, for an encoder that decides what to send as it goes: its
+    prediction of a frame depends on nothing sent later (adaptive keep; live mode)."""
+
+    def __init__(self, predictor: str, kp0: np.ndarray, jac0: np.ndarray):
+        entry = get_predictor(predictor)
+        if entry.mode != "causal":
+            raise UsageError(f"predictor {predictor!r} cannot run online (it needs later frames)")
+        if entry.options.get("sample"):
+            raise UsageError(f"predictor {predictor!r} samples: its predictions depend on what is sent later")
+        super().__init__(predictor, kp0, jac0)
 
 
 def _check_inputs(indices, kps, jacs, frame_count) -> np.ndarray:
@@ -288,19 +245,30 @@ def _check_inputs(indices, kps, jacs, frame_count) -> np.ndarray:
 
 def fill_keypoints(indices: np.ndarray, kps: np.ndarray, jacs: np.ndarray, frame_count: int,
                    predictor: str = DEFAULT_PREDICTOR, **options) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order.
+    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order: a Stepper fed
+    the sent frames (`indices`, their `kps` and `jacs`) and, for interpolating kinds, the next one.
 
     `options` override the registry entry's (sample, seed, hold_jacobians for learned kinds).
     """
-    entry = get_predictor(predictor)
     indices = _check_inputs(indices, kps, jacs, frame_count)
-    if entry.kind == "hold":
-        return _hold(indices, kps, jacs, frame_count)
-    if entry.kind == "linear":
-        return _linear(indices, kps, jacs, frame_count, float(entry.config.get("damping", DEFAULT_DAMPING)))
-    if entry.kind == "interp":
-        return _interp(indices, kps, jacs, frame_count)
-    if entry.learned:
-        net = load_learned(predictor)
-        return _learned(net, indices, kps, jacs, frame_count, **{**entry.options, **options})
-    raise ModelError(f"predictor {predictor!r} has unknown kind {entry.kind!r}")
+    interpolates = get_predictor(predictor).mode != "causal"
+
+    def ahead(s: int):
+        return (kps[s + 1], jacs[s + 1], indices[s + 1]) if interpolates and s + 1 < len(indices) else None
+
+    stepper = Stepper(predictor, kps[0], jacs[0], ahead(0), **options)  # errors now, not at the first frame
+    return _fill(stepper, indices, kps, jacs, frame_count, ahead)
+
+
+def _fill(stepper: Stepper, indices, kps, jacs, frame_count: int, ahead):
+    yield kps[0], jacs[0]
+    s = 0
+    for t in range(1, frame_count):
+        if s + 1 < len(indices) and indices[s + 1] == t:
+            s += 1
+            stepper.commit((kps[s], jacs[s]), ahead(s))
+            yield kps[s], jacs[s]
+        else:
+            kp, jac = stepper.predict(ahead(s))
+            stepper.commit(None, ahead(s))
+            yield kp, jac
