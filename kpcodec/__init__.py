@@ -1,8 +1,11 @@
 """kpcodec: a keypoint video codec for talking-head and motion video.
 
-Library API: `kpcodec.encode(input, output, ...)`, `kpcodec.decode(input, output, ...)`,
-`kpcodec.info(input)`. torch is imported only when a model is needed.
+Library API: `kpcodec.encode(input, output, options_or_fields)`, `kpcodec.decode(...)`,
+`kpcodec.info(input)`, with `EncodeOptions` / `DecodeOptions` (kpcodec.options). torch is
+imported only when a model is needed.
 """
+from kpcodec.options import DecodeOptions, EncodeOptions
+
 __version__ = "0.1.0"
 
 
@@ -24,4 +27,4 @@ def info(*args, **kwargs):
     return _info(*args, **kwargs)
 
 
-__all__ = ["encode", "decode", "info", "__version__"]
+__all__ = ["encode", "decode", "info", "EncodeOptions", "DecodeOptions", "__version__"]

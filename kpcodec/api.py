@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -27,8 +27,9 @@ from kpcodec.media import audio as audio_codec
 from kpcodec import bitstream
 from kpcodec.codec import predictors as predict
 from kpcodec.media import source_image, video
-from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map, torch_thread_count, torch_threads, torch_threads_for
+from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map, torch_threads_for
 from kpcodec.errors import KpcFormatError, KpcodecError, ModelError, OutputExistsError, UsageError
+from kpcodec.options import DecodeOptions, EncodeOptions
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 Warn = Callable[[str], None]  # one warning line, e.g. the CLI's "kpcodec: warning: ..."
@@ -160,51 +161,13 @@ def _torch():
     return torch
 
 
-def _model(name: str | None):
-    from kpcodec.models.registry import DEFAULT_MODEL, get_weights, load_model
-
-    name = name or DEFAULT_MODEL
-    return name, get_weights(name).sha256, load_model(name, inference=True)
-
-
-def _batches(frames, size: int):
-    batch = []
-    for item in frames:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-AUTO = "auto"
-
-
-def parse_keep_every(value) -> int | str:
-    """A positive int or "auto" (as --keep-every takes it); UsageError otherwise."""
-    if isinstance(value, str):
-        if value.strip().lower() == AUTO:
-            return AUTO
-        try:
-            value = int(value)
-        except ValueError:
-            raise UsageError(f"--keep-every takes a number >= 1 or 'auto' (got {value!r})") from None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"--keep-every must be >= 1 or 'auto' (got {value!r})")
-    return int(value)
-
-
 @_stdin_input
-def encode(input, output, *, keep_every: int | str = 2, model: str | None = None,
-           source_codec: str = source_image.DEFAULT_CODEC, source_quality: int = source_image.DEFAULT_QUALITY,
-           crop: tuple[int, int, int, int] | None = None, force: bool = False, batch: int = 8,
-           progress: Progress | None = None, audio: bool = True,
-           audio_bitrate: float = audio_codec.DEFAULT_KBPS, ignore_errors: bool = False,
-           keep_pattern: str | None = None, predictor: str | None = None, max_error: float | None = None, threads: int | None = None,
-           refresh: str | None = None, refresh_threshold: float | None = None,
-           base_layer=None, bitrate=None, warn: Warn | None = None) -> Summary:
+def encode(input, output, options: EncodeOptions | None = None, *, force: bool = False,
+           progress: Progress | None = None, warn: Warn | None = None, **fields) -> Summary:
     """Encode video file `input` ("-" for stdin) to .kpc `output` ("-" for stdout).
+
+    What to do is `options` (kpcodec.options.EncodeOptions) with the keyword `fields` of it on top
+    (`encode(a, b, keep_every=4)`); they are checked before anything is read.
 
     The input's first audio stream goes into an `opus` chunk at `audio_bitrate` kb/s
     unless `audio` is False. With `ignore_errors`, frames that do not decode are
@@ -226,170 +189,40 @@ def encode(input, output, *, keep_every: int | str = 2, model: str | None = None
     `warn(message)` is told, before any frame is read, of an output name without ".kpc" and of a
     crop that the model's resolution would blow up or an input too wide for its centre square.
     """
-    from kpcodec.codec import ratecontrol as rc
-    from kpcodec.codec import refresh as rf
-    from kpcodec.codec.adaptive import DEFAULT_MAX_ERROR, check_max_error, check_predictor, choose_sent_frames
-    from kpcodec.codec.patterns import SendPattern
-    from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
 
-    plan = rc.plan(base_layer, bitrate)  # checks both; the rate control settles after the look-ahead
-    keep_every = parse_keep_every(keep_every if plan.target_kbps is None else plan.keep_every)
-    if plan.target_kbps is not None:
-        source_quality = plan.source_quality
-    auto = keep_every == AUTO
-    if auto and keep_pattern:
-        raise UsageError("--keep-every auto and --keep-pattern exclude each other")
-    if max_error is not None and not auto:
-        raise UsageError("--max-error needs --keep-every auto")
-    if auto:
-        max_error = check_max_error(DEFAULT_MAX_ERROR if max_error is None else max_error)
-    # auto: the detector sees every frame; the choice comes after.
-    pattern = (SendPattern.parse(keep_pattern) if keep_pattern
-               else SendPattern.keep_every(1 if auto else keep_every))
-    # A rate target detects every frame: the rate control may settle on another keep-every.
-    detected = SendPattern.keep_every(1) if plan.target_kbps is not None else pattern
-    refresh = rf.check_mode(rf.DEFAULT_MODE if refresh is None else refresh)
-    if refresh_threshold is not None and refresh != "auto":
-        raise UsageError("--refresh-threshold needs --refresh auto")
-    refresh_threshold = rf.check_threshold(rf.DEFAULT_THRESHOLD if refresh_threshold is None else refresh_threshold)
-    predictor = predict.get_predictor(predictor or predict.DEFAULT_PREDICTOR).name
-    if auto:
-        check_predictor(predictor)
-    if audio:
-        audio_bitrate = audio_codec.check_bitrate(audio_bitrate)
+    from kpcodec.codec.encoder import Encoder
+
+    o = EncodeOptions.of(options, **fields).checked()
     check_output(output, force, (input,))
     if warn and str(output) != "-" and not os.fspath(output).lower().endswith(".kpc"):
         warn(f"{output} does not end in .kpc (it is written as a .kpc file all the same)")
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.codec.parallel)
     start = time.perf_counter()
     info = video.probe(input)  # a bad input is refused before torch is imported
-    from kpcodec.codec.renderer import Detector
-
-    name, sha, net = _model(model or (rc.default_hybrid_model() if plan.wants_base else None))
-    if plan.wants_base and not net.cfg.base_fusion:
-        raise UsageError(f"model {name!r} cannot use a base layer (hybrid models: {', '.join(rc.hybrid_models())})")
-    size = net.cfg.image_size
-    for message in video.crop_warnings(info, size, crop):
-        if warn:
-            warn(message)
-    base = (rc.BaseLayerPass(plan, info.fps, source_quality, source_codec, info.frame_count or None)
-            if plan.wants_base else None)
-    detector = Detector(net)
-    sent_idx, kps, jacs = [], [], []
-    source = None
-    count = 0
     bad_frames: list[int] = []
-    on_error = (lambda frame, reason: bad_frames.append(frame)) if ignore_errors else None
-    checks = rf.CheckFrames(rf.check_spacing(float(info.fps))) if refresh == "auto" else None
-
-    def sent_frames():
-        nonlocal source, count
-        for i, frame in enumerate(video.read_frames(input, size=size, crop=crop, on_error=on_error)):
-            count = i + 1
-            if i == 0:
-                source = frame
-            if checks is not None:
-                checks.add(i, frame)
-            if base is not None:
-                base.push(i, frame)
+    on_error = (lambda frame, reason: bad_frames.append(frame)) if o.ignore_errors else None
+    with Encoder(o, info.fps, info.frame_count or None) as enc:
+        for message in video.crop_warnings(info, enc.size, o.crop):
+            if warn:
+                warn(message)
+        for frame in video.read_frames(input, size=enc.size, crop=o.crop, on_error=on_error):
+            enc.push(frame)
             if progress:
-                progress(count, info.frame_count)
-            if detected.is_sent(i):
-                yield i, frame
-
-    def detect(chunk):
-        kp, jac = detector([f for _, f in chunk])
-        return [i for i, _ in chunk], kp, jac
-
-    workers = threads or 1
-    torch_count = torch_thread_count(threads)  # decided once: the refresh pass uses it too
-    with torch_threads(torch_count):
-        # Only the frames that are sent go through the detector, in batches, while this
-        # thread goes on decoding the video.
-        for idx, kp, jac in ordered_map(detect, _batches(sent_frames(), batch), workers):
-            sent_idx.extend(idx)
-            kps.append(kp)
-            jacs.append(jac)
-    if count == 0:
-        raise video.VideoError(f"{input}: no frames decoded")
-    sent_idx = np.asarray(sent_idx, dtype=np.int64)
-    kps, jacs = np.concatenate(kps).astype(np.float32), np.concatenate(jacs).astype(np.float32)
-    every = (sent_idx, kps, jacs)
-    if detected is not pattern:
-        sent_idx, kps, jacs = _thin(every, pattern, count)
-    spacing = pattern.nominal_spacing
-    if auto:
-        chosen = choose_sent_frames(kps, jacs, predictor, max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
-        sent_idx, kps, jacs = sent_idx[chosen], kps[chosen], jacs[chosen]
-        spacing = min(65535, max(1, round(count / len(chosen))))
-    source_data = source_image.encode_image(source, source_codec, source_quality)
-    refreshes = []
-    if checks is not None:
-        with torch_threads(torch_count):
-            refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
-                net, source, checks, sent_idx, kps, jacs, count, predictor, refresh_threshold,
-                source_codec, source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
-    header = bitstream.Header(
-        model=name, weights_sha256=sha, width=size, height=size, fps_num=info.fps.numerator,
-        fps_den=info.fps.denominator, frame_count=count, keep_every=spacing,
-        num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
-        predictor=predictor, adaptive=auto,
-    )
-    base_stream = None
-    if plan.target_kbps is not None or base is not None:
-        def stream_at(k):
-            if k == keep_every:
-                return bitstream.KpcStream(header, source_codec, source_data, sent_idx, kps, jacs,
-                                           refreshes=refreshes)
-            at = replace(header, keep_every=k)
-            return bitstream.KpcStream(at, source_codec, source_data, *_thin(every, SendPattern.keep_every(k), count))
-
-        if base is not None:
-            chosen, base_stream = base.finish(stream_at, keep_every)
-        else:
-            chosen = rc.settle_keypoint_only(plan, stream_at, count, info.fps, keep_every)
-        if chosen != keep_every and not refreshes:
-            header = replace(header, keep_every=chosen)
-            sent_idx, kps, jacs = _thin(every, SendPattern.keep_every(chosen), count)
-        if base_stream is None and model is None and net.cfg.base_fusion:
-            # No base layer after all: the keypoint model renders it better (the hybrid model's
-            # keypoints are the same; its no-base path is only its fallback).
-            header = replace(header, **_keypoint_model_of(sha))
-    extra, audio_bytes = [], 0
-    if audio and info.has_audio:
-        track = audio_codec.encode_audio(input, header.duration_s, audio_bitrate, ignore_errors=ignore_errors)
-        if track is not None:
-            extra.append((audio_codec.CHUNK_TYPE, audio_codec.pack(track)))
-            audio_bytes = len(extra[0][1]) + 12  # + chunk framing
-    stream = bitstream.KpcStream(
-        header=header, source_codec=source_codec,
-        source_data=source_data, sent_indices=sent_idx, keypoints=kps, jacobians=jacs,
-        extra_chunks=extra, refreshes=refreshes, base=base_stream,
-    )
-    data = bitstream.dumps(stream)
+                progress(enc.frames, info.frame_count)
+        if enc.frames == 0:
+            raise video.VideoError(f"{input}: no frames decoded")
+        extra, audio_bytes = [], 0
+        if o.audio and info.has_audio:
+            track = audio_codec.encode_audio(input, enc.duration_s, o.audio_bitrate, ignore_errors=o.ignore_errors)
+            if track is not None:
+                extra.append((audio_codec.CHUNK_TYPE, audio_codec.pack(track)))
+                audio_bytes = len(extra[0][1]) + 12  # + chunk framing
+        data = b"".join(enc.flush(extra))
     bitstream.write_bytes(output, data)
-    return Summary(count, time.perf_counter() - start, len(data), header.duration_s, str(output),
-                   skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(refreshes),
-                   base_bytes=base_stream.bytes if base_stream else 0,
-                   base_layer=str(base.settings) if base_stream else None)
-
-
-def _keypoint_model_of(sha256: str) -> dict:
-    """Header fields naming the default keypoint-only model when it shares the detector of the
-    shipped weights `sha256` (the same check as decode --model: the same keypoints), else none."""
-    from kpcodec.models.registry import DEFAULT_MODEL, get_weights, shipped_detector_fingerprint
-
-    default = get_weights(DEFAULT_MODEL).sha256
-    if shipped_detector_fingerprint(default) == shipped_detector_fingerprint(sha256):
-        return {"model": DEFAULT_MODEL, "weights_sha256": default}
-    return {}
-
-
-def _thin(every, pattern, count: int):
-    """The rows of every-frame detections (sent_idx, kps, jacs) that `pattern` sends."""
-    idx, kps, jacs = every
-    keep = np.isin(idx, pattern.indices(count))
-    return idx[keep], kps[keep], jacs[keep]
+    return Summary(enc.frames, time.perf_counter() - start, len(data), enc.header.duration_s, str(output),
+                   skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
+                   base_bytes=enc.base_stream.bytes if enc.base_stream else 0,
+                   base_layer=str(enc.base.settings) if enc.base_stream else None)
 
 
 def _check_weights(header: bitstream.Header, model: str | None = None, name: str = "file"):
@@ -414,10 +247,10 @@ def _check_weights(header: bitstream.Header, model: str | None = None, name: str
 
 
 @_names_file
-def decode(input, output, *, predictor: str | None = None, force: bool = False, batch: int = 4,
-           progress: Progress | None = None, audio: bool = True, threads: int | None = None,
-           model: str | None = None, ignore_errors: bool = False, warn: Warn | None = None) -> Summary:
-    """Decode .kpc `input` ("-" for stdin) to a video `output` ("-" for an MP4 on stdout).
+def decode(input, output, options: DecodeOptions | None = None, *, force: bool = False,
+           progress: Progress | None = None, warn: Warn | None = None, **fields) -> Summary:
+    """Decode .kpc `input` ("-" for stdin) to a video `output` ("-" for an MP4 on stdout), as
+    `options` (kpcodec.options.DecodeOptions) with its keyword `fields` on top say.
 
     The suffix of `output` picks the container and its video codec (kpcodec.media.video.CONTAINERS:
     H.264 in .mp4/.mov/.mkv, VP9 or AV1 in .webm, GIF, raw .y4m; no suffix: MP4); any other
@@ -436,6 +269,9 @@ def decode(input, output, *, predictor: str | None = None, force: bool = False, 
     N >= 2 on N single-threaded workers (kpcodec.codec.parallel), which keep their pace when other jobs
     take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
     """
+    o = DecodeOptions.of(options, **fields).checked()
+    predictor, model, audio, ignore_errors, threads, batch = (o.predictor, o.model, o.audio, o.ignore_errors,
+                                                              o.threads, o.batch)
     name = _display_name(input)
     check_output(output, force, (input,))
     container, _ = video.container_for(output)  # a suffix it cannot write fails before any work

@@ -110,18 +110,6 @@ def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
 
-def _parse_crop(text: Optional[str]):
-    if text is None:
-        return None
-    try:
-        x, y, w, h = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--crop takes x,y,w,h in pixels (got {text!r})") from None
-    if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise UsageError(f"--crop needs x,y >= 0 and w,h > 0 (got {text!r})")
-    return x, y, w, h
-
-
 def _version_callback(value: bool):
     if value:
         from kpcodec.bitstream.container import FORMAT_VERSION
@@ -144,12 +132,6 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or s
 
 Workers = Annotated[Optional[int], typer.Option(
     "--threads", help="1: the model on one torch thread; N >= 2: N workers of one torch thread each. Steadier on a busy machine (default: torch's own threads, fastest when idle).")]
-
-
-def _check_threads(threads: int | None) -> int | None:
-    if threads is not None and not 1 <= threads <= 256:
-        raise UsageError(f"--threads must be between 1 and 256 (got {threads})")
-    return threads
 
 
 @app.command()
@@ -177,19 +159,18 @@ def encode(
 ):
     """Encode a video ('-' for stdin) into a .kpc keypoint stream."""
     from kpcodec import api
-    from kpcodec.media import source_image
+    from kpcodec.options import EncodeOptions
 
     with _errors_to_exit():
         _check_stdout(output)
+        options = EncodeOptions(
+            keep_every=keep_every, keep_pattern=keep_pattern, max_error=max_error, predictor=predictor,
+            refresh=refresh, refresh_threshold=refresh_threshold, source_codec=source_codec,
+            source_quality=source_quality, crop=crop, model=model, audio=not no_audio,
+            audio_bitrate=audio_bitrate, ignore_errors=ignore_errors, base_layer=base_layer,
+            bitrate=bitrate, threads=threads).checked()
         with _progress("encode", quiet) as progress:
-            s = api.encode(input, output, keep_every=keep_every, model=model, crop=_parse_crop(crop),
-                           source_codec=source_codec or source_image.DEFAULT_CODEC,
-                           source_quality=source_image.DEFAULT_QUALITY if source_quality is None else source_quality,
-                           force=force, progress=progress, audio=not no_audio, audio_bitrate=audio_bitrate,
-                           ignore_errors=ignore_errors, keep_pattern=keep_pattern, predictor=predictor,
-                           max_error=max_error, threads=_check_threads(threads), refresh=refresh,
-                           refresh_threshold=refresh_threshold, base_layer=base_layer, bitrate=bitrate,
-                           warn=_warn)
+            s = api.encode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.skipped:  # a warning, so even --quiet says it
         _warn(f"{s.skipped} input frame(s) did not decode; the previous frame was repeated in their place")
     if not quiet:
@@ -216,12 +197,14 @@ def decode(
     """Decode a .kpc file into a video, by default an H.264 MP4 (with its Opus audio, if any)."""
     from kpcodec import api
 
+    from kpcodec.options import DecodeOptions
+
     with _errors_to_exit():
         _check_stdout(output)
-        workers = _check_threads(threads)
+        options = DecodeOptions(predictor=predictor, model=model, audio=not no_audio, ignore_errors=ignore_errors,
+                                threads=threads).checked()
         with _progress("decode", quiet) as progress:
-            s = api.decode(input, output, predictor=predictor, force=force, progress=progress, audio=not no_audio,
-                           threads=workers, model=model, ignore_errors=ignore_errors, warn=_warn)
+            s = api.decode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.base_errors:
         _warn(f"{s.base_errors} base-layer frame(s) did not decode; rendered from the keypoints alone")
     if not quiet:
@@ -447,6 +430,7 @@ def compare(
     from kpcodec.media import video
     from kpcodec.eval.compare import compare as run_compare
     from kpcodec.eval.compare import parse_codecs, parse_floats, parse_ints, parse_low_res
+    from kpcodec.options import parse_crop
 
     with _errors_to_exit():
         names = parse_codecs(codecs)
@@ -468,7 +452,7 @@ def compare(
             video.container_for(side_by_side)
             if "kpcodec" not in names:
                 raise UsageError("--side-by-side needs kpcodec among --codecs")
-        box = _parse_crop(crop)
+        box = parse_crop(crop)
         if landmarks:
             from kpcodec.eval.compare import landmarks_available
 

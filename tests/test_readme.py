@@ -114,14 +114,18 @@ def test_library_examples_run(tmp_path, clip, monkeypatch):
     import numpy as np
 
     blocks = python_blocks()
-    assert len(blocks) >= 2, "README shows the library API (a file example and a frames example)"
+    assert len(blocks) >= 3, "README shows the library API (file, encoder and frames examples)"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.mp4").write_bytes(Path(clip).read_bytes())
     files = blocks[0].replace("keep_every=2)", "keep_every=2, model='tiny')")
     assert "model='tiny'" in files
     exec(compile(files, "README files example", "exec"), {})
     assert (tmp_path / "rec.mp4").stat().st_size > 0
-    frames_code = blocks[1].replace("    frame = renderer.render(", "    frames.append(frame := renderer.render(")
+    encoder = blocks[1].replace("EncodeOptions(keep_every=2)", "EncodeOptions(keep_every=2, model='tiny')")
+    scope: dict = {}
+    exec(compile(encoder, "README encoder example", "exec"), scope)
+    assert scope["data"] == (tmp_path / "out.kpc").read_bytes()  # what encode wrote with the same options
+    frames_code = blocks[2].replace("    frame = renderer.render(", "    frames.append(frame := renderer.render(")
     frames_code = frames_code.replace("[0]   #", "[0]);  #")
     scope: dict = {"frames": []}
     exec(compile(frames_code, "README frames example", "exec"), scope)

@@ -120,26 +120,60 @@ def torch_threads_for(threads: int | None):
     return torch_threads(torch_thread_count(threads))
 
 
+class OrderedPool:
+    """fn(item) for items handed in one at a time (`submit`), computed by `workers` threads, the
+    results handed back in the order the items came. At most 2 x workers items are in flight, so
+    memory stays flat however many come; workers <= 1 runs each item inline as it is submitted.
+    A push-driven encoder uses it directly; `ordered_map` is its loop over an iterable."""
+
+    def __init__(self, fn: Callable[[T], R], workers: int):
+        self.fn, self.workers = fn, workers
+        self.pending: deque = deque()
+        self.pool = None
+        if workers > 1:
+            fixed_mmap_threshold()
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kpcodec")
+
+    def submit(self, item: T) -> list[R]:
+        """The results now due (in order): at most one inline, or those past the in-flight limit."""
+        if self.pool is None:
+            return [self.fn(item)]
+        self.pending.append(self.pool.submit(self.fn, item))
+        done = []
+        while len(self.pending) >= 2 * self.workers:
+            done.append(self.pending.popleft().result())
+        return done
+
+    def drain(self) -> list[R]:
+        """Every result still due, in order."""
+        done = []
+        while self.pending:
+            done.append(self.pending.popleft().result())
+        return done
+
+    def close(self) -> None:
+        """Drop the queued work (an error or an early stop) and stop the threads."""
+        for future in self.pending:
+            future.cancel()
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """fn(item) for every item, computed by `workers` threads, yielded in input order.
 
     At most 2 x workers items are in flight, so memory stays flat however long `items` is.
     `items` is consumed in the calling thread (e.g. a video decoder). workers <= 1 runs inline.
     """
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    fixed_mmap_threshold()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kpcodec")
-    pending: deque = deque()
-    try:
+    with OrderedPool(fn, workers) as pool:
         for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:  # an error or an early stop: drop the queued work
-            future.cancel()
-        pool.shutdown(wait=True)
+            yield from pool.submit(item)
+        yield from pool.drain()

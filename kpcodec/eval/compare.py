@@ -3,9 +3,9 @@
 :func:`compare` reads the clip once, exactly as ``kpcodec encode`` does (centre square or
 ``crop``, scaled to the model's resolution), and gives those same frames to every codec:
 
-* kpcodec at each keep-every, through :func:`kpcodec.api.encode` / :func:`kpcodec.api.decode`
-  on temp files (the frames are first stored losslessly, FFV1, so that ``encode`` reads
-  back exactly them, and ``--max-frames`` applies to it too);
+* kpcodec at each keep-every: those frames pushed into the encoder (kpcodec.codec.encoder, what
+  ``encode`` runs), the .kpc decoded to MP4 by :func:`kpcodec.api.decode` on temp files, as a user
+  would, and that MP4 scored;
 * each classic codec over a CRF sweep, coded in memory (:mod:`kpcodec.eval.classic`).
 
 Every decoded frame is scored against its original: PSNR, SSIM, MS-SSIM
@@ -335,31 +335,39 @@ def write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> No
         raise VideoError(f"cannot write the temp input clip {path}: {e}") from e
 
 
-def _kpcodec_row(clip: str, workdir: str, k, model: str | None, duration: float, n: int,
-                 predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
+def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, workdir: str, k, model: str | None, duration: float,
+                 n: int, predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
     """kpcodec at keep-every `k`; in hybrid mode (`model` None: the default hybrid model) at target
-    `bitrate` kb/s, or at keep-every `k` with the fixed `base_layer` settings."""
+    `bitrate` kb/s, or at keep-every `k` with the fixed `base_layer` settings. The frames go
+    straight into the encoder (kpcodec.codec.encoder); the .kpc is decoded to MP4 by api.decode,
+    as a user would, and that MP4 is what is scored."""
     from kpcodec import api
     from kpcodec import bitstream
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.options import EncodeOptions
 
     hybrid = bitrate is not None or base_layer is not None
     tag = f"k{k}" if not hybrid else f"b{bitrate:g}" if bitrate is not None else f"k{k}-{base_layer}"
     kpc, mp4 = os.path.join(workdir, f"{tag}.kpc"), os.path.join(workdir, f"{tag}.mp4")
-    if bitrate is not None:
-        enc = api.encode(clip, kpc, bitrate=f"{bitrate:g}k", model=model, predictor=predictor, force=True)
-    else:
-        enc = api.encode(clip, kpc, keep_every=k, model=model, predictor=predictor, force=True,
-                         base_layer=base_layer)
-    data = Path(kpc).read_bytes()
+    options = (EncodeOptions(bitrate=f"{bitrate:g}k", model=model, predictor=predictor) if bitrate is not None
+               else EncodeOptions(keep_every=k, model=model, predictor=predictor, base_layer=base_layer))
+    start = time.perf_counter()
+    with Encoder(options, fps, len(frames)) as enc:
+        for frame in frames:
+            enc.push(frame)
+        data = b"".join(enc.flush())
+    encode_s = time.perf_counter() - start
+    base_label = str(enc.base.settings) if enc.base_stream else None
+    bitstream.write_bytes(kpc, data)
     srcf = sum(size for kind, size in bitstream.chunk_table(data) if kind == "SRCF")
     h = bitstream.loads(data).header
     dec = api.decode(kpc, mp4, force=True)
     mp4_bytes = Path(mp4).read_bytes()
-    variant = "" if not hybrid else (enc.base_layer or "keypoints only")
+    variant = "" if not hybrid else (base_label or "keypoints only")
     if base_layer is not None:
         variant = f"k={k} {variant}"
     row = Row("kpcodec-hybrid" if hybrid else "kpcodec", bitrate if bitrate is not None else k, n, duration,
-              len(data), srcf, encode_s=enc.seconds, decode_s=dec.seconds, payload=("mp4", mp4_bytes),
+              len(data), srcf, encode_s=encode_s, decode_s=dec.seconds, payload=("mp4", mp4_bytes),
               variant=variant)
     return row, mp4, {"model": h.model, "weights_sha256": h.weights_sha256, "predictor": h.predictor}
 
@@ -699,18 +707,15 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
             torch.set_num_threads(threads)
         try:
             with tempfile.TemporaryDirectory(prefix="kpcodec-compare-") as work:
-                clip = os.path.join(work, "input.mkv")
-                write_lossless(clip, originals[:2], fps)
-                _kpcodec_row(clip, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
-                write_lossless(clip, originals, fps)
+                _kpcodec_row(originals[:2], fps, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
                 for k in keep_every if "kpcodec" in codecs else ():
-                    row, mp4, kpcodec_info = _kpcodec_row(clip, work, k, model_name, duration, n, predictor)
+                    row, mp4, kpcodec_info = _kpcodec_row(originals, fps, work, k, model_name, duration, n, predictor)
                     _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)
                     rows.append(row)
                 hybrid_runs = [(2, b, None) for b in hybrid_kbps] + [(k, None, t) for k, t in hybrid_settings]
                 for k, b, settings in hybrid_runs:
-                    row, mp4, info_h = _kpcodec_row(clip, work, k, None, duration, n, predictor, bitrate=b,
-                                                    base_layer=settings)
+                    row, mp4, info_h = _kpcodec_row(originals, fps, work, k, None, duration, n, predictor,
+                                                    bitrate=b, base_layer=settings)
                     kpcodec_info.setdefault("hybrid_model", info_h["model"])
                     _score(row, originals, _read_mp4_frames(mp4, size), original_marks, tick)
                     rows.append(row)

@@ -1,0 +1,148 @@
+"""What encode and decode are asked to do, as two small dataclasses checked in one place.
+
+The CLI maps its flags onto these and nothing else; the library (`kpcodec.encode(...)` keyword
+arguments), compare and the benchmarks build the same objects. `checked()` returns a copy with
+every field validated and its defaults filled in (a UsageError, exit 2, names the flag otherwise),
+before any input is read or a model is loaded; torch is not imported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from numbers import Integral
+
+from kpcodec.errors import UsageError
+
+AUTO = "auto"
+MAX_THREADS = 256
+
+
+def parse_keep_every(value) -> int | str:
+    """A positive int or "auto" (as --keep-every takes it); UsageError otherwise."""
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            value = int(value)
+        except ValueError:
+            raise UsageError(f"--keep-every takes a number >= 1 or 'auto' (got {value!r})") from None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise UsageError(f"--keep-every must be >= 1 or 'auto' (got {value!r})")
+    return int(value)
+
+
+def parse_crop(value) -> tuple[int, int, int, int] | None:
+    """None, or x,y,w,h in pixels from "x,y,w,h" or a 4-tuple; UsageError otherwise."""
+    if value is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise UsageError(f"--crop takes x,y,w,h in pixels (got {value!r})") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise UsageError(f"--crop needs x,y >= 0 and w,h > 0 (got {value!r})")
+    return x, y, w, h
+
+
+def check_threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= MAX_THREADS):
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS} (got {threads})")
+    return None if threads is None else int(threads)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Options of `kpcodec encode` (each field is the flag of the same name)."""
+
+    keep_every: int | str = 2  # or "auto"
+    keep_pattern: str | None = None  # "S:K" replaces keep_every
+    max_error: float | None = None  # keep_every "auto" only
+    predictor: str | None = None  # recorded in the header as the decoder's default
+    refresh: str | None = None  # "off" (default) or "auto"
+    refresh_threshold: float | None = None  # refresh "auto" only
+    source_codec: str | None = None
+    source_quality: int | None = None
+    crop: tuple[int, int, int, int] | str | None = None
+    model: str | None = None
+    audio: bool = True
+    audio_bitrate: float = 12.0
+    ignore_errors: bool = False
+    base_layer: object = None  # "off", "auto", "SIZE[@DIV][:CRF]" or BaseLayerSettings
+    bitrate: str | float | None = None  # target total kb/s ("6k"), audio apart
+    threads: int | None = None
+    batch: int = 8
+    plan: object = field(default=None, compare=False, repr=False)  # set by checked(): the rate plan
+
+    @classmethod
+    def of(cls, options: EncodeOptions | None = None, **overrides) -> EncodeOptions:
+        """`options` (default: the defaults) with keyword `overrides`, an unknown one a TypeError."""
+        names = {f.name for f in fields(cls)} - {"plan"}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
+        return replace(options or cls(), **overrides)
+
+    def checked(self) -> EncodeOptions:
+        """A checked copy; checking it again gives the same options."""
+        from kpcodec.codec import adaptive, ratecontrol
+        from kpcodec.codec import predictors as predict
+        from kpcodec.codec import refresh as rf
+        from kpcodec.codec.patterns import SendPattern
+        from kpcodec.media import audio, source_image
+
+        plan = ratecontrol.plan(self.base_layer, self.bitrate)  # the rate control settles after the look-ahead
+        keep_every = parse_keep_every(self.keep_every if plan.target_kbps is None else plan.keep_every)
+        source_quality = (plan.source_quality if plan.target_kbps is not None
+                          else source_image.DEFAULT_QUALITY if self.source_quality is None else self.source_quality)
+        auto = keep_every == AUTO
+        if auto and self.keep_pattern:
+            raise UsageError("--keep-every auto and --keep-pattern exclude each other")
+        if self.keep_pattern:
+            SendPattern.parse(self.keep_pattern)
+        if self.max_error is not None and not auto:
+            raise UsageError("--max-error needs --keep-every auto")
+        max_error = adaptive.check_max_error(adaptive.DEFAULT_MAX_ERROR if self.max_error is None
+                                             else self.max_error) if auto else None
+        refresh = rf.check_mode(rf.DEFAULT_MODE if self.refresh is None else self.refresh)
+        if self.refresh_threshold is not None and refresh != "auto":
+            raise UsageError("--refresh-threshold needs --refresh auto")
+        threshold = rf.check_threshold(rf.DEFAULT_THRESHOLD if self.refresh_threshold is None
+                                       else self.refresh_threshold) if refresh == "auto" else None
+        predictor = predict.get_predictor(self.predictor or predict.DEFAULT_PREDICTOR).name
+        if auto:
+            adaptive.check_predictor(predictor)
+        audio_bitrate = audio.check_bitrate(self.audio_bitrate) if self.audio else self.audio_bitrate
+        if isinstance(self.batch, bool) or not isinstance(self.batch, Integral) or self.batch < 1:
+            raise UsageError(f"batch must be a number >= 1 (got {self.batch!r})")
+        return replace(self, keep_every=keep_every, max_error=max_error, predictor=predictor, refresh=refresh,
+                       refresh_threshold=threshold, source_codec=self.source_codec or source_image.DEFAULT_CODEC,
+                       source_quality=source_quality, crop=parse_crop(self.crop), audio_bitrate=audio_bitrate,
+                       threads=check_threads(self.threads), plan=plan)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Options of `kpcodec decode`."""
+
+    predictor: str | None = None  # default: the one the file names
+    model: str | None = None  # render with another shipped model of the same detector
+    audio: bool = True
+    ignore_errors: bool = False  # a bad base-layer frame is rendered from keypoints alone
+    threads: int | None = None
+    batch: int = 4
+
+    @classmethod
+    def of(cls, options: DecodeOptions | None = None, **overrides) -> DecodeOptions:
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
+        return replace(options or cls(), **overrides)
+
+    def checked(self) -> DecodeOptions:
+        from kpcodec.codec import predictors as predict
+
+        if self.predictor is not None:
+            predict.get_predictor(self.predictor)
+        if isinstance(self.batch, bool) or not isinstance(self.batch, Integral) or self.batch < 1:
+            raise UsageError(f"batch must be a number >= 1 (got {self.batch!r})")
+        return replace(self, threads=check_threads(self.threads))

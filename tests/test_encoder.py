@@ -1,0 +1,44 @@
+"""The frame-by-frame encoder (kpcodec.codec.encoder.Encoder) that encode and compare run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kpcodec import api, bitstream
+from kpcodec.codec.encoder import Encoder
+from kpcodec.codec.parallel import OrderedPool
+from kpcodec.errors import UsageError
+from kpcodec.media.video import probe, read_frames
+from kpcodec.options import EncodeOptions
+
+
+@pytest.mark.parametrize("fields", [{"keep_every": 2}, {"keep_every": "auto"}, {"keep_every": 3, "threads": 2},
+                                    {"keep_pattern": "2:3", "batch": 3}])
+def test_pushed_frames_make_the_file_encode_writes(clip, tmp_path, fields):
+    options = EncodeOptions(model="tiny", **fields)
+    api.encode(clip, tmp_path / "a.kpc", options)
+    info = probe(clip)
+    with Encoder(options, info.fps, info.frame_count) as enc:
+        assert all(enc.push(f) == [] for f in read_frames(clip, size=enc.size))  # format 1.x: all at flush
+        data = b"".join(enc.flush())
+    assert data == (tmp_path / "a.kpc").read_bytes()
+    assert bitstream.loads(data).header.frame_count == enc.frames == info.frame_count
+
+
+def test_wrong_frames_and_no_frames_are_usage_errors():
+    with Encoder(EncodeOptions(model="tiny"), 25) as enc:
+        with pytest.raises(UsageError, match="uint8"):
+            enc.push(np.zeros((enc.size + 1, enc.size, 3), np.uint8))
+        with pytest.raises(UsageError, match="no frames"):
+            enc.flush()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_ordered_pool_keeps_order_and_bounds_what_is_in_flight(workers):
+    seen = []
+    with OrderedPool(lambda x: x * x, workers) as pool:
+        for i in range(20):
+            seen += pool.submit(i)
+            assert len(pool.pending) < 2 * max(workers, 1)
+        seen += pool.drain()
+    assert seen == [i * i for i in range(20)]
