@@ -28,6 +28,7 @@ import torch
 
 from kpcodec.media import baselayer
 from kpcodec.eval.metrics import ssim as ssim_np
+from kpcodec.codec.renderer import Detector, Renderer
 from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map
 from kpcodec.train import losses
@@ -132,13 +133,9 @@ class HybridTrainer(Trainer):
         tmp.replace(path)
         return kp, jac
 
-    @torch.inference_mode()
     def _detect(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kps, jacs = [], []
-        for i in range(0, len(frames), 32):
-            kp, jac = self.model.detect(frames_to_tensor(frames[i:i + 32]))
-            kps.append(kp.numpy())
-            jacs.append(jac.numpy())
+        detect = Detector(self.model)
+        kps, jacs = zip(*(detect(frames[i:i + 32]) for i in range(0, len(frames), 32)))
         return np.concatenate(kps), np.concatenate(jacs)
 
     def _batch(self, size: int) -> dict:
@@ -222,15 +219,16 @@ def evaluate_hybrid(model, clip: MonitorClip, divisor: int = 2) -> dict:
     at every `divisor`-th kept frame (the rest motion-compensated from it), without it (zeros),
     and the upsampled base layer alone (held)."""
     frames = clip.frames
-    state = model.prepare_source(frames_to_tensor(frames[:1]))
-    kp, jac = model.detect(frames_to_tensor(frames))
+    renderer = Renderer(model)
+    state = renderer.prepare(frames[0])
+    kp, jac = Detector(model)(frames)
+    kp, jac = torch.from_numpy(kp), torch.from_numpy(jac)
     hybrid, plain, held = [], [], []
     for t in range(len(frames)):
         b = t - t % divisor
         small = frames_to_tensor(clip.base[b:b + 1])
-        hybrid.append(tensor_to_frames(model.render(state, kp[t:t + 1], jac[t:t + 1], small, kp[b:b + 1],
-                                                    jac[b:b + 1]))[0])
-        plain.append(tensor_to_frames(model.render(state, kp[t:t + 1], jac[t:t + 1]))[0])
+        hybrid += renderer.render(state, kp[t:t + 1], jac[t:t + 1], (small, kp[b:b + 1], jac[b:b + 1]))
+        plain += renderer.render(state, kp[t:t + 1], jac[t:t + 1])
         held.append(tensor_to_frames(model.base_image(small))[0])
     row = {"clip": clip.name}
     for key, out in (("ssim", hybrid), ("ssim_no_base", plain), ("ssim_base_only", held)):
