@@ -21,14 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from kpcodec.media import audio as audio_codec
 from kpcodec import bitstream
-from kpcodec.codec import predictors as predict
-from kpcodec.media import source_image, video
-from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map, torch_threads_for
-from kpcodec.errors import KpcFormatError, KpcodecError, ModelError, OutputExistsError, UsageError
+from kpcodec.media import video
+from kpcodec.codec.parallel import fixed_mmap_threshold
+from kpcodec.errors import KpcFormatError, KpcodecError, OutputExistsError, UsageError
 from kpcodec.options import DecodeOptions, EncodeOptions
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -225,27 +222,6 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
                    base_layer=str(enc.base.settings) if enc.base_stream else None)
 
 
-def _check_weights(header: bitstream.Header, model: str | None = None, name: str = "file"):
-    """The model that renders the file `name`: the one its header names, or `model` if that one has
-    the same keypoint detector (its keypoints mean the same; only the generator differs)."""
-    from kpcodec.models.registry import WEIGHTS, get_weights, load_model, shipped_detector_fingerprint
-
-    entry = WEIGHTS.get(header.model)
-    if entry is None:
-        raise ModelError(f"{name} was made with model {header.model!r}, which this kpcodec does not ship "
-                         f"(have: {', '.join(sorted(WEIGHTS)) or 'none'})")
-    if entry.sha256 != header.weights_sha256:
-        raise ModelError(f"{name} was made with other weights for {header.model!r} "
-                         f"(sha256 {header.weights_sha256[:12]}…, this kpcodec has {entry.sha256[:12]}…)")
-    if model is None or model == header.model:
-        return load_model(header.model, inference=True)
-    other = get_weights(model)
-    if shipped_detector_fingerprint(other.sha256) != shipped_detector_fingerprint(entry.sha256):
-        raise ModelError(f"model {model!r} has another keypoint detector than {header.model!r}, "
-                         f"which made {name}: it cannot render these keypoints")
-    return load_model(model, inference=True)
-
-
 @_names_file
 def decode(input, output, options: DecodeOptions | None = None, *, force: bool = False,
            progress: Progress | None = None, warn: Warn | None = None, **fields) -> Summary:
@@ -270,8 +246,6 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
     """
     o = DecodeOptions.of(options, **fields).checked()
-    predictor, model, audio, ignore_errors, threads, batch = (o.predictor, o.model, o.audio, o.ignore_errors,
-                                                              o.threads, o.batch)
     name = _display_name(input)
     check_output(output, force, (input,))
     container, _ = video.container_for(output)  # a suffix it cannot write fails before any work
@@ -280,154 +254,26 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     start = time.perf_counter()
     stream = bitstream.read_file(input)
     h = stream.header
-    track = audio_codec.from_stream(stream) if audio else None
+    track = audio_codec.from_stream(stream) if o.audio else None
     if track is not None and not container.audio:
         if warn:
             warn(f"{output}: a {container.format} file cannot hold audio; the audio of {name} is left out")
         track = None
-    net = _check_weights(h, model, name)
-    if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
-        raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
-                         f"{model or h.model!r}")
-    from kpcodec.codec.renderer import Renderer
+    from kpcodec.codec.decoder import Decoder
 
-    renderer = Renderer(net)
-    # The first source image is checked before the MP4 is opened; each refresh image is decoded
-    # only when its first frame is due (a long call may hold many), and a bad one aborts the
-    # writer, which leaves no output file.
-    _source(stream.source_data, stream.source_codec, h)
-    sources = [(0, (stream.source_data, stream.source_codec))]
-    sources += [(r.frame, (r.data, r.codec)) for r in stream.refreshes]
-    filled = predict.fill_keypoints(stream.sent_indices, stream.keypoints, stream.jacobians, h.frame_count,
-                                    predictor or predict.file_predictor(h.predictor))
-
-    def prepare(coded):
-        return renderer.prepare(_source(*coded, h))
-
-    fuse = net.cfg.base_fusion and stream.base is not None
-    base_errors: list[int] = []
-
-    def render(item):
-        """Only dense motion and the generator run per frame; the source's part is in `state`."""
-        state, chunk = item
-        kp = np.stack([k for k, _, _ in chunk]).astype(np.float32)
-        jac = np.stack([j for _, j, _ in chunk]).astype(np.float32)
-        base = _base_batch([b for _, _, b in chunk], kp, jac) if fuse else (None, None, None)
-        return renderer.render(state, kp, jac, base)
-
-    done = 0
-    workers = threads or 1
-    with torch_threads_for(threads), \
-            video.VideoWriter(output, h.fps, (h.width, h.height), preset=DECODE_PRESET) as writer:
+    dec = Decoder(stream, o, name)  # the model, and the first source image, checked before the video is opened
+    with video.VideoWriter(output, h.fps, (h.width, h.height), preset=DECODE_PRESET) as writer:
         if track is not None:
             writer.add_audio(track)
-        # Frames are streamed: a few batches in flight, each written as soon as it is next.
-        items = _with_base(filled, stream.base if fuse else None, name, ignore_errors, base_errors)
-        for frames in ordered_map(render, _source_batches(items, sources, prepare, batch), workers):
-            for frame in frames:
-                writer.write(frame)
-            done += len(frames)
+        for frame in dec.frames():
+            writer.write(frame)
             if progress:
-                progress(done, h.frame_count)
+                progress(dec.done, h.frame_count)
+    done = dec.done
     size = os.path.getsize(output) if output != "-" else 0
     return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output),
-                   base_bytes=stream.base.bytes if fuse else 0,
-                   base_layer=_base_label(stream.base) if fuse else None, base_errors=len(base_errors))
-
-
-def _base_label(b: bitstream.BaseLayer) -> str:
-    return f"{b.size}@{b.divisor}:{b.crf}"
-
-
-def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bool, errors: list):
-    """(kp, jac, base) per frame: base is None (no base layer, or a frame that did not decode),
-    (frame, None, None) on a base frame, or (frame, kp, jac of its base frame) on the frames after
-    it, which the model moves to their own keypoints. Base packets are decoded as frames come."""
-    if base is None:
-        for kp, jac in filled:
-            yield kp, jac, None
-        return
-    from kpcodec.media import baselayer
-
-    decoder = baselayer.BaseLayerDecoder()
-    packets = iter(enumerate(base.packets))
-    ready: list = []
-    current = None
-    for t, (kp, jac) in enumerate(filled):
-        if t % base.divisor == 0:
-            n = t // base.divisor
-            small = None
-            try:
-                while not ready:
-                    item = next(packets, None)
-                    ready += decoder.push(item[1]) if item is not None else decoder.flush()
-                    if item is None and not ready:
-                        raise video.VideoError("the base layer ended early")
-                small = ready.pop(0)
-                if small.shape[:2] != (base.size, base.size):
-                    raise video.VideoError(f"base frame is {small.shape[1]}x{small.shape[0]}, "
-                                           f"BASE says {base.size}x{base.size}")
-            except video.VideoError as exc:
-                if not ignore_errors:
-                    raise bitstream.KpcFormatError(f"{name}: base-layer frame {n}: {exc}") from None
-                errors.append(n)
-                ready, small = [], None
-            current = (small, kp, jac) if small is not None else None
-            yield kp, jac, (small, None, None) if small is not None else None
-        else:
-            yield kp, jac, current
-
-
-def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):
-    """render()'s base arguments (frames, their keypoints, Jacobians) for one batch of _with_base
-    entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
-    its keypoints, a missing one is zeros; (None, None, None) when the batch has no base frame."""
-    torch = _torch()
-    from kpcodec.models.frames import frames_to_tensor
-
-    present = [b for b in bases if b is not None]
-    if not present:
-        return None, None, None
-    size = present[0][0].shape[0]
-    frames = [b[0] if b is not None else np.zeros((size, size, 3), np.uint8) for b in bases]
-    kp0, jac0 = kp.copy(), jac.copy()
-    for n, b in enumerate(bases):
-        if b is not None and b[1] is not None:
-            kp0[n], jac0[n] = b[1], b[2]
-    return frames_to_tensor(frames), torch.from_numpy(kp0), torch.from_numpy(jac0)
-
-
-def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:
-    image = source_image.decode_image(data, codec)
-    if image.shape[:2] != (h.height, h.width):
-        raise bitstream.KpcFormatError(f"source image is {image.shape[1]}x{image.shape[0]}, "
-                                       f"header says {h.width}x{h.height}")
-    return image
-
-
-def _source_batches(filled, sources, prepare, size: int):
-    """(source state, batch of (kp, jac)) in frame order; a batch never straddles a refresh.
-
-    `sources` is [(first frame, coded image)] in frame order; each state is prepared once, in the
-    calling thread, when its first batch is due, so only one state per refresh is in memory
-    beyond the batches in flight.
-    """
-    starts = [frame for frame, _ in sources[1:]] + [None]
-    state = prepare(sources[0][1])
-    s, batch = 0, []
-    for t, item in enumerate(filled):
-        if starts[s] is not None and t == starts[s]:
-            if batch:
-                yield state, batch
-                batch = []
-            s += 1
-            state = prepare(sources[s][1])
-        batch.append(item)
-        if len(batch) == size:
-            yield state, batch
-            batch = []
-    if batch:
-        yield state, batch
+                   base_bytes=stream.base.bytes if dec.fuse else 0,
+                   base_layer=dec.base_label, base_errors=len(dec.base_errors))
 
 
 _BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),

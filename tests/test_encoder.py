@@ -42,3 +42,20 @@ def test_ordered_pool_keeps_order_and_bounds_what_is_in_flight(workers):
             assert len(pool.pending) < 2 * max(workers, 1)
         seen += pool.drain()
     assert seen == [i * i for i in range(20)]
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_decoder_frames_are_what_decode_writes(clip, tmp_path, threads):
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.options import DecodeOptions
+
+    api.encode(clip, tmp_path / "a.kpc", model="tiny", keep_every=3)
+    api.decode(tmp_path / "a.kpc", tmp_path / "a.y4m", threads=threads)
+    dec = Decoder(bitstream.read_file(tmp_path / "a.kpc"), DecodeOptions(threads=threads))
+    written = list(read_frames(tmp_path / "a.y4m", size=dec.header.width))
+    frames = list(dec.frames())
+    assert dec.done == len(frames) == len(written) == 12
+    # y4m holds 4:2:0, so the written frames are the decoder's up to chroma subsampling
+    diffs = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, written)]
+    assert max(diffs) < 4, diffs
+    assert all(np.array_equal(a, b) for a, b in zip(frames, Decoder(bitstream.read_file(tmp_path / "a.kpc")).frames()))

@@ -125,9 +125,8 @@ def test_library_examples_run(tmp_path, clip, monkeypatch):
     scope: dict = {}
     exec(compile(encoder, "README encoder example", "exec"), scope)
     assert scope["data"] == (tmp_path / "out.kpc").read_bytes()  # what encode wrote with the same options
-    frames_code = blocks[2].replace("    frame = renderer.render(", "    frames.append(frame := renderer.render(")
-    frames_code = frames_code.replace("[0]   #", "[0]);  #")
-    scope: dict = {"frames": []}
+    frames_code = blocks[2].replace("    pass", "    frames.append(frame)")
+    scope = {"frames": []}
     exec(compile(frames_code, "README frames example", "exec"), scope)
     frames = scope["frames"]
     assert len(frames) == 12 and all(f.dtype == np.uint8 and f.shape[2] == 3 for f in frames)

@@ -11,7 +11,7 @@ from skimage.transform import resize
 
 from kpcodec import bitstream as bs
 from kpcodec.codec import refresh as rf
-from kpcodec.api import _source_batches
+from kpcodec.codec.decoder import source_batches
 from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media.video import VideoWriter
@@ -172,7 +172,7 @@ def test_batches_never_straddle_a_refresh():
         prepared.append(image)
         return image
 
-    batches = list(_source_batches(iter(range(10)), [(0, "a"), (4, "b"), (7, "c")], prepare, 3))
+    batches = list(source_batches(iter(range(10)), [(0, "a"), (4, "b"), (7, "c")], prepare, 3))
     assert batches == [("a", [0, 1, 2]), ("a", [3]), ("b", [4, 5, 6]), ("c", [7, 8, 9])]
     assert prepared == ["a", "b", "c"]
 
