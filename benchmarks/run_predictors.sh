@@ -28,11 +28,11 @@ if [[ $DETECTOR == *--checkpoint* ]]; then
 fi
 
 $NICE python -m kpcodec.train.trajectories --data "$DATA" $DETECTOR --out "$TRAJ"
-$NICE python -m kpcodec.train.predictor tune-linear --trajectories "$TRAJ"
+$NICE python -m kpcodec.train.predictor_training tune-linear --trajectories "$TRAJ"
 for kind in rnn vae vrnn rnn-interp; do
   $NICE kpcodec train-predictor --kind $kind --trajectories "$TRAJ" --out runs/pred-$kind --steps "$STEPS" --resume
   variant=""
   [[ $kind == vae || $kind == vrnn ]] && variant="--sample-variant"
-  python -m kpcodec.train.predictor export runs/pred-$kind --name $kind $variant
+  python -m kpcodec.train.predictor_training export runs/pred-$kind --name $kind $variant
 done
 $NICE python benchmarks/predictor_quality.py --trajectories "$TRAJ" --data "$DATA" ${BENCH:-$DETECTOR} --set-default
