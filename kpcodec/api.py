@@ -152,12 +152,6 @@ def _stdin_input(fn):
     return wrapper
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
 @_stdin_input
 def encode(input, output, options: EncodeOptions | None = None, *, force: bool = False,
            progress: Progress | None = None, warn: Warn | None = None, **fields) -> Summary:
@@ -269,9 +263,8 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
             writer.write(frame)
             if progress:
                 progress(dec.done, h.frame_count)
-    done = dec.done
     size = os.path.getsize(output) if output != "-" else 0
-    return Summary(done, time.perf_counter() - start, size, h.duration_s, str(output),
+    return Summary(dec.done, time.perf_counter() - start, size, h.duration_s, str(output),
                    base_bytes=stream.base.bytes if dec.fuse else 0,
                    base_layer=dec.base_label, base_errors=len(dec.base_errors))
 

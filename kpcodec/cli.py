@@ -168,7 +168,7 @@ def encode(
             refresh=refresh, refresh_threshold=refresh_threshold, source_codec=source_codec,
             source_quality=source_quality, crop=crop, model=model, audio=not no_audio,
             audio_bitrate=audio_bitrate, ignore_errors=ignore_errors, base_layer=base_layer,
-            bitrate=bitrate, threads=threads).checked()
+            bitrate=bitrate, threads=threads)
         with _progress("encode", quiet) as progress:
             s = api.encode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.skipped:  # a warning, so even --quiet says it
@@ -202,7 +202,7 @@ def decode(
     with _errors_to_exit():
         _check_stdout(output)
         options = DecodeOptions(predictor=predictor, model=model, audio=not no_audio, ignore_errors=ignore_errors,
-                                threads=threads).checked()
+                                threads=threads)
         with _progress("decode", quiet) as progress:
             s = api.decode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.base_errors:

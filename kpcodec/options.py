@@ -44,6 +44,19 @@ def parse_crop(value) -> tuple[int, int, int, int] | None:
     return x, y, w, h
 
 
+def _overridden(cls, options, overrides: dict):
+    """`options` (default: `cls()`) with keyword `overrides`; an unknown one is a TypeError."""
+    unknown = set(overrides) - {f.name for f in fields(cls) if f.init and f.name != "plan"}
+    if unknown:
+        raise TypeError(f"unknown option(s) of {cls.__name__}: {', '.join(sorted(unknown))}")
+    return replace(options or cls(), **overrides)
+
+
+def _check_batch(batch) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, Integral) or batch < 1:
+        raise UsageError(f"batch must be a number >= 1 (got {batch!r})")
+
+
 def check_threads(threads: int | None) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= MAX_THREADS):
         raise UsageError(f"--threads must be between 1 and {MAX_THREADS} (got {threads})")
@@ -76,11 +89,7 @@ class EncodeOptions:
     @classmethod
     def of(cls, options: EncodeOptions | None = None, **overrides) -> EncodeOptions:
         """`options` (default: the defaults) with keyword `overrides`, an unknown one a TypeError."""
-        names = {f.name for f in fields(cls)} - {"plan"}
-        unknown = set(overrides) - names
-        if unknown:
-            raise TypeError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
-        return replace(options or cls(), **overrides)
+        return _overridden(cls, options, overrides)
 
     def checked(self) -> EncodeOptions:
         """A checked copy; checking it again gives the same options."""
@@ -112,8 +121,7 @@ class EncodeOptions:
         if auto:
             adaptive.check_predictor(predictor)
         audio_bitrate = audio.check_bitrate(self.audio_bitrate) if self.audio else self.audio_bitrate
-        if isinstance(self.batch, bool) or not isinstance(self.batch, Integral) or self.batch < 1:
-            raise UsageError(f"batch must be a number >= 1 (got {self.batch!r})")
+        _check_batch(self.batch)
         return replace(self, keep_every=keep_every, max_error=max_error, predictor=predictor, refresh=refresh,
                        refresh_threshold=threshold, source_codec=self.source_codec or source_image.DEFAULT_CODEC,
                        source_quality=source_quality, crop=parse_crop(self.crop), audio_bitrate=audio_bitrate,
@@ -133,16 +141,12 @@ class DecodeOptions:
 
     @classmethod
     def of(cls, options: DecodeOptions | None = None, **overrides) -> DecodeOptions:
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
-        return replace(options or cls(), **overrides)
+        return _overridden(cls, options, overrides)
 
     def checked(self) -> DecodeOptions:
         from kpcodec.codec import predictors as predict
 
         if self.predictor is not None:
             predict.get_predictor(self.predictor)
-        if isinstance(self.batch, bool) or not isinstance(self.batch, Integral) or self.batch < 1:
-            raise UsageError(f"batch must be a number >= 1 (got {self.batch!r})")
+        _check_batch(self.batch)
         return replace(self, threads=check_threads(self.threads))

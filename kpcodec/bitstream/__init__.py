@@ -9,4 +9,3 @@ opus         Opus packets of the audio chunk
 The names of `container` are re-exported here: `bitstream.loads(data)`, `bitstream.Header`.
 """
 from kpcodec.bitstream.container import *  # noqa: F401,F403
-from kpcodec.bitstream.container import FORMAT_VERSION, MAGIC  # noqa: F401

@@ -25,12 +25,6 @@ from kpcodec.media import source_image, video
 from kpcodec.options import DecodeOptions
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
 def check_weights(header: bitstream.Header, model: str | None = None, name: str = "file"):
     """The model that renders the file `name`: the one its header names, or `model` if that one has
     the same keypoint detector (its keypoints mean the same; only the generator differs)."""
@@ -147,7 +141,8 @@ def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):
     """render()'s base arguments (frames, their keypoints, Jacobians) for one batch of _with_base
     entries: a base frame shows its own frame (this frame's keypoints), an older one is moved from
     its keypoints, a missing one is zeros; (None, None, None) when the batch has no base frame."""
-    torch = _torch()
+    import torch
+
     from kpcodec.models.frames import frames_to_tensor
 
     present = [b for b in bases if b is not None]

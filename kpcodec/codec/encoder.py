@@ -34,7 +34,7 @@ from kpcodec.media import source_image
 from kpcodec.options import AUTO, EncodeOptions
 
 
-def load_model(name: str | None):
+def shipped_model(name: str | None):
     """(name, weights sha256, inference model) of a shipped model (default: the registry's)."""
     from kpcodec.models.registry import DEFAULT_MODEL, get_weights
     from kpcodec.models.registry import load_model as load
@@ -74,7 +74,7 @@ class Encoder:
                         else SendPattern.keep_every(1 if self.auto else o.keep_every))
         # A rate target detects every frame: the rate control may settle on another keep-every.
         self.detected = SendPattern.keep_every(1) if plan.target_kbps is not None else self.pattern
-        self.name, self.sha, self.net = load_model(o.model or (rc.default_hybrid_model() if plan.wants_base else None))
+        self.name, self.sha, self.net = shipped_model(o.model or (rc.default_hybrid_model() if plan.wants_base else None))
         if plan.wants_base and not self.net.cfg.base_fusion:
             raise UsageError(f"model {self.name!r} cannot use a base layer "
                              f"(hybrid models: {', '.join(rc.hybrid_models())})")
