@@ -285,7 +285,8 @@ def render(meta: dict, record: list[dict], out: Path) -> None:
         "uniform window (kpcodec.eval.metrics); landmark error = mean distance of mediapipe face-mesh landmarks "
         "(478) between original and decoded frame, px at 256x256, averaged over the clips where a face was "
         "found in both (count in brackets). kpcodec is scored on the MP4 `kpcodec decode` writes (H.264 CRF 18 "
-        "of its output). fps include colour conversion (kpcodec: reading its input file / writing its MP4), "
+        "of its output). fps include colour conversion (kpcodec: the encoder is given the frames; its decode "
+        "writes an MP4), "
         f"with {threads} thread(s) each, on a shared machine: compare them with each other, not with other runs.",
     ]
     md += [f"- **Note:** {n}" for n in notes]
