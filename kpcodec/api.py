@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from kpcodec.media import audio as audio_codec
 from kpcodec import bitstream
-from kpcodec.media import video
+from kpcodec.media import video, y4m
 from kpcodec.codec.parallel import fixed_mmap_threshold
 from kpcodec.errors import KpcFormatError, KpcodecError, OutputExistsError, UsageError
 from kpcodec.options import DecodeOptions, EncodeOptions
@@ -120,7 +120,8 @@ def _names_file(fn):
 
 
 def _stdin_input(fn):
-    """Let `fn(input, ...)` take input "-": stdin is copied to a temp file first.
+    """Let `fn(input, ...)` take input "-": stdin is copied to a temp file first, unless it is a
+    y4m stream (kpcodec.media.y4m), which `fn` gets as a Y4mStream to read as it comes.
 
     PyAV needs a seekable file for mp4 (its index may sit at the end). The copy is
     removed however `fn` ends, interruptions included; messages name "<stdin>".
@@ -129,10 +130,17 @@ def _stdin_input(fn):
     def wrapper(input, *args, **kwargs):
         if str(input) != "-":
             return fn(input, *args, **kwargs)
+        try:
+            head = sys.stdin.buffer.read(len(y4m.MAGIC))
+        except OSError as exc:
+            raise KpcodecError(f"cannot read <stdin>: {exc.strerror or exc}") from None
+        if head == y4m.MAGIC:  # a raw y4m stream: read frame by frame as it comes, never spooled
+            return fn(y4m.Y4mStream(sys.stdin.buffer, head=head), *args, **kwargs)
         fd, path = tempfile.mkstemp(prefix="kpcodec-stdin-", suffix=".video")
         try:
             with os.fdopen(fd, "wb") as f:
                 try:
+                    f.write(head)
                     shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
                 except OSError as exc:
                     raise KpcodecError(f"cannot read <stdin>: {exc.strerror or exc}") from None
@@ -184,33 +192,38 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
     from kpcodec.codec.encoder import Encoder
 
     o = EncodeOptions.of(options, **fields).checked()
-    check_output(output, force, (input,))
+    check_output(output, force, () if isinstance(input, y4m.Y4mStream) else (input,))
     if warn and str(output) != "-" and not os.fspath(output).lower().endswith(".kpc"):
         warn(f"{output} does not end in .kpc (it is written as a .kpc file all the same)")
     fixed_mmap_threshold()  # flat memory on long inputs (see kpcodec.codec.parallel)
     start = time.perf_counter()
-    info = video.probe(input)  # a bad input is refused before torch is imported
+    pipe = input if isinstance(input, y4m.Y4mStream) else None
+    info = pipe.info if pipe else video.probe(input)  # a bad input is refused before torch is imported
     bad_frames: list[int] = []
     on_error = (lambda frame, reason: bad_frames.append(frame)) if o.ignore_errors else None
-    with Encoder(o, info.fps, info.frame_count or None) as enc:
+    with Encoder(o, info.fps, info.frame_count or None) as enc, bitstream.StreamWriter(output) as out:
         for message in video.crop_warnings(info, enc.size, o.crop):
             if warn:
                 warn(message)
-        for frame in video.read_frames(input, size=enc.size, crop=o.crop, on_error=on_error):
-            enc.push(frame)
+        out.write(bitstream.packets.PREAMBLE)
+        frames = pipe.frames(enc.size, o.crop) if pipe else \
+            video.read_frames(input, size=enc.size, crop=o.crop, on_error=on_error)
+        for frame in frames:
+            out.write_packets(enc.push(frame))  # written as they come: the output grows with the input
             if progress:
                 progress(enc.frames, info.frame_count)
         if enc.frames == 0:
-            raise video.VideoError(f"{input}: no frames decoded")
-        extra, audio_bytes = [], 0
+            raise video.VideoError(f"{info.path}: no frames decoded")
+        extra = []
         if o.audio and info.has_audio:
             track = audio_codec.encode_audio(input, enc.duration_s, o.audio_bitrate, ignore_errors=o.ignore_errors)
             if track is not None:
                 extra.append((audio_codec.CHUNK_TYPE, audio_codec.pack(track)))
-                audio_bytes = len(extra[0][1]) + 12  # + chunk framing
-        data = b"".join(enc.flush(extra))
-    bitstream.write_bytes(output, data)
-    return Summary(enc.frames, time.perf_counter() - start, len(data), enc.header.duration_s, str(output),
+        last = enc.flush(extra)
+        out.write_packets(last)
+        audio_bytes = sum(len(bytes(p)) for p in last if p.kind == "X")
+        out.commit()
+    return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
                    base_bytes=enc.base_stream.bytes if enc.base_stream else 0,
                    base_layer=str(enc.base.settings) if enc.base_stream else None)
@@ -246,27 +259,59 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     if warn and str(output) != "-" and not os.path.splitext(os.fspath(output))[1]:
         warn(f"{output} has no suffix: writing an MP4")
     start = time.perf_counter()
-    stream = bitstream.read_file(input)
-    h = stream.header
-    track = audio_codec.from_stream(stream) if o.audio else None
+    from kpcodec.bitstream import packets
+    from kpcodec.codec.decoder import Decoder, frame_range
+
+    # A file is read whole (it is small; frames are rendered as its packets are parsed); a pipe
+    # piece by piece as it comes, unless its audio is wanted: a 2.0 stream's audio comes last.
+    data, pieces = None, bitstream.read_pieces(input)
+    if input != "-" or (o.audio and container.audio):
+        data = b"".join(pieces)
+        pieces = iter([data])
+    warn_named = (lambda message: warn(f"{name}: {message}")) if warn else None
+    items = packets.read_items(pieces, o.ignore_errors, warn_named)
+    header = next(items)
+    first, last = frame_range(o, header)
+    if first:  # enter a 2.0 file at its last keyframe before the start, through its INDEX
+        items = packets.read_items(iter([data]), o.ignore_errors, warn_named, start_frame=first)
+        next(items)
+    track = None
+    if o.audio and data is not None:
+        track = audio_codec.from_chunks(packets.extras_of(data) if bitstream.format_major(data) == 2
+                                        else bitstream.loads(data).extra_chunks)
+    if track is not None and (first or last is not None):
+        if warn:
+            warn(f"--start/--end cut the video only: the audio of {name} is left out")
+        track = None
     if track is not None and not container.audio:
         if warn:
             warn(f"{output}: a {container.format} file cannot hold audio; the audio of {name} is left out")
         track = None
-    from kpcodec.codec.decoder import Decoder
-
-    dec = Decoder(stream, o, name)  # the model, and the first source image, checked before the video is opened
-    with video.VideoWriter(output, h.fps, (h.width, h.height), preset=DECODE_PRESET) as writer:
+    dec = Decoder(header, o, name)  # the model checked before the video is opened
+    total = header.frame_count or (packets.frame_count_of(data) if data is not None else None)
+    if total is not None:
+        total = min(total, last if last is not None else total) - first
+    with video.VideoWriter(output, header.fps, (header.width, header.height), preset=DECODE_PRESET) as writer:
         if track is not None:
             writer.add_audio(track)
-        for frame in dec.frames():
-            writer.write(frame)
-            if progress:
-                progress(dec.done, h.frame_count)
+        try:
+            for item in items:
+                for frame in dec.push(item):
+                    writer.write(frame)
+                    if progress:
+                        progress(dec.done, total)
+                if dec.finished:
+                    break
+            for frame in dec.flush():
+                writer.write(frame)
+        finally:
+            dec.close()
+        if dec.done == 0:
+            raise bitstream.KpcFormatError(f"{name}: no frames to decode" + (" in the range asked" if first or last else ""))
     size = os.path.getsize(output) if output != "-" else 0
-    return Summary(dec.done, time.perf_counter() - start, size, h.duration_s, str(output),
-                   base_bytes=stream.base.bytes if dec.fuse else 0,
-                   base_layer=dec.base_label, base_errors=len(dec.base_errors))
+    duration = dec.done * header.fps_den / header.fps_num
+    return Summary(dec.done, time.perf_counter() - start, size, duration, str(output),
+                   base_bytes=0, base_layer=dec.base_label, base_errors=len(dec.base_errors))
 
 
 _BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),

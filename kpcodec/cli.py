@@ -153,6 +153,7 @@ def encode(
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
     base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF], e.g. 96@3:63 (default: off, auto with --bitrate).")] = None,
     bitrate: Annotated[Optional[str], typer.Option("--bitrate", "-b", help="Target total rate of source image + keypoints + base layer (audio apart), e.g. 6k; picks keep-every, base layer and source quality.")] = None,
+    packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet: fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 64).")] = 64,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -168,7 +169,7 @@ def encode(
             refresh=refresh, refresh_threshold=refresh_threshold, source_codec=source_codec,
             source_quality=source_quality, crop=crop, model=model, audio=not no_audio,
             audio_bitrate=audio_bitrate, ignore_errors=ignore_errors, base_layer=base_layer,
-            bitrate=bitrate, threads=threads)
+            bitrate=bitrate, threads=threads, packet_frames=packet_frames)
         with _progress("encode", quiet) as progress:
             s = api.encode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.skipped:  # a warning, so even --quiet says it
@@ -189,7 +190,9 @@ def decode(
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Predictor for unsent frames: hold, linear, interp, rnn, vae, vrnn, ... (default: the file's).")] = None,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the file's audio out of the video.")] = False,
     model: Annotated[Optional[str], typer.Option("--model", help="Render with this shipped model instead of the file's, if it has the same keypoint detector (e.g. fomm-256-fast: faster; fomm-256-quarter: sharper).")] = None,
-    ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Render a base-layer frame that does not decode from the keypoints alone instead of stopping.")] = False,
+    ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="A cut or damaged file decodes up to its last whole packet (with a warning), a base-layer frame that does not decode from the keypoints alone, instead of stopping.")] = False,
+    start: Annotated[float, typer.Option("--start", help="Seconds: render from the first frame at or after this time (a 2.0 file is entered at its last keyframe before it).")] = 0.0,
+    end: Annotated[Optional[float], typer.Option("--end", help="Seconds: stop before the first frame at or after this time.")] = None,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -202,7 +205,7 @@ def decode(
     with _errors_to_exit():
         _check_stdout(output)
         options = DecodeOptions(predictor=predictor, model=model, audio=not no_audio, ignore_errors=ignore_errors,
-                                threads=threads)
+                                threads=threads, start=start, end=end)
         with _progress("decode", quiet) as progress:
             s = api.decode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.base_errors:

@@ -7,6 +7,7 @@ before any input is read or a model is loaded; torch is not imported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 from numbers import Integral
@@ -84,6 +85,7 @@ class EncodeOptions:
     bitrate: str | float | None = None  # target total kb/s ("6k"), audio apart
     threads: int | None = None
     batch: int = 8
+    packet_frames: int = 64  # sent frames per keypoint packet (kpcodec.bitstream.packets); 1 for live
     plan: object = field(default=None, compare=False, repr=False)  # set by checked(): the rate plan
 
     @classmethod
@@ -122,6 +124,9 @@ class EncodeOptions:
             adaptive.check_predictor(predictor)
         audio_bitrate = audio.check_bitrate(self.audio_bitrate) if self.audio else self.audio_bitrate
         _check_batch(self.batch)
+        if isinstance(self.packet_frames, bool) or not isinstance(self.packet_frames, Integral) \
+                or not 1 <= self.packet_frames <= 4096:
+            raise UsageError(f"--packet-frames must be 1..4096 sent frames (got {self.packet_frames!r})")
         return replace(self, keep_every=keep_every, max_error=max_error, predictor=predictor, refresh=refresh,
                        refresh_threshold=threshold, source_codec=self.source_codec or source_image.DEFAULT_CODEC,
                        source_quality=source_quality, crop=parse_crop(self.crop), audio_bitrate=audio_bitrate,
@@ -138,6 +143,8 @@ class DecodeOptions:
     ignore_errors: bool = False  # a bad base-layer frame is rendered from keypoints alone
     threads: int | None = None
     batch: int = 4
+    start: float = 0.0  # seconds: the first frame rendered is the first at or after it
+    end: float | None = None  # seconds: frames from it on are not rendered (None: to the end)
 
     @classmethod
     def of(cls, options: DecodeOptions | None = None, **overrides) -> DecodeOptions:
@@ -149,4 +156,11 @@ class DecodeOptions:
         if self.predictor is not None:
             predict.get_predictor(self.predictor)
         _check_batch(self.batch)
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise UsageError(f"--{name} must be a time in seconds >= 0 (got {value!r})")
+        if self.end is not None and self.end <= (self.start or 0):
+            raise UsageError(f"--end {self.end:g} is not after --start {self.start or 0:g}")
         return replace(self, threads=check_threads(self.threads))

@@ -62,11 +62,11 @@ def test_info_json_and_table(runner, kpc):
     d = json.loads(result.stdout)
     assert d["header"]["frame_count"] == 12 and d["header"]["model"] == "tiny"
     assert sum(p["bytes"] for p in d["chunks"]) == d["bytes"] == kpc.stat().st_size
-    assert d["format_version"] == "1.1"
+    assert d["format_version"] == "2.0"
     b = d["budget"]
     assert b["total"]["bytes"] == d["bytes"] and b["audio"]["bytes"] == 0
     assert sum(b[k]["bytes"] for k in ("header", "source", "keypoints", "audio", "other")) == d["bytes"]
-    assert b["keypoints"]["bytes"] == next(p["bytes"] for p in d["chunks"] if p["chunk"] == "KPRC")
+    assert b["keypoints"]["bytes"] == sum(p["bytes"] for p in d["chunks"] if p["chunk"] == "KPRC")
     assert b["keypoints"]["bits_per_sent_frame"] == pytest.approx(b["keypoints"]["bytes"] * 8 / 4)
     assert b["without_source"]["bytes"] == d["bytes"] - b["source"]["bytes"]
     assert b["total"]["kbps"] == pytest.approx(d["bytes"] * 8 / d["duration_s"] / 1000)
@@ -256,7 +256,7 @@ def test_explicit_crop_and_predictors(runner, clip, tmp_path):
 def test_version(runner):
     result = run(runner, "--version")
     assert result.exit_code == 0
-    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 1.4" in result.stdout
+    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 2.0" in result.stdout
 
 
 def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip, tmp_path):

@@ -19,9 +19,10 @@ def test_pushed_frames_make_the_file_encode_writes(clip, tmp_path, fields):
     api.encode(clip, tmp_path / "a.kpc", options)
     info = probe(clip)
     with Encoder(options, info.fps, info.frame_count) as enc:
-        assert all(enc.push(f) == [] for f in read_frames(clip, size=enc.size))  # format 1.x: all at flush
-        data = b"".join(enc.flush())
+        pushed = [enc.push(f) for f in read_frames(clip, size=enc.size)]
+        data = bitstream.packets.join([p for ps in pushed for p in ps] + enc.flush())
     assert data == (tmp_path / "a.kpc").read_bytes()
+    assert [p.kind for p in pushed[0]] == ["H", "S"]  # HEAD and SOURCE as soon as frame 0 is in
     assert bitstream.loads(data).header.frame_count == enc.frames == info.frame_count
 
 

@@ -116,7 +116,7 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "base layer 32@2:50" in r.stderr
     stream = bitstream.read_file(kpc)
-    assert stream.version == (1, 4) and stream.base is not None
+    assert stream.version == (2, 0) and stream.base is not None
     assert (stream.base.size, stream.base.divisor, stream.base.crf, len(stream.base.packets)) == (32, 2, 50, 12)
     info = json.loads(run(runner, "info", kpc, "--json").stdout)
     assert info["base_layer"]["frames"] == 12 and info["budget"]["base"]["bytes"] > 12 * 2

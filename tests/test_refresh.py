@@ -11,8 +11,9 @@ from skimage.transform import resize
 
 from kpcodec import bitstream as bs
 from kpcodec.codec import refresh as rf
-from kpcodec.codec.decoder import source_batches
 from kpcodec.cli import app
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "astronaut.mp4"
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media.video import VideoWriter
 
@@ -165,16 +166,25 @@ def test_option_checks(call):
         call()
 
 
-def test_batches_never_straddle_a_refresh():
-    prepared = []
+def test_batches_never_straddle_a_refresh(tmp_path):
+    import dataclasses
 
-    def prepare(image):
-        prepared.append(image)
-        return image
+    from kpcodec import api, bitstream
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.options import DecodeOptions
 
-    batches = list(source_batches(iter(range(10)), [(0, "a"), (4, "b"), (7, "c")], prepare, 3))
-    assert batches == [("a", [0, 1, 2]), ("a", [3]), ("b", [4, 5, 6]), ("c", [7, 8, 9])]
-    assert prepared == ["a", "b", "c"]
+    api.encode(SAMPLE, tmp_path / "a.kpc", keep_every=1, audio=False)
+    s = bitstream.read_file(tmp_path / "a.kpc")
+    s = dataclasses.replace(s, header=dataclasses.replace(s.header, frame_count=10), sent_indices=s.sent_indices[:10],
+                            keypoints=s.keypoints[:10], jacobians=s.jacobians[:10],
+                            refreshes=[bitstream.Refresh(4, s.source_codec, s.source_data),
+                                       bitstream.Refresh(7, s.source_codec, s.source_data)])
+    dec = Decoder(bitstream.loads(bitstream.dumps(s)), DecodeOptions(batch=3, threads=1))
+    prepared, batches = [], []
+    dec._renderer.prepare = lambda image: prepared.append(len(prepared)) or len(prepared) - 1
+    dec._renderer.render = lambda state, kp, jac, base: batches.append((state, len(kp))) or [None] * len(kp)
+    assert len(list(dec.frames())) == 10
+    assert batches == [(0, 3), (0, 1), (1, 3), (2, 3)] and prepared == [0, 1, 2]
 
 
 # ------------------------------------------------------------------ end to end (tiny model)
@@ -188,7 +198,7 @@ def test_scene_cut_triggers_a_refresh_and_decodes(runner, cut_clip, tmp_path):
     assert "source refresh" in result.stderr
     s = bs.read_file(out)
     frames = [r.frame for r in s.refreshes]
-    assert s.version == (1, 2) and 20 in frames and set(frames) <= {20, 25}
+    assert s.version == (2, 0) and 20 in frames and set(frames) <= {20, 25}
     assert set(frames) <= set(s.sent_indices.tolist())
     info = run(runner, "info", out)
     assert "source refreshes" in info.stdout
@@ -197,7 +207,7 @@ def test_scene_cut_triggers_a_refresh_and_decodes(runner, cut_clip, tmp_path):
     d = json.loads(run(runner, "info", out, "--json").stdout)
     srcr = [n for kind, n in bs.chunk_table(out.read_bytes()) if kind == "SRCR"]
     assert [r["frame"] for r in d["refreshes"]] == frames and [r["bytes"] for r in d["refreshes"]] == srcr
-    assert d["budget"]["refresh"]["bytes"] == sum(srcr) and d["format_version"] == "1.2"
+    assert d["budget"]["refresh"]["bytes"] == sum(srcr) and d["format_version"] == "2.0"
     mp4 = tmp_path / "cut.mp4"
     assert run(runner, "decode", out, "-o", mp4, "--threads", "2").exit_code == 0
     with av.open(str(mp4)) as c:
@@ -209,7 +219,7 @@ def test_refresh_off_and_a_low_threshold_send_none(runner, cut_clip, tmp_path):
         out = tmp_path / "x.kpc"
         assert run(runner, "encode", cut_clip, "-o", out, "--model", "tiny", "-f", *args).exit_code == 0
         s = bs.read_file(out)
-        assert s.refreshes == [] and s.version == (1, 1), args
+        assert s.refreshes == [] and s.version == (2, 0), args
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -43,8 +43,10 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (1, 4)
-READABLE_MINORS = (0, 1, 2, 3, 4)  # and any newer minor of major 1, leniently
+FORMAT_VERSION = (2, 0)  # what kpcodec's encoder writes (kpcodec.bitstream.packets)
+LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
+READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
+PACKET_MAJOR = 2
 MAGIC = b"\x89KPC\r\n\x1a\n"
 
 PREAMBLE_SIZE = len(MAGIC) + 2  # magic, major u8, minor u8
@@ -142,6 +144,7 @@ class KpcStream:
     version: tuple[int, int] | None = None
     refreshes: list[Refresh] = field(default_factory=list)  # in frame order
     base: BaseLayer | None = None  # the hybrid mode's base layer (1.4)
+    restarts: list[int] = field(default_factory=list)  # 2.0: keyframes other than 0 and the refreshes
 
     @property
     def write_version(self) -> tuple[int, int]:
@@ -416,8 +419,10 @@ def dumps(stream: KpcStream) -> bytes:
     """
     h = stream.header
     version = stream.write_version
-    if version[0] != FORMAT_VERSION[0] or version[1] not in READABLE_MINORS:
-        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.4)")
+    if tuple(version) == _packets.VERSION:
+        return _packets.join(_packets.stream_packets(stream))
+    if version[0] != 1 or version[1] not in READABLE_MINORS:
+        raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.4 and 2.0)")
     if stream.refreshes and version[1] < REFRESH_MINOR:
         raise KpcFormatError("source refreshes need format 1.2")
     if (stream.base is not None) != (version[1] >= BASE_MINOR):
@@ -524,21 +529,26 @@ def _read_preamble(data) -> tuple[bytes, int]:
     if len(data) < PREAMBLE_SIZE:
         raise KpcFormatError("truncated file: version bytes missing")
     major, minor = data[len(MAGIC)], data[len(MAGIC) + 1]
-    if major != FORMAT_VERSION[0]:
+    if major not in (1, PACKET_MAJOR):
         raise KpcVersionError(
-            f"unsupported .kpc major version {major} (this decoder reads {FORMAT_VERSION[0]})")
+            f"unsupported .kpc major version {major} (this decoder reads 1 and {PACKET_MAJOR})")
     return data, minor
 
 
+def format_major(data) -> int:
+    """The major version of a file's bytes (after checking magic and version)."""
+    return _read_preamble(data)[0][len(MAGIC)]
+
+
 def _decode_head(r: _Reader, minor: int) -> Header:
-    strict = minor <= FORMAT_VERSION[1]
+    strict = minor <= LATEST_MINOR_1
     model = r.text("utf-8", "model name")
     sha = r.take(32).hex()
     width, height, fps_num, fps_den, frame_count, keep_every, k = r.unpack("HHIIIHB")
     kp_step, jac_step = r.unpack("ff")
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
-    known = _KNOWN_FLAGS[min(minor, FORMAT_VERSION[1])]
+    known = _KNOWN_FLAGS[min(minor, LATEST_MINOR_1)]
     if strict and flags & ~known:
         raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
     r.finish(strict)
@@ -688,7 +698,9 @@ def _check_order(kind: str, seen: list[str], order: tuple[str, ...]) -> None:
 def loads(data: bytes) -> KpcStream:
     """Parse a .kpc file; keypoints come back dequantised as float32."""
     data, minor = _read_preamble(data)
-    strict = minor <= FORMAT_VERSION[1]  # a newer minor may append fields
+    if data[len(MAGIC)] == PACKET_MAJOR:
+        return _packets.read_stream(data)
+    strict = minor <= LATEST_MINOR_1  # a newer minor may append fields
     order = (_ORDER_1_0 if minor == 0 else _ORDER_1_1 if minor == 1 else _ORDER_1_2 if minor < BASE_MINOR
              else _ORDER_1_4)
     seen: list[str] = []
@@ -733,6 +745,8 @@ def chunk_table(data: bytes) -> list[tuple[str, int]]:
     and version are checked; chunk payloads are not decoded.
     """
     data, _ = _read_preamble(data)
+    if data[len(MAGIC)] == PACKET_MAJOR:
+        return _packets.packet_table(data)
     table = [("magic", PREAMBLE_SIZE)]
     for kind, payload, _ in _split_chunks(data):
         table.append((kind, len(payload) + _FRAMING_SIZE))
@@ -781,11 +795,81 @@ def write_bytes(path, data: bytes) -> None:
         raise
 
 
+class StreamWriter:
+    """A file written as its bytes come (path + ".tmp", renamed by `commit`), or stdout for "-",
+    flushed after each write so a reader sees it grow. Leaving the `with` block without `commit`
+    (an error, Ctrl-C) removes the .tmp: no partial output is left."""
+
+    def __init__(self, path):
+        self.path, self.size, self._done = path, 0, False
+        self.tmp = None if path == "-" else os.fspath(path) + ".tmp"
+        try:
+            self._f = sys.stdout.buffer if path == "-" else open(self.tmp, "wb")
+        except OSError as exc:
+            raise KpcodecError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._f.write(data)
+            self._f.flush()
+        except OSError as exc:
+            raise KpcodecError(f"cannot write {'<stdout>' if self.tmp is None else self.path}: "
+                               f"{exc.strerror or exc}") from None
+        self.size += len(data)
+
+    def write_packets(self, packets) -> None:
+        if packets:
+            self.write(b"".join(bytes(p) for p in packets))
+
+    def commit(self) -> None:
+        if self.tmp is None:
+            self._done = True
+            return
+        try:
+            os.fsync(self._f.fileno())  # the rename must not expose a half-written file
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise KpcodecError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._done = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            if not self._f.closed:
+                self._f.close()
+            if not self._done:
+                _remove_quietly(self.tmp)
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except OSError:
         pass
+
+
+def read_pieces(path, size: int = 1 << 16):
+    """A file's bytes (stdin for "-") in pieces as they can be read (a pipe's as they arrive);
+    failure raises KpcodecError("cannot read X: reason")."""
+    try:
+        f = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as exc:
+        raise KpcodecError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from None
+    try:
+        while True:
+            try:
+                piece = f.read1(size) if hasattr(f, "read1") else f.read(size)
+            except OSError as exc:
+                raise KpcodecError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from None
+            if not piece:
+                return
+            yield piece
+    finally:
+        if path != "-":
+            f.close()
 
 
 def read_bytes(path) -> bytes:
@@ -801,3 +885,6 @@ def read_bytes(path) -> bytes:
             return f.read()
     except OSError as exc:
         raise KpcodecError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from None
+
+
+from kpcodec.bitstream import packets as _packets  # noqa: E402  (2.0, built on the helpers above)

@@ -75,8 +75,9 @@ def _prediction(r: np.ndarray, weights: np.ndarray, shift: int, j: int) -> np.nd
     return np.floor_divide(r[:, :j] @ weights[j, :j] + (1 << (shift - 1)), 1 << shift)
 
 
-def _groups(shape: tuple, deltas: np.ndarray, table: Table):
-    """Rows (frames 1..S-1) of each gap class, with that class's weights."""
+def _groups(shape: tuple, deltas: np.ndarray, table: Table, first: bool = True):
+    """Rows of each gap class, with that class's weights: frames 1..S-1, or with `first` False
+    (a group that continues a keyframe's, .kpc 2.0) every frame."""
     if len(shape) != 2 or shape[1] != table.width:
         raise ValueError(f"rows must be shaped (S, {table.width}), got {shape}")
     deltas = np.asarray(deltas).reshape(-1)
@@ -85,17 +86,18 @@ def _groups(shape: tuple, deltas: np.ndarray, table: Table):
     classes = gap_class(deltas)
     for g in range(GAP_CLASSES):
         rows = np.flatnonzero(classes == g)
-        rows = rows[rows > 0]
+        if first:
+            rows = rows[rows > 0]
         if len(rows):
             yield rows, table.weights[g]
 
 
-def forward(residuals: np.ndarray, deltas: np.ndarray, table: Table) -> np.ndarray:
+def forward(residuals: np.ndarray, deltas: np.ndarray, table: Table, first: bool = True) -> np.ndarray:
     """Symbols to code for residuals shaped (S, 6K) of sent frames whose index deltas are
-    ``deltas``: row 0 untouched, later rows decorrelated."""
+    ``deltas``: row 0 untouched when it is a `first` row (absolute levels), the others decorrelated."""
     r = np.asarray(residuals, dtype=np.int64)
     out = r.copy()
-    for rows, weights in _groups(r.shape, deltas, table):
+    for rows, weights in _groups(r.shape, deltas, table, first):
         part = r[rows]
         for j in range(1, table.width):
             out[rows, j] = part[:, j] - _prediction(part, weights, table.shift, j)
@@ -103,17 +105,17 @@ def forward(residuals: np.ndarray, deltas: np.ndarray, table: Table) -> np.ndarr
 
 
 def forward_streams(r_kp: np.ndarray, r_jac: np.ndarray, deltas: np.ndarray,
-                    table: Table) -> tuple[np.ndarray, np.ndarray]:
+                    table: Table, first: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """:func:`forward` of a KPRC chunk's keypoint (S, 2K) and Jacobian (S, 4K) rows, split back."""
-    symbols = forward(np.concatenate([r_kp, r_jac], 1), deltas, table)
+    symbols = forward(np.concatenate([r_kp, r_jac], 1), deltas, table, first)
     return symbols[:, :r_kp.shape[1]], symbols[:, r_kp.shape[1]:]
 
 
-def inverse(symbols: np.ndarray, deltas: np.ndarray, table: Table) -> np.ndarray:
+def inverse(symbols: np.ndarray, deltas: np.ndarray, table: Table, first: bool = True) -> np.ndarray:
     """Residuals from decoded symbols; ValueError as soon as one leaves +-MAX_RESIDUAL."""
     s = np.asarray(symbols, dtype=np.int64)
     r = s.copy()
-    for rows, weights in _groups(s.shape, deltas, table):
+    for rows, weights in _groups(s.shape, deltas, table, first):
         part = s[rows]  # a copy, filled column by column, each from the ones before it
         for j in range(table.width):
             if j:

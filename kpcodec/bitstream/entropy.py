@@ -164,55 +164,65 @@ def _code_value(io, counts: _Counts, exponent: _Counts, value: int | None) -> in
     return _unzigzag((1 << e) + low + ESCAPE - 1)
 
 
-def _walk(io, frames: int, widths: list[int], streams: list[np.ndarray] | None,
-          models: list[_StreamModels] | None = None, coder: int = 0) -> list[np.ndarray]:
-    """Code (or, with streams None, decode) every stream frame by frame, in one order."""
-    if models is None:
-        table = prior(coder)
-        models = [_StreamModels(table[k] if k < len(table) else None) for k in range(len(widths))]
-    given = [None if streams is None else streams[k].tolist() for k in range(len(widths))]
-    out: list[list[list[int]]] = [[] for _ in widths]
-    for s in range(frames):
-        for k, width in enumerate(widths):
-            last = out[k][s - 1] if s else [0] * width
-            row, row_sum = [], 0
-            for j in range(width):
-                counts, exponent = models[k].pick(s, abs(last[j]), row_sum, j)
-                v = _code_value(io, counts, exponent, None if given[k] is None else given[k][s][j])
-                row.append(v)
-                row_sum += abs(v)
-            out[k].append(row)
-    return [np.array(rows, dtype=np.int64).reshape(frames, width) for rows, width in zip(out, widths)]
+class Context:
+    """The adaptive models and each stream's last coded row: what carries from one coded group of
+    frames to the next (a .kpc 2.0 keypoint packet to the next, until a keyframe restarts it).
+    The first row coded in a context is a "first" row (absolute levels, their own models)."""
+
+    def __init__(self, widths: list[int], coder: int = 0, models: list[_StreamModels] | None = None):
+        if models is None:
+            table = prior(coder)
+            models = [_StreamModels(table[k] if k < len(table) else None) for k in range(len(widths))]
+        self.widths, self.models, self.coder = list(widths), models, coder
+        self.last: list[list[int]] | None = None  # the last row of each stream
+
+    def walk(self, io, frames: int, streams: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Code (or, with streams None, decode) `frames` rows of every stream, frame by frame."""
+        widths, models = self.widths, self.models
+        given = [None if streams is None else streams[k].tolist() for k in range(len(widths))]
+        out: list[list[list[int]]] = [[] for _ in widths]
+        for s in range(frames):
+            first = self.last is None
+            for k, width in enumerate(widths):
+                last = [0] * width if first else self.last[k]
+                row, row_sum = [], 0
+                for j in range(width):
+                    counts, exponent = models[k].pick(0 if first else 1, abs(last[j]), row_sum, j)
+                    v = _code_value(io, counts, exponent, None if given[k] is None else given[k][s][j])
+                    row.append(v)
+                    row_sum += abs(v)
+                out[k].append(row)
+            self.last = [rows[-1] for rows in out]
+        return [np.array(rows, dtype=np.int64).reshape(frames, width) for rows, width in zip(out, widths)]
 
 
-def encode(streams: list[np.ndarray], coder: int = 0) -> bytes:
-    """Range-code integer arrays shaped (S, width_i), interleaved frame by frame, with the
-    models starting from KPRC coder ``coder``'s prior."""
+def _check_streams(streams: list[np.ndarray]) -> list[np.ndarray]:
     streams = [np.asarray(a, dtype=np.int64) for a in streams]
     frames = streams[0].shape[0]
     if any(a.ndim != 2 or a.shape[0] != frames for a in streams):
         raise ValueError("every stream must be shaped (frames, width)")
     if any(a.size and np.abs(a).max() > MAX_ABS for a in streams):
         raise ValueError(f"residuals must be within +-{MAX_ABS}")
+    return streams
+
+
+def encode_group(context: Context, streams: list[np.ndarray]) -> bytes:
+    """Range-code integer arrays shaped (S, width_i), interleaved frame by frame, with `context`'s
+    models (which learn from them); the coder is flushed at the end (whole 32-bit words)."""
+    streams = _check_streams(streams)
+    if [a.shape[1] for a in streams] != context.widths:
+        raise ValueError(f"stream widths {[a.shape[1] for a in streams]} are not the context's {context.widths}")
     io = _Encoder()
-    _walk(io, frames, [a.shape[1] for a in streams], streams, coder=coder)
+    context.walk(io, streams[0].shape[0], streams)
     return io.coder.get_compressed().astype("<u4").tobytes()
 
 
-def symbol_statistics(streams: list[np.ndarray]) -> list[dict]:
-    """How often each model saw each symbol while coding ``streams`` (flat start, as if no
-    prior): what kpcodec.train.entropy_prior sums over the train split."""
-    streams = [np.asarray(a, dtype=np.int64) for a in streams]
-    models = [_StreamModels(record=True) for _ in streams]
-    _walk(_Encoder(), streams[0].shape[0], [a.shape[1] for a in streams], streams, models)
-    return [m.statistics() for m in models]
-
-
-def decode(data: bytes, frames: int, widths: list[int], coder: int = 0) -> list[np.ndarray]:
-    """Inverse of :func:`encode`; malformed data raises KpcFormatError."""
+def decode_group(context: Context, data: bytes, frames: int) -> list[np.ndarray]:
+    """Inverse of :func:`encode_group`; malformed data raises KpcFormatError (the context is then
+    spent: only a restart makes the next group decodable)."""
     try:
         io = _Decoder(bytes(data))
-        out = _walk(io, frames, widths, None, coder=coder)
+        out = context.walk(io, frames, None)
         exhausted = io.coder.maybe_exhausted()
     except KpcFormatError:
         raise
@@ -221,3 +231,24 @@ def decode(data: bytes, frames: int, widths: list[int], coder: int = 0) -> list[
     if not exhausted:
         raise KpcFormatError("range-coded data has trailing words")
     return out
+
+
+def encode(streams: list[np.ndarray], coder: int = 0) -> bytes:
+    """Range-code integer arrays shaped (S, width_i) in one group, with the models starting from
+    KPRC coder ``coder``'s prior (a 1.x KPRC chunk)."""
+    streams = _check_streams(streams)
+    return encode_group(Context([a.shape[1] for a in streams], coder), streams)
+
+
+def symbol_statistics(streams: list[np.ndarray]) -> list[dict]:
+    """How often each model saw each symbol while coding ``streams`` (flat start, as if no
+    prior): what kpcodec.train.entropy_prior sums over the train split."""
+    streams = [np.asarray(a, dtype=np.int64) for a in streams]
+    context = Context([a.shape[1] for a in streams], models=[_StreamModels(record=True) for _ in streams])
+    context.walk(_Encoder(), streams[0].shape[0], streams)
+    return [m.statistics() for m in context.models]
+
+
+def decode(data: bytes, frames: int, widths: list[int], coder: int = 0) -> list[np.ndarray]:
+    """Inverse of :func:`encode`; malformed data raises KpcFormatError."""
+    return decode_group(Context(widths, coder), data, frames)

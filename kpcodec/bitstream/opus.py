@@ -141,7 +141,12 @@ def unpack(payload: bytes) -> OpusTrack:
 
 def from_stream(stream) -> OpusTrack | None:
     """The audio of a parsed .kpc stream (its first ``opus`` chunk), or None."""
-    for kind, payload in stream.extra_chunks:
+    return from_chunks(stream.extra_chunks)
+
+
+def from_chunks(chunks) -> OpusTrack | None:
+    """The audio among optional chunks [(type, payload)] (its first ``opus`` chunk), or None."""
+    for kind, payload in chunks:
         if kind == CHUNK_TYPE:
             return unpack(payload)
     return None

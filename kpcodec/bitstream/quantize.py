@@ -141,14 +141,15 @@ def closed_loop_rows(kp: np.ndarray, jac: np.ndarray, kp_step: float, jac_step: 
             quantize_closed_loop(jac, jac_step, JAC_CLIP, predictors[1]).reshape(s, -1))
 
 
-def levels_from_residuals(residuals: np.ndarray, kind: int, limit: int) -> np.ndarray:
-    """The decoder's levels from residuals; ValueError as soon as one exceeds ``limit``.
+def levels_from_residuals(residuals: np.ndarray, kind: int, limit: int, last: np.ndarray | None = None) -> np.ndarray:
+    """The decoder's levels from residuals (after the levels `last` of the frame before, if any:
+    a .kpc 2.0 packet that continues a keyframe's); ValueError as soon as one exceeds ``limit``.
 
     Checking frame by frame keeps hostile residuals from growing past int64.
     """
     residuals = np.asarray(residuals, dtype=np.int64)
     levels = np.empty(residuals.shape, dtype=np.int64)
-    last = before = None
+    before = None
     for s in range(residuals.shape[0]):
         levels[s] = predict_level(kind, last, before, residuals.shape[1:]) + residuals[s]
         if levels[s].size and np.abs(levels[s]).max() > limit:

@@ -46,40 +46,65 @@ def keypoint_error_px(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b, axis=-1).mean() * PX_AT_256)
 
 
+class Chooser:
+    """The adaptive choice made as frames come: `push(t, kp, jac)` with every frame's detected
+    keypoints in order gives the frames it now decides to send, as (t, kp, jac); `flush()` the rest.
+    A causal predictor decides each frame at once; `interp` holds at most MAX_INTERP_GAP frames
+    (its look-ahead: the gap it may stretch)."""
+
+    def __init__(self, predictor: str, max_error: float, kp_step: float = q.DEFAULT_KP_STEP,
+                 jac_step: float = q.DEFAULT_JAC_STEP):
+        self.max_error = check_max_error(max_error)
+        self.interp = predict.get_predictor(check_predictor(predictor)).kind == "interp"
+        self.predictor, self.kp_step, self.jac_step = predictor, kp_step, jac_step
+        self.fill = None
+        self.held: list = []  # interp: (t, kp, jac, decoder kp) from the last sent frame on
+
+    def push(self, t: int, kp: np.ndarray, jac: np.ndarray) -> list[tuple]:
+        if self.interp:
+            self.held.append((t, kp, jac, q.decoder_values(kp, self.kp_step, q.KP_CLIP)))
+            return [self.held[0][:3]] + self._gaps(False) if len(self.held) == 1 and t == 0 else self._gaps(False)
+        if self.fill is None:  # frame 0: always sent
+            self.fill = predict.OnlineFill(self.predictor, *self._decoded(kp, jac))
+            return [(t, kp, jac)]
+        guess, _ = self.fill.predict()
+        if keypoint_error_px(guess, kp) > self.max_error:
+            self.fill.commit(self._decoded(kp, jac))
+            return [(t, kp, jac)]
+        self.fill.commit(None)
+        return []
+
+    def flush(self) -> list[tuple]:
+        return self._gaps(True) if self.interp else []
+
+    def _decoded(self, kp, jac):
+        return q.decoder_values(kp, self.kp_step, q.KP_CLIP), q.decoder_values(jac, self.jac_step, q.JAC_CLIP)
+
+    def _gaps(self, final: bool) -> list[tuple]:
+        """Greedy gaps for linear interpolation: from the sent frame a (held[0]), send the furthest b
+        (b - a <= MAX_INTERP_GAP) whose interpolation keeps every frame between within max_error."""
+        out = []
+        while len(self.held) > MAX_INTERP_GAP or (final and len(self.held) > 1):
+            held = self.held
+            a = held[0][3]
+            best = 1
+            for b in range(2, min(MAX_INTERP_GAP, len(held) - 1) + 1):
+                w = (np.arange(1, b) / b)[:, None, None]
+                guess = predict.between(a, held[b][3], w)  # what the decoder's interp renders
+                truth = np.stack([h[1] for h in held[1:b]])
+                err = np.linalg.norm(guess - truth, axis=-1).mean(axis=-1) * PX_AT_256
+                if err.max() > self.max_error:
+                    break
+                best = b
+            out.append(held[best][:3])
+            self.held = held[best:]
+        return out
+
+
 def choose_sent_frames(kps: np.ndarray, jacs: np.ndarray, predictor: str, max_error: float,
                        kp_step: float = q.DEFAULT_KP_STEP, jac_step: float = q.DEFAULT_JAC_STEP) -> np.ndarray:
-    """Indices of the frames to send, given every frame's keypoints (T,K,2) and Jacobians."""
-    max_error = check_max_error(max_error)
-    # What the decoder holds for any sent frame (closed-loop levels are the nearest ones).
-    dec_kp = q.decoder_values(kps, kp_step, q.KP_CLIP)
-    if predict.get_predictor(check_predictor(predictor)).kind == "interp":
-        return _interpolated_gaps(kps, dec_kp, max_error)
-    dec_jac = q.decoder_values(jacs, jac_step, q.JAC_CLIP)
-    fill = predict.OnlineFill(predictor, dec_kp[0], dec_jac[0])
-    sent = [0]
-    for t in range(1, len(kps)):
-        kp, _ = fill.predict()
-        if keypoint_error_px(kp, kps[t]) > max_error:
-            sent.append(t)
-            fill.commit((dec_kp[t], dec_jac[t]))
-        else:
-            fill.commit(None)
-    return np.asarray(sent, dtype=np.int64)
-
-
-def _interpolated_gaps(kps: np.ndarray, dec_kp: np.ndarray, max_error: float) -> np.ndarray:
-    """Greedy gaps for linear interpolation: from each sent frame a, send the furthest b
-    (b - a <= MAX_INTERP_GAP) whose interpolation keeps every frame between within max_error."""
-    sent, a, last = [0], 0, len(kps) - 1
-    while a < last:
-        best = a + 1
-        for b in range(a + 2, min(a + MAX_INTERP_GAP, last) + 1):
-            w = ((np.arange(a + 1, b) - a) / (b - a))[:, None, None]
-            guess = predict.between(dec_kp[a], dec_kp[b], w)  # what the decoder's interp renders
-            err = np.linalg.norm(guess - kps[a + 1:b], axis=-1).mean(axis=-1) * PX_AT_256
-            if err.max() > max_error:
-                break
-            best = b
-        sent.append(best)
-        a = best
-    return np.asarray(sent, dtype=np.int64)
+    """Indices of the frames to send, given every frame's keypoints (T,K,2) and Jacobians: a
+    :class:`Chooser` over them."""
+    chooser = Chooser(predictor, max_error, kp_step, jac_step)
+    sent = [t for k in range(len(kps)) for t, _, _ in chooser.push(k, kps[k], jacs[k])]
+    return np.asarray(sent + [t for t, _, _ in chooser.flush()], dtype=np.int64)

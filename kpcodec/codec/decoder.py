@@ -1,25 +1,38 @@
-"""The decoder: a parsed .kpc in, its frames out, one at a time.
+"""The decoder: stream content in, frames out, as it comes.
 
     dec = Decoder(bitstream.read_file("in.kpc"), DecodeOptions())
     for frame in dec.frames():          # (H, W, 3) uint8, frame 0 first
         ...
 
-The predictor (kpcodec.codec.predictors) fills the keypoints of the frames that were not sent;
-the renderer (kpcodec.codec.renderer) draws each frame from the source image in force at it,
-whose state is prepared once, when its first frame is due; a hybrid model fuses the base layer,
-whose packets are decoded as frames come. `threads` >= 2 renders batches on single-threaded
-workers, a few in flight (kpcodec.codec.parallel). Frames come out as they are rendered, so
-memory does not grow with the clip.
+or, packet by packet (a .kpc 2.0 stream read as it arrives, kpcodec.bitstream.packets):
+
+    reader = PacketReader()
+    items = reader.feed(first_bytes)    # the Header first
+    dec = Decoder(items[0], DecodeOptions())
+    for item in items[1:] + reader.feed(more_bytes) ...:
+        frames += dec.push(item)
+    frames += dec.flush()
+
+The predictor (kpcodec.codec.predictors.Fill) fills the keypoints of the frames that were not sent,
+each as soon as the next sent frame is known (it restarts at 2.0 keyframes); the renderer
+(kpcodec.codec.renderer) draws each frame from the source image in force at it, whose state is
+prepared once, when its first frame is due; a hybrid model fuses the base layer, whose packets are
+decoded as they come. `threads` >= 2 renders batches on single-threaded workers, a few in flight
+(kpcodec.codec.parallel). Memory does not grow with the clip: frames are handed out as they are
+rendered, and only the keypoints of frames waiting for the next sent one are held.
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 
 from kpcodec import bitstream
+from kpcodec.bitstream import packets as pk
 from kpcodec.codec import predictors as predict
-from kpcodec.codec.parallel import ordered_map, torch_threads_for
+from kpcodec.codec.parallel import OrderedPool, torch_threads_for
 from kpcodec.errors import ModelError
 from kpcodec.media import source_image, video
 from kpcodec.options import DecodeOptions
@@ -46,95 +59,237 @@ def check_weights(header: bitstream.Header, model: str | None = None, name: str 
     return load_model(model, inference=True)
 
 
-class Decoder:
-    """The frames of one parsed .kpc stream (see the module's docstring)."""
+def frame_range(options: DecodeOptions, header: bitstream.Header) -> tuple[int, int | None]:
+    """Frames [first, last) of the options' start and end (seconds) at the stream's frame rate."""
+    def frame(seconds):
+        return None if seconds is None else math.ceil(seconds * header.fps - 1e-9)
 
-    def __init__(self, stream: bitstream.KpcStream, options: DecodeOptions | None = None, name: str = "file"):
+    return frame(options.start) or 0, frame(options.end)
+
+
+class Decoder:
+    """Frames of one stream (see the module's docstring): made with its Header (or a whole
+    KpcStream, for `frames()`), then `push` each content item, `flush` at the end."""
+
+    def __init__(self, stream: bitstream.KpcStream | bitstream.Header, options: DecodeOptions | None = None,
+                 name: str = "file", base: bitstream.BaseLayer | None = None):
         self.options = o = (options or DecodeOptions()).checked()
-        self.stream, self.name = stream, name
-        h = self.header = stream.header
+        self.stream = stream if isinstance(stream, bitstream.KpcStream) else None
+        self.name = name
+        h = self.header = stream.header if self.stream is not None else stream
+        base = self.stream.base if self.stream is not None else base
         self.net = net = check_weights(h, o.model, name)
         if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
             raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
                              f"{o.model or h.model!r}")
-        # The first source image is checked now, before any output is opened; each refresh image
-        # is decoded only when its first frame is due (a long stream may hold many).
-        _source(stream.source_data, stream.source_codec, h)
-        self.fuse = bool(net.cfg.base_fusion and stream.base is not None)
-        self.base_label = _base_label(stream.base) if self.fuse else None
+        if self.stream is not None:  # the first source image checked now, before any output is opened
+            _source(self.stream.source_data, self.stream.source_codec, h)
+        self.fill = predict.Fill(o.predictor or predict.file_predictor(h.predictor))
+        self.base = None
+        self.base_label = None
         self.base_errors: list[int] = []  # base-layer frames that did not decode (ignore_errors)
+        self._base_frames: dict = {}  # base frame number -> small frame (None: did not decode)
+        self._base_decoder = None
+        self._base_decoded = 0  # base frames out of the AV1 decoder (or marked bad)
+        if base is not None:
+            self._set_base(base)
+        self.frame_count: int | None = None  # known at End
+        self.start, self.end = frame_range(o, h)  # frames outside [start, end) are not rendered
         self.done = 0  # frames handed out
-
-    def frames(self) -> Iterator[np.ndarray]:
+        self._ready: deque = deque()  # (frame, kp, jac) filled, not yet rendered
+        self._sources: deque = deque()  # SourceImage not yet in force
+        self._coded = None  # the SourceImage in force
+        self._state = None  # its prepared renderer state (None: not yet)
+        self._current_base = None
+        self._batch: list = []
+        self._next = 0  # the next frame to go into a batch
+        self.extras: list[tuple[str, bytes]] = []
         from kpcodec.codec.renderer import Renderer
 
-        o, h, s = self.options, self.header, self.stream
-        renderer = Renderer(self.net)
-        sources = [(0, (s.source_data, s.source_codec))] + [(r.frame, (r.data, r.codec)) for r in s.refreshes]
-        filled = predict.fill_keypoints(s.sent_indices, s.keypoints, s.jacobians, h.frame_count,
-                                        o.predictor or predict.file_predictor(h.predictor))
+        self._renderer = Renderer(net)
+        self._threads = torch_threads_for(o.threads)
+        self._threads.__enter__()
+        self._pool = OrderedPool(self._render, o.threads or 1)
 
-        def prepare(coded):
-            return renderer.prepare(_source(*coded, h))
+    def _set_base(self, base: bitstream.BaseLayer) -> None:
+        if self.net.cfg.base_fusion:
+            self.base, self.base_label = base, _base_label(base)
 
-        def render(item):
-            """Only dense motion and the generator run per frame; the source's part is in `state`."""
-            state, chunk = item
-            kp = np.stack([k for k, _, _ in chunk]).astype(np.float32)
-            jac = np.stack([j for _, j, _ in chunk]).astype(np.float32)
-            base = _base_batch([b for _, _, b in chunk], kp, jac) if self.fuse else (None, None, None)
-            return renderer.render(state, kp, jac, base)
+    @property
+    def fuse(self) -> bool:
+        return self.base is not None
 
-        items = _with_base(filled, s.base if self.fuse else None, self.name, o.ignore_errors, self.base_errors)
-        with torch_threads_for(o.threads):
-            # A few batches in flight, each handed out as soon as it is next.
-            for frames in ordered_map(render, source_batches(items, sources, prepare, o.batch), o.threads or 1):
-                for frame in frames:
-                    self.done += 1
-                    yield frame
+    @property
+    def finished(self) -> bool:
+        """Every frame wanted is out (the end of the stream, or of --end)."""
+        return (self.frame_count is not None and self._next >= self.frame_count and not self._ready) or \
+            (self.end is not None and self._next >= self.end)
+
+    # ------------------------------------------------------------------ content in
+    def push(self, item) -> list[np.ndarray]:
+        """One content item of the stream (kpcodec.bitstream.packets); the frames it lets out."""
+        if isinstance(item, pk.SourceImage):
+            _source(item.data, item.codec, self.header)  # a bad image is refused as it comes
+            self._sources.append(item)
+        elif isinstance(item, pk.SentFrames):
+            for n, (i, kp, jac) in enumerate(zip(item.indices.tolist(), item.keypoints, item.jacobians)):
+                first = self.fill.next
+                self._queue(first, self.fill.sent(i, kp, jac, item.restart and n == 0 and i != 0))
+        elif isinstance(item, pk.BaseFrame):
+            if self.fuse:
+                self._base_push(item)
+        elif isinstance(item, bitstream.BaseLayer):
+            self._set_base(item)
+        elif isinstance(item, pk.Extra):
+            self.extras.append((item.kind, item.payload))
+        elif isinstance(item, pk.End):
+            self.frame_count = item.frame_count
+            first = self.fill.next
+            self._queue(first, self.fill.end(item.frame_count))
+            if self.fuse:
+                self._base_flush()
+        elif isinstance(item, bitstream.Header):
+            raise bitstream.KpcFormatError(f"{self.name}: a second HEAD")
+        return self._run(final=False)
+
+    def _queue(self, first: int, filled: list) -> None:
+        self._ready.extend((first + n, kp, jac) for n, (kp, jac) in enumerate(filled))
+
+    def flush(self) -> list[np.ndarray]:
+        """The frames still due once the stream has ended (or been cut: then up to the last sent
+        frame that arrived)."""
+        if self.fuse:
+            self._base_flush()
+        out = self._run(final=True)
+        out += self._submit()
+        out += self._collect(self._pool.drain())
+        return out
+
+    def frames(self, items=None) -> Iterator[np.ndarray]:
+        """Every frame of `items` (default: the whole stream this decoder was made with)."""
+        if items is None:
+            items = pk.stream_events(self.stream)
+            next(items)  # its Header: this decoder's
+        try:
+            for item in items:
+                yield from self.push(item)
+                if self.finished:
+                    break
+            yield from self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pool.close()
+        if self._threads is not None:
+            self._threads.__exit__(None, None, None)
+            self._threads = None
+
+    # ------------------------------------------------------------------ base layer
+    def _base_push(self, item: pk.BaseFrame) -> None:
+        from kpcodec.media import baselayer
+
+        n = item.frame // self.base.divisor
+        if self._base_decoder is None:
+            self._base_decoder = baselayer.BaseLayerDecoder()
+        try:
+            self._base_store(self._base_decoder.push(item.data))
+        except video.VideoError as exc:
+            self._base_bad(n, exc)
+
+    def _base_flush(self) -> None:
+        if self._base_decoder is not None:
+            try:
+                self._base_store(self._base_decoder.flush())
+            except video.VideoError as exc:
+                self._base_bad(self._base_decoded, exc)
+            self._base_decoder = None
+
+    def _base_store(self, frames) -> None:
+        for small in frames:
+            n = self._base_decoded
+            self._base_decoded += 1
+            if small.shape[:2] != (self.base.size, self.base.size):
+                self._base_bad(n, video.VideoError(f"base frame is {small.shape[1]}x{small.shape[0]}, "
+                                                   f"BASE says {self.base.size}x{self.base.size}"))
+                continue
+            self._base_frames[n] = small
+
+    def _base_bad(self, n: int, exc: Exception) -> None:
+        if not self.options.ignore_errors:
+            raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: {exc}") from None
+        self.base_errors.append(n)
+        self._base_frames[n] = None
+        self._base_decoded = max(self._base_decoded, n + 1)
+        from kpcodec.media import baselayer
+
+        self._base_decoder = baselayer.BaseLayerDecoder()  # start again at the next packet
+
+    def _base_for(self, t: int, kp, jac, final: bool):
+        """(ready, base entry) of frame t: the base frame itself on base frames, the last one with
+        its keypoints after; not ready while its base frame may still come."""
+        if not self.fuse:
+            return True, None
+        if t % self.base.divisor:
+            return True, self._current_base
+        n = t // self.base.divisor
+        if n not in self._base_frames:
+            if not final and self.frame_count is None:
+                return False, None
+            if not self.options.ignore_errors:
+                raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: the base layer ended early")
+            self.base_errors.append(n)
+            self._base_frames[n] = None
+        small = self._base_frames.pop(n)
+        self._current_base = (small, kp, jac) if small is not None else None
+        return True, (small, None, None) if small is not None else None
+
+    # ------------------------------------------------------------------ rendering
+    def _run(self, final: bool) -> list[np.ndarray]:
+        """Batch the frames whose keypoints (and base frame) are in, rendering full batches."""
+        out = []
+        while self._ready and not (self.end is not None and self._next >= self.end):
+            t, kp, jac = self._ready[0]
+            ok, base = self._base_for(t, kp, jac, final)
+            if not ok:
+                break
+            self._ready.popleft()
+            self._next = t + 1
+            while self._sources and self._sources[0].frame <= t:
+                out += self._submit()  # a batch never straddles a source image
+                self._coded, self._state = self._sources.popleft(), None
+            if t < self.start:
+                continue
+            if self._state is None:  # a new source image: prepared once, when its first frame is due
+                self._state = self._renderer.prepare(_source(self._coded.data, self._coded.codec, self.header))
+            self._batch.append((kp, jac, base))
+            if len(self._batch) == self.options.batch:
+                out += self._submit()
+        return out
+
+    def _submit(self) -> list[np.ndarray]:
+        """Hand the batch in hand to the renderers."""
+        if not self._batch:
+            return []
+        batch, self._batch = self._batch, []
+        return self._collect(self._pool.submit((self._state, batch)))
+
+    def _render(self, item):
+        """Only dense motion and the generator run per frame; the source's part is in `state`."""
+        state, chunk = item
+        kp = np.stack([k for k, _, _ in chunk]).astype(np.float32)
+        jac = np.stack([j for _, j, _ in chunk]).astype(np.float32)
+        base = _base_batch([b for _, _, b in chunk], kp, jac) if self.fuse else (None, None, None)
+        return self._renderer.render(state, kp, jac, base)
+
+    def _collect(self, results) -> list[np.ndarray]:
+        out = [frame for frames in results for frame in frames]
+        self.done += len(out)
+        return out
 
 
 def _base_label(b: bitstream.BaseLayer) -> str:
     return f"{b.size}@{b.divisor}:{b.crf}"
-
-
-def _with_base(filled, base: bitstream.BaseLayer | None, name, ignore_errors: bool, errors: list):
-    """(kp, jac, base) per frame: base is None (no base layer, or a frame that did not decode),
-    (frame, None, None) on a base frame, or (frame, kp, jac of its base frame) on the frames after
-    it, which the model moves to their own keypoints. Base packets are decoded as frames come."""
-    if base is None:
-        for kp, jac in filled:
-            yield kp, jac, None
-        return
-    from kpcodec.media import baselayer
-
-    decoder = baselayer.BaseLayerDecoder()
-    packets = iter(enumerate(base.packets))
-    ready: list = []
-    current = None
-    for t, (kp, jac) in enumerate(filled):
-        if t % base.divisor == 0:
-            n = t // base.divisor
-            small = None
-            try:
-                while not ready:
-                    item = next(packets, None)
-                    ready += decoder.push(item[1]) if item is not None else decoder.flush()
-                    if item is None and not ready:
-                        raise video.VideoError("the base layer ended early")
-                small = ready.pop(0)
-                if small.shape[:2] != (base.size, base.size):
-                    raise video.VideoError(f"base frame is {small.shape[1]}x{small.shape[0]}, "
-                                           f"BASE says {base.size}x{base.size}")
-            except video.VideoError as exc:
-                if not ignore_errors:
-                    raise bitstream.KpcFormatError(f"{name}: base-layer frame {n}: {exc}") from None
-                errors.append(n)
-                ready, small = [], None
-            current = (small, kp, jac) if small is not None else None
-            yield kp, jac, (small, None, None) if small is not None else None
-        else:
-            yield kp, jac, current
 
 
 def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):
@@ -163,30 +318,3 @@ def _source(data: bytes, codec: str, h: bitstream.Header) -> np.ndarray:
         raise bitstream.KpcFormatError(f"source image is {image.shape[1]}x{image.shape[0]}, "
                                        f"header says {h.width}x{h.height}")
     return image
-
-
-def source_batches(filled, sources, prepare, size: int):
-    """(source state, batch of (kp, jac)) in frame order; a batch never straddles a refresh.
-
-    `sources` is [(first frame, coded image)] in frame order; each state is prepared once, in the
-    calling thread, when its first batch is due, so only one state per refresh is in memory
-    beyond the batches in flight.
-    """
-    starts = [frame for frame, _ in sources[1:]] + [None]
-    state = prepare(sources[0][1])
-    s, batch = 0, []
-    for t, item in enumerate(filled):
-        if starts[s] is not None and t == starts[s]:
-            if batch:
-                yield state, batch
-                batch = []
-            s += 1
-            state = prepare(sources[s][1])
-        batch.append(item)
-        if len(batch) == size:
-            yield state, batch
-            batch = []
-    if batch:
-        yield state, batch
-
-

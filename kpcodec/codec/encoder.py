@@ -1,20 +1,21 @@
-"""The encoder: frames in, .kpc out, one frame at a time.
+"""The encoder: frames in, .kpc 2.0 packets out, as they come.
 
     with Encoder(EncodeOptions(keep_every=2), fps=Fraction(25)) as enc:
         for frame in frames:            # (enc.size, enc.size, 3) uint8, already cropped and scaled
-            out += enc.push(frame)
-        out += enc.flush()              # the .kpc bytes
+            packets += enc.push(frame)  # kpcodec.bitstream.packets.Packet
+        packets += enc.flush()
+    data = bitstream.packets.join(packets)  # the .kpc file
 
-Frame 0 becomes the source image; the frames the send pattern picks go through the detector in
-batches (on `threads` workers while the caller goes on producing frames); with keep_every "auto"
-every frame is detected and the choice made at the end (kpcodec.codec.adaptive); refresh "auto"
-keeps the checked frames and renders them at the end (kpcodec.codec.refresh); a rate target or a
-base layer feeds kpcodec.codec.ratecontrol's BaseLayerPass as frames come.
-
-Format 1.x writes a file whole: its header holds the frame count and one range coder codes every
-sent frame's keypoints, so `push` returns nothing yet and `flush` the whole file. Memory stays flat
-all the same: only keypoints (a few hundred bytes a frame), the checked frames of --refresh auto
-and the base layer's packets are kept, never the frames.
+Frame 0 becomes the source image (HEAD and SOURCE come out with it); the frames the send pattern
+picks go through the detector in batches (on `threads` workers while the caller goes on producing
+frames) and into keypoint packets of `packet_frames` sent frames. `--keep-every auto` decides each
+frame as its keypoints come (kpcodec.codec.adaptive.Chooser: at once for causal predictors, at
+most 8 frames later with `interp`); `--refresh auto` checks a frame once the next sent frame is
+known (kpcodec.codec.refresh.RefreshStage), so packets come out a detector batch and a keep-every
+gap behind the input. A rate target or a base layer (kpcodec.codec.ratecontrol) settles its
+choices on the whole clip: then every packet comes out of `flush`. Memory stays flat: only
+keypoints waiting for a packet, the frames waiting for a check and the base layer's packets are
+kept, never the video.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from fractions import Fraction
 import numpy as np
 
 from kpcodec import bitstream
+from kpcodec.bitstream import packets as pk
 from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
+from kpcodec.codec import adaptive
 from kpcodec.codec import ratecontrol as rc
 from kpcodec.codec import refresh as rf
 from kpcodec.codec.parallel import OrderedPool, torch_thread_count, torch_threads
@@ -62,7 +65,7 @@ def thin(every, pattern: SendPattern, count: int):
 
 
 class Encoder:
-    """Frames of one clip in, the .kpc file out (see the module's docstring)."""
+    """Frames of one clip in, its .kpc 2.0 packets out (see the module's docstring)."""
 
     def __init__(self, options: EncodeOptions, fps: Fraction, frame_count: int | None = None):
         self.options = o = options.checked()
@@ -100,17 +103,32 @@ class Encoder:
         self._sent_idx, self._kps, self._jacs = [], [], []
         self.frames = 0
         self.source = None
+        self.source_data = None
         self.refreshes: list = []
         self.base_stream = None
+        # Packets as frames come, unless a rate target or a base layer settles on the whole clip.
+        self.streaming = plan.target_kbps is None and self.base is None
+        self.chooser = adaptive.Chooser(o.predictor, o.max_error) if self.auto and self.streaming else None
+        self.stage = None  # the refresh stage, made with frame 0
+        self.sent_frames = 0
+        self.header = bitstream.Header(
+            model=self.name, weights_sha256=self.sha, width=self.size, height=self.size,
+            fps_num=self.fps.numerator, fps_den=self.fps.denominator, frame_count=1,
+            keep_every=1 if self.auto else self.pattern.nominal_spacing,
+            num_keypoints=self.net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
+            predictor=o.predictor, adaptive=self.auto)
+        self.writer = None
+        self._out: list = []
 
     # ------------------------------------------------------------------ frames in
-    def push(self, frame: np.ndarray) -> list[bytes]:
+    def push(self, frame: np.ndarray) -> list[pk.Packet]:
+        """One frame in; the packets now complete out."""
         if frame.shape != (self.size, self.size, 3) or frame.dtype != np.uint8:
             raise UsageError(f"frames for this model are {self.size}x{self.size}x3 uint8 (got {frame.shape} {frame.dtype})")
         i = self.frames
         self.frames += 1
         if i == 0:
-            self.source = frame
+            self._first(frame)
         if self.checks is not None:
             self.checks.add(i, frame)
         if self.base is not None:
@@ -120,23 +138,74 @@ class Encoder:
             if len(self._batch) == self.options.batch:
                 self._collect(self._pool.submit(self._batch))
                 self._batch = []
-        return []
+        return self._take()
+
+    def _first(self, frame: np.ndarray) -> None:
+        o = self.options
+        self.source = frame
+        self.source_data = source_image.encode_image(frame, o.source_codec, o.source_quality)
+        if not self.streaming:
+            return
+        self.writer = pk.PacketWriter(self.header, packet_frames=o.packet_frames)
+        self._out += self.writer.take() + self.writer.source(0, o.source_codec, self.source_data)
+        if self.checks is not None:
+            self.stage = rf.RefreshStage(self.net, self.checks, o.predictor, o.refresh_threshold, o.source_codec,
+                                         o.source_quality, self.source_data)
+
+    def _take(self) -> list[pk.Packet]:
+        out, self._out = self._out, []
+        return out
 
     def _collect(self, results) -> None:
         for idx, kp, jac in results:
-            self._sent_idx.extend(idx)
-            self._kps.append(kp)
-            self._jacs.append(jac)
+            if not self.streaming:
+                self._sent_idx.extend(idx)
+                self._kps.append(kp)
+                self._jacs.append(jac)
+                continue
+            for n, i in enumerate(idx):
+                self._send(self.chooser.push(i, kp[n], jac[n]) if self.chooser else [(i, kp[n], jac[n])])
 
-    # ------------------------------------------------------------------ file out
-    def flush(self, extra_chunks=()) -> list[bytes]:
-        """The .kpc file of every frame pushed, with `extra_chunks` ((type, payload), e.g. audio)."""
+    def _send(self, rows) -> None:
+        for i, kp, jac in rows:
+            self._emit(self.stage.sent(i, kp, jac) if self.stage else [("sent", i, kp, jac)])
+
+    def _emit(self, items) -> None:
+        for item in items:
+            if item[0] == "source":
+                r = item[1]
+                self.refreshes.append(r)
+                self._out += self.writer.source(r.frame, r.codec, r.data)
+            else:
+                self.sent_frames += 1
+                self._out += self.writer.keypoints(*item[1:])
+
+    # ------------------------------------------------------------------ the end
+    def flush(self, extra_chunks=()) -> list[pk.Packet]:
+        """The packets still due once every frame is in, with `extra_chunks` ((type, payload), e.g.
+        audio) and the END; `header` then holds the frame count."""
         if self._batch:
             self._collect(self._pool.submit(self._batch))
             self._batch = []
         self._collect(self._pool.drain())
         if self.frames == 0:
             raise UsageError("no frames were pushed")
+        if not self.streaming:
+            return self._whole_clip(extra_chunks)
+        count = self.frames
+        if self.chooser is not None:
+            self._send(self.chooser.flush())
+        if self.stage is not None:
+            self._emit(self.stage.end(count))
+        for kind, payload in extra_chunks:
+            self._out += self.writer.extra(kind, payload)
+        self._out += self.writer.end(count)
+        spacing = min(65535, max(1, round(count / self.sent_frames))) if self.auto else self.header.keep_every
+        self.header = replace(self.header, frame_count=count, keep_every=spacing)
+        return self._take()
+
+    def _whole_clip(self, extra_chunks) -> list[pk.Packet]:
+        """Rate control and the base layer choose on the whole clip: every packet comes now."""
         o, count, net = self.options, self.frames, self.net
         sent_idx = np.asarray(self._sent_idx, dtype=np.int64)
         kps = np.concatenate(self._kps).astype(np.float32)
@@ -146,51 +215,44 @@ class Encoder:
             sent_idx, kps, jacs = thin(every, self.pattern, count)
         spacing = self.pattern.nominal_spacing
         if self.auto:
-            from kpcodec.codec.adaptive import choose_sent_frames
-
-            chosen = choose_sent_frames(kps, jacs, o.predictor, o.max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
+            chosen = adaptive.choose_sent_frames(kps, jacs, o.predictor, o.max_error, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
             sent_idx, kps, jacs = sent_idx[chosen], kps[chosen], jacs[chosen]
             spacing = min(65535, max(1, round(count / len(chosen))))
-        source_data = source_image.encode_image(self.source, o.source_codec, o.source_quality)
+        source_data = self.source_data
         if self.checks is not None:
             self.refreshes, sent_idx, kps, jacs, _ = rf.choose_refreshes(
                 net, self.source, self.checks, sent_idx, kps, jacs, count, o.predictor, o.refresh_threshold,
                 o.source_codec, o.source_quality, source_data, DEFAULT_KP_STEP, DEFAULT_JAC_STEP)
-        header = bitstream.Header(
-            model=self.name, weights_sha256=self.sha, width=self.size, height=self.size,
-            fps_num=self.fps.numerator, fps_den=self.fps.denominator, frame_count=count, keep_every=spacing,
-            num_keypoints=net.cfg.num_keypoints, kp_step=DEFAULT_KP_STEP, jac_step=DEFAULT_JAC_STEP,
-            predictor=o.predictor, adaptive=self.auto,
-        )
-        if o.plan.target_kbps is not None or self.base is not None:
-            keep_every = o.keep_every
+        header = replace(self.header, frame_count=count, keep_every=spacing)
+        keep_every = o.keep_every
 
-            def stream_at(k):
-                if k == keep_every:
-                    return bitstream.KpcStream(header, o.source_codec, source_data, sent_idx, kps, jacs,
-                                               refreshes=self.refreshes)
-                at = replace(header, keep_every=k)
-                return bitstream.KpcStream(at, o.source_codec, source_data,
-                                           *thin(every, SendPattern.keep_every(k), count))
+        def stream_at(k):
+            if k == keep_every:
+                return bitstream.KpcStream(header, o.source_codec, source_data, sent_idx, kps, jacs,
+                                           refreshes=self.refreshes, version=pk.VERSION)
+            at = replace(header, keep_every=k)
+            return bitstream.KpcStream(at, o.source_codec, source_data,
+                                       *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
 
-            if self.base is not None:
-                chosen, self.base_stream = self.base.finish(stream_at, keep_every)
-            else:
-                chosen = rc.settle_keypoint_only(o.plan, stream_at, count, self.fps, keep_every)
-            if chosen != keep_every and not self.refreshes:
-                header = replace(header, keep_every=chosen)
-                sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
-            if self.base_stream is None and o.model is None and net.cfg.base_fusion:
-                # No base layer after all: the keypoint model renders it better (the hybrid model's
-                # keypoints are the same; its no-base path is only its fallback).
-                header = replace(header, **keypoint_model_of(self.sha))
+        if self.base is not None:
+            chosen, self.base_stream = self.base.finish(stream_at, keep_every)
+        else:
+            chosen = rc.settle_keypoint_only(o.plan, stream_at, count, self.fps, keep_every)
+        if chosen != keep_every and not self.refreshes:
+            header = replace(header, keep_every=chosen)
+            sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
+        if self.base_stream is None and o.model is None and net.cfg.base_fusion:
+            # No base layer after all: the keypoint model renders it better (the hybrid model's
+            # keypoints are the same; its no-base path is only its fallback).
+            header = replace(header, **keypoint_model_of(self.sha))
         self.header = header
+        self.sent_frames = len(sent_idx)
         stream = bitstream.KpcStream(
             header=header, source_codec=o.source_codec, source_data=source_data, sent_indices=sent_idx,
             keypoints=kps, jacobians=jacs, extra_chunks=list(extra_chunks), refreshes=self.refreshes,
-            base=self.base_stream,
+            base=self.base_stream, version=pk.VERSION,
         )
-        return [bitstream.dumps(stream)]
+        return pk.stream_packets(stream, o.packet_frames)
 
     @property
     def duration_s(self) -> float:

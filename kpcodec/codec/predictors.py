@@ -21,6 +21,8 @@ Learned predictors share their weights across keypoints, so they work for any K.
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,32 +245,90 @@ def _check_inputs(indices, kps, jacs, frame_count) -> np.ndarray:
     return indices
 
 
+class Fill:
+    """The decoder's keypoints of every frame, in order, from sent frames handed in as they come:
+    a Stepper fed the sent frames and, for interpolating kinds, the next one.
+
+    `sent(i, kp, jac)` gives the frames it settles, up to and including i (frames between two sent
+    ones wait for the second); `restart=True` starts the predictor afresh at i (a .kpc 2.0
+    keyframe: frames from i on decode alike whether the stream is entered there or not); `end(frame_count)` gives the frames after the
+    last sent one. `options` override the registry entry's (sample, seed, hold_jacobians).
+    """
+
+    def __init__(self, predictor: str = DEFAULT_PREDICTOR, **options):
+        self.predictor, self.options = predictor, options
+        entry = get_predictor(predictor)
+        if entry.learned:
+            load_learned(predictor)  # its errors now, not at the second sent frame (it is cached)
+        self.interpolates = entry.mode != "causal"
+        self.stepper: Stepper | None = None
+        self.last: tuple | None = None  # (frame, kp, jac) of the last sent frame, its commit pending
+        self.next = 0  # the next frame to hand out
+
+    def copy(self) -> Fill:
+        """An independent copy (an encoder trying what the decoder would do). A learned predictor's
+        net is shared: its state tensors are replaced at each step, never changed in place."""
+        other = copy.copy(self)
+        if self.stepper is not None:
+            other.stepper = copy.copy(self.stepper)
+            other.stepper.sent = list(self.stepper.sent)
+        return other
+
+    def _settle(self, ahead) -> None:
+        """Commit the pending sent frame, now that the one after it is known (or there is none)."""
+        i, kp, jac = self.last
+        ahead = ahead if self.interpolates else None
+        if self.stepper is None:
+            self.stepper = Stepper(self.predictor, kp, jac, ahead, **self.options)
+        else:
+            self.stepper.commit((kp, jac), ahead)
+
+    def sent(self, i: int, kp: np.ndarray, jac: np.ndarray, restart: bool = False) -> list[tuple]:
+        i = int(i)
+        if i < self.next or (self.last is None and i != 0 and not restart):
+            raise UsageError(f"sent frame {i} out of order (next frame {self.next}; frame 0 must come first)")
+        out = []
+        if self.last is not None:
+            ahead = (kp, jac, np.int64(i))
+            self._settle(ahead)
+            out += self._between(i, ahead)
+        if restart:
+            self.stepper = None
+        self.last = (i, kp, jac)
+        out.append((kp, jac))
+        self.next = i + 1
+        return out
+
+    def _between(self, stop: int, ahead) -> list[tuple]:
+        ahead = ahead if self.interpolates else None
+        out = []
+        for _ in range(self.next, stop):
+            kp, jac = self.stepper.predict(ahead)
+            self.stepper.commit(None, ahead)
+            out.append((kp, jac))
+        self.next = max(self.next, stop)
+        return out
+
+    def end(self, frame_count: int) -> list[tuple]:
+        if self.last is None:
+            return []
+        self._settle(None)
+        self.last = (self.last[0], None, None)
+        return self._between(frame_count, None)
+
+
 def fill_keypoints(indices: np.ndarray, kps: np.ndarray, jacs: np.ndarray, frame_count: int,
                    predictor: str = DEFAULT_PREDICTOR, **options) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order: a Stepper fed
-    the sent frames (`indices`, their `kps` and `jacs`) and, for interpolating kinds, the next one.
+    """(keypoints (K,2), Jacobians (K,2,2)) for frames 0..frame_count-1, in order: a :class:`Fill`
+    of the sent frames (`indices`, their `kps` and `jacs`).
 
     `options` override the registry entry's (sample, seed, hold_jacobians for learned kinds).
     """
     indices = _check_inputs(indices, kps, jacs, frame_count)
-    interpolates = get_predictor(predictor).mode != "causal"
-
-    def ahead(s: int):
-        return (kps[s + 1], jacs[s + 1], indices[s + 1]) if interpolates and s + 1 < len(indices) else None
-
-    stepper = Stepper(predictor, kps[0], jacs[0], ahead(0), **options)  # errors now, not at the first frame
-    return _fill(stepper, indices, kps, jacs, frame_count, ahead)
+    return _fill(Fill(predictor, **options), indices, kps, jacs, frame_count)
 
 
-def _fill(stepper: Stepper, indices, kps, jacs, frame_count: int, ahead):
-    yield kps[0], jacs[0]
-    s = 0
-    for t in range(1, frame_count):
-        if s + 1 < len(indices) and indices[s + 1] == t:
-            s += 1
-            stepper.commit((kps[s], jacs[s]), ahead(s))
-            yield kps[s], jacs[s]
-        else:
-            kp, jac = stepper.predict(ahead(s))
-            stepper.commit(None, ahead(s))
-            yield kp, jac
+def _fill(fill: Fill, indices, kps, jacs, frame_count: int):
+    for s, i in enumerate(indices):
+        yield from fill.sent(i, kps[s], jacs[s])
+    yield from fill.end(frame_count)

@@ -93,10 +93,70 @@ def check_spacing(fps: float, seconds: float = DEFAULT_CHECK_SECONDS) -> int:
     return max(1, round(fps * seconds))
 
 
-def _decoder_keypoints(sent, kps, jacs, frame_count, predictor, kp_step, jac_step):
-    dec_kp = q.decoder_values(kps, kp_step, q.KP_CLIP)
-    dec_jac = q.decoder_values(jacs, jac_step, q.JAC_CLIP)
-    return list(predict.fill_keypoints(sent, dec_kp, dec_jac, frame_count, predictor))
+class RefreshStage:
+    """The refresh choice made as sent frames come (`sent(i, kp, jac)` in order, `end(count)` at
+    the end): each checked frame is rendered as the decoder will render it as soon as its
+    keypoints are settled (at the next sent frame: the only look-ahead), with a mirror of the
+    decoder's predictor (kpcodec.codec.predictors.Fill) on the dequantised sent keypoints. Both
+    give what goes into the stream in order: ("source", Refresh) before its frame, ("sent", i, kp,
+    jac). A refresh frame is a 2.0 keyframe (the predictor restarts there) and is made a sent frame
+    (detected with `detect` if it was not one). Checked frames are dropped once checked."""
+
+    def __init__(self, net, checks: CheckFrames, predictor: str, threshold: float = DEFAULT_THRESHOLD,
+                 codec: str = source_image.DEFAULT_CODEC, quality: int = source_image.DEFAULT_QUALITY,
+                 first_data: bytes | None = None, first_frame: np.ndarray | None = None,
+                 kp_step: float = q.DEFAULT_KP_STEP, jac_step: float = q.DEFAULT_JAC_STEP):
+        from kpcodec.codec.renderer import Detector, Renderer
+
+        self.renderer, self.detect = Renderer(net), Detector(net)
+        self.checks, self.threshold = checks, threshold
+        self.codec, self.quality, self.steps = codec, quality, (kp_step, jac_step)
+        if first_data is None:
+            first_data = source_image.encode_image(first_frame, codec, quality)
+        self.state = self._prepare(first_data)
+        self.mirror = predict.Fill(predictor)
+        self.refreshes: list[Refresh] = []
+        self.scores: dict[int, float] = {}
+
+    def _prepare(self, data: bytes):
+        return self.renderer.prepare(source_image.decode_image(data, self.codec))
+
+    def _decoded(self, kp, jac):
+        return q.decoder_values(kp, self.steps[0], q.KP_CLIP), q.decoder_values(jac, self.steps[1], q.JAC_CLIP)
+
+    def sent(self, i: int, kp: np.ndarray, jac: np.ndarray) -> list[tuple]:
+        return self._advance(int(i), (kp, jac))
+
+    def end(self, frame_count: int) -> list[tuple]:
+        return self._advance(frame_count, None)
+
+    def _advance(self, i: int, sent, restart: bool = False) -> list[tuple]:
+        """Settle the frames up to sent frame i (or, with `sent` None, up to the end at i), check
+        those due, and hand on what goes into the stream."""
+        first = self.mirror.next
+        before = self.mirror.copy()
+        if sent is not None:
+            filled = self.mirror.sent(i, *self._decoded(*sent), restart)
+        else:
+            filled = self.mirror.end(i)
+        for t in sorted(f for f in self.checks.frames if first <= f < first + len(filled)):
+            frame = self.checks.frames.pop(t)
+            kp, jac = filled[t - first]
+            rendered = self.renderer.render(self.state, kp[None], jac[None])[0]
+            self.scores[t] = metrics.ssim(rendered, frame)
+            if self.scores[t] >= self.threshold:
+                continue
+            data = source_image.encode_image(frame, self.codec, self.quality)
+            refresh = Refresh(t, self.codec, data)
+            self.refreshes.append(refresh)
+            self.state = self._prepare(data)
+            self.mirror = before
+            if sent is not None and t == i:
+                return [("source", refresh)] + self._advance(i, sent, restart=True)
+            kp_t, jac_t = self.detect([frame])
+            out = [("source", refresh)] + self._advance(t, (kp_t[0], jac_t[0]), restart=True)
+            return out + self._advance(i, sent)
+        return [("sent", i, *sent)] if sent is not None else []
 
 
 def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np.ndarray,
@@ -104,42 +164,11 @@ def choose_refreshes(net, first_frame: np.ndarray, checks: CheckFrames, sent: np
                      threshold: float = DEFAULT_THRESHOLD, codec: str = source_image.DEFAULT_CODEC,
                      quality: int = source_image.DEFAULT_QUALITY, first_data: bytes | None = None,
                      kp_step: float = q.DEFAULT_KP_STEP, jac_step: float = q.DEFAULT_JAC_STEP):
-    """Walk the checked frames in order; returns (refreshes, sent, kps, jacs, scores).
-
-    A refresh frame that was not sent is detected and inserted among the sent frames.
-    `scores` maps each checked frame to the SSIM of its check render.
-    """
-    from kpcodec.codec.renderer import Detector, Renderer
-
-    renderer, detect = Renderer(net), Detector(net)
-
-    def prepare(data: bytes):
-        return renderer.prepare(source_image.decode_image(data, codec))
-
-    if first_data is None:
-        first_data = source_image.encode_image(first_frame, codec, quality)
-    state = prepare(first_data)
-    sent = np.asarray(sent, dtype=np.int64)
-    filled = None
-    refreshes: list[Refresh] = []
-    scores: dict[int, float] = {}
-    for t in sorted(checks.frames):
-        if filled is None:  # recomputed only after a refresh adds a sent frame
-            filled = _decoder_keypoints(sent, kps, jacs, frame_count, predictor, kp_step, jac_step)
-        frame = checks.frames[t]
-        kp, jac = filled[t]
-        rendered = renderer.render(state, kp[None], jac[None])[0]
-        scores[t] = metrics.ssim(rendered, frame)
-        if scores[t] >= threshold:
-            continue
-        data = source_image.encode_image(frame, codec, quality)
-        refreshes.append(Refresh(t, codec, data))
-        state = prepare(data)
-        if t not in sent:
-            kp_t, jac_t = detect([frame])
-            pos = int(np.searchsorted(sent, t))
-            sent = np.insert(sent, pos, t)
-            kps = np.insert(kps, pos, kp_t[0], axis=0)
-            jacs = np.insert(jacs, pos, jac_t[0], axis=0)
-            filled = None
-    return refreshes, sent, kps, jacs, scores
+    """A :class:`RefreshStage` over a whole clip's sent frames; returns (refreshes, sent, kps,
+    jacs, scores), with `scores` the SSIM of each checked frame's render."""
+    stage = RefreshStage(net, checks, predictor, threshold, codec, quality, first_data, first_frame, kp_step, jac_step)
+    items = [x for s, i in enumerate(np.asarray(sent).tolist()) for x in stage.sent(i, kps[s], jacs[s])]
+    items += stage.end(frame_count)
+    out = [x for x in items if x[0] == "sent"]
+    return (stage.refreshes, np.array([x[1] for x in out], np.int64), np.stack([x[2] for x in out]),
+            np.stack([x[3] for x in out]), stage.scores)

@@ -353,9 +353,8 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, workdir: str, k, m
                else EncodeOptions(keep_every=k, model=model, predictor=predictor, base_layer=base_layer))
     start = time.perf_counter()
     with Encoder(options, fps, len(frames)) as enc:
-        for frame in frames:
-            enc.push(frame)
-        data = b"".join(enc.flush())
+        packets = [p for frame in frames for p in enc.push(frame)]
+        data = bitstream.packets.join(packets + enc.flush())
     encode_s = time.perf_counter() - start
     base_label = str(enc.base.settings) if enc.base_stream else None
     bitstream.write_bytes(kpc, data)

@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 
 from kpcodec.bitstream.opus import (  # noqa: F401  (re-exported: audio.pack, audio.OpusTrack, ...)
-    CHUNK_TYPE, CLOCK, MAX_PACKET_TICKS, SAMPLE_RATES, OpusTrack, from_stream, opus_head, pack, unpack)
+    CHUNK_TYPE, CLOCK, MAX_PACKET_TICKS, SAMPLE_RATES, OpusTrack, from_chunks, from_stream, opus_head, pack, unpack)
 from kpcodec.errors import KpcFormatError, UsageError, VideoError
 
 DEFAULT_KBPS = 12.0

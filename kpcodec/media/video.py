@@ -305,7 +305,7 @@ def probe(path) -> VideoInfo:
 # --------------------------------------------------------------------------- reading
 
 
-def _crop_box(path: str, w: int, h: int, crop) -> tuple[int, int, int, int]:
+def crop_box(path: str, w: int, h: int, crop) -> tuple[int, int, int, int]:
     if crop is None:
         side = min(w, h)
         return ((w - side) // 2, (h - side) // 2, side, side)
@@ -332,7 +332,7 @@ def crop_warnings(info: VideoInfo, size: int, crop=None) -> list[str]:
     the video `info` describes: the crop (default the centred largest square) upscaled more than
     MAX_UPSCALE, or, without `crop`, a frame beyond MAX_ASPECT:1. A bad `crop` raises UsageError."""
     w, h = info.width, info.height
-    side = _crop_box(info.path, w, h, crop)[2]
+    side = crop_box(info.path, w, h, crop)[2]
     what = "crop" if crop is not None else "centre square"
     out = []
     if size / side > MAX_UPSCALE:
@@ -344,7 +344,7 @@ def crop_warnings(info: VideoInfo, size: int, crop=None) -> list[str]:
     return out
 
 
-def _to_rgb(frame, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+def to_rgb(frame, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """Decoded frame -> rotated, cropped, resized contiguous uint8 RGB array."""
     # rgb24 conversion honours the frame's colour range/matrix tags (full-range phone video).
     img = frame.to_ndarray(format="rgb24")
@@ -406,7 +406,7 @@ def read_frames(path, size: int = 256, crop: tuple[int, int, int, int] | None = 
         rate = _as_rate(fps) if fps is not None else _pick_rate(p, stream)
         decoder = _Decoder(p, container, stream, on_error)
         first = _first_frame(p, decoder)
-        box = _crop_box(p, *_display_size(first), crop)
+        box = crop_box(p, *_display_size(first), crop)
     except BaseException:
         container.close()
         raise
@@ -436,7 +436,7 @@ def _resampled(path, container, decoder, first, rate, box, size):
         for frame in decoder:
             slot = slot_of(frame, pending_slot)
             if slot > next_out:  # pending is shown for slots next_out .. slot-1
-                img = _to_rgb(pending, box, size)
+                img = to_rgb(pending, box, size)
                 yield img
                 next_out += 1
                 while next_out < slot:
@@ -446,7 +446,7 @@ def _resampled(path, container, decoder, first, rate, box, size):
             pending, pending_slot = frame, slot
         end = end_slot_of(pending, pending_slot)
         if end > next_out:
-            img = _to_rgb(pending, box, size)
+            img = to_rgb(pending, box, size)
             yield img
             next_out += 1
             while next_out < end:
@@ -598,7 +598,8 @@ class VideoWriter:
             directory = os.path.dirname(os.path.abspath(self.path))
             suffix = Path(self.path).suffix
             # A suffix not in CONTAINERS (with a named codec): FFmpeg guesses the container from it.
-            fmt, opts = (container.format if container is not None else None), {}
+            # Each packet goes out as it is made: a decode fed by a pipe shows its output growing.
+            fmt, opts = (container.format if container is not None else None), {"flush_packets": "1"}
             try:
                 fd, self._tmp = tempfile.mkstemp(
                     prefix=f".{Path(self.path).name}.", suffix=f".tmp{suffix or '.mp4'}",

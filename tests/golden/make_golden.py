@@ -1,7 +1,7 @@
-"""Build the golden .kpc files that pin down formats 1.0 to 1.4 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.4 and 2.0 byte for byte.
 
-Run from anywhere: ``python tests/golden/make_golden.py``. It writes
-``v1_0.kpc`` to ``v1_4.kpc`` (the encoded streams) and ``v1_0.npz`` to ``v1_4.npz``
+Run from anywhere: ``python tests/golden/make_golden.py [NAME ...]``. It writes
+``v1_0.kpc`` to ``v1_4.kpc`` and ``v2_0.kpc`` (the encoded streams) and their ``.npz``
 (the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -19,6 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
 
+from kpcodec.bitstream import packets  # noqa: E402
 from kpcodec.bitstream.container import BaseLayer, Header, KpcStream, Refresh, dumps, loads  # noqa: E402
 
 
@@ -95,21 +96,35 @@ def golden_stream_1_4() -> KpcStream:
     return stream
 
 
+def golden_stream_2_0() -> KpcStream:
+    """Format 2.0: 40 frames, 10 keypoints, uneven gaps, a source refresh at frame 12, a keypoint
+    keyframe at 26, an extra chunk; written in packets of 3 sent frames (several per keyframe)."""
+    indices = np.array([0, 1, 2, 4, 6, 9, 12, 13, 15, 18, 20, 23, 26, 27, 30, 33, 36, 39], dtype=np.int64)
+    header = tiny_header(num_keypoints=10, frame_count=40, keep_every=2, kp_step=1 / 64, jac_step=1 / 32,
+                         predictor="linear")
+    return KpcStream(header, "png", tiny_png(), indices, *random_motion(20, indices, k=10),
+                     extra_chunks=[("note", b"golden 2.0")], version=(2, 0),
+                     refreshes=[Refresh(12, "png", tiny_png(4, 4))], restarts=[26])
+
+
 def write(name: str, stream: KpcStream) -> None:
-    data = dumps(stream)
+    data = packets.join(packets.stream_packets(stream, 3)) if stream.version == (2, 0) else dumps(stream)
     decoded = loads(data)
     (HERE / f"{name}.kpc").write_bytes(data)
     np.savez(HERE / f"{name}.npz", sent_indices=decoded.sent_indices,
-             keypoints=decoded.keypoints, jacobians=decoded.jacobians)
+             keypoints=decoded.keypoints, jacobians=decoded.jacobians,
+             refreshes=np.array([r.frame for r in decoded.refreshes], np.int64),
+             restarts=np.array(decoded.restarts, np.int64))
     print(f"wrote {HERE / name}.kpc ({len(data)} bytes) and {name}.npz")
 
 
+STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
+           "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0}
+
+
 def main() -> None:
-    write("v1_0", golden_stream())
-    write("v1_1", golden_stream_1_1())
-    write("v1_2", golden_stream_1_2())
-    write("v1_3", golden_stream_1_3())
-    write("v1_4", golden_stream_1_4())
+    for name in sys.argv[1:] or STREAMS:
+        write(name, STREAMS[name]())
 
 
 if __name__ == "__main__":

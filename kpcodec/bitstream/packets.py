@@ -1,0 +1,819 @@
+""".kpc format 2.0: the stream as self-delimiting packets, written and read one at a time (man/kpc.5).
+
+A 2.0 file is ``MAGIC``, major 2, minor 0, then packets until an END packet. Each packet is
+
+    type (1 byte, an ASCII letter) | seq (varint) | frame (varint) | length (varint) | payload | CRC-32
+
+with the CRC (u32 LE, as zlib) over everything before it. ``seq`` counts packets from 0 (a gap is a
+lost packet); ``frame`` is the video frame the packet is about. The types:
+
+* ``H`` HEAD: the stream's parameters (kpcodec.bitstream.container.Header without the frame count,
+  which END carries) and the base layer's settings, if it has one. Always packet 0.
+* ``S`` SOURCE: a source image, shown from ``frame`` on. The next keypoint packet restarts at
+  ``frame``: a SOURCE and that KEYPOINTS packet are a keyframe, from which the stream decodes alone.
+* ``K`` KEYPOINTS: sent frames from ``frame`` on, range coded (kpcodec.bitstream.entropy) after the
+  in-loop prediction and decorrelation of format 1.3's KPRC coder 1 (kpcodec.bitstream.decorrelate).
+  A restart packet codes its first frame absolutely and starts the adaptive models from their
+  prior; the others carry on the levels, the models and the decoder's predictor from the packet
+  before, so only the coder's flush and the framing (about 10 bytes) are paid per packet.
+* ``B`` BASE: one temporal unit of the hybrid mode's base layer, for video frame ``frame``.
+* ``X`` EXTRA: an optional chunk of format 1.x (a 4-letter name and its payload: the ``opus`` audio).
+* ``I`` INDEX (optional, just before END): the byte offset of every SOURCE and restart packet.
+* ``E`` END: the frame count and where the INDEX starts (0: none).
+
+:class:`PacketWriter` turns stream content into packets as it comes; :class:`PacketReader` takes
+bytes as they arrive and gives back the decoded content (:class:`SourceImage`, :class:`SentFrames`,
+:class:`BaseFrame`, :class:`Extra`, :class:`End`, after the :class:`Header`).
+
+Only numpy, constriction and the standard library are used: no torch.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from kpcodec.bitstream import container as kc
+from kpcodec.bitstream import decorrelate, entropy
+from kpcodec.bitstream import quantize as q
+from kpcodec.errors import KpcFormatError
+
+VERSION = (2, 0)
+PREAMBLE = kc.MAGIC + bytes(VERSION)
+TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "X": "EXTRA", "I": "INDEX", "E": "END"}
+# Sent frames per keypoint packet in a file: framing and the coder's flush (~14 bytes) against
+# ~13 bytes per sent frame at keep-every 2 keep a packet's overhead near 1.5%
+# (benchmarks/results/packets.md); live mode sends one per sent frame.
+DEFAULT_PACKET_FRAMES = 64
+MAX_PAYLOAD = 1 << 28  # a packet claiming more is malformed (the largest source image is far smaller)
+_FLAG_RESTART = 0x01
+_HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
+_MAX_VARINT = 10
+
+
+# --------------------------------------------------------------------------
+# Content
+
+
+@dataclass
+class SourceImage:
+    """A source image (``S``): frames from `frame` on are rendered from it."""
+
+    frame: int
+    codec: str
+    data: bytes
+
+
+@dataclass
+class SentFrames:
+    """Sent frames of a keypoint packet (``K``), dequantised; `restart` on a keyframe's."""
+
+    indices: np.ndarray  # (n,) int64
+    keypoints: np.ndarray  # (n, K, 2) float32
+    jacobians: np.ndarray  # (n, K, 2, 2) float32
+    restart: bool = False
+
+
+@dataclass
+class BaseFrame:
+    """One base-layer temporal unit (``B``) for video frame `frame`."""
+
+    frame: int
+    data: bytes
+
+
+@dataclass
+class Extra:
+    """An optional chunk carried in a packet (``X``)."""
+
+    kind: str
+    payload: bytes
+
+
+@dataclass
+class End:
+    frame_count: int
+
+
+@dataclass(frozen=True)
+class Packet:
+    kind: str  # one of TYPES
+    seq: int
+    frame: int
+    payload: bytes
+
+    def __bytes__(self) -> bytes:
+        body = b"".join((self.kind.encode("ascii"), varint(self.seq), varint(self.frame),
+                         varint(len(self.payload)), self.payload))
+        return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def varint(n: int) -> bytes:
+    if n < 0:
+        raise KpcFormatError(f"negative value {n} in a varint field")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def read_varint(data, pos: int) -> tuple[int | None, int]:
+    """(value, position after it), or (None, pos) when the data ends inside it; a varint longer
+    than 10 bytes or not minimally coded is malformed."""
+    n = shift = 0
+    start = pos
+    while True:
+        if pos >= len(data):
+            return None, start
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if pos - start > 1 and byte == 0:
+                raise KpcFormatError(f"varint at byte {start} is not minimally coded")
+            return n, pos
+        shift += 7
+        if pos - start >= _MAX_VARINT:
+            raise KpcFormatError(f"varint at byte {start} is longer than {_MAX_VARINT} bytes")
+
+
+def join(packets) -> bytes:
+    """A whole 2.0 file from its packets."""
+    return PREAMBLE + b"".join(bytes(p) for p in packets)
+
+
+# --------------------------------------------------------------------------
+# HEAD
+
+
+def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
+    fields = replace(h, frame_count=1)  # not in a 2.0 HEAD: END has it
+    kc._check_header(fields)
+    flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0)
+    out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
+           struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
+           struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
+           struct.pack("<H", flags)]
+    if base is not None:
+        kc._check_base(replace(base, packets=[]), 0)
+        codec = next(k for k, v in kc.BASE_CODECS.items() if v == base.codec)
+        out.append(struct.pack("<BHBB", codec, base.size, base.divisor, base.crf))
+    return b"".join(out)
+
+
+def decode_head(payload: bytes) -> tuple[kc.Header, kc.BaseLayer | None]:
+    r = kc._Reader(payload, "HEAD", 0)
+    model = r.text("utf-8", "model name")
+    sha = r.take(32).hex()
+    width, height, fps_num, fps_den, keep_every, k = r.unpack("HHIIHB")
+    kp_step, jac_step = r.unpack("ff")
+    predictor = r.text("utf-8", "predictor name")
+    (flags,) = r.unpack("H")
+    if flags & ~(kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE):
+        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags:04x})")
+    base = None
+    if flags & _HEAD_FLAG_BASE:
+        codec, size, divisor, crf = r.unpack("BHBB")
+        if codec not in kc.BASE_CODECS:
+            raise KpcFormatError(f"unknown base-layer codec {codec} in HEAD")
+        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec])
+        kc._check_base(base, 0)
+    r.finish(True)
+    h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,
+                  bool(flags & kc.FLAG_ADAPTIVE))
+    kc._check_header(h)
+    return replace(h, frame_count=0), base
+
+
+# --------------------------------------------------------------------------
+# KEYPOINTS: the closed loop and the adaptive models, carried from packet to packet
+
+
+class KeypointCoder:
+    """Both ends' keypoint state between keyframes: the last sent frame and its levels (the in-loop
+    prediction is format 1.3's: the previous level) and the adaptive models of both KPRC coders.
+    Each packet is coded by both and keeps the smaller (its flags say which); both coders' models
+    learn from every packet, so either may code the next (a decoder re-codes the residuals it
+    decoded with the other coder, which costs it well under a millisecond a frame)."""
+
+    def __init__(self, num_keypoints: int, kp_step: float, jac_step: float):
+        self.k = num_keypoints
+        self.kp_step, self.jac_step = kc._f32(kp_step), kc._f32(jac_step)
+        self.table = kc.decorrelation_table(num_keypoints)
+        self.limits = (q.max_level_rounded_up(q.KP_CLIP, self.kp_step), q.max_level_rounded_up(q.JAC_CLIP, self.jac_step))
+        self.contexts = None  # {coder: entropy.Context}; None: the next packet must restart
+        self.last_frame = -1
+        self.levels = None  # (kp levels (2K,), Jacobian levels (4K,)) of the last sent frame
+
+    def _restart(self) -> None:
+        coders = [kc.CODER_CONTEXT] + ([kc.CODER_DECORRELATED] if self.table is not None else [])
+        self.contexts = {c: entropy.Context([1, 2 * self.k, 4 * self.k], c) for c in coders}
+        self.levels = None
+
+    def _streams(self, coder: int, deltas, r_kp, r_jac, first: bool) -> list[np.ndarray]:
+        if coder == kc.CODER_DECORRELATED:
+            return [deltas, *decorrelate.forward_streams(r_kp, r_jac, deltas, self.table, first=first)]
+        return [deltas, r_kp, r_jac]
+
+    def encode(self, indices: np.ndarray, kp: np.ndarray, jac: np.ndarray, restart: bool) -> bytes:
+        """A KEYPOINTS payload for sent frames (checked, increasing, after the last one sent)."""
+        n = len(indices)
+        if restart or self.contexts is None:
+            restart = True
+            self._restart()
+        lv_kp = np.floor(np.clip(np.asarray(kp, np.float64), -q.KP_CLIP, q.KP_CLIP) / self.kp_step + 0.5)
+        lv_jac = np.floor(np.clip(np.asarray(jac, np.float64), -q.JAC_CLIP, q.JAC_CLIP) / self.jac_step + 0.5)
+        lv_kp, lv_jac = lv_kp.astype(np.int64).reshape(n, -1), lv_jac.astype(np.int64).reshape(n, -1)
+        prev = (np.zeros_like(lv_kp[:1]), np.zeros_like(lv_jac[:1])) if restart else \
+            (self.levels[0][None], self.levels[1][None])
+        r_kp = np.diff(lv_kp, axis=0, prepend=prev[0])
+        r_jac = np.diff(lv_jac, axis=0, prepend=prev[1])
+        deltas = np.diff(np.asarray(indices, np.int64), prepend=indices[0] if restart else self.last_frame)
+        deltas = deltas.reshape(n, 1)
+        coded = {c: entropy.encode_group(ctx, self._streams(c, deltas, r_kp, r_jac, restart))
+                 for c, ctx in self.contexts.items()}
+        coder = min(coded, key=lambda c: (len(coded[c]), -c))  # a tie goes to coder 1
+        self.levels, self.last_frame = (lv_kp[-1], lv_jac[-1]), int(indices[-1])
+        flags = (_FLAG_RESTART if restart else 0) | (coder << 1)
+        return bytes([flags]) + varint(n) + coded[coder]
+
+    def decode(self, payload: bytes, frame: int) -> SentFrames:
+        if len(payload) < 2:
+            raise KpcFormatError("truncated KEYPOINTS packet")
+        flags = payload[0]
+        restart, coder = bool(flags & _FLAG_RESTART), flags >> 1
+        n, pos = read_varint(payload, 1)
+        if n is None or not 1 <= n <= kc.MAX_SENT_KEYPOINTS // max(1, self.k):
+            raise KpcFormatError("bad sent frame count in a KEYPOINTS packet")
+        if restart:
+            if frame <= self.last_frame:
+                raise KpcFormatError(f"keyframe at frame {frame} does not follow frame {self.last_frame}")
+            self._restart()
+        elif self.contexts is None:
+            raise KpcFormatError("a KEYPOINTS packet continues a keyframe this decoder does not have")
+        contexts = self.contexts
+        if coder not in contexts:
+            raise KpcFormatError(f"unknown keypoint coder {coder} in a KEYPOINTS packet")
+        self.contexts = None  # spent unless this packet decodes whole
+        deltas, s_kp, s_jac = entropy.decode_group(contexts[coder], payload[pos:], n)
+        if coder == kc.CODER_DECORRELATED:
+            try:
+                res = decorrelate.inverse(np.concatenate([s_kp, s_jac], 1), deltas, self.table, first=restart)
+            except ValueError:
+                raise KpcFormatError("KEYPOINTS: decorrelated residuals out of range") from None
+            s_kp, s_jac = res[:, :2 * self.k], res[:, 2 * self.k:]
+        d = deltas[:, 0]
+        if (restart and d[0] != 0) or np.any(d[0 if not restart else 1:] < 1):
+            raise KpcFormatError("sent frame indices in a KEYPOINTS packet are not increasing")
+        indices = (frame if restart else self.last_frame) + np.cumsum(d)
+        if indices[0] != frame:
+            raise KpcFormatError(f"KEYPOINTS packet says frame {frame}, its first sent frame is {int(indices[0])}")
+        levels = []
+        for res, limit, last, what in ((s_kp, self.limits[0], None if restart else self.levels[0], "keypoint"),
+                                       (s_jac, self.limits[1], None if restart else self.levels[1], "jacobian")):
+            try:
+                levels.append(q.levels_from_residuals(res, q.PREVIOUS, limit, last))
+            except ValueError:
+                raise KpcFormatError(f"{what} values in a KEYPOINTS packet are out of range") from None
+        for other, ctx in contexts.items():  # the other coder's models learn from the same residuals
+            if other != coder:
+                entropy.encode_group(ctx, self._streams(other, deltas, s_kp, s_jac, restart))
+        self.contexts, self.levels, self.last_frame = contexts, (levels[0][-1], levels[1][-1]), int(indices[-1])
+        kp = q.levels_to_values(levels[0], self.kp_step).reshape(n, self.k, 2)
+        jac = q.levels_to_values(levels[1], self.jac_step).reshape(n, self.k, 2, 2)
+        return SentFrames(indices.astype(np.int64), kp, jac, restart)
+
+
+# --------------------------------------------------------------------------
+# Writing
+
+
+class PacketWriter:
+    """Stream content in, packets out, in stream order (see the module's docstring).
+
+    `packet_frames` sent frames go in one keypoint packet (1: every sent frame at once, as live
+    mode wants); a source image, a base frame or the end flushes the ones waiting first.
+    """
+
+    def __init__(self, header: kc.Header, base: kc.BaseLayer | None = None,
+                 packet_frames: int = DEFAULT_PACKET_FRAMES):
+        if not isinstance(packet_frames, int) or packet_frames < 1:
+            raise ValueError(f"packet_frames must be a positive integer (got {packet_frames!r})")
+        self.header, self.base, self.packet_frames = header, base, packet_frames
+        self.coder = KeypointCoder(header.num_keypoints, header.kp_step, header.jac_step)
+        self.seq, self.offset = 0, len(PREAMBLE)
+        self.index: list[tuple[str, int, int]] = []  # (type, frame, byte offset) of S and restart K
+        self._waiting: list = []  # (index, kp, jac) of sent frames not yet in a packet
+        self._restart = True
+        self._source_frame = None  # the frame of the last source image
+        self._out: list[Packet] = [self._packet("H", 0, encode_head(header, base))]
+
+    def _packet(self, kind: str, frame: int, payload: bytes) -> Packet:
+        p = Packet(kind, self.seq, int(frame), payload)
+        if kind == "S" or (kind == "K" and payload[0] & _FLAG_RESTART):
+            self.index.append((kind, int(frame), self.offset))
+        self.seq += 1
+        self.offset += len(bytes(p))
+        return p
+
+    def _take(self) -> list[Packet]:
+        out, self._out = self._out, []
+        return out
+
+    def source(self, frame: int, codec: str, data: bytes) -> list[Packet]:
+        """A source image from `frame` on; `frame` must be the next sent frame (a keyframe)."""
+        self._flush_keypoints()
+        if frame <= self.coder.last_frame and frame != 0:
+            raise KpcFormatError(f"source image at frame {frame} does not follow sent frame {self.coder.last_frame}")
+        self._out.append(self._packet("S", frame, kc._encode_srcf(codec, data)))
+        self._restart, self._source_frame = True, int(frame)
+        return self._take()
+
+    def keypoints(self, index: int, kp: np.ndarray, jac: np.ndarray) -> list[Packet]:
+        """One sent frame; a packet comes out when `packet_frames` are waiting."""
+        last = self._waiting[-1][0] if self._waiting else self.coder.last_frame
+        if isinstance(index, bool) or int(index) <= last:
+            raise KpcFormatError(f"sent frame {index} does not follow frame {last}")
+        if self._source_frame is None:
+            raise KpcFormatError("keypoints before any source image")
+        if self._source_frame > last and index != self._source_frame:
+            raise KpcFormatError(f"sent frame {index}: the source image at frame {self._source_frame} needs "
+                                 "its frame sent first")
+        try:
+            kp, jac = q.check_keypoints(np.asarray(kp)[None], np.asarray(jac)[None], self.coder.kp_step,
+                                        self.coder.jac_step)
+        except ValueError as exc:
+            raise KpcFormatError(str(exc)) from None
+        if kp.shape[1] != self.header.num_keypoints:
+            raise KpcFormatError(f"{kp.shape[1]} keypoints, HEAD says {self.header.num_keypoints}")
+        self._waiting.append((int(index), kp[0], jac[0]))
+        if len(self._waiting) >= self.packet_frames:
+            self._flush_keypoints()
+        return self._take()
+
+    def restart(self) -> list[Packet]:
+        """Make the next sent frame a keypoint keyframe (without a new source image)."""
+        self._flush_keypoints()
+        self._restart = True
+        return self._take()
+
+    def _flush_keypoints(self) -> None:
+        if not self._waiting:
+            return
+        idx = np.array([i for i, _, _ in self._waiting], np.int64)
+        kp = np.stack([k for _, k, _ in self._waiting])
+        jac = np.stack([j for _, _, j in self._waiting])
+        payload = self.coder.encode(idx, kp, jac, self._restart)
+        self._out.append(self._packet("K", int(idx[0]), payload))
+        self._waiting, self._restart = [], False
+
+    def base_frame(self, frame: int, data: bytes) -> list[Packet]:
+        if self.base is None:
+            raise KpcFormatError("a base-layer packet in a stream whose HEAD has no base layer")
+        if frame % self.base.divisor:
+            raise KpcFormatError(f"base frame at frame {frame}, not a multiple of divisor {self.base.divisor}")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise KpcFormatError("empty or non-bytes packet in the base layer")
+        self._out.append(self._packet("B", frame, bytes(data)))
+        return self._take()
+
+    def extra(self, kind: str, payload: bytes) -> list[Packet]:
+        kc._check_extra(kind, payload)
+        self._out.append(self._packet("X", 0, kind.encode("ascii") + bytes(payload)))
+        return self._take()
+
+    def end(self, frame_count: int, index: bool = True) -> list[Packet]:
+        """The rest: waiting keypoints, the INDEX (unless `index` is False) and END."""
+        self._flush_keypoints()
+        if not isinstance(frame_count, (int, np.integer)) or frame_count < max(1, self.coder.last_frame + 1):
+            raise KpcFormatError(f"frame count {frame_count} does not cover the sent frames")
+        at = 0
+        if index:
+            at = self.offset
+            body = varint(len(self.index)) + b"".join(
+                k.encode("ascii") + varint(f) + varint(o) for k, f, o in self.index)
+            self._out.append(self._packet("I", 0, body))
+        self._out.append(self._packet("E", int(frame_count), varint(int(frame_count)) + struct.pack("<I", at)))
+        return self._take()
+
+    def take(self) -> list[Packet]:
+        """Packets made so far and not yet handed out (HEAD, after construction)."""
+        return self._take()
+
+
+def stream_events(stream: kc.KpcStream):
+    """A whole in-memory stream's content in stream order, as a PacketReader gives it: the Header
+    (with the frame count), the base layer's settings, source images before the sent frames shown
+    with them, base frames before the sent frames that follow them, extras, End. Keypoint runs
+    restart at frame 0 and at `stream.restarts` (a 2.0 stream's keyframes) only."""
+    h = stream.header
+    base = stream.base
+    yield h
+    if base is not None:
+        yield replace(base, packets=[])
+    sources = [SourceImage(r.frame, r.codec, r.data) for r in stream.refreshes]
+    bases = [] if base is None else [BaseFrame(n * base.divisor, p) for n, p in enumerate(base.packets)]
+    restarts = {int(f) for f in stream.restarts}
+    if tuple(stream.write_version)[0] >= 2:  # a 2.0 keyframe at every source image
+        restarts |= {r.frame for r in sources}
+    cuts = sorted({0, *restarts, *(r.frame for r in sources)})
+    idx = np.asarray(stream.sent_indices, np.int64)
+    starts = np.searchsorted(idx, cuts)
+    yield SourceImage(0, stream.source_codec, stream.source_data)
+    b = 0
+    for n, (frame, lo) in enumerate(zip(cuts, starts)):
+        hi = starts[n + 1] if n + 1 < len(cuts) else len(idx)
+        if n and sources and sources[0].frame == frame:
+            yield sources.pop(0)
+        while b < len(bases) and bases[b].frame <= (idx[hi - 1] if hi > lo else frame):
+            yield bases[b]
+            b += 1
+        if hi > lo:
+            yield SentFrames(idx[lo:hi], stream.keypoints[lo:hi], stream.jacobians[lo:hi], frame == 0 or frame in restarts)
+    yield from bases[b:]
+    for kind, payload in stream.extra_chunks:
+        yield Extra(kind, payload)
+    yield End(h.frame_count)
+
+
+def stream_packets(stream: kc.KpcStream, packet_frames: int = DEFAULT_PACKET_FRAMES) -> list[Packet]:
+    """A whole in-memory stream as 2.0 packets (keyframes at its refreshes and `restarts`)."""
+    h = stream.header
+    kc._checked_indices(stream)
+    if stream.base is not None:
+        kc._check_base(stream.base, h.frame_count)
+    restarts = {int(f) for f in stream.restarts} | {int(r.frame) for r in stream.refreshes}
+    w = out = None
+    for item in stream_events(replace(stream, restarts=sorted(restarts), version=VERSION)):
+        if isinstance(item, kc.Header):
+            w = PacketWriter(item, stream.base and replace(stream.base, packets=[]), packet_frames)
+            out = w.take()
+        elif isinstance(item, SourceImage):
+            out += w.source(item.frame, item.codec, item.data)
+        elif isinstance(item, SentFrames):
+            if item.restart and int(item.indices[0]) != 0 and int(item.indices[0]) not in \
+                    {r.frame for r in stream.refreshes}:
+                out += w.restart()
+            for i, kp, jac in zip(item.indices.tolist(), item.keypoints, item.jacobians):
+                out += w.keypoints(i, kp, jac)
+        elif isinstance(item, BaseFrame):
+            out += w.base_frame(item.frame, item.data)
+        elif isinstance(item, Extra):
+            out += w.extra(item.kind, item.payload)
+        elif isinstance(item, End):
+            out += w.end(item.frame_count)
+    return out
+
+
+def read_stream(data: bytes) -> kc.KpcStream:
+    """A whole 2.0 file as an in-memory stream (keypoints dequantised)."""
+    reader = PacketReader()
+    items = reader.feed(data)
+    reader.close()
+    h, base = reader.header, None
+    source, refreshes, restarts, extra = None, [], [], []
+    idx, kps, jacs, base_packets = [], [], [], []
+    frame_count = 0
+    for item in items:
+        if isinstance(item, kc.BaseLayer):
+            base = item
+        elif isinstance(item, SourceImage):
+            if source is None:
+                source = item
+            else:
+                refreshes.append(kc.Refresh(item.frame, item.codec, item.data))
+        elif isinstance(item, SentFrames):
+            if item.restart and item.indices[0] != 0 and not (refreshes and refreshes[-1].frame == item.indices[0]):
+                restarts.append(int(item.indices[0]))
+            idx.append(item.indices)
+            kps.append(item.keypoints)
+            jacs.append(item.jacobians)
+        elif isinstance(item, BaseFrame):
+            if base is not None and item.frame != len(base_packets) * base.divisor:
+                raise KpcFormatError(f"base frame {item.frame} out of order")
+            base_packets.append(item.data)
+        elif isinstance(item, Extra):
+            extra.append((item.kind, item.payload))
+        elif isinstance(item, End):
+            frame_count = item.frame_count
+    if not idx:
+        raise KpcFormatError("no sent frames (S must be >= 1)")
+    sent = np.concatenate(idx)
+    h = replace(h, frame_count=frame_count)
+    if h.adaptive:  # 1.x meaning: the mean spacing
+        h = replace(h, keep_every=min(65535, max(1, round(frame_count / len(sent)))))
+    if base is not None:
+        base = replace(base, packets=base_packets)
+        kc._check_base(base, frame_count)
+    return kc.KpcStream(h, source.codec, source.data, sent, np.concatenate(kps), np.concatenate(jacs), extra,
+                        VERSION, refreshes, base, restarts)
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+def split_packet(buf, at: int = 0) -> tuple[Packet | None, int]:
+    """The packet at the start of `buf` (which sits at byte `at` of its file) and its size, with
+    framing and CRC checked; (None, 0) if `buf` ends before the packet does."""
+    kind = chr(buf[0])
+    if kind not in TYPES:
+        raise KpcFormatError(f"bad packet type {bytes(buf[:1])!r} at byte {at}")
+    seq, pos = read_varint(buf, 1)
+    frame, pos = read_varint(buf, pos) if seq is not None else (None, pos)
+    length, pos = read_varint(buf, pos) if frame is not None else (None, pos)
+    if length is None:
+        return None, 0
+    if length > MAX_PAYLOAD:
+        raise KpcFormatError(f"packet at byte {at} claims {length} bytes")
+    if len(buf) < pos + length + 4:
+        return None, 0
+    body = bytes(buf[:pos + length])
+    (crc,) = struct.unpack_from("<I", buf, pos + length)
+    if crc != zlib.crc32(body) & 0xFFFFFFFF:
+        raise KpcFormatError(f"CRC mismatch in the {TYPES[kind]} packet at byte {at}")
+    return Packet(kind, seq, frame, body[pos:]), pos + length + 4
+
+
+class PacketReader:
+    """Bytes in (`feed`, as they arrive), content out: the Header first, then SourceImage,
+    SentFrames, BaseFrame, Extra and End, in stream order.
+
+    A packet is handed on only whole and with its CRC right; `pending` bytes are those of a packet
+    not yet whole, which at the end (`close`) mean a cut file. Malformed data raises KpcFormatError
+    naming the byte it is at.
+    """
+
+    def __init__(self, preamble: bool = True):
+        self._buf = bytearray()
+        self._pos = 0  # file offset of _buf[0]
+        self._need_preamble = preamble
+        self.header: kc.Header | None = None
+        self.base: kc.BaseLayer | None = None
+        self.coder: KeypointCoder | None = None
+        self.seq = 0
+        self.ended = False
+        self.last_frame = -1  # the last sent frame read
+        self.packets: list[tuple[str, int]] = []  # (type, bytes) of every packet read
+        self._source_at = None  # frame of the last source image
+        self._source_pending = False  # a source image whose keyframe has not come yet
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def jump(self, offset: int) -> None:
+        """The next bytes fed are the packet at file offset `offset` (a seek to a keyframe through
+        the INDEX): any sequence number is taken there, and keypoints must restart."""
+        self._buf.clear()
+        self._pos, self.seq = offset, None
+        self.coder.contexts, self.coder.last_frame = None, -1
+        self.last_frame, self._source_pending = -1, False
+
+    def feed(self, data: bytes) -> list:
+        self._buf += data
+        out = []
+        if self._need_preamble:
+            if len(self._buf) < len(PREAMBLE):
+                if not PREAMBLE.startswith(bytes(self._buf[:len(kc.MAGIC)])[:len(self._buf)]):
+                    raise KpcFormatError("not a .kpc file (bad magic)")
+                return out
+            if bytes(self._buf[:len(PREAMBLE)]) != PREAMBLE:
+                raise KpcFormatError("not a .kpc 2.0 stream")
+            del self._buf[:len(PREAMBLE)]
+            self._pos += len(PREAMBLE)
+            self._need_preamble = False
+        while self._buf and not self.ended:
+            packet, size = self._split()
+            if packet is None:
+                break
+            del self._buf[:size]
+            at = self._pos
+            self._pos += size
+            self.packets.append((packet.kind, size))
+            out += self._content(packet, at)
+        if self.ended and self._buf:
+            raise KpcFormatError(f"{len(self._buf)} bytes of data after END at byte {self._pos}")
+        return out
+
+    def _split(self) -> tuple[Packet | None, int]:
+        packet, size = split_packet(self._buf, self._pos)
+        if packet is not None:
+            if self.seq is None:  # after a jump
+                self.seq = packet.seq
+            if packet.seq != self.seq:
+                raise KpcFormatError(f"packet {packet.seq} at byte {self._pos} where packet {self.seq} was expected")
+            self.seq += 1
+        return packet, size
+
+    def _content(self, p: Packet, at: int) -> list:
+        if (p.kind == "H") != (self.header is None):
+            raise KpcFormatError(f"{TYPES[p.kind]} packet at byte {at} where " +
+                                 ("HEAD was expected" if self.header is None else "no second HEAD may be"))
+        if p.kind == "H":
+            self.header, self.base = decode_head(p.payload)
+            h = self.header
+            self.coder = KeypointCoder(h.num_keypoints, h.kp_step, h.jac_step)
+            return [self.header] + ([self.base] if self.base is not None else [])
+        if p.kind == "S":
+            codec, data = kc._decode_srcf(kc._Reader(p.payload, "SOURCE", at))
+            if p.frame <= self.last_frame:
+                raise KpcFormatError(f"source image at frame {p.frame} does not follow frame {self.last_frame}")
+            self._source_at, self._source_pending = p.frame, True
+            return [SourceImage(p.frame, codec, data)]
+        if p.kind == "K":
+            restart = bool(p.payload[:1]) and bool(p.payload[0] & _FLAG_RESTART)
+            source = self._source_at
+            if source is None:
+                raise KpcFormatError(f"keypoints at byte {at} before any source image")
+            if self._source_pending and (not restart or p.frame != source):
+                raise KpcFormatError(f"the source image at frame {source} is not followed by a keyframe there")
+            self._source_pending = False
+            sent = self.coder.decode(p.payload, p.frame)
+            self.last_frame = int(sent.indices[-1])
+            return [sent]
+        if p.kind == "B":
+            if self.base is None:
+                raise KpcFormatError(f"base-layer packet at byte {at} in a stream without a base layer")
+            if p.frame % self.base.divisor or not p.payload:
+                raise KpcFormatError(f"bad base-layer packet at byte {at} (frame {p.frame})")
+            return [BaseFrame(p.frame, p.payload)]
+        if p.kind == "X":
+            kind = p.payload[:4].decode("latin-1")
+            if len(p.payload) < 4 or not kc._is_chunk_type(kind) or kc._is_critical(kind):
+                raise KpcFormatError(f"bad EXTRA packet at byte {at}")
+            return [Extra(kind, p.payload[4:])]
+        if p.kind == "I":
+            return []  # checked where it is used (read_index)
+        # END
+        count, pos = read_varint(p.payload, 0)
+        if count is None or count != p.frame or count < self.last_frame + 1 or len(p.payload) != pos + 4:
+            raise KpcFormatError(f"bad END packet at byte {at}")
+        self.ended = True
+        return [End(count)]
+
+    def close(self) -> None:
+        """The input has ended: a missing END or a packet not whole is a cut stream."""
+        if self._need_preamble:
+            raise KpcFormatError(f"truncated file: only {len(self._buf)} bytes")
+        if not self.ended:
+            whole = f"; the last whole packet ends at byte {self._pos}" if self.header is not None else ""
+            raise KpcFormatError(f"the stream is cut at byte {self._pos + len(self._buf)} (no END packet{whole})")
+
+
+def packet_table(data: bytes) -> list[tuple[str, int]]:
+    """(name, bytes) of every packet of a whole 2.0 file, in the chunk names of format 1.x where
+    one means the same (HEAD, SRCF for the first source image, SRCR, KPRC, BASE, an extra's own
+    name, INDX, KEND), framing and CRC checked, payloads not decoded."""
+    if bytes(data[:len(PREAMBLE)]) != PREAMBLE:
+        raise KpcFormatError("not a .kpc 2.0 file")
+    table, pos, sources = [("magic", len(PREAMBLE))], len(PREAMBLE), 0
+    names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "I": "INDX", "E": "KEND"}
+    while pos < len(data):
+        packet, size = split_packet(data[pos:], pos)
+        if packet is None:
+            raise KpcFormatError(f"the file is cut at byte {len(data)} (a packet starts at byte {pos})")
+        if packet.kind == "S":
+            name, sources = ("SRCF" if not sources else "SRCR"), sources + 1
+        elif packet.kind == "X":
+            name = packet.payload[:4].decode("latin-1")
+        else:
+            name = names[packet.kind]
+        table.append((name, size))
+        pos += size
+        if packet.kind == "E":
+            break
+    if pos != len(data) or table[-1][0] != "KEND":
+        raise KpcFormatError("the file does not end with its END packet")
+    return table
+
+
+def frame_count_of(data: bytes) -> int | None:
+    """The frame count of a whole file's bytes (any version; a 2.0 file's END, found by its
+    framing alone), or None when it cannot be told (a cut or damaged file)."""
+    try:
+        if kc.format_major(data) == 1:
+            return kc.loads(data).header.frame_count
+        pos = len(PREAMBLE)
+        while pos < len(data):
+            packet, size = split_packet(data[pos:], pos)
+            if packet is None:
+                return None
+            if packet.kind == "E":
+                return packet.frame
+            pos += size
+    except KpcFormatError:
+        return None
+    return None
+
+
+def extras_of(data: bytes) -> list[tuple[str, bytes]]:
+    """The optional chunks (EXTRA packets) of a 2.0 file's bytes, found by their framing alone
+    (a decoder that must know the audio before the first frame); stops quietly at any damage."""
+    out, pos = [], len(PREAMBLE)
+    try:
+        while pos < len(data):
+            packet, size = split_packet(data[pos:], pos)
+            if packet is None or packet.kind == "E":
+                break
+            if packet.kind == "X" and len(packet.payload) >= 4:
+                out.append((packet.payload[:4].decode("latin-1"), packet.payload[4:]))
+            pos += size
+    except KpcFormatError:
+        pass
+    return out
+
+
+def read_items(pieces, ignore_errors: bool = False, warn=None, start_frame: int = 0):
+    """The content of a .kpc file given as an iterable of byte pieces (any version; a 1.x file is
+    read whole, a 2.0 one packet by packet as the pieces come).
+
+    A 2.0 stream cut short or damaged is a KpcFormatError; with `ignore_errors` it ends at its last
+    whole packet instead, after `warn(message)`. With `start_frame`, a whole 2.0 file with an INDEX
+    is entered at its last keyframe at or before that frame (HEAD, the source image in force, then
+    the keyframe's packets on).
+    """
+    pieces = iter(pieces)
+    first = b""
+    for piece in pieces:
+        first += piece
+        if len(first) >= len(PREAMBLE):
+            break
+    if kc.format_major(first) == 1:
+        yield from stream_events(kc.loads(first + b"".join(pieces)))
+        return
+    reader = PacketReader()
+    try:
+        if start_frame > 0:
+            data = first + b"".join(pieces)
+            pieces = iter(())
+            yield from _seek(reader, data, start_frame)
+        else:
+            for piece in _chain(first, pieces):
+                yield from reader.feed(piece)
+        reader.close()
+    except KpcFormatError as exc:
+        if not ignore_errors:
+            raise
+        if warn:
+            warn(f"{exc}: decoding what came before it")
+
+
+def _chain(first: bytes, pieces):
+    yield first
+    yield from pieces
+
+
+def _seek(reader: PacketReader, data: bytes, start_frame: int):
+    """Feed `reader` the HEAD, then the source image and the keyframe at or before `start_frame`
+    and all after it (all of `data` when it has no usable INDEX or a base layer)."""
+    index = read_index(data)
+    _, size = split_packet(data[len(PREAMBLE):], len(PREAMBLE))
+    yield from reader.feed(data[:len(PREAMBLE) + size])  # HEAD
+    keys = [(f, o) for k, f, o in index or () if k == "K" and f <= start_frame]
+    if reader.base is not None or not keys or keys[-1][0] == 0:
+        yield from reader.feed(data[len(PREAMBLE) + size:])
+        return
+    frame, at = keys[-1]
+    source = max((o for k, f, o in index if k == "S" and f <= frame), default=None)
+    if source is None:
+        raise KpcFormatError("the INDEX has no source image before its keyframe")
+    _, size = split_packet(data[source:], source)
+    reader.jump(source)
+    yield from reader.feed(data[source:source + size])
+    reader.jump(at)
+    yield from reader.feed(data[at:])
+
+
+def read_index(data: bytes) -> list[tuple[str, int, int]] | None:
+    """The INDEX of a whole 2.0 file, found from its END packet at the end: (type, frame, byte
+    offset) of every SOURCE and restart KEYPOINTS packet; None if it has none or it does not check."""
+    if len(data) < len(PREAMBLE) + 12:
+        return None
+    (at,) = struct.unpack_from("<I", data, len(data) - 8)
+    if not len(PREAMBLE) <= at < len(data) - 8 or data[at:at + 1] != b"I":
+        return None
+    try:
+        packet, _ = split_packet(data[at:], at)
+    except KpcFormatError:
+        return None
+    if packet is None or packet.kind != "I":
+        return None
+    body, entries = packet.payload, []
+    try:
+        count, pos = read_varint(body, 0)
+        for _ in range(count or 0):
+            kind = chr(body[pos])
+            frame, pos = read_varint(body, pos + 1)
+            offset, pos = read_varint(body, pos)
+            if kind not in "SK" or frame is None or offset is None or offset >= at:
+                return None
+            entries.append((kind, frame, offset))
+    except (KpcFormatError, IndexError):
+        return None
+    return entries if pos == len(body) else None
