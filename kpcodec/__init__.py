@@ -1,8 +1,9 @@
 """kpcodec: a keypoint video codec for talking-head and motion video.
 
 Library API: `kpcodec.encode(input, output, options_or_fields)`, `kpcodec.decode(...)`,
-`kpcodec.info(input)`, with `EncodeOptions` / `DecodeOptions` (kpcodec.options). torch is
-imported only when a model is needed.
+`kpcodec.info(input)`, with `EncodeOptions` / `DecodeOptions` (kpcodec.options); the streaming
+core as `kpcodec.Encoder` (frames in, packets out) and `kpcodec.Decoder` (packets in, frames out).
+torch is imported only when a model is needed.
 """
 from kpcodec.options import DecodeOptions, EncodeOptions
 
@@ -27,4 +28,17 @@ def info(*args, **kwargs):
     return _info(*args, **kwargs)
 
 
-__all__ = ["encode", "decode", "info", "EncodeOptions", "DecodeOptions", "__version__"]
+def __getattr__(name: str):
+    """Encoder and Decoder load their module (and torch) only when first named."""
+    if name == "Encoder":
+        from kpcodec.codec.encoder import Encoder
+
+        return Encoder
+    if name == "Decoder":
+        from kpcodec.codec.decoder import Decoder
+
+        return Decoder
+    raise AttributeError(f"module 'kpcodec' has no attribute {name!r}")
+
+
+__all__ = ["encode", "decode", "info", "EncodeOptions", "DecodeOptions", "Encoder", "Decoder", "__version__"]

@@ -262,6 +262,8 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     from kpcodec.bitstream import packets
     from kpcodec.codec.decoder import Decoder, frame_range
 
+    fixed_mmap_threshold()  # flat memory on long outputs (see kpcodec.codec.parallel)
+
     # A file is read whole (it is small; frames are rendered as its packets are parsed); a pipe
     # piece by piece as it comes, unless its audio is wanted: a 2.0 stream's audio comes last.
     data, pieces = None, bitstream.read_pieces(input)
@@ -296,7 +298,7 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
             writer.add_audio(track)
         try:
             for item in items:
-                for frame in dec.push(item):
+                for frame in dec.pushing(item):
                     writer.write(frame)
                     if progress:
                         progress(dec.done, total)

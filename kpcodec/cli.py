@@ -134,6 +134,10 @@ Workers = Annotated[Optional[int], typer.Option(
     "--threads", help="1: the model on one torch thread; N >= 2: N workers of one torch thread each. Steadier on a busy machine (default: torch's own threads, fastest when idle).")]
 
 
+KeyframeInterval = Annotated[Optional[float], typer.Option(
+    "--keyframe-interval", help="Seconds between keypoint keyframes (the keypoints restart: decodable from there; ~+3% bits at 10 s). Default: only at source images.")]
+
+
 @app.command()
 def encode(
     input: Annotated[str, typer.Argument(help="Input video (mp4, mov, mkv, webm, ...).")],
@@ -153,7 +157,8 @@ def encode(
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
     base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF], e.g. 96@3:63 (default: off, auto with --bitrate).")] = None,
     bitrate: Annotated[Optional[str], typer.Option("--bitrate", "-b", help="Target total rate of source image + keypoints + base layer (audio apart), e.g. 6k; picks keep-every, base layer and source quality.")] = None,
-    packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet: fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 64).")] = 64,
+    packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet: fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 128).")] = 128,
+    keyframe_interval: KeyframeInterval = None,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -169,7 +174,7 @@ def encode(
             refresh=refresh, refresh_threshold=refresh_threshold, source_codec=source_codec,
             source_quality=source_quality, crop=crop, model=model, audio=not no_audio,
             audio_bitrate=audio_bitrate, ignore_errors=ignore_errors, base_layer=base_layer,
-            bitrate=bitrate, threads=threads, packet_frames=packet_frames)
+            bitrate=bitrate, threads=threads, packet_frames=packet_frames, keyframe_interval=keyframe_interval)
         with _progress("encode", quiet) as progress:
             s = api.encode(input, output, options, force=force, progress=progress, warn=_warn)
     if s.skipped:  # a warning, so even --quiet says it
@@ -213,6 +218,63 @@ def decode(
     if not quiet:
         size = f"{_kib(s.bytes)} " if s.bytes else ""
         err.print(f"decoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} fps): {size}-> {s.output}", markup=False)
+
+
+@app.command()
+def send(
+    input: Annotated[str, typer.Argument(help="Input video file, played at its own frame rate.")],
+    url: Annotated[str, typer.Argument(help="Where to: udp://HOST:PORT.")],
+    keep_every: Annotated[str, typer.Option("--keep-every", "-k", help="Send the keypoints of one frame in N, or 'auto' (a causal predictor decides).")] = "2",
+    predictor: Annotated[Optional[str], typer.Option("--predictor", help="Causal predictor the receiver fills unsent and lost frames with (default: the best measured).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name from the registry.")] = None,
+    source_quality: Annotated[Optional[int], typer.Option("--source-quality", help="Source image quality 0-100.")] = None,
+    crop: Annotated[Optional[str], typer.Option("--crop", help="Crop x,y,w,h before scaling (default: centre square).")] = None,
+    keyframe_interval: KeyframeInterval = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Play the input again and again (a soak run; Ctrl-C stops it).")] = False,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    no_redundancy: Annotated[bool, typer.Option("--no-redundancy", help="Do not repeat the previous keypoint packet in each datagram.")] = False,
+    quiet: Quiet = False,
+):
+    """Send a video live over UDP as .kpc packets (kpcodec receive plays them back)."""
+    from kpcodec.live import udp
+    from kpcodec.options import EncodeOptions
+
+    with _errors_to_exit():
+        options = EncodeOptions(keep_every=keep_every, predictor=predictor, model=model,
+                                source_quality=source_quality, crop=crop, keyframe_interval=keyframe_interval)
+        with _progress("send", quiet) as progress:
+            s = udp.send(input, url, options, loop=loop, max_frames=max_frames, redundancy=not no_redundancy,
+                         progress=progress, warn=_warn)
+    if not quiet:
+        err.print(f"sent {s.frames} frames in {s.seconds:.1f} s: {s.datagrams} datagrams, {s.kbps:.2f} kb/s on the "
+                  f"wire, {s.restarts} keyframe request(s) answered -> {url}", markup=False)
+
+
+@app.command()
+def receive(
+    url: Annotated[str, typer.Argument(help="Where to listen: udp://:PORT (or udp://HOST:PORT).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Output video (.mp4, .mkv, .webm, .y4m, ...).")],
+    idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Finish after this many seconds without a datagram.")] = 10.0,
+    threads: Workers = None,
+    force: Force = False,
+    quiet: Quiet = False,
+):
+    """Receive a live kpcodec stream over UDP and decode it into a video."""
+    from kpcodec.live import udp
+    from kpcodec.options import DecodeOptions
+
+    with _errors_to_exit():
+        _check_stdout(output)
+        with _progress("receive", quiet) as progress:
+            s = udp.receive(url, output, DecodeOptions(threads=threads, audio=False), idle_timeout=idle_timeout,
+                            force=force, progress=progress, warn=_warn)
+    if s.bad_datagrams:
+        _warn(f"{s.bad_datagrams} malformed or foreign datagram(s) dropped")
+    if not quiet:
+        how = "END received" if s.ended else "idle timeout"
+        err.print(f"received {s.frames} frames in {s.seconds:.1f} s ({how}): {s.datagrams} datagrams, "
+                  f"{s.lost_packets} packet(s) lost, {s.dropped_packets} undecodable, {s.requests} request(s) "
+                  f"-> {s.output}", markup=False)
 
 
 @app.command()

@@ -85,7 +85,8 @@ class EncodeOptions:
     bitrate: str | float | None = None  # target total kb/s ("6k"), audio apart
     threads: int | None = None
     batch: int = 8
-    packet_frames: int = 64  # sent frames per keypoint packet (kpcodec.bitstream.packets); 1 for live
+    packet_frames: int = 128  # sent frames per keypoint packet (kpcodec.bitstream.packets); 1 for live
+    keyframe_interval: float | None = None  # seconds between keypoint keyframes (None: only at source images)
     plan: object = field(default=None, compare=False, repr=False)  # set by checked(): the rate plan
 
     @classmethod
@@ -127,6 +128,10 @@ class EncodeOptions:
         if isinstance(self.packet_frames, bool) or not isinstance(self.packet_frames, Integral) \
                 or not 1 <= self.packet_frames <= 4096:
             raise UsageError(f"--packet-frames must be 1..4096 sent frames (got {self.packet_frames!r})")
+        if self.keyframe_interval is not None and (isinstance(self.keyframe_interval, bool) or not isinstance(
+                self.keyframe_interval, (int, float)) or not math.isfinite(self.keyframe_interval)
+                or self.keyframe_interval <= 0):
+            raise UsageError(f"--keyframe-interval must be a positive number of seconds (got {self.keyframe_interval!r})")
         return replace(self, keep_every=keep_every, max_error=max_error, predictor=predictor, refresh=refresh,
                        refresh_threshold=threshold, source_codec=self.source_codec or source_image.DEFAULT_CODEC,
                        source_quality=source_quality, crop=parse_crop(self.crop), audio_bitrate=audio_bitrate,

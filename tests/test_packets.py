@@ -259,3 +259,25 @@ def _whole_packets(data: bytes) -> list:
         out.append(packet)
         pos += size
     return out
+
+
+def test_decoder_takes_the_encoders_packets_one_by_one(clip40):
+    import kpcodec
+    from kpcodec.options import DecodeOptions, EncodeOptions
+
+    with kpcodec.Encoder(EncodeOptions(model="tiny", keep_every=2, packet_frames=1), 25) as enc:
+        packets = [p for f in read_frames(clip40, size=enc.size) for p in enc.push(f)]
+        packets += enc.flush()
+    dec, frames, out_before_end = kpcodec.Decoder(packets[0], DecodeOptions(threads=1)), [], 0
+    for p in packets[1:]:
+        frames += dec.push(p)
+        if p.kind != "E":
+            out_before_end = len(frames)
+    frames += dec.flush()
+    whole = list(kpcodec.Decoder(bitstream.loads(pk.join(packets)), DecodeOptions(threads=1)).frames())
+    assert len(frames) == 40 and all(np.array_equal(a, b) for a, b in zip(frames, whole))
+    assert out_before_end >= 36  # a frame is out once the next sent frame (and its batch) is in
+    with pytest.raises(KpcFormatError, match="where packet"):  # a lost packet is noticed
+        d = kpcodec.Decoder(packets[0], DecodeOptions(threads=1))
+        d.push(packets[1])
+        d.push(packets[3])

@@ -285,7 +285,10 @@ def _check_refresh_frame(frame, indices: np.ndarray, after: int) -> None:
         raise KpcFormatError(f"refresh frame {frame} is not a sent frame")
 
 
-def _leb128(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """LEB128: 7 bits a byte, low group first, the high bit set on all bytes but the last."""
+    if n < 0:
+        raise KpcFormatError(f"negative value {n} in a varint field")
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -316,7 +319,7 @@ def _encode_base(b: BaseLayer, frame_count: int) -> bytes:
         if not isinstance(p, (bytes, bytearray, memoryview)) or not len(p):
             raise KpcFormatError("empty or non-bytes packet in the base layer")
     return b"".join([struct.pack("<BHBBI", codec, b.size, b.divisor, b.crf, len(b.packets)),
-                     *(_leb128(len(p)) for p in b.packets), *(bytes(p) for p in b.packets)])
+                     *(varint(len(p)) for p in b.packets), *(bytes(p) for p in b.packets)])
 
 
 def _printable_ascii(raw: bytes) -> bool:

@@ -38,15 +38,17 @@ import numpy as np
 from kpcodec.bitstream import container as kc
 from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
+from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
 VERSION = (2, 0)
 PREAMBLE = kc.MAGIC + bytes(VERSION)
 TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "X": "EXTRA", "I": "INDEX", "E": "END"}
-# Sent frames per keypoint packet in a file: framing and the coder's flush (~14 bytes) against
-# ~13 bytes per sent frame at keep-every 2 keep a packet's overhead near 1.5%
-# (benchmarks/results/packets.md); live mode sends one per sent frame.
-DEFAULT_PACKET_FRAMES = 64
+# Sent frames per keypoint packet in a file: the framing and the coder's flush (~14 bytes) against
+# 7-17 bytes per sent frame at keep-every 2 (the smooth 2-min sample loop: +1.5% bits against 1.3 at
+# 128, +2.9% at 64; the val clips: -1.6% median; benchmarks/results/packets.md); live mode sends one
+# per sent frame.
+DEFAULT_PACKET_FRAMES = 128
 MAX_PAYLOAD = 1 << 28  # a packet claiming more is malformed (the largest source image is far smaller)
 _FLAG_RESTART = 0x01
 _HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
@@ -108,18 +110,6 @@ class Packet:
         body = b"".join((self.kind.encode("ascii"), varint(self.seq), varint(self.frame),
                          varint(len(self.payload)), self.payload))
         return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
-
-
-def varint(n: int) -> bytes:
-    if n < 0:
-        raise KpcFormatError(f"negative value {n} in a varint field")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def read_varint(data, pos: int) -> tuple[int | None, int]:
@@ -562,6 +552,15 @@ class PacketReader:
         self.packets: list[tuple[str, int]] = []  # (type, bytes) of every packet read
         self._source_at = None  # frame of the last source image
         self._source_pending = False  # a source image whose keyframe has not come yet
+
+    @classmethod
+    def after_head(cls, header: kc.Header, base: kc.BaseLayer | None = None, seq: int | None = None) -> PacketReader:
+        """A reader of the packets after a HEAD already read (packets alone, no preamble), the
+        first of them numbered `seq` (None: whatever number it has)."""
+        r = cls(preamble=False)
+        r.header, r.base, r.seq = header, base, seq
+        r.coder = KeypointCoder(header.num_keypoints, header.kp_step, header.jac_step)
+        return r
 
     @property
     def pending(self) -> int:

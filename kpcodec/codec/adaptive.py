@@ -60,7 +60,11 @@ class Chooser:
         self.fill = None
         self.held: list = []  # interp: (t, kp, jac, decoder kp) from the last sent frame on
 
-    def push(self, t: int, kp: np.ndarray, jac: np.ndarray) -> list[tuple]:
+    def push(self, t: int, kp: np.ndarray, jac: np.ndarray, force: bool = False) -> list[tuple]:
+        """`force`: send t whatever the test says, as a keyframe (the predictor restarts there, as
+        the decoder's does; causal predictors only)."""
+        if force and not self.interp:
+            self.fill = None
         if self.interp:
             self.held.append((t, kp, jac, q.decoder_values(kp, self.kp_step, q.KP_CLIP)))
             return [self.held[0][:3]] + self._gaps(False) if len(self.held) == 1 and t == 0 else self._gaps(False)

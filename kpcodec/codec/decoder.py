@@ -4,14 +4,14 @@
     for frame in dec.frames():          # (H, W, 3) uint8, frame 0 first
         ...
 
-or, packet by packet (a .kpc 2.0 stream read as it arrives, kpcodec.bitstream.packets):
+or packet by packet, as an Encoder's come (kpcodec.bitstream.packets.Packet):
 
-    reader = PacketReader()
-    items = reader.feed(first_bytes)    # the Header first
-    dec = Decoder(items[0], DecodeOptions())
-    for item in items[1:] + reader.feed(more_bytes) ...:
-        frames += dec.push(item)
+    dec = Decoder(packets[0], DecodeOptions())   # the HEAD
+    for p in packets[1:]:
+        frames += dec.push(p)
     frames += dec.flush()
+
+or from bytes as they arrive: a PacketReader's content items (the Header first) pushed the same way.
 
 The predictor (kpcodec.codec.predictors.Fill) fills the keypoints of the frames that were not sent,
 each as soon as the next sent frame is known (it restarts at 2.0 keyframes); the renderer
@@ -71,9 +71,16 @@ class Decoder:
     """Frames of one stream (see the module's docstring): made with its Header (or a whole
     KpcStream, for `frames()`), then `push` each content item, `flush` at the end."""
 
-    def __init__(self, stream: bitstream.KpcStream | bitstream.Header, options: DecodeOptions | None = None,
+    def __init__(self, stream: bitstream.KpcStream | bitstream.Header | pk.Packet, options: DecodeOptions | None = None,
                  name: str = "file", base: bitstream.BaseLayer | None = None):
         self.options = o = (options or DecodeOptions()).checked()
+        self._reader = None  # for packets pushed as they are (kpcodec.bitstream.packets.Packet)
+        if isinstance(stream, pk.Packet):  # the HEAD packet
+            self._reader = pk.PacketReader(preamble=False)
+            items = self._reader.feed(bytes(stream))
+            if not items or not isinstance(items[0], bitstream.Header):
+                raise bitstream.KpcFormatError(f"{name}: the first packet is not a HEAD")
+            stream, base = items[0], (items[1] if len(items) > 1 else None)
         self.stream = stream if isinstance(stream, bitstream.KpcStream) else None
         self.name = name
         h = self.header = stream.header if self.stream is not None else stream
@@ -127,14 +134,28 @@ class Decoder:
 
     # ------------------------------------------------------------------ content in
     def push(self, item) -> list[np.ndarray]:
-        """One content item of the stream (kpcodec.bitstream.packets); the frames it lets out."""
+        """One packet (kpcodec.bitstream.packets.Packet, in stream order after the HEAD this decoder
+        was made with) or one content item a PacketReader gave; the frames it lets out."""
+        return list(self.pushing(item))
+
+    def pushing(self, item) -> Iterator[np.ndarray]:
+        """:meth:`push`, the frames handed out as each batch is rendered (a packet of many sent
+        frames is not held whole as frames)."""
+        if isinstance(item, pk.Packet):
+            if self._reader is None:
+                self._reader = pk.PacketReader.after_head(self.header, self.base)
+            for content in self._reader.feed(bytes(item)):
+                yield from self.pushing(content)
+            return
+        if isinstance(item, pk.SentFrames):
+            for n, (i, kp, jac) in enumerate(zip(item.indices.tolist(), item.keypoints, item.jacobians)):
+                first = self.fill.next if self.fill.last is not None else i  # a stream joined at a keyframe
+                self._queue(first, self.fill.sent(i, kp, jac, item.restart and n == 0 and i != 0))
+                yield from self._run(final=False)
+            return
         if isinstance(item, pk.SourceImage):
             _source(item.data, item.codec, self.header)  # a bad image is refused as it comes
             self._sources.append(item)
-        elif isinstance(item, pk.SentFrames):
-            for n, (i, kp, jac) in enumerate(zip(item.indices.tolist(), item.keypoints, item.jacobians)):
-                first = self.fill.next
-                self._queue(first, self.fill.sent(i, kp, jac, item.restart and n == 0 and i != 0))
         elif isinstance(item, pk.BaseFrame):
             if self.fuse:
                 self._base_push(item)
@@ -150,7 +171,7 @@ class Decoder:
                 self._base_flush()
         elif isinstance(item, bitstream.Header):
             raise bitstream.KpcFormatError(f"{self.name}: a second HEAD")
-        return self._run(final=False)
+        yield from self._run(final=False)
 
     def _queue(self, first: int, filled: list) -> None:
         self._ready.extend((first + n, kp, jac) for n, (kp, jac) in enumerate(filled))
@@ -172,7 +193,7 @@ class Decoder:
             next(items)  # its Header: this decoder's
         try:
             for item in items:
-                yield from self.push(item)
+                yield from self.pushing(item)
                 if self.finished:
                     break
             yield from self.flush()

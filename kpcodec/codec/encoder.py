@@ -119,6 +119,10 @@ class Encoder:
             predictor=o.predictor, adaptive=self.auto)
         self.writer = None
         self._out: list = []
+        self.keyframes = 0  # keyframes made on request (live mode's feedback) or by keyframe_interval
+        self._request = 0  # 1: a keypoint keyframe is asked for, 2: with a new source image
+        self._keyframe_at: dict[int, bytes | None] = {}  # sent frame -> its new source image (None: keypoints only)
+        self._last_key = 0
 
     # ------------------------------------------------------------------ frames in
     def push(self, frame: np.ndarray) -> list[pk.Packet]:
@@ -133,12 +137,32 @@ class Encoder:
             self.checks.add(i, frame)
         if self.base is not None:
             self.base.push(i, frame)
+        if self.streaming:
+            self._keyframe_due(i, frame)
         if self.detected.is_sent(i):
             self._batch.append((i, frame))
             if len(self._batch) == self.options.batch:
                 self._collect(self._pool.submit(self._batch))
                 self._batch = []
         return self._take()
+
+    def request_keyframe(self, source: bool = False) -> None:
+        """Make the next sent frame a keyframe: the keypoints restart there (a receiver that lost
+        packets decodes again from it), and with `source` a new source image comes with it."""
+        if not self.streaming:
+            raise UsageError("keyframes on request need the streaming encoder (no --bitrate, no --base-layer)")
+        self._request = max(self._request, 2 if source else 1)
+
+    def _keyframe_due(self, i: int, frame: np.ndarray) -> None:
+        o = self.options
+        if i and o.keyframe_interval and i - self._last_key >= o.keyframe_interval * float(self.fps):
+            self._request = max(self._request, 1)
+        if not self._request or i == 0 or not (self.auto or self.pattern.is_sent(i)):
+            return
+        self._keyframe_at[i] = (source_image.encode_image(frame, o.source_codec, o.source_quality)
+                                if self._request == 2 else None)
+        self._request, self._last_key = 0, i
+        self.keyframes += 1
 
     def _first(self, frame: np.ndarray) -> None:
         o = self.options
@@ -164,11 +188,15 @@ class Encoder:
                 self._jacs.append(jac)
                 continue
             for n, i in enumerate(idx):
-                self._send(self.chooser.push(i, kp[n], jac[n]) if self.chooser else [(i, kp[n], jac[n])])
+                if self.chooser:
+                    self._send(self.chooser.push(i, kp[n], jac[n], force=i in self._keyframe_at))
+                elif self.pattern.is_sent(i):
+                    self._send([(i, kp[n], jac[n])])
 
     def _send(self, rows) -> None:
         for i, kp, jac in rows:
-            self._emit(self.stage.sent(i, kp, jac) if self.stage else [("sent", i, kp, jac)])
+            self._emit(self.stage.sent(i, kp, jac, i in self._keyframe_at) if self.stage
+                       else [("sent", i, kp, jac)])
 
     def _emit(self, items) -> None:
         for item in items:
@@ -177,6 +205,11 @@ class Encoder:
                 self.refreshes.append(r)
                 self._out += self.writer.source(r.frame, r.codec, r.data)
             else:
+                i = item[1]
+                if i in self._keyframe_at:
+                    data = self._keyframe_at.pop(i)
+                    self._out += (self.writer.source(i, self.options.source_codec, data) if data is not None
+                                  else self.writer.restart())
                 self.sent_frames += 1
                 self._out += self.writer.keypoints(*item[1:])
 

@@ -124,8 +124,9 @@ class RefreshStage:
     def _decoded(self, kp, jac):
         return q.decoder_values(kp, self.steps[0], q.KP_CLIP), q.decoder_values(jac, self.steps[1], q.JAC_CLIP)
 
-    def sent(self, i: int, kp: np.ndarray, jac: np.ndarray) -> list[tuple]:
-        return self._advance(int(i), (kp, jac))
+    def sent(self, i: int, kp: np.ndarray, jac: np.ndarray, restart: bool = False) -> list[tuple]:
+        """`restart`: i is a keypoint keyframe (the decoder's predictor restarts there)."""
+        return self._advance(int(i), (kp, jac), restart)
 
     def end(self, frame_count: int) -> list[tuple]:
         return self._advance(frame_count, None)

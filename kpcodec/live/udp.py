@@ -1,0 +1,442 @@
+"""Live mode over UDP: `kpcodec send SOURCE udp://HOST:PORT` and `kpcodec receive udp://:PORT -o out.mp4`.
+
+The sender plays its input at the input's own frame rate through the streaming Encoder (one sent
+frame per keypoint packet) and sends each packet as it is made, in datagrams of at most 1,200
+bytes (kpcodec.live.datagram), each keypoint datagram repeating the keypoint packet before it; it
+repeats the HEAD every second and answers the receiver's feedback: a RESTART request makes the
+next sent frame a keypoint keyframe, a KEYFRAME request also sends a new source image. The
+receiver puts packets back in order, declares a packet lost when later ones keep coming without it
+(GAP_PACKETS of them, or GAP_S seconds), then drops keypoint packets it cannot decode until a
+restart comes, asking for one (at most every FEEDBACK_S); the Decoder fills the frames in between
+with its causal predictor, so every frame is in the output. END datagrams (sent several times) or
+--idle-timeout seconds of silence end it; the output file is finished either way.
+"""
+from __future__ import annotations
+
+import random
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from kpcodec.bitstream import packets as pk
+from kpcodec.bitstream.container import Header
+from kpcodec.errors import KpcFormatError, KpcodecError, UsageError
+from kpcodec.live import datagram as dg
+
+GAP_PACKETS = 3  # later packets that declare a missing one lost
+GAP_S = 0.2  # or this long without it
+FEEDBACK_S = 0.1  # the most often a receiver asks for the same thing
+HEAD_EVERY_S = 1.0  # the sender repeats the HEAD this often
+HEAD_START_REPEATS = 2  # and with the first frames after it
+END_REPEATS = 3
+END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
+JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
+
+
+def parse_url(url: str, listen: bool = False) -> tuple[str, int]:
+    """(host, port) of udp://HOST:PORT (udp://:PORT to listen on every address)."""
+    parts = urlsplit(url)
+    if parts.scheme != "udp":
+        raise UsageError(f"{url!r} is not a udp://HOST:PORT address")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or not 0 < port < 65536:
+        raise UsageError(f"{url!r} has no port (udp://HOST:PORT)")
+    host = parts.hostname or ("" if listen else None)
+    if host is None:
+        raise UsageError(f"{url!r} has no host (udp://HOST:PORT)")
+    return host, port
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000) & 0xFFFFFFFF
+
+
+@dataclass
+class SendSummary:
+    frames: int = 0
+    seconds: float = 0.0
+    datagrams: int = 0
+    bytes: int = 0  # UDP payload bytes, datagram headers included
+    restarts: int = 0  # keyframes sent on request
+    keyframes: int = 0
+    bad_feedback: int = 0
+
+    @property
+    def kbps(self) -> float:
+        return self.bytes * 8 / self.seconds / 1000 if self.seconds else 0.0
+
+
+class Sender:
+    """Packets of one stream to one UDP address (see the module's docstring)."""
+
+    def __init__(self, url: str, redundancy: bool = True, sock=None):
+        """`sock`: a connected datagram socket to use (tests hand in their own)."""
+        if sock is None:
+            host, port = parse_url(url)
+            try:
+                info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+                sock = socket.socket(info[0], socket.SOCK_DGRAM)
+                sock.connect(info[4])
+            except OSError as exc:
+                raise KpcodecError(f"cannot send to {url}: {exc.strerror or exc}") from None
+            sock.setblocking(False)
+        self.sock = sock
+        self.url, self.redundancy = url, redundancy
+        self.stream = random.getrandbits(32)
+        self.dseq = 0
+        self.head: bytes | None = None
+        self.last_head = 0.0
+        self.heads_at_start = HEAD_START_REPEATS
+        self.previous_k: pk.Packet | None = None
+        self.summary = SendSummary()
+
+    def _send(self, kind: int, body: bytes) -> None:
+        raw = bytes(dg.Datagram(kind, self.stream, self.dseq, _now_ms(), body))
+        self.dseq += 1
+        try:
+            self.sock.send(raw)
+        except (ConnectionRefusedError, BlockingIOError):
+            pass  # nobody listening yet, or a full buffer: UDP loses it, the receiver recovers
+        except OSError as exc:
+            raise KpcodecError(f"cannot send to {self.url}: {exc.strerror or exc}") from None
+        self.summary.datagrams += 1
+        self.summary.bytes += len(raw)
+
+    def packets(self, packets: list[pk.Packet]) -> None:
+        for p in packets:
+            raw = bytes(p)
+            if p.kind == "H":
+                self.head = raw
+                self.send_head()
+                continue
+            frags = dg.fragments(p.seq, raw)
+            if p.kind == "K" and self.redundancy and self.previous_k is not None:
+                extra = dg.encode_fragment(dg.fragments(self.previous_k.seq, bytes(self.previous_k))[0])
+            else:
+                extra = b""
+            for f in frags:
+                body = dg.encode_fragment(f)
+                if extra and len(body) + len(extra) <= dg.MAX_DATAGRAM - dg.OVERHEAD:
+                    body, extra = body + extra, b""
+                self._send(dg.DATA, body)
+                if p.kind == "S":  # a source image is too costly to lose: each fragment twice
+                    self._send(dg.DATA, dg.encode_fragment(f))
+            if p.kind == "K":
+                self.previous_k = p
+        if self.head is not None and (self.heads_at_start > 0 or time.monotonic() - self.last_head > HEAD_EVERY_S):
+            self.heads_at_start -= 1
+            self.send_head()
+
+    def send_head(self) -> None:
+        if self.head is not None:
+            self._send(dg.HEAD, self.head)
+            self.last_head = time.monotonic()
+
+    def feedback(self) -> list[int]:
+        """The requests the receiver has sent since the last call (RESTART, KEYFRAME)."""
+        out = []
+        while True:
+            try:
+                raw = self.sock.recv(dg.MAX_DATAGRAM + 1)
+            except (BlockingIOError, ConnectionRefusedError):
+                return out
+            except OSError:
+                return out
+            try:
+                d = dg.parse(raw)
+                if d.kind != dg.FEEDBACK or d.stream != self.stream:
+                    raise KpcFormatError("not feedback for this stream")
+                out.append(dg.parse_feedback(d.body)[0])
+            except KpcFormatError:
+                self.summary.bad_feedback += 1
+
+    def end(self, last_seq: int, frame_count: int) -> None:
+        for _ in range(END_REPEATS):
+            self._send(dg.END, dg.end_body(last_seq, frame_count))
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send(source, url: str, options, *, loop: bool = False, realtime: bool = True, redundancy: bool = True,
+         max_frames: int | None = None, progress=None, warn=None) -> SendSummary:
+    """Play `source` (a video file) at its frame rate into udp `url` (see the module's docstring)."""
+    from dataclasses import replace
+
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.media import video
+    from kpcodec.options import EncodeOptions
+
+    o = replace(EncodeOptions.of(options), packet_frames=1, batch=1, audio=False).checked()
+    if o.plan.target_kbps is not None or o.plan.wants_base or o.refresh == "auto":
+        raise UsageError("live mode sends as it encodes: --bitrate, --base-layer and --refresh auto "
+                         "need the whole clip")
+    from kpcodec.codec import predictors as predict
+
+    if predict.get_predictor(o.predictor).mode != "causal":
+        raise UsageError(f"live mode needs a causal predictor ({o.predictor!r} waits for later frames)")
+    info = video.probe(source)
+    sender = Sender(url, redundancy)
+    start = time.monotonic()
+    count = 0
+    try:
+        with Encoder(o, info.fps, None) as enc:
+            while True:
+                for frame in video.read_frames(source, size=enc.size, crop=o.crop):
+                    due = start + count / float(info.fps)
+                    if realtime and due > time.monotonic():
+                        time.sleep(due - time.monotonic())
+                    for request in sender.feedback():
+                        enc.request_keyframe(source=request == dg.KEYFRAME)
+                        sender.summary.restarts += 1
+                        if request == dg.KEYFRAME:
+                            sender.send_head()
+                    sender.packets(enc.push(frame))
+                    count += 1
+                    if progress:
+                        progress(count, None if loop else info.frame_count)
+                    if max_frames is not None and count >= max_frames:
+                        break
+                if not loop or (max_frames is not None and count >= max_frames):
+                    break
+            last = enc.flush()
+            sender.packets(last)
+            sender.summary.keyframes = enc.keyframes
+            sender.end(last[-1].seq, enc.frames)
+    finally:
+        sender.close()
+    sender.summary.frames = count
+    sender.summary.seconds = time.monotonic() - start
+    return sender.summary
+
+
+@dataclass
+class ReceiveSummary:
+    frames: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    datagrams: int = 0
+    bytes: int = 0
+    bad_datagrams: int = 0  # malformed, damaged or of another stream: dropped
+    lost_packets: int = 0
+    dropped_packets: int = 0  # whole packets that could not be decoded (their keyframe was lost)
+    requests: int = 0
+    ended: bool = False  # an END came (else the idle timeout ended it)
+    latency_ms: list = field(default_factory=list, repr=False)
+
+
+class Receiver:
+    """Datagrams in (`datagram(raw)`), content items in stream order out; `requests()` says what to
+    ask the sender for. No socket here: `receive` owns it, tests feed datagrams directly."""
+
+    def __init__(self):
+        self.stream: int | None = None
+        self.header = None
+        self.base = None
+        self.reader: pk.PacketReader | None = None
+        self.assembly = dg.Reassembly()
+        self.waiting: dict[int, bytes] = {}  # packet seq -> bytes, not yet in order
+        self.next_seq: int | None = None
+        self.gap_since: float | None = None
+        self.broken = False  # the keypoint context is lost: waiting for a restart
+        self.has_source = False
+        self.end: tuple[int, int] | None = None
+        self.end_at = 0.0
+        self.last_request = 0.0
+        self.first_seen: float | None = None
+        self.summary = ReceiveSummary()
+
+    def datagram(self, raw: bytes, now: float | None = None) -> list:
+        now = time.monotonic() if now is None else now
+        self.summary.datagrams += 1
+        self.summary.bytes += len(raw)
+        try:
+            d = dg.parse(raw)
+            if self.stream is None and d.kind in (dg.HEAD, dg.DATA):
+                self.stream = d.stream
+            if d.stream != self.stream:
+                raise KpcFormatError("a datagram of another stream")
+            self.first_seen = now if self.first_seen is None else self.first_seen
+            if d.kind == dg.HEAD:
+                self._head(d.body)
+                return self._deliver(now)
+            if d.kind == dg.END:
+                self.end, self.end_at = dg.parse_end(d.body), now
+                return self._deliver(now)
+            if d.kind != dg.DATA:
+                raise KpcFormatError("feedback sent to a receiver")
+            for f in dg.decode_fragments(d.body):
+                whole = self.assembly.add(f)
+                if whole is not None and (self.next_seq is None or f.seq >= self.next_seq):
+                    self.waiting.setdefault(f.seq, whole)
+            if d.time_ms:
+                self.summary.latency_ms.append((_now_ms() - d.time_ms) & 0xFFFFFFFF)
+        except KpcFormatError:
+            self.summary.bad_datagrams += 1
+            return []
+        return self._deliver(now)
+
+    def _head(self, raw: bytes) -> None:
+        if self.header is not None:
+            return
+        packet, _ = pk.split_packet(raw)
+        if packet is None or packet.kind != "H":
+            raise KpcFormatError("a HEAD datagram without a HEAD packet")
+        self.header, self.base = pk.decode_head(packet.payload)
+        self.reader = pk.PacketReader.after_head(self.header, self.base)
+        self._head_pending = True
+
+    def _deliver(self, now: float) -> list:
+        """Packets in order (declaring lost the ones that do not come), as content items."""
+        out = []
+        if self.reader is None:
+            return out
+        if getattr(self, "_head_pending", False):
+            self._head_pending = False
+            out += [self.header] + ([self.base] if self.base is not None else [])
+        while self.waiting:
+            if self.next_seq is None:  # the first packet after joining: any, from a restart on
+                self.next_seq = min(s for s in self.waiting if s > 0) if any(s > 0 for s in self.waiting) else 1
+            if self.next_seq in self.waiting:
+                self.gap_since = None
+                out += self._packet(self.waiting.pop(self.next_seq))
+                self.next_seq += 1
+                continue
+            later = sum(1 for s in self.waiting if s > self.next_seq)
+            self.gap_since = self.gap_since or now
+            ended = self.end is not None and now - self.end_at > END_GRACE_S
+            if later >= GAP_PACKETS or now - self.gap_since > GAP_S or ended:
+                self.summary.lost_packets += 1
+                self.next_seq += 1
+                self.broken = True
+                self.reader.jump(0)
+                continue
+            break
+        for s in [s for s in self.waiting if self.next_seq is not None and s < self.next_seq]:
+            del self.waiting[s]
+        return out
+
+    def _packet(self, raw: bytes) -> list:
+        try:
+            items = self.reader.feed(raw)
+        except KpcFormatError:
+            # a keypoint packet whose keyframe was lost (or damaged data): drop it, ask for a restart
+            self.summary.dropped_packets += 1
+            self.broken = True
+            self.reader.jump(0)
+            return []
+        for item in items:
+            if isinstance(item, pk.SourceImage):
+                self.has_source = True
+            elif isinstance(item, pk.SentFrames):
+                if item.restart:
+                    self.broken = False
+                if not self.has_source:
+                    return []  # keypoints before any source image: nothing to render them with
+        return items
+
+    def requests(self, now: float | None = None) -> int | None:
+        """What to ask the sender for now (RESTART, KEYFRAME), or None."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_request < FEEDBACK_S or self.end is not None:
+            return None
+        joined = self.first_seen is not None and now - self.first_seen > JOIN_S
+        need = dg.KEYFRAME if (self.header is None or not self.has_source) and joined else \
+            dg.RESTART if self.broken else None
+        if need is not None:
+            self.last_request = now
+            self.summary.requests += 1
+        return need
+
+    def finished(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if self.end is None:
+            return False
+        last, _ = self.end
+        return (self.next_seq is not None and self.next_seq > last and not self.waiting) or \
+            now - self.end_at > END_GRACE_S
+
+
+def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force: bool = False,
+            progress=None, warn=None) -> ReceiveSummary:
+    """Receive one stream on udp `url` and decode it into the video `output` (see the module's
+    docstring). Ends at the sender's END or after `idle_timeout` seconds without a datagram."""
+    from kpcodec.api import check_output
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.media import video
+    from kpcodec.options import DecodeOptions
+
+    o = DecodeOptions.of(options).checked()
+    if not (idle_timeout > 0):
+        raise UsageError(f"--idle-timeout must be a positive number of seconds (got {idle_timeout!r})")
+    check_output(output, force)
+    video.container_for(output)
+    host, port = parse_url(url, listen=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise KpcodecError(f"cannot listen on {url}: {exc.strerror or exc}") from None
+    rx = Receiver()
+    start = time.monotonic()
+    last_heard = start
+    sender = None
+    dec = writer = None
+    try:
+        while not rx.finished():
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            now = time.monotonic()
+            items = []
+            if ready:
+                raw, sender = sock.recvfrom(65536)
+                last_heard = now
+                items = rx.datagram(raw, now)
+            else:
+                items = rx._deliver(now)
+            for item in items:
+                if dec is None:
+                    if not isinstance(item, Header):
+                        continue
+                    dec = Decoder(item, o, url)
+                    writer = video.VideoWriter(output, item.fps, (item.width, item.height)).__enter__()
+                    continue
+                for frame in dec.push(item):
+                    writer.write(frame)
+                    if progress:
+                        progress(dec.done, None)
+            request = rx.requests(now)
+            if request is not None and sender is not None:
+                sock.sendto(bytes(dg.Datagram(dg.FEEDBACK, rx.stream or 0, 0, _now_ms(),
+                                              dg.feedback_body(request, (rx.next_seq or 1) - 1))), sender)
+            if now - last_heard > idle_timeout:
+                if warn:
+                    warn(f"{url}: nothing for {idle_timeout:g} s: finishing the output")
+                break
+        rx.summary.ended = rx.end is not None
+        if dec is None:
+            raise KpcFormatError(f"{url}: no stream arrived" + ("" if rx.summary.datagrams == 0 else
+                                 f" ({rx.summary.datagrams} datagrams, none usable)"))
+        if rx.end is not None and dec.frame_count is None:
+            for frame in dec.push(pk.End(rx.end[1])):
+                writer.write(frame)
+        for frame in dec.flush():
+            writer.write(frame)
+        dec.close()
+        writer.__exit__(None, None, None)
+        writer = None
+    finally:
+        sock.close()
+        if writer is not None:
+            writer.abort()
+    rx.summary.frames = dec.done
+    rx.summary.seconds = time.monotonic() - start
+    rx.summary.output = str(output)
+    return rx.summary

@@ -1,0 +1,206 @@
+"""Live mode (kpcodec.live): datagrams, the receiver's reordering and loss recovery, send/receive on loopback."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kpcodec.bitstream import Header
+from kpcodec.bitstream import packets as pk
+from kpcodec.codec.decoder import Decoder
+from kpcodec.codec.encoder import Encoder
+from kpcodec.errors import KpcFormatError
+from kpcodec.live import datagram as dg
+from kpcodec.live import udp
+from kpcodec.live.proxy import LossyProxy
+from kpcodec.media.video import probe, read_frames
+from kpcodec.options import DecodeOptions, EncodeOptions
+
+from conftest import make_clip
+
+
+@pytest.fixture(scope="module")
+def clip100(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("live") / "c.mp4", frames=100)
+
+
+class FakeSock:
+    """What a Sender sends, and the feedback it is handed."""
+
+    def __init__(self):
+        self.out, self.inbox = [], []
+
+    def send(self, raw):
+        self.out.append(raw)
+
+    def recv(self, n):
+        if not self.inbox:
+            raise BlockingIOError
+        return self.inbox.pop(0)
+
+    def close(self):
+        pass
+
+
+def run_link(clip, drop, answer=True, frames=None):
+    """Encode `clip` live into datagrams, dropping those `drop(n)` says, into a Receiver and a Decoder;
+    the receiver's feedback goes back to the encoder at once (a zero-delay link). Returns
+    (frames decoded, receiver summary, sender summary)."""
+    sock = FakeSock()
+    sender = udp.Sender("udp://x:1", sock=sock)
+    rx, dec, out, sent = udp.Receiver(), None, 0, 0
+    o = EncodeOptions(model="tiny", keep_every=2, packet_frames=1, batch=1, audio=False)
+    now = 0.0
+
+    def deliver(items):
+        nonlocal dec, out
+        for item in items:
+            if dec is None:
+                if isinstance(item, Header):
+                    dec = Decoder(item, DecodeOptions(threads=1))
+                continue
+            out += len(dec.push(item))
+
+    with Encoder(o, 25) as enc:
+        for f in read_frames(clip, size=enc.size):
+            for request in sender.feedback():
+                enc.request_keyframe(source=request == dg.KEYFRAME)
+            sender.packets(enc.push(f))
+            for raw in sock.out:
+                if not drop(sent):
+                    deliver(rx.datagram(raw, now))
+                sent += 1
+            sock.out.clear()
+            now += 0.04
+            deliver(rx._deliver(now))
+            request = rx.requests(now)
+            if request is not None and answer:
+                sock.inbox.append(bytes(dg.Datagram(dg.FEEDBACK, rx.stream, 0, 0, dg.feedback_body(request, 0))))
+        last = enc.flush()
+        sender.packets(last)
+        sender.end(last[-1].seq, enc.frames)
+    for raw in sock.out:
+        if not drop(sent):
+            deliver(rx.datagram(raw, now))
+        sent += 1
+    deliver(rx._deliver(now + 1.0))
+    if rx.end is not None and dec.frame_count is None:
+        out += len(dec.push(pk.End(rx.end[1])))
+    out += len(dec.flush())
+    return out, rx.summary, sender.summary
+
+
+# ------------------------------------------------------------------ datagrams
+
+
+def test_datagrams_round_trip_and_every_damage_is_refused():
+    d = dg.Datagram(dg.DATA, 0xDEADBEEF, 7, 123, dg.encode_fragment(dg.Fragment(5, 0, 1, b"packet")))
+    raw = bytes(d)
+    assert dg.parse(raw) == d and len(raw) == dg.OVERHEAD + len(d.body)
+    assert dg.decode_fragments(d.body) == [dg.Fragment(5, 0, 1, b"packet")]
+    for n in range(len(raw)):
+        with pytest.raises(KpcFormatError):
+            dg.parse(raw[:n])
+    for byte in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[byte] ^= 0x10
+        with pytest.raises(KpcFormatError):
+            dg.parse(bytes(damaged))
+    with pytest.raises(KpcFormatError):
+        dg.parse(b"x" * (dg.MAX_DATAGRAM + 1))
+
+
+def test_big_packets_are_cut_to_fit_a_datagram_and_put_back():
+    data = bytes(random.Random(0).getrandbits(8) for _ in range(5000))
+    frags = dg.fragments(9, data)
+    assert len(frags) == 5 and all(len(bytes(dg.Datagram(0, 1, 0, 0, dg.encode_fragment(f)))) <= dg.MAX_DATAGRAM
+                                   for f in frags)
+    r = dg.Reassembly()
+    assert [r.add(f) for f in reversed(frags)][-1] == data
+
+
+# ------------------------------------------------------------------ the receiver on a simulated link
+
+
+def test_every_frame_arrives_without_loss_and_with_single_losses(clip100):
+    frames, rx, tx = run_link(clip100, lambda n: False)
+    assert frames == 100 and rx.lost_packets == rx.dropped_packets == 0 and rx.bad_datagrams == 0
+    # every 7th datagram lost (never two in a row): the next one repeats the lost keypoint packet
+    frames, rx, _ = run_link(clip100, lambda n: n > 5 and n % 7 == 0)
+    assert frames == 100 and rx.dropped_packets == 0
+
+
+def test_a_burst_is_recovered_by_a_restart_asked_for(clip100):
+    burst = set(range(20, 26))  # six datagrams in a row: the keypoint context is lost
+    frames, rx, tx = run_link(clip100, lambda n: n in burst)
+    assert frames == 100  # the predictor fills what was lost: every frame is in the output
+    assert rx.lost_packets >= 1 and rx.requests >= 1
+    stalled, rx2, _ = run_link(clip100, lambda n: n in burst, answer=False)
+    assert stalled == 100 and rx2.dropped_packets > rx.dropped_packets  # without the restart it waits longer
+
+
+def test_foreign_and_garbage_datagrams_are_dropped_and_counted(clip100):
+    rx = udp.Receiver()
+    good = bytes(dg.Datagram(dg.HEAD, 1, 0, 0, b"\x00"))
+    assert rx.datagram(b"garbage") == [] and rx.summary.bad_datagrams == 1
+    assert rx.datagram(good) == [] and rx.summary.bad_datagrams == 2  # a HEAD that is no HEAD packet
+    assert rx.datagram(bytes(dg.Datagram(dg.DATA, 2, 0, 0, b""))) == [] and rx.summary.bad_datagrams == 3
+
+
+# ------------------------------------------------------------------ the commands on loopback
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def receive_process(port, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "kpcodec", "receive", f"udp://127.0.0.1:{port}", "-o", str(out),
+                             "--idle-timeout", "10", *extra], stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+def test_send_and_receive_on_loopback(clip100, tmp_path, loss):
+    port = free_port()
+    out = tmp_path / "rx.mp4"
+    rx = receive_process(port, out)
+    time.sleep(1.0)
+    with LossyProxy(("127.0.0.1", port), loss=loss, seed=3) as proxy:
+        tx = subprocess.run([sys.executable, "-m", "kpcodec", "send", str(clip100), proxy.url, "--model", "tiny"],
+                            stderr=subprocess.PIPE, text=True, timeout=120)
+        assert tx.returncode == 0, tx.stderr
+        assert rx.wait(60) == 0, rx.stderr.read()
+    log = rx.stderr.read()
+    assert "END received" in log and probe(out).frame_count == 100, log
+    assert tx.stderr.strip().splitlines()[-1].startswith("sent 100 frames")
+
+
+def test_receive_errors_are_one_line(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "kpcodec", "receive", f"udp://127.0.0.1:{port}", "-o",
+                            str(tmp_path / "x.mp4")], stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot listen" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "kpcodec", "receive", "tcp://:5", "-o", str(tmp_path / "x.mp4")],
+                       stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 2 and "udp://" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "kpcodec", "receive", f"udp://127.0.0.1:{free_port()}", "-o",
+                        str(tmp_path / "y.mp4"), "--idle-timeout", "0.5"], stderr=subprocess.PIPE, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "no stream arrived" in r.stderr and not list(tmp_path.glob("*y.mp4*"))
+
+
+def test_send_to_a_bad_address_is_one_line(clip100):
+    r = subprocess.run([sys.executable, "-m", "kpcodec", "send", str(clip100), "udp://no-such-host.invalid:5000",
+                        "--model", "tiny"], stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot send" in r.stderr
