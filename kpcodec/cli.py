@@ -222,8 +222,8 @@ def decode(
 
 @app.command()
 def send(
-    input: Annotated[str, typer.Argument(help="Input video file, played at its own frame rate.")],
-    url: Annotated[str, typer.Argument(help="Where to: udp://HOST:PORT.")],
+    input: Annotated[str, typer.Argument(help="Input video file, played at its own frame rate (with --camera: a capture device).")],
+    url: Annotated[str, typer.Argument(help="Where to: udp://HOST:PORT, or webrtc://HOST:PORT (the receiver's signalling endpoint; extra 'live').")],
     keep_every: Annotated[str, typer.Option("--keep-every", "-k", help="Send the keypoints of one frame in N, or 'auto' (a causal predictor decides).")] = "2",
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="Causal predictor the receiver fills unsent and lost frames with (default: the best measured).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Model name from the registry.")] = None,
@@ -233,9 +233,11 @@ def send(
     loop: Annotated[bool, typer.Option("--loop", help="Play the input again and again (a soak run; Ctrl-C stops it).")] = False,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     no_redundancy: Annotated[bool, typer.Option("--no-redundancy", help="Do not repeat the previous keypoint packet in each datagram.")] = False,
+    camera: Annotated[bool, typer.Option("--camera", help="INPUT is a capture device: /dev/video0 (v4l2, Linux), 0 (avfoundation, macOS), 'video=NAME' (dshow, Windows).")] = False,
+    camera_format: Annotated[Optional[str], typer.Option("--camera-format", help="The device's PyAV format (default: the platform's: v4l2, avfoundation, dshow).")] = None,
     quiet: Quiet = False,
 ):
-    """Send a video live over UDP as .kpc packets (kpcodec receive plays them back)."""
+    """Send a video live over UDP or WebRTC as .kpc packets (kpcodec receive plays them back)."""
     from kpcodec.live import udp
     from kpcodec.options import EncodeOptions
 
@@ -244,6 +246,7 @@ def send(
                                 source_quality=source_quality, crop=crop, keyframe_interval=keyframe_interval)
         with _progress("send", quiet) as progress:
             s = udp.send(input, url, options, loop=loop, max_frames=max_frames, redundancy=not no_redundancy,
+                         camera=(camera_format or "") if camera or camera_format else None,
                          progress=progress, warn=_warn)
     if not quiet:
         err.print(f"sent {s.frames} frames in {s.seconds:.1f} s: {s.datagrams} datagrams, {s.kbps:.2f} kb/s on the "
@@ -252,14 +255,14 @@ def send(
 
 @app.command()
 def receive(
-    url: Annotated[str, typer.Argument(help="Where to listen: udp://:PORT (or udp://HOST:PORT).")],
+    url: Annotated[str, typer.Argument(help="Where to listen: udp://:PORT (or udp://HOST:PORT), or webrtc://:PORT (an HTTP endpoint for the sender's offer; extra 'live').")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output video (.mp4, .mkv, .webm, .y4m, ...).")],
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Finish after this many seconds without a datagram.")] = 10.0,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
 ):
-    """Receive a live kpcodec stream over UDP and decode it into a video."""
+    """Receive a live kpcodec stream over UDP or WebRTC and decode it into a video."""
     from kpcodec.live import udp
     from kpcodec.options import DecodeOptions
 

@@ -204,3 +204,41 @@ def test_send_to_a_bad_address_is_one_line(clip100):
     r = subprocess.run([sys.executable, "-m", "kpcodec", "send", str(clip100), "udp://no-such-host.invalid:5000",
                         "--model", "tiny"], stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot send" in r.stderr
+
+
+def test_webrtc_peers_on_loopback_in_one_process(clip100, tmp_path):
+    """Two aiortc peers in this process: the receiver's signalling endpoint, a data channel
+    (unordered, no retransmits) carrying the same datagrams, every frame in the output."""
+    pytest.importorskip("aiortc")
+    import threading
+
+    from kpcodec.options import EncodeOptions
+
+    port = free_port_tcp()
+    box = {}
+
+    def receiver():
+        box["rx"] = udp.receive(f"webrtc://127.0.0.1:{port}", tmp_path / "w.mp4", DecodeOptions(threads=1),
+                                idle_timeout=10)
+
+    t = threading.Thread(target=receiver)
+    t.start()
+    time.sleep(0.5)
+    sent = udp.send(str(clip100), f"webrtc://127.0.0.1:{port}", EncodeOptions(model="tiny"))
+    t.join(60)
+    assert sent.frames == 100 and box["rx"].ended and box["rx"].frames == 100
+    assert probe(tmp_path / "w.mp4").frame_count == 100
+
+
+def free_port_tcp() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_missing_camera_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "kpcodec", "send", "/dev/no-such-video", "udp://127.0.0.1:5000",
+                        "--camera", "--model", "tiny"], stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot open camera" in r.stderr

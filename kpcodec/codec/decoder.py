@@ -103,6 +103,7 @@ class Decoder:
         self.frame_count: int | None = None  # known at End
         self.start, self.end = frame_range(o, h)  # frames outside [start, end) are not rendered
         self.done = 0  # frames handed out
+        self.frame_index = -1  # the number of the frame handed out last
         self._ready: deque = deque()  # (frame, kp, jac) filled, not yet rendered
         self._sources: deque = deque()  # SourceImage not yet in force
         self._coded = None  # the SourceImage in force
@@ -151,7 +152,7 @@ class Decoder:
             for n, (i, kp, jac) in enumerate(zip(item.indices.tolist(), item.keypoints, item.jacobians)):
                 first = self.fill.next if self.fill.last is not None else i  # a stream joined at a keyframe
                 self._queue(first, self.fill.sent(i, kp, jac, item.restart and n == 0 and i != 0))
-                yield from self._run(final=False)
+                yield from self._out(self._run(final=False))
             return
         if isinstance(item, pk.SourceImage):
             _source(item.data, item.codec, self.header)  # a bad image is refused as it comes
@@ -171,12 +172,15 @@ class Decoder:
                 self._base_flush()
         elif isinstance(item, bitstream.Header):
             raise bitstream.KpcFormatError(f"{self.name}: a second HEAD")
-        yield from self._run(final=False)
+        yield from self._out(self._run(final=False))
 
     def _queue(self, first: int, filled: list) -> None:
         self._ready.extend((first + n, kp, jac) for n, (kp, jac) in enumerate(filled))
 
     def flush(self) -> list[np.ndarray]:
+        return list(self.flushing())
+
+    def flushing(self) -> Iterator[np.ndarray]:
         """The frames still due once the stream has ended (or been cut: then up to the last sent
         frame that arrived)."""
         if self.fuse:
@@ -184,7 +188,7 @@ class Decoder:
         out = self._run(final=True)
         out += self._submit()
         out += self._collect(self._pool.drain())
-        return out
+        yield from self._out(out)
 
     def frames(self, items=None) -> Iterator[np.ndarray]:
         """Every frame of `items` (default: the whole stream this decoder was made with)."""
@@ -196,7 +200,7 @@ class Decoder:
                 yield from self.pushing(item)
                 if self.finished:
                     break
-            yield from self.flush()
+            yield from self.flushing()
         finally:
             self.close()
 
@@ -283,7 +287,7 @@ class Decoder:
                 continue
             if self._state is None:  # a new source image: prepared once, when its first frame is due
                 self._state = self._renderer.prepare(_source(self._coded.data, self._coded.codec, self.header))
-            self._batch.append((kp, jac, base))
+            self._batch.append((t, kp, jac, base))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
         return out
@@ -298,15 +302,21 @@ class Decoder:
     def _render(self, item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
         state, chunk = item
-        kp = np.stack([k for k, _, _ in chunk]).astype(np.float32)
-        jac = np.stack([j for _, j, _ in chunk]).astype(np.float32)
-        base = _base_batch([b for _, _, b in chunk], kp, jac) if self.fuse else (None, None, None)
-        return self._renderer.render(state, kp, jac, base)
+        kp = np.stack([k for _, k, _, _ in chunk]).astype(np.float32)
+        jac = np.stack([j for _, _, j, _ in chunk]).astype(np.float32)
+        base = _base_batch([b for _, _, _, b in chunk], kp, jac) if self.fuse else (None, None, None)
+        return list(zip([t for t, _, _, _ in chunk], self._renderer.render(state, kp, jac, base)))
 
-    def _collect(self, results) -> list[np.ndarray]:
-        out = [frame for frames in results for frame in frames]
+    def _collect(self, results) -> list[tuple[int, np.ndarray]]:
+        """(frame number, frame) of each rendered batch, in order."""
+        out = [pair for pairs in results for pair in pairs]
         self.done += len(out)
         return out
+
+    def _out(self, pairs) -> Iterator[np.ndarray]:
+        for t, frame in pairs:
+            self.frame_index = t  # the number of the frame handed out last
+            yield frame
 
 
 def _base_label(b: bitstream.BaseLayer) -> str:

@@ -39,7 +39,7 @@ def parse_url(url: str, listen: bool = False) -> tuple[str, int]:
     """(host, port) of udp://HOST:PORT (udp://:PORT to listen on every address)."""
     parts = urlsplit(url)
     if parts.scheme != "udp":
-        raise UsageError(f"{url!r} is not a udp://HOST:PORT address")
+        raise UsageError(f"{url!r} is not a udp://HOST:PORT (or webrtc://HOST:PORT) address")
     try:
         port = parts.port
     except ValueError:
@@ -93,10 +93,13 @@ class Sender:
         self.last_head = 0.0
         self.heads_at_start = HEAD_START_REPEATS
         self.previous_k: pk.Packet | None = None
+        self.capture_ms: int | None = None  # when the frame being sent was read
         self.summary = SendSummary()
 
     def _send(self, kind: int, body: bytes) -> None:
-        raw = bytes(dg.Datagram(kind, self.stream, self.dseq, _now_ms(), body))
+        # The time is when the frame the datagram is about was read (capture time): what a
+        # receiver measures glass-to-glass latency against.
+        raw = bytes(dg.Datagram(kind, self.stream, self.dseq, self.capture_ms or _now_ms(), body))
         self.dseq += 1
         try:
             self.sock.send(raw)
@@ -165,8 +168,10 @@ class Sender:
 
 
 def send(source, url: str, options, *, loop: bool = False, realtime: bool = True, redundancy: bool = True,
-         max_frames: int | None = None, progress=None, warn=None) -> SendSummary:
-    """Play `source` (a video file) at its frame rate into udp `url` (see the module's docstring)."""
+         max_frames: int | None = None, camera: str | None = None, progress=None, warn=None) -> SendSummary:
+    """Play `source` (a video file) at its frame rate into `url` (udp:// or webrtc://; see the
+    module's docstring). `camera`: `source` is a capture device of that PyAV format ("v4l2",
+    "avfoundation", "dshow"; "" for the platform's), read as it delivers frames."""
     from dataclasses import replace
 
     from kpcodec.codec.encoder import Encoder
@@ -181,17 +186,33 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
 
     if predict.get_predictor(o.predictor).mode != "causal":
         raise UsageError(f"live mode needs a causal predictor ({o.predictor!r} waits for later frames)")
-    info = video.probe(source)
-    sender = Sender(url, redundancy)
+    cam = None
+    if camera is not None:
+        from kpcodec.media.camera import Camera
+
+        if loop:
+            raise UsageError("--loop plays a file again; a camera goes on by itself")
+        cam = Camera(source, camera or None)
+        info, realtime = cam.info, False  # the device sets the pace
+    else:
+        info = video.probe(source)
+    if url.startswith("webrtc:"):
+        from kpcodec.live import webrtc
+
+        sender = Sender(url, redundancy, sock=webrtc.offer(url))
+    else:
+        sender = Sender(url, redundancy)
     start = time.monotonic()
     count = 0
     try:
         with Encoder(o, info.fps, None) as enc:
             while True:
-                for frame in video.read_frames(source, size=enc.size, crop=o.crop):
+                frames = cam.frames(enc.size, o.crop) if cam else video.read_frames(source, size=enc.size, crop=o.crop)
+                for frame in frames:
                     due = start + count / float(info.fps)
                     if realtime and due > time.monotonic():
                         time.sleep(due - time.monotonic())
+                    sender.capture_ms = _now_ms()
                     for request in sender.feedback():
                         enc.request_keyframe(source=request == dg.KEYFRAME)
                         sender.summary.restarts += 1
@@ -228,7 +249,15 @@ class ReceiveSummary:
     dropped_packets: int = 0  # whole packets that could not be decoded (their keyframe was lost)
     requests: int = 0
     ended: bool = False  # an END came (else the idle timeout ended it)
-    latency_ms: list = field(default_factory=list, repr=False)
+    latency_ms: list = field(default_factory=list, repr=False)  # capture to rendered, per frame
+
+    def latency(self, q: float) -> float | None:
+        import statistics
+
+        if not self.latency_ms:
+            return None
+        return statistics.quantiles(self.latency_ms, n=100)[int(q) - 1] if len(self.latency_ms) > 1 \
+            else self.latency_ms[0]
 
 
 class Receiver:
@@ -250,6 +279,7 @@ class Receiver:
         self.end_at = 0.0
         self.last_request = 0.0
         self.first_seen: float | None = None
+        self.origin_ms: int | None = None
         self.summary = ReceiveSummary()
 
     def datagram(self, raw: bytes, now: float | None = None) -> list:
@@ -271,16 +301,37 @@ class Receiver:
                 return self._deliver(now)
             if d.kind != dg.DATA:
                 raise KpcFormatError("feedback sent to a receiver")
-            for f in dg.decode_fragments(d.body):
+            for n, f in enumerate(dg.decode_fragments(d.body)):
                 whole = self.assembly.add(f)
                 if whole is not None and (self.next_seq is None or f.seq >= self.next_seq):
                     self.waiting.setdefault(f.seq, whole)
-            if d.time_ms:
-                self.summary.latency_ms.append((_now_ms() - d.time_ms) & 0xFFFFFFFF)
+                if whole is not None and n == 0 and whole[:1] == b"K" and self.header is not None:
+                    self._clock(d.time_ms, whole)
         except KpcFormatError:
             self.summary.bad_datagrams += 1
             return []
         return self._deliver(now)
+
+    def _clock(self, time_ms: int, raw: bytes) -> None:
+        """The sender's capture clock at frame 0, from a datagram's time and its keypoint packet's
+        frame (the earliest estimate: the one least delayed)."""
+        try:
+            packet, _ = pk.split_packet(raw)
+        except KpcFormatError:
+            return
+        if packet is None:
+            return
+        origin = (time_ms - round(packet.frame * 1000 / float(self.header.fps))) & 0xFFFFFFFF
+        if self.origin_ms is None or ((origin - self.origin_ms) & 0xFFFFFFFF) > 0x80000000:
+            self.origin_ms = origin
+
+    def latency(self, frame: int) -> float | None:
+        """Milliseconds from the capture of `frame` at the sender to now (the same machine's clock)."""
+        if self.origin_ms is None:
+            return None
+        capture = (self.origin_ms + round(frame * 1000 / float(self.header.fps))) & 0xFFFFFFFF
+        late = (_now_ms() - capture) & 0xFFFFFFFF
+        return float(late if late < 0x80000000 else late - 0x100000000)
 
     def _head(self, raw: bytes) -> None:
         if self.header is not None:
@@ -363,6 +414,38 @@ class Receiver:
             now - self.end_at > END_GRACE_S
 
 
+class UdpListener:
+    """The receiver's UDP socket: `wait(timeout)` for a datagram (None: none came), `reply(raw)`
+    to whoever sent the last one (the feedback path)."""
+
+    def __init__(self, url: str):
+        host, port = parse_url(url, listen=True)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise KpcodecError(f"cannot listen on {url}: {exc.strerror or exc}") from None
+        self.peer = None
+
+    def wait(self, timeout: float) -> bytes | None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return None
+        raw, self.peer = self.sock.recvfrom(65536)
+        return raw
+
+    def reply(self, raw: bytes) -> None:
+        if self.peer is not None:
+            try:
+                self.sock.sendto(raw, self.peer)
+            except OSError:
+                pass  # the sender has gone: nothing to ask any more
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force: bool = False,
             progress=None, warn=None) -> ReceiveSummary:
     """Receive one stream on udp `url` and decode it into the video `output` (see the module's
@@ -372,31 +455,27 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
     from kpcodec.media import video
     from kpcodec.options import DecodeOptions
 
-    o = DecodeOptions.of(options).checked()
+    o = DecodeOptions.of(options, batch=1).checked()  # a frame out as soon as it can be: latency
     if not (idle_timeout > 0):
         raise UsageError(f"--idle-timeout must be a positive number of seconds (got {idle_timeout!r})")
     check_output(output, force)
     video.container_for(output)
-    host, port = parse_url(url, listen=True)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise KpcodecError(f"cannot listen on {url}: {exc.strerror or exc}") from None
+    if url.startswith("webrtc:"):
+        from kpcodec.live import webrtc
+
+        link = webrtc.Answerer(url)
+    else:
+        link = UdpListener(url)
     rx = Receiver()
     start = time.monotonic()
     last_heard = start
-    sender = None
     dec = writer = None
     try:
         while not rx.finished():
-            ready, _, _ = select.select([sock], [], [], 0.05)
+            raw = link.wait(0.05)
             now = time.monotonic()
             items = []
-            if ready:
-                raw, sender = sock.recvfrom(65536)
+            if raw is not None:
                 last_heard = now
                 items = rx.datagram(raw, now)
             else:
@@ -408,14 +487,17 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
                     dec = Decoder(item, o, url)
                     writer = video.VideoWriter(output, item.fps, (item.width, item.height)).__enter__()
                     continue
-                for frame in dec.push(item):
+                for frame in dec.pushing(item):
                     writer.write(frame)
+                    late = rx.latency(dec.frame_index)
+                    if late is not None:
+                        rx.summary.latency_ms.append(late)
                     if progress:
                         progress(dec.done, None)
             request = rx.requests(now)
-            if request is not None and sender is not None:
-                sock.sendto(bytes(dg.Datagram(dg.FEEDBACK, rx.stream or 0, 0, _now_ms(),
-                                              dg.feedback_body(request, (rx.next_seq or 1) - 1))), sender)
+            if request is not None:
+                link.reply(bytes(dg.Datagram(dg.FEEDBACK, rx.stream or 0, 0, _now_ms(),
+                                             dg.feedback_body(request, (rx.next_seq or 1) - 1))))
             if now - last_heard > idle_timeout:
                 if warn:
                     warn(f"{url}: nothing for {idle_timeout:g} s: finishing the output")
@@ -424,16 +506,14 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
         if dec is None:
             raise KpcFormatError(f"{url}: no stream arrived" + ("" if rx.summary.datagrams == 0 else
                                  f" ({rx.summary.datagrams} datagrams, none usable)"))
-        if rx.end is not None and dec.frame_count is None:
-            for frame in dec.push(pk.End(rx.end[1])):
-                writer.write(frame)
-        for frame in dec.flush():
+        tail = dec.pushing(pk.End(rx.end[1])) if rx.end is not None and dec.frame_count is None else iter(())
+        for frame in [*tail, *dec.flushing()]:
             writer.write(frame)
         dec.close()
         writer.__exit__(None, None, None)
         writer = None
     finally:
-        sock.close()
+        link.close()
         if writer is not None:
             writer.abort()
     rx.summary.frames = dec.done

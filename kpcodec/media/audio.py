@@ -22,6 +22,7 @@ import numpy as np
 from kpcodec.bitstream.opus import (  # noqa: F401  (re-exported: audio.pack, audio.OpusTrack, ...)
     CHUNK_TYPE, CLOCK, MAX_PACKET_TICKS, SAMPLE_RATES, OpusTrack, from_chunks, from_stream, opus_head, pack, unpack)
 from kpcodec.errors import KpcFormatError, UsageError, VideoError
+from kpcodec.media.video import reason
 
 DEFAULT_KBPS = 12.0
 MIN_KBPS, MAX_KBPS = 6.0, 64.0
@@ -44,10 +45,6 @@ def check_bitrate(kbps: float) -> float:
 def rate_for(kbps: float) -> int:
     """Coding rate: 16 kHz (wideband) below 20 kb/s, 24 kHz (super-wideband) from there."""
     return 16000 if kbps < 20 else 24000
-
-
-def _reason(exc: BaseException) -> str:
-    return " ".join(str(getattr(exc, "strerror", None) or exc or type(exc).__name__).split())
 
 
 def _aligned_pcm(path: str, container, stream, start_s: float, rate: int, total: int, ignore_errors: bool):
@@ -86,7 +83,7 @@ def _aligned_pcm(path: str, container, stream, start_s: float, rate: int, total:
                 yield from packet.decode()
             except (av.FFmpegError, ValueError) as e:
                 if not ignore_errors:
-                    raise VideoError(f"{path}: corrupt audio data ({_reason(e)})") from e
+                    raise VideoError(f"{path}: corrupt audio data ({reason(e)})") from e
 
     try:
         for frame in decoded():
@@ -96,7 +93,7 @@ def _aligned_pcm(path: str, container, stream, start_s: float, rate: int, total:
                 return
         yield from place(resampler.resample(None))
     except (av.FFmpegError, OSError) as e:
-        raise VideoError(f"{path}: corrupt audio data ({_reason(e)})") from e
+        raise VideoError(f"{path}: corrupt audio data ({reason(e)})") from e
 
 
 def encode_audio(path, duration_s: float, kbps: float = DEFAULT_KBPS, *,
@@ -117,7 +114,7 @@ def encode_audio(path, duration_s: float, kbps: float = DEFAULT_KBPS, *,
     try:
         container = av.open(p, mode="r")
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise VideoError(f"{p}: not a video or corrupt ({_reason(e)})") from e
+        raise VideoError(f"{p}: not a video or corrupt ({reason(e)})") from e
     try:
         if not container.streams.audio:
             return None
@@ -163,7 +160,7 @@ def encode_audio(path, duration_s: float, kbps: float = DEFAULT_KBPS, *,
         emit(None, got)
         pre_skip = struct.unpack_from("<H", bytes(enc.extradata), 10)[0] if enc.extradata else 0
     except av.FFmpegError as e:
-        raise VideoError(f"{p}: cannot encode its audio ({_reason(e)})") from e
+        raise VideoError(f"{p}: cannot encode its audio ({reason(e)})") from e
     finally:
         container.close()
     # Packets come out at pts = -pre_skip + k * frame: shift so decoded sample pre_skip is t = 0.
@@ -197,7 +194,7 @@ def decode_pcm(track: OpusTrack) -> np.ndarray:
             keep(dec.decode(pk))
         keep(dec.decode(None))
     except av.FFmpegError as e:
-        raise KpcFormatError(f"opus packets do not decode ({_reason(e)})") from e
+        raise KpcFormatError(f"opus packets do not decode ({reason(e)})") from e
     pcm = np.concatenate(blocks, axis=1) if blocks else np.zeros((track.channels, 0), np.float32)
     # FFmpeg drops the pre-skip itself (the decoder's delay, from OpusHead); cut the end padding.
     return pcm[:, :track.length]

@@ -84,7 +84,7 @@ class VideoInfo:
 # --------------------------------------------------------------------------- helpers
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """One-line reason from a PyAV/OS exception (never the multi-line log dump)."""
     msg = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     log = getattr(exc, "log", None)
@@ -107,7 +107,7 @@ def _open_input(path: str):
     except PermissionError as e:
         raise VideoError(f"cannot open {path}: Permission denied") from e
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise VideoError(f"{path}: not a video or corrupt ({_reason(e)})") from e
+        raise VideoError(f"{path}: not a video or corrupt ({reason(e)})") from e
     try:
         fmt = container.format.name.split(",")[0]
         if fmt in _STILL_IMAGE_FORMATS:
@@ -195,7 +195,7 @@ def _count_packets(path: str) -> int:
             if packet.size:  # the final empty packet is only a flush marker
                 n += 1
     except (av.FFmpegError, OSError) as e:
-        raise VideoError(f"{path}: corrupt data near frame {n} ({_reason(e)})") from e
+        raise VideoError(f"{path}: corrupt data near frame {n} ({reason(e)})") from e
     finally:
         container.close()
     return n
@@ -218,7 +218,7 @@ class _Decoder:
         try:
             return packet.decode()
         except (av.FFmpegError, ValueError) as e:
-            self.on_error(self.frames, _reason(e))
+            self.on_error(self.frames, reason(e))
             return ()
 
     def _gen(self):
@@ -231,7 +231,7 @@ class _Decoder:
                     yield frame
         except (av.FFmpegError, OSError) as e:
             raise VideoError(
-                f"{self.path}: corrupt data at frame {self.frames} ({_reason(e)})"
+                f"{self.path}: corrupt data at frame {self.frames} ({reason(e)})"
             ) from e
 
     def __iter__(self):
@@ -614,7 +614,7 @@ class VideoWriter:
                 self._container = av.open(target, mode="w", format=fmt, options=opts)
             except (av.FFmpegError, ValueError) as e:
                 raise UsageError(
-                    f"cannot write {self.path}: unknown container for its suffix ({_reason(e)})"
+                    f"cannot write {self.path}: unknown container for its suffix ({reason(e)})"
                 ) from e
             try:
                 stream = self._container.add_stream(
@@ -632,7 +632,7 @@ class VideoWriter:
                 stream.codec_context.open()
             except (av.FFmpegError, ValueError) as e:
                 raise UsageError(
-                    f"cannot set up encoder {codec} (crf={crf}, preset={preset}): {_reason(e)}"
+                    f"cannot set up encoder {codec} (crf={crf}, preset={preset}): {reason(e)}"
                 ) from e
             self._stream = stream
         except BaseException:
@@ -662,7 +662,7 @@ class VideoWriter:
             stream.codec_context.open()
             stream.codec_context.extradata = opus_head(track)
         except (av.FFmpegError, ValueError) as e:
-            raise VideoError(f"cannot add Opus audio to {self.path}: {_reason(e)}") from e
+            raise VideoError(f"cannot add Opus audio to {self.path}: {reason(e)}") from e
         self._audio = stream
         self._audio_packets = list(zip(track.packets, (int(t) for t in track.pts),
                                        (int(d) for d in track.durations())))
@@ -706,7 +706,7 @@ class VideoWriter:
                 self._container.mux(packet)
             self._mux_audio((self.frames_written + 1) / self.fps)
         except (av.FFmpegError, OSError) as e:
-            raise VideoError(f"cannot write {self.path}: {_reason(e)}") from e
+            raise VideoError(f"cannot write {self.path}: {reason(e)}") from e
         self.frames_written += 1
 
     def close(self) -> None:
@@ -732,7 +732,7 @@ class VideoWriter:
                 sys.stdout.buffer.flush()
         except (av.FFmpegError, OSError) as e:
             self.abort()
-            raise VideoError(f"cannot write {self.path}: {_reason(e)}") from e
+            raise VideoError(f"cannot write {self.path}: {reason(e)}") from e
         self._closed = True
 
     def abort(self) -> None:
