@@ -233,6 +233,8 @@ def send(
     loop: Annotated[bool, typer.Option("--loop", help="Play the input again and again (a soak run; Ctrl-C stops it).")] = False,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     no_redundancy: Annotated[bool, typer.Option("--no-redundancy", help="Do not repeat the previous keypoint packet in each datagram.")] = False,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the input's audio out.")] = False,
+    audio_bitrate: Annotated[float, typer.Option("--audio-bitrate", help="Opus audio bit rate in kb/s (6-64).")] = 12.0,
     camera: Annotated[bool, typer.Option("--camera", help="INPUT is a capture device: /dev/video0 (v4l2, Linux), 0 (avfoundation, macOS), 'video=NAME' (dshow, Windows).")] = False,
     camera_format: Annotated[Optional[str], typer.Option("--camera-format", help="The device's PyAV format (default: the platform's: v4l2, avfoundation, dshow).")] = None,
     quiet: Quiet = False,
@@ -243,7 +245,8 @@ def send(
 
     with _errors_to_exit():
         options = EncodeOptions(keep_every=keep_every, predictor=predictor, model=model,
-                                source_quality=source_quality, crop=crop, keyframe_interval=keyframe_interval)
+                                source_quality=source_quality, crop=crop, keyframe_interval=keyframe_interval,
+                                audio=not no_audio, audio_bitrate=audio_bitrate)
         with _progress("send", quiet) as progress:
             s = udp.send(input, url, options, loop=loop, max_frames=max_frames, redundancy=not no_redundancy,
                          camera=(camera_format or "") if camera or camera_format else None,
@@ -258,6 +261,7 @@ def receive(
     url: Annotated[str, typer.Argument(help="Where to listen: udp://:PORT (or udp://HOST:PORT), or webrtc://:PORT (an HTTP endpoint for the sender's offer; extra 'live').")],
     output: Annotated[str, typer.Option("-o", "--output", help="Output video (.mp4, .mkv, .webm, .y4m, ...).")],
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Finish after this many seconds without a datagram.")] = 10.0,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the stream's audio out of the video.")] = False,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -269,7 +273,7 @@ def receive(
     with _errors_to_exit():
         _check_stdout(output)
         with _progress("receive", quiet) as progress:
-            s = udp.receive(url, output, DecodeOptions(threads=threads, audio=False), idle_timeout=idle_timeout,
+            s = udp.receive(url, output, DecodeOptions(threads=threads, audio=not no_audio), idle_timeout=idle_timeout,
                             force=force, progress=progress, warn=_warn)
     if s.bad_datagrams:
         _warn(f"{s.bad_datagrams} malformed or foreign datagram(s) dropped")

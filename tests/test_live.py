@@ -242,3 +242,30 @@ def test_a_missing_camera_is_one_line():
     r = subprocess.run([sys.executable, "-m", "kpcodec", "send", "/dev/no-such-video", "udp://127.0.0.1:5000",
                         "--camera", "--model", "tiny"], stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot open camera" in r.stderr
+
+
+def test_the_sound_goes_along(tmp_path):
+    import threading
+
+    import av
+
+    from conftest import make_clip_with_audio
+    from kpcodec.options import EncodeOptions
+
+    clip = make_clip_with_audio(tmp_path / "a.mp4", seconds=2.0)
+    port, box = free_port(), {}
+
+    def receiver():
+        box["rx"] = udp.receive(f"udp://127.0.0.1:{port}", tmp_path / "a-rx.mp4", DecodeOptions(threads=1),
+                                idle_timeout=10)
+
+    t = threading.Thread(target=receiver)
+    t.start()
+    time.sleep(0.5)
+    udp.send(str(clip), f"udp://127.0.0.1:{port}", EncodeOptions(model="tiny"))
+    t.join(60)
+    with av.open(str(tmp_path / "a-rx.mp4")) as c:
+        kinds = {s.type: s.frames for s in c.streams}
+        audio = [f for f in c.decode(audio=0)]
+    assert kinds["video"] == 50 and box["rx"].bad_datagrams == 0
+    assert sum(f.samples for f in audio) >= 0.9 * 2.0 * audio[0].sample_rate  # ~2 s of sound

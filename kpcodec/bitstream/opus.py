@@ -154,6 +154,10 @@ def from_chunks(chunks) -> OpusTrack | None:
 
 def opus_head(track: OpusTrack) -> bytes:
     """RFC 7845 identification header (``OpusHead``), channel mapping family 0."""
-    return b"OpusHead" + struct.pack("<BBHIhB", 1, track.channels, track.pre_skip, track.sample_rate, 0, 0)
+    return opus_head_of(track.channels, track.pre_skip, track.sample_rate)
+
+
+def opus_head_of(channels: int, pre_skip: int, sample_rate: int) -> bytes:
+    return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, pre_skip, sample_rate, 0, 0)
 
 

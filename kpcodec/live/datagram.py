@@ -16,6 +16,9 @@ everything before it, so a damaged or foreign datagram is dropped and counted, n
   lost: send a keypoint keyframe) or KEYFRAME (a source image is missing too, or nothing came yet).
 * END: `last seq varint | frame count varint`, sent several times; the receiver finishes when the
   packets up to `last seq` are in, or after a short grace period.
+* AUDIO: `sample rate u32 | channels u8 | pre-skip u16`, then Opus packets, each `pts varint
+  (48 kHz ticks from frame 0, zigzag: the first is before 0 by the pre-skip) | duration varint |
+  length varint | bytes`, sent when their time comes.
 
 Only the standard library is used: no torch, no PyAV, no numpy.
 """
@@ -32,7 +35,7 @@ from kpcodec.errors import KpcFormatError
 MAGIC = b"KL"
 VERSION = 1
 MAX_DATAGRAM = 1200  # fits every path MTU in practice (QUIC's and WebRTC's choice)
-DATA, HEAD, FEEDBACK, END = 0, 1, 2, 3
+DATA, HEAD, FEEDBACK, END, AUDIO = 0, 1, 2, 3, 4
 RESTART, KEYFRAME = 1, 2
 _HEADER = struct.Struct("<2sBBIII")
 OVERHEAD = _HEADER.size + 4  # header and CRC: 20 bytes a datagram
@@ -66,7 +69,7 @@ def parse(data: bytes) -> Datagram:
     magic, version, kind, stream, dseq, time_ms = _HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise KpcFormatError("not a kpcodec live datagram")
-    if kind not in (DATA, HEAD, FEEDBACK, END):
+    if kind not in (DATA, HEAD, FEEDBACK, END, AUDIO):
         raise KpcFormatError(f"unknown datagram kind {kind}")
     return Datagram(kind, stream, dseq, time_ms, bytes(data[_HEADER.size:-4]))
 
@@ -153,3 +156,31 @@ class Reassembly:
         for old in [s for s in self.parts if s < f.seq - self.limit]:
             del self.parts[old]
         return None
+
+
+_AUDIO_HEAD = struct.Struct("<IBH")
+
+
+def audio_body(sample_rate: int, channels: int, pre_skip: int, packets: list[tuple[int, int, bytes]]) -> bytes:
+    return _AUDIO_HEAD.pack(sample_rate, channels, pre_skip) + b"".join(
+        varint(2 * pts if pts >= 0 else -2 * pts - 1) + varint(duration) + varint(len(data)) + data
+        for pts, duration, data in packets)
+
+
+def parse_audio(body: bytes) -> tuple[tuple[int, int, int], list[tuple[int, int, bytes]]]:
+    """((sample rate, channels, pre-skip), [(pts, duration, Opus packet)])."""
+    if len(body) < _AUDIO_HEAD.size:
+        raise KpcFormatError("truncated AUDIO datagram")
+    head = _AUDIO_HEAD.unpack_from(body)
+    if head[0] not in (8000, 12000, 16000, 24000, 48000) or head[1] not in (1, 2):
+        raise KpcFormatError("bad AUDIO datagram")
+    out, pos = [], _AUDIO_HEAD.size
+    while pos < len(body):
+        pts, pos = read_varint(body, pos)
+        duration, pos = read_varint(body, pos) if pts is not None else (None, pos)
+        length, pos = read_varint(body, pos) if duration is not None else (None, pos)
+        if length is None or not 0 < length <= len(body) - pos or not 0 < duration <= 5760:
+            raise KpcFormatError("bad packet in an AUDIO datagram")
+        out.append((pts >> 1 if pts % 2 == 0 else -(pts >> 1) - 1, duration, body[pos:pos + length]))
+        pos += length
+    return head, out

@@ -158,6 +158,9 @@ class Sender:
             except KpcFormatError:
                 self.summary.bad_feedback += 1
 
+    def audio(self, body: bytes) -> None:
+        self._send(dg.AUDIO, body)
+
     def end(self, last_seq: int, frame_count: int) -> None:
         for _ in range(END_REPEATS):
             self._send(dg.END, dg.end_body(last_seq, frame_count))
@@ -165,6 +168,39 @@ class Sender:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class LiveAudio:
+    """A file's Opus packets handed out when their time comes (`due(until_s, loop_s)`: the packets
+    of the loop that began at `loop_s` starting before `until_s`), a few to a datagram."""
+
+    def __init__(self, track):
+        from kpcodec.bitstream.opus import CLOCK
+
+        self.track, self.clock = track, CLOCK
+        self.durations = track.durations()
+        self.next, self.loop_s = 0, 0.0
+
+    def due(self, until_s: float, loop_s: float) -> list[bytes]:
+        if loop_s != self.loop_s:
+            self.next, self.loop_s = 0, loop_s
+        t = self.track
+        offset = round(loop_s * self.clock)
+        packets = []
+        while self.next < len(t.packets) and t.pts[self.next] < until_s * self.clock - offset:
+            packets.append((int(t.pts[self.next]) + offset, int(self.durations[self.next]),
+                            t.packets[self.next]))
+            self.next += 1
+        out, group, size = [], [], 0
+        for p in packets:  # a few to a datagram
+            if group and size + len(p[2]) + 12 > dg.MAX_DATAGRAM - dg.OVERHEAD - 8:
+                out.append(dg.audio_body(t.sample_rate, t.channels, t.pre_skip, group))
+                group, size = [], 0
+            group.append(p)
+            size += len(p[2]) + 12
+        if group:
+            out.append(dg.audio_body(t.sample_rate, t.channels, t.pre_skip, group))
+        return out
 
 
 def send(source, url: str, options, *, loop: bool = False, realtime: bool = True, redundancy: bool = True,
@@ -178,7 +214,8 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
     from kpcodec.media import video
     from kpcodec.options import EncodeOptions
 
-    o = replace(EncodeOptions.of(options), packet_frames=1, batch=1, audio=False).checked()
+    asked = EncodeOptions.of(options)
+    o = replace(asked, packet_frames=1, batch=1, audio=False).checked()
     if o.plan.target_kbps is not None or o.plan.wants_base or o.refresh == "auto":
         raise UsageError("live mode sends as it encodes: --bitrate, --base-layer and --refresh auto "
                          "need the whole clip")
@@ -196,6 +233,11 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
         info, realtime = cam.info, False  # the device sets the pace
     else:
         info = video.probe(source)
+    sound = None
+    if asked.audio and cam is None and info.has_audio:
+        from kpcodec.media import audio as audio_codec
+
+        sound = audio_codec.encode_audio(source, info.duration_s, audio_codec.check_bitrate(asked.audio_bitrate))
     if url.startswith("webrtc:"):
         from kpcodec.live import webrtc
 
@@ -204,9 +246,11 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
         sender = Sender(url, redundancy)
     start = time.monotonic()
     count = 0
+    audio = LiveAudio(sound) if sound is not None else None
     try:
         with Encoder(o, info.fps, None) as enc:
             while True:
+                loop_start = count
                 frames = cam.frames(enc.size, o.crop) if cam else video.read_frames(source, size=enc.size, crop=o.crop)
                 for frame in frames:
                     due = start + count / float(info.fps)
@@ -218,7 +262,12 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
                         sender.summary.restarts += 1
                         if request == dg.KEYFRAME:
                             sender.send_head()
-                    sender.packets(enc.push(frame))
+                    pushed = enc.push(frame)
+                    sender.packets([p for p in pushed if p.kind != "K"])  # HEAD and source first,
+                    if audio is not None:  # then the sound up to this frame's end, then its keypoints
+                        for body in audio.due((count + 1) / float(info.fps), loop_start / float(info.fps)):
+                            sender.audio(body)
+                    sender.packets([p for p in pushed if p.kind == "K"])
                     count += 1
                     if progress:
                         progress(count, None if loop else info.frame_count)
@@ -280,6 +329,8 @@ class Receiver:
         self.last_request = 0.0
         self.first_seen: float | None = None
         self.origin_ms: int | None = None
+        self.audio_head: tuple[int, int, int] | None = None  # (sample rate, channels, pre-skip)
+        self.audio_inbox: list[tuple[int, int, bytes]] = []  # Opus packets not yet handed to the writer
         self.summary = ReceiveSummary()
 
     def datagram(self, raw: bytes, now: float | None = None) -> list:
@@ -298,6 +349,10 @@ class Receiver:
                 return self._deliver(now)
             if d.kind == dg.END:
                 self.end, self.end_at = dg.parse_end(d.body), now
+                return self._deliver(now)
+            if d.kind == dg.AUDIO:
+                self.audio_head, packets = dg.parse_audio(d.body)
+                self.audio_inbox += packets
                 return self._deliver(now)
             if d.kind != dg.DATA:
                 raise KpcFormatError("feedback sent to a receiver")
@@ -446,6 +501,28 @@ class UdpListener:
         self.sock.close()
 
 
+def _open_writer(output, header, rx: Receiver, audio: bool, container, warn, url):
+    from kpcodec.bitstream.opus import opus_head_of
+    from kpcodec.media import video
+
+    writer = video.VideoWriter(output, header.fps, (header.width, header.height)).__enter__()
+    if audio and rx.audio_head is not None:
+        if container.audio:
+            rate, channels, pre_skip = rx.audio_head
+            writer.open_audio(channels, opus_head_of(channels, pre_skip, rate))
+        elif warn:
+            warn(f"{output}: a {container.format} file cannot hold audio; the audio of {url} is left out")
+    return writer
+
+
+def _hand_audio(writer, rx: Receiver) -> None:
+    """The Opus packets that came, to the writer (in time order; a late one is dropped)."""
+    if rx.audio_inbox and writer.audio_open:
+        for pts, duration, data in sorted(rx.audio_inbox):
+            writer.queue_audio(data, pts, duration)
+    rx.audio_inbox.clear()
+
+
 def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force: bool = False,
             progress=None, warn=None) -> ReceiveSummary:
     """Receive one stream on udp `url` and decode it into the video `output` (see the module's
@@ -459,7 +536,7 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
     if not (idle_timeout > 0):
         raise UsageError(f"--idle-timeout must be a positive number of seconds (got {idle_timeout!r})")
     check_output(output, force)
-    video.container_for(output)
+    container, _ = video.container_for(output)
     if url.startswith("webrtc:"):
         from kpcodec.live import webrtc
 
@@ -485,9 +562,11 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
                     if not isinstance(item, Header):
                         continue
                     dec = Decoder(item, o, url)
-                    writer = video.VideoWriter(output, item.fps, (item.width, item.height)).__enter__()
                     continue
                 for frame in dec.pushing(item):
+                    if writer is None:  # opened at the first frame, with the audio if it came by then
+                        writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
+                    _hand_audio(writer, rx)
                     writer.write(frame)
                     late = rx.latency(dec.frame_index)
                     if late is not None:
@@ -508,7 +587,13 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
                                  f" ({rx.summary.datagrams} datagrams, none usable)"))
         tail = dec.pushing(pk.End(rx.end[1])) if rx.end is not None and dec.frame_count is None else iter(())
         for frame in [*tail, *dec.flushing()]:
+            if writer is None:
+                writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
+            _hand_audio(writer, rx)
             writer.write(frame)
+        if writer is None:
+            raise KpcFormatError(f"{url}: no frame could be decoded")
+        _hand_audio(writer, rx)
         dec.close()
         writer.__exit__(None, None, None)
         writer = None

@@ -648,7 +648,16 @@ class VideoWriter:
         ``OpusHead`` with the track's pre-skip goes into the stream's extradata, so
         players drop the encoder priming.  mp4/mov/mkv/webm carry Opus.
         """
-        from kpcodec.media.audio import CLOCK, opus_head
+        from kpcodec.media.audio import opus_head
+
+        self.open_audio(track.channels, opus_head(track))
+        for packet, pts, duration in zip(track.packets, track.pts, track.durations()):
+            self.queue_audio(packet, int(pts), int(duration))
+
+    def open_audio(self, channels: int, head: bytes) -> None:
+        """An Opus stream (its ``OpusHead``) for packets handed in by :meth:`queue_audio`; before
+        the first :meth:`write`."""
+        from kpcodec.media.audio import CLOCK
 
         if self.frames_written or self._audio is not None or self._closed:
             raise ValueError("add_audio() must come once, before the first write()")
@@ -656,17 +665,28 @@ class VideoWriter:
             raise VideoError(f"cannot add Opus audio to {self.path}: its container holds no audio")
         try:
             stream = self._container.add_stream("libopus", rate=CLOCK)
-            stream.layout = "mono" if track.channels == 1 else "stereo"
+            stream.layout = "mono" if channels == 1 else "stereo"
             stream.time_base = Fraction(1, CLOCK)
             # Opening sets the encoder's own OpusHead; ours (the track's pre-skip) replaces it.
             stream.codec_context.open()
-            stream.codec_context.extradata = opus_head(track)
+            stream.codec_context.extradata = head
         except (av.FFmpegError, ValueError) as e:
             raise VideoError(f"cannot add Opus audio to {self.path}: {reason(e)}") from e
         self._audio = stream
-        self._audio_packets = list(zip(track.packets, (int(t) for t in track.pts),
-                                       (int(d) for d in track.durations())))
+        self._audio_packets = []
         self._audio_next = 0
+
+    @property
+    def audio_open(self) -> bool:
+        return self._audio is not None
+
+    def queue_audio(self, data: bytes, pts: int, duration: int) -> bool:
+        """One more Opus packet for an audio stream opened by :meth:`add_audio` (live mode's come as
+        they arrive): muxed when the video reaches it; False (dropped) if it comes after a later one."""
+        if self._audio is None or (self._audio_packets and pts <= self._audio_packets[-1][1]):
+            return False
+        self._audio_packets.append((bytes(data), int(pts), int(duration)))
+        return True
 
     def _mux_audio(self, until_s: float | None) -> None:
         """Mux the queued audio packets that start before ``until_s`` (None: all)."""
