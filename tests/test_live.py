@@ -75,7 +75,7 @@ def run_link(clip, drop, answer=True, frames=None):
                 sent += 1
             sock.out.clear()
             now += 0.04
-            deliver(rx._deliver(now))
+            deliver(rx.poll(now))
             request = rx.requests(now)
             if request is not None and answer:
                 sock.inbox.append(bytes(dg.Datagram(dg.FEEDBACK, rx.stream, 0, 0, dg.feedback_body(request, 0))))
@@ -86,7 +86,7 @@ def run_link(clip, drop, answer=True, frames=None):
         if not drop(sent):
             deliver(rx.datagram(raw, now))
         sent += 1
-    deliver(rx._deliver(now + 1.0))
+    deliver(rx.poll(now + 1.0))
     if rx.end is not None and dec.frame_count is None:
         out += len(dec.push(pk.End(rx.end[1])))
     out += len(dec.flush())
@@ -269,3 +269,8 @@ def test_the_sound_goes_along(tmp_path):
         audio = [f for f in c.decode(audio=0)]
     assert kinds["video"] == 50 and box["rx"].bad_datagrams == 0
     assert sum(f.samples for f in audio) >= 0.9 * 2.0 * audio[0].sample_rate  # ~2 s of sound
+
+
+def test_a_lost_start_is_recovered_by_a_keyframe_asked_for(clip100):
+    frames, rx, _ = run_link(clip100, lambda n: n < 6)  # HEAD and source image lost
+    assert rx.requests >= 1 and frames > 50  # joined at the keyframe the sender sent on request

@@ -24,6 +24,7 @@ rendered, and only the keypoints of frames waiting for the next sent one are hel
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Iterator
 
@@ -104,6 +105,14 @@ class Decoder:
         self.start, self.end = frame_range(o, h)  # frames outside [start, end) are not rendered
         self.done = 0  # frames handed out
         self.frame_index = -1  # the number of the frame handed out last
+        # late(t) -> True: frame t is due too late to render; it is handed out as the last frame again
+        # (a live receiver that falls behind catches up; the output keeps every frame's slot)
+        self.late = None
+        self.repeated = 0
+        self.render_ms: float | None = None  # a moving average of the time to render a frame
+        self.frame_repeated = False  # the frame handed out last is a repeat
+        self._repeats: set[int] = set()
+        self._last = None
         self._ready: deque = deque()  # (frame, kp, jac) filled, not yet rendered
         self._sources: deque = deque()  # SourceImage not yet in force
         self._coded = None  # the SourceImage in force
@@ -287,6 +296,12 @@ class Decoder:
                 continue
             if self._state is None:  # a new source image: prepared once, when its first frame is due
                 self._state = self._renderer.prepare(_source(self._coded.data, self._coded.codec, self.header))
+            if self.late is not None and self._last is not None and self.late(t):
+                out += self._submit()  # a late frame is the last one again (live mode catching up)
+                out += self._collect([[(t, self._last)]])
+                self.repeated += 1
+                self._repeats.add(t)
+                continue
             self._batch.append((t, kp, jac, base))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
@@ -297,7 +312,12 @@ class Decoder:
         if not self._batch:
             return []
         batch, self._batch = self._batch, []
-        return self._collect(self._pool.submit((self._state, batch)))
+        start = time.perf_counter()
+        out = self._collect(self._pool.submit((self._state, batch)))
+        if out:  # how long a frame takes (inline rendering: what a live receiver plans with)
+            ms = (time.perf_counter() - start) * 1000 / len(batch)
+            self.render_ms = ms if self.render_ms is None else 0.8 * self.render_ms + 0.2 * ms
+        return out
 
     def _render(self, item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
@@ -311,11 +331,15 @@ class Decoder:
         """(frame number, frame) of each rendered batch, in order."""
         out = [pair for pairs in results for pair in pairs]
         self.done += len(out)
+        if out:
+            self._last = out[-1][1]
         return out
 
     def _out(self, pairs) -> Iterator[np.ndarray]:
         for t, frame in pairs:
             self.frame_index = t  # the number of the frame handed out last
+            self.frame_repeated = t in self._repeats
+            self._repeats.discard(t)
             yield frame
 
 

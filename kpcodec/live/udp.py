@@ -30,8 +30,10 @@ GAP_S = 0.2  # or this long without it
 FEEDBACK_S = 0.1  # the most often a receiver asks for the same thing
 HEAD_EVERY_S = 1.0  # the sender repeats the HEAD this often
 HEAD_START_REPEATS = 2  # and with the first frames after it
-END_REPEATS = 3
+END_REPEATS = 4  # 0.1 s apart: a 200-ms outage cannot take them all
+END_SPACING_S = 0.1
 END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
+MAX_LATE_MS = 150.0  # a frame later than this (capture to render) is the last one again
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
 
@@ -162,9 +164,10 @@ class Sender:
         self._send(dg.AUDIO, body)
 
     def end(self, last_seq: int, frame_count: int) -> None:
-        for _ in range(END_REPEATS):
+        for n in range(END_REPEATS):
+            if n:
+                time.sleep(END_SPACING_S)
             self._send(dg.END, dg.end_body(last_seq, frame_count))
-            time.sleep(0.02)
 
     def close(self) -> None:
         self.sock.close()
@@ -298,7 +301,9 @@ class ReceiveSummary:
     dropped_packets: int = 0  # whole packets that could not be decoded (their keyframe was lost)
     requests: int = 0
     ended: bool = False  # an END came (else the idle timeout ended it)
-    latency_ms: list = field(default_factory=list, repr=False)  # capture to rendered, per frame
+    repeated: int = 0  # frames due too late to render: the last frame again in their place
+    joined_at: int = 0  # the first frame decoded (its start lost: the frames before it are its copies)
+    latency_ms: list = field(default_factory=list, repr=False)  # capture to rendered, per rendered frame
 
     def latency(self, q: float) -> float | None:
         import statistics
@@ -329,6 +334,7 @@ class Receiver:
         self.last_request = 0.0
         self.first_seen: float | None = None
         self.origin_ms: int | None = None
+        self._head_pending = False  # a HEAD came and is not yet handed on
         self.audio_head: tuple[int, int, int] | None = None  # (sample rate, channels, pre-skip)
         self.audio_inbox: list[tuple[int, int, bytes]] = []  # Opus packets not yet handed to the writer
         self.summary = ReceiveSummary()
@@ -346,14 +352,14 @@ class Receiver:
             self.first_seen = now if self.first_seen is None else self.first_seen
             if d.kind == dg.HEAD:
                 self._head(d.body)
-                return self._deliver(now)
+                return self.poll(now)
             if d.kind == dg.END:
                 self.end, self.end_at = dg.parse_end(d.body), now
-                return self._deliver(now)
+                return self.poll(now)
             if d.kind == dg.AUDIO:
                 self.audio_head, packets = dg.parse_audio(d.body)
                 self.audio_inbox += packets
-                return self._deliver(now)
+                return self.poll(now)
             if d.kind != dg.DATA:
                 raise KpcFormatError("feedback sent to a receiver")
             for n, f in enumerate(dg.decode_fragments(d.body)):
@@ -365,7 +371,7 @@ class Receiver:
         except KpcFormatError:
             self.summary.bad_datagrams += 1
             return []
-        return self._deliver(now)
+        return self.poll(now)
 
     def _clock(self, time_ms: int, raw: bytes) -> None:
         """The sender's capture clock at frame 0, from a datagram's time and its keypoint packet's
@@ -398,12 +404,12 @@ class Receiver:
         self.reader = pk.PacketReader.after_head(self.header, self.base)
         self._head_pending = True
 
-    def _deliver(self, now: float) -> list:
+    def poll(self, now: float) -> list:
         """Packets in order (declaring lost the ones that do not come), as content items."""
         out = []
         if self.reader is None:
             return out
-        if getattr(self, "_head_pending", False):
+        if self._head_pending:
             self._head_pending = False
             out += [self.header] + ([self.base] if self.base is not None else [])
         while self.waiting:
@@ -523,10 +529,12 @@ def _hand_audio(writer, rx: Receiver) -> None:
     rx.audio_inbox.clear()
 
 
-def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force: bool = False,
-            progress=None, warn=None) -> ReceiveSummary:
+def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_late_ms: float | None = MAX_LATE_MS,
+            force: bool = False, progress=None, warn=None) -> ReceiveSummary:
     """Receive one stream on udp `url` and decode it into the video `output` (see the module's
-    docstring). Ends at the sender's END or after `idle_timeout` seconds without a datagram."""
+    docstring). Ends at the sender's END or after `idle_timeout` seconds without a datagram. A frame
+    due more than `max_late_ms` after its capture is not rendered: the last frame is repeated in its
+    place, so a receiver slower than the stream stays in time (None or 0: render every frame)."""
     from kpcodec.api import check_output
     from kpcodec.codec.decoder import Decoder
     from kpcodec.media import video
@@ -556,20 +564,27 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
                 last_heard = now
                 items = rx.datagram(raw, now)
             else:
-                items = rx._deliver(now)
+                items = rx.poll(now)
             for item in items:
                 if dec is None:
                     if not isinstance(item, Header):
                         continue
                     dec = Decoder(item, o, url)
+                    if max_late_ms:  # would the frame be out later than that, once rendered?
+                        dec.late = lambda t: (rx.latency(t) or 0.0) + (dec.render_ms or 0.0) > max_late_ms
                     continue
                 for frame in dec.pushing(item):
                     if writer is None:  # opened at the first frame, with the audio if it came by then
                         writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
+                        # joined late (the start was lost): the first frame stands in for the ones
+                        # before it, so every frame keeps its time (and the sound stays in step)
+                        for _ in range(dec.frame_index):
+                            writer.write(frame)
+                        rx.summary.joined_at = dec.frame_index
                     _hand_audio(writer, rx)
                     writer.write(frame)
                     late = rx.latency(dec.frame_index)
-                    if late is not None:
+                    if late is not None and not dec.frame_repeated:
                         rx.summary.latency_ms.append(late)
                     if progress:
                         progress(dec.done, None)
@@ -589,6 +604,9 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
         for frame in [*tail, *dec.flushing()]:
             if writer is None:
                 writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
+                for _ in range(dec.frame_index):
+                    writer.write(frame)
+                rx.summary.joined_at = dec.frame_index
             _hand_audio(writer, rx)
             writer.write(frame)
         if writer is None:
@@ -601,7 +619,8 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, force
         link.close()
         if writer is not None:
             writer.abort()
-    rx.summary.frames = dec.done
+    rx.summary.frames = dec.done + rx.summary.joined_at
+    rx.summary.repeated = dec.repeated
     rx.summary.seconds = time.monotonic() - start
     rx.summary.output = str(output)
     return rx.summary
