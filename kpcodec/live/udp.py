@@ -37,20 +37,21 @@ MAX_LATE_MS = 150.0  # a frame later than this (capture to render) is the last o
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
 
-def parse_url(url: str, listen: bool = False) -> tuple[str, int]:
-    """(host, port) of udp://HOST:PORT (udp://:PORT to listen on every address)."""
+def parse_url(url: str, listen: bool = False, scheme: str = "udp") -> tuple[str, int]:
+    """(host, port) of SCHEME://HOST:PORT (SCHEME://:PORT to listen on every address)."""
     parts = urlsplit(url)
-    if parts.scheme != "udp":
-        raise UsageError(f"{url!r} is not a udp://HOST:PORT (or webrtc://HOST:PORT) address")
+    if parts.scheme != scheme:
+        raise UsageError(f"{url!r} is not a {scheme}://HOST:PORT address" +
+                         (" (or webrtc://HOST:PORT)" if scheme == "udp" else ""))
     try:
         port = parts.port
     except ValueError:
         port = None
     if port is None or not 0 < port < 65536:
-        raise UsageError(f"{url!r} has no port (udp://HOST:PORT)")
+        raise UsageError(f"{url!r} has no port ({scheme}://HOST:PORT)")
     host = parts.hostname or ("" if listen else None)
     if host is None:
-        raise UsageError(f"{url!r} has no host (udp://HOST:PORT)")
+        raise UsageError(f"{url!r} has no host ({scheme}://HOST:PORT)")
     return host, port
 
 
@@ -507,17 +508,24 @@ class UdpListener:
         self.sock.close()
 
 
-def _open_writer(output, header, rx: Receiver, audio: bool, container, warn, url):
+def _open_writer(output, dec, first, rx: Receiver, audio: bool, container, warn, url):
+    """The output, opened at the first frame `first` with the audio if it came by then. A stream
+    joined late (its start lost): `first` stands in for the frames before it, so every frame keeps
+    its time and the sound stays in step."""
     from kpcodec.bitstream.opus import opus_head_of
     from kpcodec.media import video
 
-    writer = video.VideoWriter(output, header.fps, (header.width, header.height)).__enter__()
+    h = dec.header
+    writer = video.VideoWriter(output, h.fps, (h.width, h.height)).__enter__()
     if audio and rx.audio_head is not None:
         if container.audio:
             rate, channels, pre_skip = rx.audio_head
             writer.open_audio(channels, opus_head_of(channels, pre_skip, rate))
         elif warn:
             warn(f"{output}: a {container.format} file cannot hold audio; the audio of {url} is left out")
+    for _ in range(dec.frame_index):
+        writer.write(first)
+    rx.summary.joined_at = dec.frame_index
     return writer
 
 
@@ -575,12 +583,7 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                     continue
                 for frame in dec.pushing(item):
                     if writer is None:  # opened at the first frame, with the audio if it came by then
-                        writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
-                        # joined late (the start was lost): the first frame stands in for the ones
-                        # before it, so every frame keeps its time (and the sound stays in step)
-                        for _ in range(dec.frame_index):
-                            writer.write(frame)
-                        rx.summary.joined_at = dec.frame_index
+                        writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url)
                     _hand_audio(writer, rx)
                     writer.write(frame)
                     late = rx.latency(dec.frame_index)
@@ -603,10 +606,7 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
         tail = dec.pushing(pk.End(rx.end[1])) if rx.end is not None and dec.frame_count is None else iter(())
         for frame in [*tail, *dec.flushing()]:
             if writer is None:
-                writer = _open_writer(output, dec.header, rx, o.audio, container, warn, url)
-                for _ in range(dec.frame_index):
-                    writer.write(frame)
-                rx.summary.joined_at = dec.frame_index
+                writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url)
             _hand_audio(writer, rx)
             writer.write(frame)
         if writer is None:

@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 from kpcodec.errors import KpcodecError, UsageError
 
@@ -35,19 +34,11 @@ def _aiortc():
 
 
 def parse_url(url: str, listen: bool = False) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "webrtc":
-        raise UsageError(f"{url!r} is not a webrtc://HOST:PORT address")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None or not 0 < port < 65536:
-        raise UsageError(f"{url!r} has no port (webrtc://HOST:PORT, the receiver's signalling endpoint)")
-    host = parts.hostname or ("127.0.0.1" if listen else None)
-    if host is None:
-        raise UsageError(f"{url!r} has no host")
-    return host, port
+    """(host, port) of webrtc://HOST:PORT, the receiver's signalling endpoint (webrtc://:PORT to listen
+    on every address)."""
+    from kpcodec.live.udp import parse_url as parse
+
+    return parse(url, listen, scheme="webrtc")
 
 
 class _Loop:
