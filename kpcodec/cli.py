@@ -285,6 +285,54 @@ def receive(
 
 
 @app.command()
+def batch(
+    source: Annotated[str, typer.Argument(help="A folder of videos, or a list file (one path a line).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Folder for the .kpc files (and .mp4 with --decode) and summary.csv/json.")],
+    keep_every: Annotated[str, typer.Option("--keep-every", "-k", help="As for encode.")] = "2",
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name from the registry.")] = None,
+    decode: Annotated[bool, typer.Option("--decode", help="Also decode each .kpc to an .mp4.")] = False,
+    score: Annotated[bool, typer.Option("--score", help="Also the mean SSIM of the decoded frames against the input's.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (worker processes here) or ray (Ray actors; extra 'ray').")] = "local",
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (default: the idle cores), each with one torch thread.")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="With --engine ray: a cluster, e.g. ray://HEAD:10001 (default: a local Ray started here).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The rows as JSON on stdout.")] = False,
+    force: Annotated[bool, typer.Option("-f", "--force", help="Redo files whose outputs exist (default: skip them, so a stopped run resumes).")] = False,
+    quiet: Quiet = False,
+):
+    """Encode (and optionally decode and score) every video of a folder, on workers that load the models once."""
+    from dataclasses import asdict
+
+    from kpcodec.options import EncodeOptions
+    from kpcodec.scale import batch as b
+
+    start = time.perf_counter()
+    with _errors_to_exit():
+        options = EncodeOptions(keep_every=keep_every, model=model, audio=True)
+        with _progress("batch", quiet) as progress:
+            rows = b.batch(source, output, options, engine=engine, workers=workers, address=address,
+                           decode=decode, score_=score, force=force, progress=progress)
+    if as_json:
+        out.print(json.dumps([asdict(r) for r in rows], indent=2), markup=False, soft_wrap=True)
+    else:
+        table = Table(title=f"{source} -> {output}", title_justify="left")
+        for name in ("file", "status", "frames", "kb/s", "SSIM", "s", "error"):
+            table.add_column(name)
+        for r in rows:
+            table.add_row(os.path.basename(r.file), r.status, str(r.frames), f"{r.kbps:.2f}",
+                          "" if r.ssim is None else f"{r.ssim:.3f}", f"{r.seconds:.1f}", r.error)
+        out.print(table)
+    failed = [r for r in rows if r.status == "failed"]
+    for r in failed:
+        _warn(r.error)
+    if not quiet:
+        err.print(f"batch: {sum(r.status == 'done' for r in rows)} encoded, {sum(r.status == 'skipped' for r in rows)} "
+                  f"skipped, {len(failed)} failed in {time.perf_counter() - start:.1f} s "
+                  f"({len(rows) / max(time.perf_counter() - start, 1e-9) * 60:.1f} files/min) -> {output}", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def info(
     input: Annotated[str, typer.Argument(help="A .kpc file ('-' for stdin).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -362,17 +410,18 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint when OUT has none (e.g. the committed checkpoints/CONFIG/resume.pt).")] = None,
     compact: Annotated[Optional[Path], typer.Option("--compact", help="Also keep a small resume file (fp16 weights, bf16 Adam) here, to commit.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Batch size instead of the recipe's (larger on a GPU).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Batch size instead of the recipe's (larger on a GPU); under torchrun the global batch, split over the ranks.")] = None,
+    accumulate: Annotated[int, typer.Option("--accumulate", min=1, help="Split each rank's share of the batch into N micro-batches (gradients summed): less memory, the same step.")] = 1,
     quiet: Quiet = False,
 ):
-    """Train (or resume training) the motion model on talking-head clips."""
+    """Train (or resume training) the motion model on talking-head clips (also under torchrun)."""
     from kpcodec.train.run import run_training
 
     with _errors_to_exit():
         run_training(config, data, out_dir or Path("runs") / config, steps, resume=resume, recipe=recipe,
                      threads=threads, landmarks=landmarks, val_every=val_every,
                      checkpoint_minutes=checkpoint_minutes, seed=seed, quiet=quiet, init=init, compact=compact,
-                     batch=batch)
+                     batch=batch, accumulate=accumulate)
 
 
 @app.command("train-predictor")

@@ -178,3 +178,57 @@ def test_transplant_moves_the_motion_and_keeps_the_generator(data_dir, tmp_path)
     assert ck["step"] == 2 and "optimizer" in ck
     with pytest.raises(ValueError, match="no detector"):
         transplant({k: v for k, v in sa.items() if k.startswith("generator.")}, ck["model"])
+
+
+def _rank_main(rank, world, data_dir, out, port):
+    """One rank of a 2-process gloo run (torch.multiprocessing): 3 steps, then its own weights."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        t = run_training("tiny", data_dir, out, steps=3, recipe="tiny", quiet=True, batch=4, log_every=1)
+        torch.save({"params": dict(t.model.named_parameters()), "buffers": dict(t.model.named_buffers())},
+                   out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_keep_the_same_weights_as_one_process_with_the_same_global_batch(data_dir, tmp_path):
+    import socket
+
+    import torch.multiprocessing as tmp_mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    tmp_mp.spawn(_rank_main, args=(2, data_dir, out, port), nprocs=2, join=True)
+    s0, s1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for part in ("params", "buffers"):  # the ranks stay identical (buffers: rank 0's, as DDP)
+        assert all(torch.equal(s0[part][k], s1[part][k]) for k in s0[part]), part
+    one = run_training("tiny", data_dir, tmp_path / "one", steps=3, recipe="tiny", quiet=True, batch=4, accumulate=2)
+    single, r0 = dict(one.model.named_parameters()), s0["params"]
+    worst = max(float((r0[k].detach() - single[k].detach()).abs().max()) for k in r0)
+    assert worst < 1e-4, worst  # the same global batch in one process, as 2 micro-batches
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "train" in r] == [1, 2, 3]  # rank 0 alone logs
+    # a checkpoint of 2 ranks resumes in one process
+    t = run_training("tiny", data_dir, out, steps=4, recipe="tiny", quiet=True, batch=4, resume=True)
+    assert t.step == 4
+
+
+def test_kpcodec_train_runs_under_torchrun(data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "tr"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "kpcodec", "train", "--config", "tiny", "--recipe", "tiny", "--data", str(data_dir),
+                        "--out", str(out), "--steps", "2", "--batch", "4", "--val-every", "1000", "-q"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "weights-fp16.pt"]  # rank 0's, no .tmp

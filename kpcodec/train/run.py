@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kpcodec.errors import UsageError
+from kpcodec.scale import distributed as dd
 from kpcodec.train.trainer import Trainer
 
 
@@ -14,12 +15,17 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
                  threads: int = 1, landmarks: Path | None = None, val_every: int = 300,
                  checkpoint_minutes: float = 5.0, seed: int = 0, max_train_clips: int | None = None,
                  monitor_frames: int = 100, quiet: bool = False, init: Path | None = None,
-                 compact: Path | None = None, log_every: int = 10, batch: int | None = None) -> Trainer:
+                 compact: Path | None = None, log_every: int = 10, batch: int | None = None,
+                 accumulate: int = 1) -> Trainer:
+    """Under torchrun (WORLD_SIZE > 1) this process joins the process group and trains its share of
+    each global batch (kpcodec.scale.distributed); only rank 0 prints, logs and saves."""
     if not (Path(data) / "manifest.csv").is_file():
         raise UsageError(f"{data}: no manifest.csv (expected the shared data folder)")
-    console = Console(stderr=True, quiet=quiet)
+    dd.init_from_env()
+    console = Console(stderr=True, quiet=quiet or dd.rank() > 0)
     trainer = Trainer(config, data, out, recipe=recipe, seed=seed, threads=threads, landmark_dir=landmarks,
-                      max_train_clips=max_train_clips, monitor_frames=monitor_frames, batch=batch)
+                      max_train_clips=max_train_clips, monitor_frames=monitor_frames, batch=batch,
+                      accumulate=accumulate)
     if resume and trainer.resume():
         console.print(f"resumed {out} at step {trainer.step} ({_hours(trainer)})")
     elif init is not None:
@@ -39,7 +45,9 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
         task = progress.add_task("loading clips", total=None, info="")
         trainer.load_data(progress=lambda: progress.advance(task))
         console.print(f"{trainer.train_frames} training frames, {trainer.have_landmarks} clips with landmarks, "
-                      f"device {trainer.device}, batch {trainer.recipe.batch}")
+                      f"device {trainer.device}, batch {trainer.recipe.batch}"
+                      + (f" over {trainer.world} ranks" if trainer.world > 1 else "")
+                      + (f" in {trainer.accumulate} micro-batches each" if trainer.accumulate > 1 else ""))
         progress.update(task, description="training", total=steps, completed=trainer.step)
 
         def report(step: int, rec: dict) -> None:

@@ -25,6 +25,8 @@ from kpcodec.train.data import PairSampler, load_clips, refresh_landmarks
 from kpcodec.train.meter import StepMeter
 from kpcodec.train.evaluate import MONITOR_CLIPS, evaluate, keypoint_spread, load_eval_clips
 from kpcodec.train.recipe import RECIPES
+from kpcodec.errors import UsageError
+from kpcodec.scale import distributed as dd
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -55,11 +57,20 @@ def compact_checkpoint(full: dict) -> dict:
 class Trainer:
     def __init__(self, config: str, data_dir: Path, out_dir: Path, recipe: str = "base", seed: int = 0,
                  threads: int = 1, landmark_dir: Path | None = None, device: str | None = None,
-                 max_train_clips: int | None = None, monitor_frames: int = 100, batch: int | None = None):
+                 max_train_clips: int | None = None, monitor_frames: int = 100, batch: int | None = None,
+                 accumulate: int = 1):
         self.cfg = get_config(config)
+        # Data parallel (kpcodec.scale.distributed): the recipe's batch is the global one, split into
+        # world x accumulate micro-batches, this rank's `accumulate` of them in turn.
+        self.rank, self.world = dd.rank(), dd.world_size()
+        self.accumulate = int(accumulate)
         # An accelerator takes larger batches than the recipe's CPU-sized one.
         self.recipe = RECIPES[recipe] if batch is None else replace(RECIPES[recipe], batch=batch)
         self.recipe_name = recipe
+        parts = self.world * self.accumulate
+        if self.accumulate < 1 or self.recipe.batch % parts:
+            raise UsageError(f"the batch of {self.recipe.batch} does not split into {self.world} rank(s) x "
+                             f"{self.accumulate} micro-batch(es)")
         # The landmark cache holds the whole face mesh: the loss weights are fixed for the run.
         self.landmark_weights = losses.landmark_weights(N_LANDMARKS, self.recipe.landmark_lips,
                                                         self.recipe.landmark_eyes)
@@ -107,10 +118,14 @@ class Trainer:
         }
 
     def save(self) -> None:
+        if self.rank:
+            return
         save_atomic(self.full_state(), self.checkpoint_path())
         save_atomic(fp16_state(self.model), self.out / "weights-fp16.pt")
 
     def save_compact(self, path: Path) -> None:
+        if self.rank:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(compact_checkpoint(self.full_state()), path)
 
@@ -147,6 +162,8 @@ class Trainer:
         self.initialised = (len(match), len(own))
 
     def log(self, record: dict) -> None:
+        if self.rank:  # logs and checkpoints come from rank 0 only
+            return
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -168,8 +185,30 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
+        """One optimiser step on the global batch: this rank's micro-batches, gradients averaged
+        over the ranks. Each micro-batch seeds torch's RNG from (seed, step, its place in the global
+        batch), so the step is the same whatever the world size and accumulation."""
         r = self.recipe
-        batch = {k: v.to(self.device) for k, v in self.sampler.batch(r.batch).items()}
+        whole = self.sampler.batch(r.batch)  # the same draw on every rank
+        size = r.batch // (self.world * self.accumulate)
+        records = []
+        self.opt.zero_grad(set_to_none=True)
+        for a in range(self.accumulate):
+            part = self.rank * self.accumulate + a
+            torch.manual_seed((self.seed * 1_000_003 + self.step) * 4099 + part)
+            batch = {k: v[part * size:(part + 1) * size].to(self.device) for k, v in whole.items()}
+            total, rec = self._loss(batch)
+            (total / self.accumulate).backward()
+            records.append(rec)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        dd.average_gradients(params)
+        dd.broadcast_buffers(self.model)
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        self.opt.step()
+        return {k: float(np.mean([rec[k] for rec in records])) for k in records[0]}
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        r = self.recipe
         for key in ("source", "driving"):  # small test configs train on downscaled frames
             batch[key] = resize(batch[key], self.cfg.image_size)
         self._freeze()  # validation puts the whole model back in train mode
@@ -190,14 +229,10 @@ class Trainer:
                    "equiv_value": r.w_equiv_value, "equiv_jacobian": r.w_equiv_jacobian,
                    "landmark_flow": r.w_landmark_flow}
         total = sum(weights[k] * v for k, v in terms.items())
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 10.0)
-        self.opt.step()
         rec = {k: v.item() for k, v in terms.items()}
         rec["total"] = total.item()
         rec["kp_spread"] = keypoint_spread(out["kp_driving"].detach().cpu().numpy())
-        return rec
+        return total, rec
 
     def validate(self) -> dict:
         for clip in self.monitor:  # the landmark cache may have been written since loading
@@ -223,7 +258,7 @@ class Trainer:
         while self.step < steps and not self._stop:
             cpu, wall = meter.measure(self.train_step)
             if on_cpu:
-                self.cpu_seconds += cpu
+                self.cpu_seconds += dd.total(cpu)  # every rank's CPU time
             else:
                 self.accelerator_seconds += wall
             self.step += 1
@@ -234,7 +269,7 @@ class Trainer:
                           "train": mean, "time": time.time()})
                 if report:
                     report(self.step, mean)
-            if self.step % val_every == 0 and self.monitor:
+            if self.step % val_every == 0 and self.monitor and self.rank == 0:
                 val = self.validate()
                 if report:
                     report(self.step, {"val": val})
