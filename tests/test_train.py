@@ -207,8 +207,9 @@ def test_two_ranks_keep_the_same_weights_as_one_process_with_the_same_global_bat
     out = tmp_path / "ddp"
     tmp_mp.spawn(_rank_main, args=(2, data_dir, out, port), nprocs=2, join=True)
     s0, s1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    for part in ("params", "buffers"):  # the ranks stay identical (buffers: rank 0's, as DDP)
-        assert all(torch.equal(s0[part][k], s1[part][k]) for k in s0[part]), part
+    # the ranks' weights stay identical (BatchNorm statistics differ after a step until DDP
+    # broadcasts rank 0's at the next forward; rank 0's are saved)
+    assert all(torch.equal(s0["params"][k], s1["params"][k]) for k in s0["params"])
     one = run_training("tiny", data_dir, tmp_path / "one", steps=3, recipe="tiny", quiet=True, batch=4, accumulate=2)
     single, r0 = dict(one.model.named_parameters()), s0["params"]
     worst = max(float((r0[k].detach() - single[k].detach()).abs().max()) for k in r0)

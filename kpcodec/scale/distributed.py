@@ -1,13 +1,11 @@
-"""Data-parallel training under torchrun: the process group from torchrun's environment, and the
-gradient all-reduce of every step.
+"""Data-parallel training under torchrun: the process group from torchrun's environment.
 
 `kpcodec train` runs unchanged under `torchrun --nproc-per-node N` (and multi-node `--nnodes`,
-`--rdzv-endpoint`): every rank draws the same global batch (the sampler's RNG is the same on all of
-them), takes its share, and the ranks average their gradients before each optimiser step, so the
-weights stay the same on every rank and equal a single process that splits the global batch into as
-many micro-batches (`--accumulate`). Gradients are all-reduced after backward rather than through
-DistributedDataParallel's hooks: the equivariance loss calls the detector a second time outside the
-model's forward, which DDP's reducer does not allow; the arithmetic is DDP's.
+`--rdzv-endpoint`): the model is wrapped in DistributedDataParallel; every rank draws the same global
+batch (the sampler's RNG is the same on all of them: a distributed sampler without a shard list) and
+takes its share; DDP averages the gradients at backward and broadcasts rank 0's buffers at each
+forward, so the weights stay the same on every rank and equal those of a single process that splits
+the global batch into as many micro-batches (`--accumulate`; tested).
 """
 from __future__ import annotations
 
@@ -40,34 +38,6 @@ def init_from_env() -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return True
-
-
-def average_gradients(params) -> None:
-    """Every rank's gradients replaced by their mean over the ranks (one flat all-reduce)."""
-    import torch
-    import torch.distributed as dist
-
-    world = world_size()
-    grads = [p.grad for p in params if p.grad is not None]
-    if world <= 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def broadcast_buffers(module) -> None:
-    """Rank 0's buffers (BatchNorm running statistics) to every rank, as DDP does at each forward."""
-    import torch.distributed as dist
-
-    if world_size() <= 1:
-        return
-    for buf in module.buffers():
-        dist.broadcast(buf, 0)
 
 
 def total(value: float) -> float:

@@ -7,6 +7,7 @@ is the latest weights for shipping.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,6 +89,12 @@ class Trainer:
         self._freeze()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=self.recipe.lr, betas=self.recipe.betas)
+        # Several ranks: DistributedDataParallel averages the gradients and broadcasts rank 0's buffers.
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=None if self.device.type == "cpu" else [self.device])
         self.step = 0
         self.cpu_seconds = 0.0
         self.accelerator_seconds = 0.0  # wall time of steps run on a GPU (CPU time means little there)
@@ -197,12 +204,13 @@ class Trainer:
             part = self.rank * self.accumulate + a
             torch.manual_seed((self.seed * 1_000_003 + self.step) * 4099 + part)
             batch = {k: v[part * size:(part + 1) * size].to(self.device) for k, v in whole.items()}
-            total, rec = self._loss(batch)
-            (total / self.accumulate).backward()
+            # DDP averages the gradients over the ranks at the last micro-batch's backward only
+            sync = self.ddp.no_sync() if self.ddp is not None and a < self.accumulate - 1 else contextlib.nullcontext()
+            with sync:
+                total, rec = self._loss(batch)
+                (total / self.accumulate).backward()
             records.append(rec)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        dd.average_gradients(params)
-        dd.broadcast_buffers(self.model)
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         self.opt.step()
         return {k: float(np.mean([rec[k] for rec in records])) for k in records[0]}
@@ -212,7 +220,7 @@ class Trainer:
         for key in ("source", "driving"):  # small test configs train on downscaled frames
             batch[key] = resize(batch[key], self.cfg.image_size)
         self._freeze()  # validation puts the whole model back in train mode
-        out = self.model(batch["source"], batch["driving"])
+        out = (self.ddp or self.model)(batch["source"], batch["driving"])
         terms = {
             "pyramid": losses.pyramid_l1(out["image"], batch["driving"]),
             "ssim": 1.0 - losses.ssim(out["image"], batch["driving"]),
