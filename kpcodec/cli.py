@@ -262,6 +262,7 @@ def receive(
     output: Annotated[str, typer.Option("-o", "--output", help="Output video (.mp4, .mkv, .webm, .y4m, ...).")],
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Finish after this many seconds without a datagram.")] = 10.0,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the stream's audio out of the video.")] = False,
+    max_latency: Annotated[float, typer.Option("--max-latency", help="Milliseconds: a frame that would be out later than this after its capture is not rendered (the last frame again); 0 renders every frame.")] = 120.0,
     threads: Workers = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -274,6 +275,7 @@ def receive(
         _check_stdout(output)
         with _progress("receive", quiet) as progress:
             s = udp.receive(url, output, DecodeOptions(threads=threads, audio=not no_audio), idle_timeout=idle_timeout,
+                            max_late_ms=max_latency,
                             force=force, progress=progress, warn=_warn)
     if s.bad_datagrams:
         _warn(f"{s.bad_datagrams} malformed or foreign datagram(s) dropped")

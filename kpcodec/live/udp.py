@@ -33,7 +33,7 @@ HEAD_START_REPEATS = 2  # and with the first frames after it
 END_REPEATS = 4  # 0.1 s apart: a 200-ms outage cannot take them all
 END_SPACING_S = 0.1
 END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
-MAX_LATE_MS = 150.0  # a frame later than this (capture to render) is the last one again
+MAX_LATE_MS = 120.0  # a frame later than this (capture to out, render included) is the last one again
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
 
@@ -549,6 +549,8 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
     from kpcodec.options import DecodeOptions
 
     o = DecodeOptions.of(options, batch=1).checked()  # a frame out as soon as it can be: latency
+    if max_late_ms is not None and not (max_late_ms >= 0):
+        raise UsageError(f"--max-latency must be a number of milliseconds >= 0 (got {max_late_ms!r})")
     if not (idle_timeout > 0):
         raise UsageError(f"--idle-timeout must be a positive number of seconds (got {idle_timeout!r})")
     check_output(output, force)
