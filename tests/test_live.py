@@ -274,3 +274,41 @@ def test_the_sound_goes_along(tmp_path):
 def test_a_lost_start_is_recovered_by_a_keyframe_asked_for(clip100):
     frames, rx, _ = run_link(clip100, lambda n: n < 6)  # HEAD and source image lost
     assert rx.requests >= 1 and frames > 50  # joined at the keyframe the sender sent on request
+
+
+def test_webrtc_sends_the_sound_as_an_opus_track(tmp_path):
+    pytest.importorskip("aiortc")
+    import collections
+    import threading
+
+    import av
+
+    from conftest import make_clip_with_audio
+    from kpcodec.options import EncodeOptions
+
+    clip = make_clip_with_audio(tmp_path / "a.mp4", seconds=2.0)
+    port, box, kinds = free_port_tcp(), {}, collections.Counter()
+    datagram = udp.Receiver.datagram
+
+    def counting(self, raw, now=None):
+        kinds[dg.parse(raw).kind] += 1
+        return datagram(self, raw, now)
+
+    def receiver():
+        box["rx"] = udp.receive(f"webrtc://127.0.0.1:{port}", tmp_path / "w.mp4", DecodeOptions(threads=1),
+                                idle_timeout=10)
+
+    udp.Receiver.datagram = counting
+    try:
+        t = threading.Thread(target=receiver)
+        t.start()
+        time.sleep(0.5)
+        udp.send(str(clip), f"webrtc://127.0.0.1:{port}", EncodeOptions(model="tiny"))
+        t.join(60)
+    finally:
+        udp.Receiver.datagram = datagram
+    assert kinds[dg.AUDIO] == 0 and box["rx"].frames == 50  # no audio datagrams: a media track
+    with av.open(str(tmp_path / "w.mp4")) as c:
+        samples = sum(f.samples for f in c.decode(audio=0))
+        rate = c.streams.audio[0].rate
+    assert samples >= 0.8 * 2.0 * rate

@@ -245,7 +245,9 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
     if url.startswith("webrtc:"):
         from kpcodec.live import webrtc
 
-        sender = Sender(url, redundancy, sock=webrtc.offer(url))
+        # the sound as a WebRTC audio track, not in datagrams
+        sender = Sender(url, redundancy, sock=webrtc.offer(url, audio_from=source if sound is not None else None))
+        sound = None
     else:
         sender = Sender(url, redundancy)
     start = time.monotonic()
@@ -508,7 +510,7 @@ class UdpListener:
         self.sock.close()
 
 
-def _open_writer(output, dec, first, rx: Receiver, audio: bool, container, warn, url):
+def _open_writer(output, dec, first, rx: Receiver, audio: bool, container, warn, url, recoder=None):
     """The output, opened at the first frame `first` with the audio if it came by then. A stream
     joined late (its start lost): `first` stands in for the frames before it, so every frame keeps
     its time and the sound stays in step."""
@@ -517,9 +519,9 @@ def _open_writer(output, dec, first, rx: Receiver, audio: bool, container, warn,
 
     h = dec.header
     writer = video.VideoWriter(output, h.fps, (h.width, h.height)).__enter__()
-    if audio and rx.audio_head is not None:
+    if audio and (rx.audio_head is not None or recoder is not None):
         if container.audio:
-            rate, channels, pre_skip = rx.audio_head
+            rate, channels, pre_skip = rx.audio_head or (48000, 1, recoder.pre_skip)
             writer.open_audio(channels, opus_head_of(channels, pre_skip, rate))
         elif warn:
             warn(f"{output}: a {container.format} file cannot hold audio; the audio of {url} is left out")
@@ -529,8 +531,11 @@ def _open_writer(output, dec, first, rx: Receiver, audio: bool, container, warn,
     return writer
 
 
-def _hand_audio(writer, rx: Receiver) -> None:
-    """The Opus packets that came, to the writer (in time order; a late one is dropped)."""
+def _hand_audio(writer, rx: Receiver, link=None, recoder=None) -> None:
+    """The Opus packets that came (in datagrams, or a WebRTC audio track's frames coded again), to
+    the writer (in time order; a late one is dropped)."""
+    if recoder is not None:
+        rx.audio_inbox += [(pts, duration, data) for data, pts, duration in recoder.push(link.audio_frames())]
     if rx.audio_inbox and writer.audio_open:
         for pts, duration, data in sorted(rx.audio_inbox):
             writer.queue_audio(data, pts, duration)
@@ -561,6 +566,7 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
         link = webrtc.Answerer(url)
     else:
         link = UdpListener(url)
+    recoder = None  # a WebRTC audio track's frames, coded as Opus again (made when the track shows)
     rx = Receiver()
     start = time.monotonic()
     last_heard = start
@@ -580,13 +586,17 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                     if not isinstance(item, Header):
                         continue
                     dec = Decoder(item, o, url)
+                    if o.audio and getattr(link, "audio_track", False):
+                        from kpcodec.live.webrtc import OpusRecoder
+
+                        recoder = OpusRecoder()
                     if max_late_ms:  # would the frame be out later than that, once rendered?
                         dec.late = lambda t: (rx.latency(t) or 0.0) + (dec.render_ms or 0.0) > max_late_ms
                     continue
                 for frame in dec.pushing(item):
                     if writer is None:  # opened at the first frame, with the audio if it came by then
-                        writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url)
-                    _hand_audio(writer, rx)
+                        writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
+                    _hand_audio(writer, rx, link, recoder)
                     writer.write(frame)
                     late = rx.latency(dec.frame_index)
                     if late is not None and not dec.frame_repeated:
@@ -608,12 +618,12 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
         tail = dec.pushing(pk.End(rx.end[1])) if rx.end is not None and dec.frame_count is None else iter(())
         for frame in [*tail, *dec.flushing()]:
             if writer is None:
-                writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url)
-            _hand_audio(writer, rx)
+                writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
+            _hand_audio(writer, rx, link, recoder)
             writer.write(frame)
         if writer is None:
             raise KpcFormatError(f"{url}: no frame could be decoded")
-        _hand_audio(writer, rx)
+        _hand_audio(writer, rx, link, recoder)
         dec.close()
         writer.__exit__(None, None, None)
         writer = None

@@ -3,6 +3,10 @@
 lost as on UDP and the same recovery applies. aiortc has no plug-in video codec API, hence a data
 channel rather than a video track.
 
+The sound is a normal WebRTC audio track (aiortc codes it as Opus in RTP): the sender plays the
+input's audio into it at its own pace; the receiver codes what arrives as Opus again for the output
+file, placed from the start of the video.
+
 Offer and answer go through a small HTTP endpoint that the receiver runs: `kpcodec receive
 webrtc://:8080 ...` listens for `POST /offer` (JSON {"sdp", "type"}) and answers with its own;
 `kpcodec send talk.mp4 webrtc://HOST:8080` posts the offer. aiortc runs on an asyncio loop in a
@@ -11,6 +15,7 @@ background thread; each end is a socket-like object for the sender and receiver 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import json
 import queue
 import threading
@@ -125,15 +130,72 @@ class ChannelEnd:
         self.loop.stop()
 
 
-def offer(url: str) -> ChannelEnd:
-    """The sender's end: connect to the receiver's signalling endpoint at webrtc://HOST:PORT."""
+class FileAudio:
+    """An aiortc audio track of a file's sound: 20-ms mono 48-kHz frames, each handed out when its
+    time comes (from the first call on, which is the video's start)."""
+
+    RATE, SAMPLES = 48000, 960
+
+    def __init__(self, path: str, rtc):
+        import av
+        import numpy as np
+
+        from kpcodec.media import video
+
+        pcm = []
+        try:
+            with av.open(path) as c:
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=self.RATE)
+                for frame in c.decode(audio=0):
+                    for out in resampler.resample(frame):
+                        pcm.append(out.to_ndarray().reshape(-1))
+                for out in resampler.resample(None):
+                    pcm.append(out.to_ndarray().reshape(-1))
+        except (av.FFmpegError, OSError) as exc:
+            raise KpcodecError(f"{path}: cannot read its audio ({video.reason(exc)})") from None
+        self.pcm = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
+        end = self
+
+        class Track(rtc.MediaStreamTrack):
+            kind = "audio"
+
+            async def recv(self):
+                return await end.next_frame()
+
+        self.track = Track()
+        self.n = 0
+        self.start = None
+
+    async def next_frame(self):
+        import av
+        import numpy as np
+
+        if self.start is None:
+            self.start = time.time()
+        due = self.start + self.n * self.SAMPLES / self.RATE
+        await asyncio.sleep(max(0.0, due - time.time()))
+        chunk = self.pcm[self.n * self.SAMPLES:(self.n + 1) * self.SAMPLES]
+        chunk = np.pad(chunk, (0, self.SAMPLES - len(chunk)))  # silence after the end
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = self.RATE, self.n * self.SAMPLES
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        self.n += 1
+        return frame
+
+
+def offer(url: str, audio_from: str | None = None) -> ChannelEnd:
+    """The sender's end: connect to the receiver's signalling endpoint at webrtc://HOST:PORT;
+    with `audio_from`, that file's sound as an audio track."""
     host, port = parse_url(url)
     end = ChannelEnd(url)
     rtc = end.rtc
+    end.audio = FileAudio(audio_from, rtc) if audio_from else None
 
     async def make_offer():
         end.pc = rtc.RTCPeerConnection()
         end._attach(end.pc.createDataChannel(CHANNEL, ordered=False, maxRetransmits=0))
+        if end.audio is not None:
+            end.pc.addTrack(end.audio.track)
         await end.pc.setLocalDescription(await end.pc.createOffer())
         return {"sdp": end.pc.localDescription.sdp, "type": end.pc.localDescription.type}
 
@@ -161,12 +223,15 @@ class Answerer(ChannelEnd):
     def __init__(self, url: str):
         host, port = parse_url(url, listen=True)
         super().__init__(url)
+        self.audio_track = False  # the offer had an audio track
+        self.audio_inbox: queue.Queue = queue.Queue()
         end = self
         rtc = self.rtc
 
         async def answer(offer_json):
             end.pc = rtc.RTCPeerConnection()
             end.pc.on("datachannel", end._attach)
+            end.pc.on("track", end._track)
             await end.pc.setRemoteDescription(rtc.RTCSessionDescription(offer_json["sdp"], offer_json["type"]))
             await end.pc.setLocalDescription(await end.pc.createAnswer())
             return {"sdp": end.pc.localDescription.sdp, "type": end.pc.localDescription.type}
@@ -197,7 +262,60 @@ class Answerer(ChannelEnd):
             raise KpcodecError(f"cannot listen on {url}: {exc.strerror or exc}") from None
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
+    def _track(self, track) -> None:
+        if track.kind != "audio":
+            return
+        self.audio_track = True
+
+        async def pull():
+            try:
+                while True:
+                    frame = await track.recv()
+                    self.audio_inbox.put(frame)
+            except Exception:  # noqa: BLE001  (the track ended: the connection closed)
+                return
+
+        asyncio.ensure_future(pull())
+
+    def audio_frames(self) -> list:
+        """The decoded audio frames (av.AudioFrame) that came since the last call."""
+        out = []
+        while True:
+            try:
+                out.append(self.audio_inbox.get_nowait())
+            except queue.Empty:
+                return out
+
     def close(self) -> None:
         self.http.shutdown()
         self.http.server_close()
         super().close()
+
+
+class OpusRecoder:
+    """The received audio frames coded as Opus again (mono, 48 kHz) for the output file, placed
+    from the start of the video: (packet, pts, duration) in 48-kHz ticks."""
+
+    def __init__(self, kbps: float = 16.0):
+        import av
+
+        self.av = av
+        self.enc = av.CodecContext.create("libopus", "w")
+        self.enc.sample_rate, self.enc.layout, self.enc.format = 48000, "mono", "s16"
+        self.enc.bit_rate = int(kbps * 1000)
+        self.enc.time_base = fractions.Fraction(1, 48000)
+        self.enc.open()
+        head = bytes(self.enc.extradata or b"")
+        self.pre_skip = int.from_bytes(head[10:12], "little") if len(head) >= 12 else 312
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        self.samples = 0
+
+    def push(self, frames) -> list[tuple[bytes, int, int]]:
+        out = []
+        for frame in frames:
+            for f in self.resampler.resample(frame):
+                f.pts = self.samples
+                self.samples += f.samples
+                for p in self.enc.encode(f):
+                    out.append((bytes(p), int(p.pts) - self.pre_skip, int(p.duration or 960)))
+        return out
