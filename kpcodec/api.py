@@ -206,6 +206,11 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
             if warn:
                 warn(message)
         out.write(bitstream.packets.PREAMBLE)
+        if o.audio and info.has_audio and pipe is None:  # coded first: its packets go along with the frames
+            duration = info.frame_count / info.fps if info.frame_count else info.duration_s
+            track = audio_codec.encode_audio(input, float(duration), o.audio_bitrate, ignore_errors=o.ignore_errors)
+            if track is not None:
+                enc.set_audio(track)
         frames = pipe.frames(enc.size, o.crop) if pipe else \
             video.read_frames(input, size=enc.size, crop=o.crop, on_error=on_error)
         for frame in frames:
@@ -214,14 +219,9 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
                 progress(enc.frames, info.frame_count)
         if enc.frames == 0:
             raise video.VideoError(f"{info.path}: no frames decoded")
-        extra = []
-        if o.audio and info.has_audio:
-            track = audio_codec.encode_audio(input, enc.duration_s, o.audio_bitrate, ignore_errors=o.ignore_errors)
-            if track is not None:
-                extra.append((audio_codec.CHUNK_TYPE, audio_codec.pack(track)))
-        last = enc.flush(extra)
+        last = enc.flush()
         out.write_packets(last)
-        audio_bytes = sum(len(bytes(p)) for p in last if p.kind == "X")
+        audio_bytes = enc.audio_bytes
         out.commit()
     return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
@@ -265,9 +265,9 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     fixed_mmap_threshold()  # flat memory on long outputs (see kpcodec.codec.parallel)
 
     # A file is read whole (it is small; frames are rendered as its packets are parsed); a pipe
-    # piece by piece as it comes, unless its audio is wanted: a 2.0 stream's audio comes last.
+    # piece by piece as it comes. The sound comes before the first keypoints (AUDIO slices).
     data, pieces = None, bitstream.read_pieces(input)
-    if input != "-" or (o.audio and container.audio):
+    if input != "-":
         data = b"".join(pieces)
         pieces = iter([data])
     warn_named = (lambda message: warn(f"{name}: {message}")) if warn else None
@@ -277,27 +277,17 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     if first:  # enter a 2.0 file at its last keyframe before the start, through its INDEX
         items = packets.read_items(iter([data]), o.ignore_errors, warn_named, start_frame=first)
         next(items)
-    track = None
-    if o.audio and data is not None:
-        track = audio_codec.from_chunks(packets.extras_of(data) if bitstream.format_major(data) == 2
-                                        else bitstream.loads(data).extra_chunks)
-    if track is not None and (first or last is not None):
-        if warn:
-            warn(f"--start/--end cut the video only: the audio of {name} is left out")
-        track = None
-    if track is not None and not container.audio:
-        if warn:
-            warn(f"{output}: a {container.format} file cannot hold audio; the audio of {name} is left out")
-        track = None
     dec = Decoder(header, o, name)  # the model checked before the video is opened
     total = header.frame_count or (packets.frame_count_of(data) if data is not None else None)
     if total is not None:
         total = min(total, last if last is not None else total) - first
+    sound = _Sound(o.audio, bool(first or last is not None), container, output, name, warn)
     with video.VideoWriter(output, header.fps, (header.width, header.height), preset=DECODE_PRESET) as writer:
-        if track is not None:
-            writer.add_audio(track)
         try:
             for item in items:
+                if isinstance(item, packets.AudioSlice):
+                    sound.add(writer, item)
+                    continue
                 for frame in dec.pushing(item):
                     writer.write(frame)
                     if progress:
@@ -314,6 +304,35 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     duration = dec.done * header.fps_den / header.fps_num
     return Summary(dec.done, time.perf_counter() - start, size, duration, str(output),
                    base_bytes=0, base_layer=dec.base_label, base_errors=len(dec.base_errors))
+
+
+class _Sound:
+    """A stream's AUDIO slices into the video as they come (they come before its first frame)."""
+
+    def __init__(self, wanted: bool, cut: bool, container, output, name, warn):
+        self.wanted, self.cut, self.container = wanted, cut, container
+        self.output, self.name, self.warn = output, name, warn
+        self.said = False
+
+    def add(self, writer, s) -> None:
+        from kpcodec.bitstream.opus import opus_head_of
+
+        if not self.wanted:
+            return
+        if self.cut or not self.container.audio:
+            if not self.said and self.warn:
+                why = ("--start/--end cut the video only" if self.cut
+                       else f"{self.output}: a {self.container.format} file cannot hold audio")
+                self.warn(f"{why}; the audio of {self.name} is left out")
+            self.said = True
+            return
+        t = s.track
+        if not writer.audio_open:
+            if writer.frames_written:
+                return  # too late to add a stream
+            writer.open_audio(t.channels, opus_head_of(t.channels, t.pre_skip, t.sample_rate))
+        for packet, pts, duration in zip(t.packets, t.pts, t.durations()):
+            writer.queue_audio(packet, int(pts), int(duration))
 
 
 _BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),

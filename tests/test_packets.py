@@ -281,3 +281,26 @@ def test_decoder_takes_the_encoders_packets_one_by_one(clip40):
         d = kpcodec.Decoder(packets[0], DecodeOptions(threads=1))
         d.push(packets[1])
         d.push(packets[3])
+
+
+def test_the_sound_comes_before_the_keypoints_and_a_pipe_keeps_it(tmp_path):
+    """2.0 carries the sound in AUDIO packets of about a second, the first before any keypoints, so
+    `decode -` streams a file with audio and keeps its sound."""
+    import av
+
+    from conftest import make_clip_with_audio
+
+    clip = make_clip_with_audio(tmp_path / "a.mp4", seconds=3.0)
+    kpc = tmp_path / "a.kpc"
+    api.encode(clip, kpc, model="tiny", packet_frames=8)
+    kinds = [k for k, _ in bitstream.chunk_table(kpc.read_bytes())]
+    assert kinds.index("opus") < kinds.index("KPRC") and kinds.count("opus") >= 3
+    track = bitstream.opus.from_stream(bitstream.read_file(kpc))
+    assert abs(track.duration_s - 3.0) < 1e-6
+    out = tmp_path / "p.mkv"
+    r = subprocess.run([sys.executable, "-m", "kpcodec", "decode", "-", "-o", str(out)], input=kpc.read_bytes(),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert {s.type for s in c.streams} == {"video", "audio"}
+        assert sum(f.samples for f in c.decode(audio=0)) >= 0.9 * 3.0 * c.streams.audio[0].rate

@@ -17,7 +17,10 @@ lost packet); ``frame`` is the video frame the packet is about. The types:
   prior; the others carry on the levels, the models and the decoder's predictor from the packet
   before, so only the coder's flush and the framing (about 10 bytes) are paid per packet.
 * ``B`` BASE: one temporal unit of the hybrid mode's base layer, for video frame ``frame``.
-* ``X`` EXTRA: an optional chunk of format 1.x (a 4-letter name and its payload: the ``opus`` audio).
+* ``A`` AUDIO: a second or so of the Opus sound: u32 the whole track's length (48-kHz ticks), then
+  an ``opus`` chunk (kpcodec.bitstream.opus) of its packets; the first comes before any keypoints,
+  so a decoder knows the sound before its first frame.
+* ``X`` EXTRA: an optional chunk of format 1.x (a 4-letter name and its payload).
 * ``I`` INDEX (optional, just before END): the byte offset of every SOURCE and restart packet.
 * ``E`` END: the frame count and where the INDEX starts (0: none).
 
@@ -36,14 +39,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kpcodec.bitstream import container as kc
-from kpcodec.bitstream import decorrelate, entropy
+from kpcodec.bitstream import decorrelate, entropy, opus
 from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
 VERSION = (2, 0)
 PREAMBLE = kc.MAGIC + bytes(VERSION)
-TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "X": "EXTRA", "I": "INDEX", "E": "END"}
+TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
+         "E": "END"}
+AUDIO_SLICE_S = 1.0  # seconds of sound per AUDIO packet
 # Sent frames per keypoint packet in a file: the framing and the coder's flush (~14 bytes) against
 # 7-17 bytes per sent frame at keep-every 2 (the smooth 2-min sample loop: +1.5% bits against 1.3 at
 # 128, +2.9% at 64; the val clips: -1.6% median; benchmarks/results/packets.md); live mode sends one
@@ -92,6 +97,58 @@ class Extra:
 
     kind: str
     payload: bytes
+
+
+@dataclass
+class AudioSlice:
+    """Some of the sound (an ``A`` packet): `track` holds its packets (absolute times) and the
+    stream's settings; `length` is the whole track's."""
+
+    track: object  # kpcodec.bitstream.opus.OpusTrack
+    length: int
+
+
+def audio_slices(track, seconds: float = AUDIO_SLICE_S) -> list[AudioSlice]:
+    """A whole Opus track cut into slices of about `seconds`, in time order."""
+    durations = track.durations()
+    step = max(1, round(seconds * opus.CLOCK))
+    out, start = [], 0
+    while start < len(track.packets):
+        t0 = int(track.pts[start])
+        end = start
+        while end < len(track.packets) and int(track.pts[end]) < t0 + step:
+            end += 1
+        pts = np.asarray(track.pts[start:end], np.int64)
+        span = int(pts[-1] + durations[end - 1]) - int(pts[0]) - (track.pre_skip if start == 0 else 0)
+        piece = opus.OpusTrack(track.sample_rate, track.channels, track.pre_skip if start == 0 else 0,
+                               track.bitrate, max(1, span), pts, list(track.packets[start:end]))
+        out.append(AudioSlice(piece, int(track.length)))
+        start = end
+    return out
+
+
+def encode_audio_slice(s: AudioSlice) -> bytes:
+    return struct.pack("<I", s.length) + opus.pack(s.track)
+
+
+def decode_audio_slice(payload: bytes, at: int) -> AudioSlice:
+    if len(payload) < 4:
+        raise KpcFormatError(f"truncated AUDIO packet at byte {at}")
+    (length,) = struct.unpack_from("<I", payload)
+    try:
+        return AudioSlice(opus.unpack(payload[4:]), length)
+    except KpcFormatError as exc:
+        raise KpcFormatError(f"AUDIO packet at byte {at}: {exc}") from None
+
+
+def join_audio(slices: list[AudioSlice]):
+    """The whole track of a stream's AUDIO slices (its first's settings, the stream's length)."""
+    first = slices[0].track
+    pts = np.concatenate([s.track.pts for s in slices])
+    if np.any(np.diff(pts) < 1):
+        raise KpcFormatError("AUDIO packets overlap or come out of order")
+    return opus.OpusTrack(first.sample_rate, first.channels, first.pre_skip, first.bitrate, slices[0].length, pts,
+                          [p for s in slices for p in s.track.packets])
 
 
 @dataclass
@@ -372,6 +429,11 @@ class PacketWriter:
         self._out.append(self._packet("B", frame, bytes(data)))
         return self._take()
 
+    def audio(self, s: AudioSlice) -> list[Packet]:
+        """Some of the sound; the keypoints waiting go out first (packets stay in time order)."""
+        self._out.append(self._packet("A", 0, encode_audio_slice(s)))
+        return self._take()
+
     def extra(self, kind: str, payload: bytes) -> list[Packet]:
         kc._check_extra(kind, payload)
         self._out.append(self._packet("X", 0, kind.encode("ascii") + bytes(payload)))
@@ -415,6 +477,9 @@ def stream_events(stream: kc.KpcStream):
     idx = np.asarray(stream.sent_indices, np.int64)
     starts = np.searchsorted(idx, cuts)
     yield SourceImage(0, stream.source_codec, stream.source_data)
+    sound = opus.from_chunks(stream.extra_chunks)
+    if sound is not None:  # before any keypoints: a decoder knows the sound before its first frame
+        yield from audio_slices(sound)
     b = 0
     for n, (frame, lo) in enumerate(zip(cuts, starts)):
         hi = starts[n + 1] if n + 1 < len(cuts) else len(idx)
@@ -427,7 +492,8 @@ def stream_events(stream: kc.KpcStream):
             yield SentFrames(idx[lo:hi], stream.keypoints[lo:hi], stream.jacobians[lo:hi], frame == 0 or frame in restarts)
     yield from bases[b:]
     for kind, payload in stream.extra_chunks:
-        yield Extra(kind, payload)
+        if sound is None or kind != opus.CHUNK_TYPE:
+            yield Extra(kind, payload)
     yield End(h.frame_count)
 
 
@@ -453,6 +519,8 @@ def stream_packets(stream: kc.KpcStream, packet_frames: int = DEFAULT_PACKET_FRA
                 out += w.keypoints(i, kp, jac)
         elif isinstance(item, BaseFrame):
             out += w.base_frame(item.frame, item.data)
+        elif isinstance(item, AudioSlice):
+            out += w.audio(item)
         elif isinstance(item, Extra):
             out += w.extra(item.kind, item.payload)
         elif isinstance(item, End):
@@ -468,6 +536,7 @@ def read_stream(data: bytes) -> kc.KpcStream:
     h, base = reader.header, None
     source, refreshes, restarts, extra = None, [], [], []
     idx, kps, jacs, base_packets = [], [], [], []
+    sound: list[AudioSlice] = []
     frame_count = 0
     for item in items:
         if isinstance(item, kc.BaseLayer):
@@ -489,8 +558,12 @@ def read_stream(data: bytes) -> kc.KpcStream:
             base_packets.append(item.data)
         elif isinstance(item, Extra):
             extra.append((item.kind, item.payload))
+        elif isinstance(item, AudioSlice):
+            sound.append(item)
         elif isinstance(item, End):
             frame_count = item.frame_count
+    if sound:  # the sound as the in-memory stream holds it: one opus chunk, first among the extras
+        extra.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
     if not idx:
         raise KpcFormatError("no sent frames (S must be >= 1)")
     sent = np.concatenate(idx)
@@ -642,6 +715,8 @@ class PacketReader:
             if p.frame % self.base.divisor or not p.payload:
                 raise KpcFormatError(f"bad base-layer packet at byte {at} (frame {p.frame})")
             return [BaseFrame(p.frame, p.payload)]
+        if p.kind == "A":
+            return [decode_audio_slice(p.payload, at)]
         if p.kind == "X":
             kind = p.payload[:4].decode("latin-1")
             if len(p.payload) < 4 or not kc._is_chunk_type(kind) or kc._is_critical(kind):
@@ -667,12 +742,12 @@ class PacketReader:
 
 def packet_table(data: bytes) -> list[tuple[str, int]]:
     """(name, bytes) of every packet of a whole 2.0 file, in the chunk names of format 1.x where
-    one means the same (HEAD, SRCF for the first source image, SRCR, KPRC, BASE, an extra's own
-    name, INDX, KEND), framing and CRC checked, payloads not decoded."""
+    one means the same (HEAD, SRCF for the first source image, SRCR, KPRC, BASE, opus for the
+    sound, an extra's own name, INDX, KEND), framing and CRC checked, payloads not decoded."""
     if bytes(data[:len(PREAMBLE)]) != PREAMBLE:
         raise KpcFormatError("not a .kpc 2.0 file")
     table, pos, sources = [("magic", len(PREAMBLE))], len(PREAMBLE), 0
-    names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "I": "INDX", "E": "KEND"}
+    names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "A": "opus", "I": "INDX", "E": "KEND"}
     while pos < len(data):
         packet, size = split_packet(data[pos:], pos)
         if packet is None:
@@ -714,7 +789,7 @@ def frame_count_of(data: bytes) -> int | None:
 def extras_of(data: bytes) -> list[tuple[str, bytes]]:
     """The optional chunks (EXTRA packets) of a 2.0 file's bytes, found by their framing alone
     (a decoder that must know the audio before the first frame); stops quietly at any damage."""
-    out, pos = [], len(PREAMBLE)
+    out, sound, pos = [], [], len(PREAMBLE)
     try:
         while pos < len(data):
             packet, size = split_packet(data[pos:], pos)
@@ -722,9 +797,16 @@ def extras_of(data: bytes) -> list[tuple[str, bytes]]:
                 break
             if packet.kind == "X" and len(packet.payload) >= 4:
                 out.append((packet.payload[:4].decode("latin-1"), packet.payload[4:]))
+            elif packet.kind == "A":
+                sound.append(decode_audio_slice(packet.payload, pos))
             pos += size
     except KpcFormatError:
         pass
+    if sound:
+        try:
+            out.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
+        except KpcFormatError:
+            pass
     return out
 
 

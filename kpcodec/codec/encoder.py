@@ -119,6 +119,9 @@ class Encoder:
             predictor=o.predictor, adaptive=self.auto)
         self.writer = None
         self._out: list = []
+        self.sound = None  # the input's Opus track (set_audio), and its slices still to go out
+        self._slices: list = []
+        self.audio_bytes = 0  # the AUDIO packets', framing included
         self.keyframes = 0  # keyframes made on request (live mode's feedback) or by keyframe_interval
         self._request = 0  # 1: a keypoint keyframe is asked for, 2: with a new source image
         self._keyframe_at: dict[int, bytes | None] = {}  # sent frame -> its new source image (None: keypoints only)
@@ -139,12 +142,30 @@ class Encoder:
             self.base.push(i, frame)
         if self.streaming:
             self._keyframe_due(i, frame)
+            if i and self._slices:
+                self._audio_due((i + 1) / float(self.fps) + pk.AUDIO_SLICE_S)
         if self.detected.is_sent(i):
             self._batch.append((i, frame))
             if len(self._batch) == self.options.batch:
                 self._collect(self._pool.submit(self._batch))
                 self._batch = []
         return self._take()
+
+    def set_audio(self, track) -> None:
+        """The input's sound (a kpcodec.bitstream.opus.OpusTrack, coded before the frames): its AUDIO
+        packets go out about a second ahead of the frames they play with, the first before any
+        keypoints."""
+        if self.frames:
+            raise UsageError("set_audio() comes before the first frame")
+        self.sound = track
+        self._slices = pk.audio_slices(track)
+
+    def _audio_due(self, t: float) -> None:
+        """The AUDIO slices starting before `t` seconds."""
+        while self._slices and int(self._slices[0].track.pts[0]) < t * 48000:
+            packets = self.writer.audio(self._slices.pop(0))
+            self.audio_bytes += sum(len(bytes(p)) for p in packets if p.kind == "A")
+            self._out += packets
 
     def request_keyframe(self, source: bool = False) -> None:
         """Make the next sent frame a keyframe: the keypoints restart there (a receiver that lost
@@ -172,6 +193,7 @@ class Encoder:
             return
         self.writer = pk.PacketWriter(self.header, packet_frames=o.packet_frames)
         self._out += self.writer.take() + self.writer.source(0, o.source_codec, self.source_data)
+        self._audio_due(pk.AUDIO_SLICE_S)
         if self.checks is not None:
             self.stage = rf.RefreshStage(self.net, self.checks, o.predictor, o.refresh_threshold, o.source_codec,
                                          o.source_quality, self.source_data)
@@ -230,6 +252,7 @@ class Encoder:
             self._send(self.chooser.flush())
         if self.stage is not None:
             self._emit(self.stage.end(count))
+        self._audio_due(float("inf"))
         for kind, payload in extra_chunks:
             self._out += self.writer.extra(kind, payload)
         self._out += self.writer.end(count)
@@ -280,12 +303,19 @@ class Encoder:
             header = replace(header, **keypoint_model_of(self.sha))
         self.header = header
         self.sent_frames = len(sent_idx)
+        extra = list(extra_chunks)
+        if self.sound is not None:
+            from kpcodec.bitstream import opus
+
+            extra.insert(0, (opus.CHUNK_TYPE, opus.pack(self.sound)))
         stream = bitstream.KpcStream(
             header=header, source_codec=o.source_codec, source_data=source_data, sent_indices=sent_idx,
-            keypoints=kps, jacobians=jacs, extra_chunks=list(extra_chunks), refreshes=self.refreshes,
+            keypoints=kps, jacobians=jacs, extra_chunks=extra, refreshes=self.refreshes,
             base=self.base_stream, version=pk.VERSION,
         )
-        return pk.stream_packets(stream, o.packet_frames)
+        packets = pk.stream_packets(stream, o.packet_frames)
+        self.audio_bytes = sum(len(bytes(p)) for p in packets if p.kind == "A")
+        return packets
 
     @property
     def duration_s(self) -> float:
