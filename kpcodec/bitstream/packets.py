@@ -786,30 +786,6 @@ def frame_count_of(data: bytes) -> int | None:
     return None
 
 
-def extras_of(data: bytes) -> list[tuple[str, bytes]]:
-    """The optional chunks (EXTRA packets) of a 2.0 file's bytes, found by their framing alone
-    (a decoder that must know the audio before the first frame); stops quietly at any damage."""
-    out, sound, pos = [], [], len(PREAMBLE)
-    try:
-        while pos < len(data):
-            packet, size = split_packet(data[pos:], pos)
-            if packet is None or packet.kind == "E":
-                break
-            if packet.kind == "X" and len(packet.payload) >= 4:
-                out.append((packet.payload[:4].decode("latin-1"), packet.payload[4:]))
-            elif packet.kind == "A":
-                sound.append(decode_audio_slice(packet.payload, pos))
-            pos += size
-    except KpcFormatError:
-        pass
-    if sound:
-        try:
-            out.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
-        except KpcFormatError:
-            pass
-    return out
-
-
 def read_items(pieces, ignore_errors: bool = False, warn=None, start_frame: int = 0):
     """The content of a .kpc file given as an iterable of byte pieces (any version; a 1.x file is
     read whole, a 2.0 one packet by packet as the pieces come).

@@ -212,7 +212,7 @@ class Encoder:
             for n, i in enumerate(idx):
                 if self.chooser:
                     self._send(self.chooser.push(i, kp[n], jac[n], force=i in self._keyframe_at))
-                elif self.pattern.is_sent(i):
+                else:  # streaming detects only the pattern's frames
                     self._send([(i, kp[n], jac[n])])
 
     def _send(self, rows) -> None:

@@ -237,18 +237,18 @@ def send(source, url: str, options, *, loop: bool = False, realtime: bool = True
         info, realtime = cam.info, False  # the device sets the pace
     else:
         info = video.probe(source)
+    with_sound = asked.audio and cam is None and info.has_audio
     sound = None
-    if asked.audio and cam is None and info.has_audio:
-        from kpcodec.media import audio as audio_codec
-
-        sound = audio_codec.encode_audio(source, info.duration_s, audio_codec.check_bitrate(asked.audio_bitrate))
     if url.startswith("webrtc:"):
         from kpcodec.live import webrtc
 
-        # the sound as a WebRTC audio track, not in datagrams
-        sender = Sender(url, redundancy, sock=webrtc.offer(url, audio_from=source if sound is not None else None))
-        sound = None
+        # the sound as a WebRTC audio track (aiortc codes it), not in datagrams
+        sender = Sender(url, redundancy, sock=webrtc.offer(url, audio_from=source if with_sound else None))
     else:
+        if with_sound:
+            from kpcodec.media import audio as audio_codec
+
+            sound = audio_codec.encode_audio(source, info.duration_s, audio_codec.check_bitrate(asked.audio_bitrate))
         sender = Sender(url, redundancy)
     start = time.monotonic()
     count = 0

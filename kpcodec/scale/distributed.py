@@ -40,6 +40,16 @@ def init_from_env() -> bool:
     return True
 
 
+def finish() -> None:
+    """Leave the process group (every rank, after its last step): without it a multi-node run hangs
+    at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def total(value: float) -> float:
     """The sum of `value` over the ranks (e.g. CPU seconds of a step)."""
     if world_size() <= 1:

@@ -21,7 +21,7 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
     each global batch (kpcodec.scale.distributed); only rank 0 prints, logs and saves."""
     if not (Path(data) / "manifest.csv").is_file():
         raise UsageError(f"{data}: no manifest.csv (expected the shared data folder)")
-    dd.init_from_env()
+    joined = dd.init_from_env()
     console = Console(stderr=True, quiet=quiet or dd.rank() > 0)
     trainer = Trainer(config, data, out, recipe=recipe, seed=seed, threads=threads, landmark_dir=landmarks,
                       max_train_clips=max_train_clips, monitor_frames=monitor_frames, batch=batch,
@@ -62,6 +62,8 @@ def run_training(config: str, data: Path, out: Path, steps: int, resume: bool = 
         trainer.run(steps, val_every=val_every, checkpoint_minutes=checkpoint_minutes, report=report,
                     compact=compact, log_every=log_every)
     console.print(f"stopped at step {trainer.step}, {_hours(trainer)} -> {out}")
+    if joined:
+        dd.finish()
     return trainer
 
 
