@@ -83,13 +83,30 @@ def redo_rows(args: tuple) -> tuple[str, list[dict]]:
     return Path(path).name, r.to_dict(per_frame=False)["rows"]
 
 
+def redo_hybrid(args: tuple) -> tuple[str, list[dict]]:
+    """Every hybrid row (fixed settings and rate targets) of one clip again (the other codecs'
+    rows do not change when only the hybrid mode does)."""
+    path, max_frames, landmarks, _ = args
+    import torch
+
+    torch.set_num_threads(1)
+    r = cmp.compare(path, codecs=("kpcodec-hybrid",), keep_every=(), max_frames=max_frames, landmarks=landmarks,
+                    threads=1, hybrid_kbps=TARGETS, hybrid_settings=hybrid_settings())
+    print(f"{Path(path).name}: hybrid rows again", file=sys.stderr, flush=True)
+    return Path(path).name, r.to_dict(per_frame=False)["rows"]
+
+
 def redo(done: dict, variant: str, max_frames: int, landmarks: bool, workers: int) -> None:
-    """Replace `variant`'s row in every finished clip's record (and its per-clip BD-rates)."""
+    """Replace `variant`'s row ("hybrid": every kpcodec-hybrid row) in every finished clip's record
+    (and its per-clip BD-rates)."""
     jobs = [(Path(rec["clip"]), max_frames, landmarks, variant) for rec in done.values()]
+    run = redo_hybrid if variant == "hybrid" else redo_rows
     with ProcessPoolExecutor(max(1, workers)) as pool:
-        for name, rows in pool.map(redo_rows, jobs):
+        for name, rows in pool.map(run, jobs):
             rec = done[name]
-            rec["rows"] = [r for r in rec["rows"] if r.get("variant") != variant] + rows
+            stale = (lambda r: r.get("codec") == "kpcodec-hybrid") if variant == "hybrid" else \
+                (lambda r: r.get("variant") == variant)
+            rec["rows"] = [r for r in rec["rows"] if not stale(r)] + rows
             rec["bd_rate"] = cmp.bd_rates(mean_rows([rec["rows"]]))
 
 
@@ -207,7 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore the clips already in hybrid-clips.jsonl")
     p.add_argument("--only-done", action="store_true", help="report on the clips hybrid-clips.jsonl holds, run no more")
-    p.add_argument("--redo", help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip")
+    p.add_argument("--redo", help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip, "
+                                  "or 'hybrid' for every hybrid row")
     p.add_argument("--reuse-speed", action="store_true", help="keep the decode-speed section of the last hybrid.json")
     p.add_argument("--drop", action="append", default=[], metavar="VARIANT=WHY",
                    help="leave a row out of the report, saying why (e.g. a bug found after the run)")

@@ -205,7 +205,12 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
         for message in video.crop_warnings(info, enc.size, o.crop):
             if warn:
                 warn(message)
-        out.write(bitstream.packets.PREAMBLE)
+
+        def put(packets) -> None:
+            if out.size == 0 and packets:  # the preamble's version is the HEAD's (the first packet)
+                out.write(bitstream.packets.preamble(packets[0]))
+            out.write_packets(packets)
+
         if o.audio and info.has_audio and pipe is None:  # coded first: its packets go along with the frames
             duration = info.frame_count / info.fps if info.frame_count else info.duration_s
             track = audio_codec.encode_audio(input, float(duration), o.audio_bitrate, ignore_errors=o.ignore_errors)
@@ -214,13 +219,12 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
         frames = pipe.frames(enc.size, o.crop) if pipe else \
             video.read_frames(input, size=enc.size, crop=o.crop, on_error=on_error)
         for frame in frames:
-            out.write_packets(enc.push(frame))  # written as they come: the output grows with the input
+            put(enc.push(frame))  # written as they come: the output grows with the input
             if progress:
                 progress(enc.frames, info.frame_count)
         if enc.frames == 0:
             raise video.VideoError(f"{info.path}: no frames decoded")
-        last = enc.flush()
-        out.write_packets(last)
+        put(enc.flush())
         audio_bytes = enc.audio_bytes
         out.commit()
     return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
@@ -376,6 +380,7 @@ def info(input) -> dict:
                  "bitrate_kbps": track.bitrate / 1000, "duration_s": track.duration_s,
                  "packets": len(track.packets)}
     table = bitstream.chunk_table(data)
+    base_bytes = sum(n for kind, n in table if kind == "BASE")
     return {
         "file": str(input), "format_version": "%d.%d" % stream.version, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
@@ -386,6 +391,7 @@ def info(input) -> dict:
         "base_layer": None if stream.base is None else {
             "codec": stream.base.codec, "size": stream.base.size, "divisor": stream.base.divisor,
             "crf": stream.base.crf, "frames": len(stream.base.packets),
-            "bytes": next(n for kind, n in table if kind == "BASE"),  # framing included
-            "kbps": next(n for kind, n in table if kind == "BASE") * 8 / duration / 1000 if duration else 0.0},
+            "mix": stream.base.mix / bitstream.MIX_FULL,  # the rendering's weight against the moved base
+            "bytes": base_bytes,  # framing included (a 2.x file: every BASE packet's)
+            "kbps": base_bytes * 8 / duration / 1000 if duration else 0.0},
     }

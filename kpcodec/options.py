@@ -83,6 +83,7 @@ class EncodeOptions:
     ignore_errors: bool = False
     base_layer: object = None  # "off", "auto", "SIZE[@DIV][:CRF]" or BaseLayerSettings
     bitrate: str | float | None = None  # target total kb/s ("6k"), audio apart
+    base_mix: str | float = "auto"  # the rendering's weight against the moved base: fitted, or 0..1
     threads: int | None = None
     batch: int = 8
     packet_frames: int = 128  # sent frames per keypoint packet (kpcodec.bitstream.packets); 1 for live
@@ -105,7 +106,8 @@ class EncodeOptions:
         plan = ratecontrol.plan(self.base_layer, self.bitrate)  # the rate control settles after the look-ahead
         keep_every = parse_keep_every(self.keep_every if plan.target_kbps is None else plan.keep_every)
         source_quality = (plan.source_quality if plan.target_kbps is not None
-                          else source_image.DEFAULT_QUALITY if self.source_quality is None else self.source_quality)
+                          else self.source_quality if self.source_quality is not None
+                          else ratecontrol.HYBRID_SOURCE_QUALITY if plan.wants_base else source_image.DEFAULT_QUALITY)
         auto = keep_every == AUTO
         if auto and self.keep_pattern:
             raise UsageError("--keep-every auto and --keep-pattern exclude each other")
@@ -132,10 +134,27 @@ class EncodeOptions:
                 self.keyframe_interval, (int, float)) or not math.isfinite(self.keyframe_interval)
                 or self.keyframe_interval <= 0):
             raise UsageError(f"--keyframe-interval must be a positive number of seconds (got {self.keyframe_interval!r})")
+        base_mix = check_base_mix(self.base_mix)
+        if base_mix != AUTO and not plan.wants_base:
+            raise UsageError("--base-mix needs a base layer (--base-layer or --bitrate)")
         return replace(self, keep_every=keep_every, max_error=max_error, predictor=predictor, refresh=refresh,
+                       base_mix=base_mix,
                        refresh_threshold=threshold, source_codec=self.source_codec or source_image.DEFAULT_CODEC,
                        source_quality=source_quality, crop=parse_crop(self.crop), audio_bitrate=audio_bitrate,
                        threads=check_threads(self.threads), plan=plan)
+
+
+def check_base_mix(value) -> str | float:
+    """'auto' (the encoder fits it) or a weight in [0, 1] (1: the rendering alone, as format 2.0)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(value, bool) or not 0.0 <= w <= 1.0:
+        raise UsageError(f"--base-mix must be auto or a number from 0 to 1 (got {value!r})")
+    return w
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "base layer 32@2:50" in r.stderr
     stream = bitstream.read_file(kpc)
-    assert stream.version == (2, 0) and stream.base is not None
+    assert stream.version == (2, 1) and stream.base is not None  # 2.1: its HEAD has the mix it fitted
     assert (stream.base.size, stream.base.divisor, stream.base.crf, len(stream.base.packets)) == (32, 2, 50, 12)
     info = json.loads(run(runner, "info", kpc, "--json").stdout)
     assert info["base_layer"]["frames"] == 12 and info["budget"]["base"]["bytes"] > 12 * 2
@@ -133,6 +133,82 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     without = np.stack(list(read_frames(str(tmp_path / "ignored.mp4"), size=64)))
     assert with_base.shape == without.shape == (24, 64, 64, 3)
     assert np.abs(with_base.astype(int) - without).mean() > 0.5
+
+
+def test_the_mix_weighs_the_rendering_against_the_moved_base():
+    net = load_model("tiny-hybrid")
+    torch.manual_seed(2)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        kp, jac = net.detect(x)
+        state = net.prepare_source(x[:1])
+        base = torch.rand(3, 3, 32, 32)
+        image, moved = net.render_parts(state, kp, jac, base, kp.flip(0), jac.flip(0))
+        assert torch.equal(net.render(state, kp, jac, base, kp.flip(0), jac.flip(0)), image)
+        assert torch.equal(net.render(state, kp, jac, base, kp.flip(0), jac.flip(0), mix=torch.ones(3)), image)
+        zero = net.render(state, kp, jac, base, kp.flip(0), jac.flip(0), mix=torch.zeros(3))  # no generator run
+        assert torch.allclose(zero, moved, atol=1e-6)
+        half = net.render(state, kp, jac, base, kp.flip(0), jac.flip(0), mix=torch.tensor([0.5, 1.0, 0.0]))
+        assert torch.allclose(half[0], (image[0] + moved[0]) / 2, atol=1e-6)
+        assert torch.allclose(half[1], image[1]) and torch.allclose(half[2], moved[2], atol=1e-6)
+
+
+def test_the_encoder_fits_the_mix_and_the_decoder_applies_it(runner, clip48, tmp_path):
+    """--base-mix auto fits the least-squares weight on a sample of frames (kpcodec.codec.fusion);
+    a fixed one is recorded as asked; the decoded frames follow it; a 2.0 reader's file (mix 1)
+    has no mix field."""
+    from kpcodec.codec import fusion
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.options import DecodeOptions
+
+    out = {}
+    for mix in ("auto", "1", "0", "0.5"):
+        kpc = tmp_path / f"m{mix}.kpc"
+        r = run(runner, "encode", clip48, "-o", kpc, "--model", "tiny-hybrid", "--base-layer", "32@2:50",
+                "--base-mix", mix)
+        assert r.exit_code == 0, r.stderr
+        info = json.loads(run(runner, "info", kpc, "--json").stdout)
+        out[mix] = info["base_layer"]["mix"]
+        assert info["format_version"] == ("2.0" if mix == "1" else "2.1")
+        assert run(runner, "decode", kpc, "-o", tmp_path / f"m{mix}.mp4").exit_code == 0
+    assert (out["1"], out["0"], out["0.5"]) == (1.0, 0.0, 0.5) and 0.0 <= out["auto"] <= 1.0
+    frames = {m: np.stack(list(Decoder(bitstream.read_file(tmp_path / f"m{m}.kpc"), DecodeOptions(threads=1))
+                                .frames())).astype(np.float32) for m in out}
+    np.testing.assert_allclose(frames["0.5"], (frames["0"] + frames["1"]) / 2, atol=1.01)
+    assert np.abs(frames["0"] - frames["1"]).mean() > 1  # the mix changes the picture
+    # The fit: the least-squares weight of the sample's frames (here the original is the base's mean
+    # with the rendering, so w = 0.5).
+    sample = fusion.FrameSample(cap=4)
+    for i in range(20):
+        sample.push(i, np.zeros((2, 2, 3), np.uint8))
+    assert sorted(sample.frames) == [0, 8, 16] and sample.stride == 8
+    r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--model", "tiny-hybrid", "--base-mix", "0.5")
+    assert r.exit_code == 2 and "--base-mix needs a base layer" in r.stderr
+    r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--base-layer", "32", "--model", "tiny-hybrid",
+            "--base-mix", "2")
+    assert r.exit_code == 2 and "--base-mix must be auto or a number from 0 to 1" in r.stderr
+
+
+def test_fit_mix_is_the_least_squares_weight(clip48):
+    from kpcodec import api
+    from kpcodec.codec import fusion
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.options import DecodeOptions
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        kpc = Path(d) / "a.kpc"
+        api.encode(clip48, kpc, model="tiny-hybrid", base_layer="32@2:50", base_mix=1.0)
+        stream = bitstream.read_file(kpc)
+    dec = Decoder(stream, DecodeOptions(threads=1))
+    dec.parts = True
+    pairs = list(dec.frames())
+    # an "input" half-way between each rendering and its moved base: the fit finds 0.5
+    sample = {t: ((g.astype(np.float32) + b) / 2).round().astype(np.uint8) for t, (g, b) in enumerate(pairs)
+              if t % 3 == 0}
+    assert abs(fusion.fit_mix(stream, sample, threads=1) - bitstream.MIX_FULL // 2) <= 1
+    sample = {t: b for t, (g, b) in enumerate(pairs) if t % 3 == 0}  # the base itself: 0
+    assert fusion.fit_mix(stream, sample, threads=1) == 0
 
 
 @pytest.mark.parametrize("keep", [1, 2, 4])

@@ -244,6 +244,29 @@ def test_a_missing_camera_is_one_line():
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot open camera" in r.stderr
 
 
+def test_a_capture_device_is_sent_live(tmp_path):
+    """The camera path end to end: a capture device through PyAV (lavfi's test source, paced by
+    its realtime filter, stands in for v4l2/avfoundation/dshow: the same av.open(device, format))
+    sent with --camera and received."""
+    import av
+
+    try:
+        av.open("testsrc=size=32x32:rate=25", format="lavfi").close()
+    except Exception:  # noqa: BLE001 - a PyAV build without libavdevice's lavfi
+        pytest.skip("no lavfi input device in this PyAV")
+    port = free_port()
+    out = tmp_path / "cam.mp4"
+    rx = receive_process(port, out)
+    time.sleep(1.0)
+    tx = subprocess.run([sys.executable, "-m", "kpcodec", "send", "testsrc=size=320x240:rate=25,realtime",
+                         f"udp://127.0.0.1:{port}", "--camera", "--camera-format", "lavfi", "--max-frames", "30",
+                         "--model", "tiny"], stderr=subprocess.PIPE, text=True, timeout=120)
+    assert tx.returncode == 0, tx.stderr
+    assert rx.wait(60) == 0, rx.stderr.read()
+    assert "END received" in rx.stderr.read() and probe(out).frame_count == 30
+    assert tx.stderr.strip().splitlines()[-1].startswith("sent 30 frames")
+
+
 def test_the_sound_goes_along(tmp_path):
     import threading
 

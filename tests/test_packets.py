@@ -76,6 +76,33 @@ def test_golden_2_0_decodes_exactly():
     assert [k for k, _ in bitstream.chunk_table(data)].count("KPRC") > 2  # several keypoint packets
 
 
+def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
+    """2.1 adds the base layer's mix to HEAD; a writer marks a file 2.1 only when it has one."""
+    data = (GOLDEN / "v2_1.kpc").read_bytes()
+    ref = np.load(GOLDEN / "v2_1.npz")
+    s = bitstream.loads(data)
+    assert s.version == (2, 1) and data[8:10] == b"\x02\x01"
+    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 2, 60, 40, 20)
+    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    assert pk.join(pk.stream_packets(s, 3)) == data  # written back byte for byte (3 sent frames a packet)
+    assert bitstream.dumps(dataclasses.replace(s, base=dataclasses.replace(s.base, mix=bitstream.MIX_FULL)))[8:10] \
+        == b"\x02\x00"  # no mix: 2.0, as a 2.0 reader reads it
+    with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the mix flag in a file that says 2.0
+        bitstream.loads(data[:9] + b"\x00" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.2 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x02" + data[10:])
+    with pytest.raises(KpcFormatError, match="mix needs format 2.1"):  # 1.4 has no field for it
+        bitstream.dumps(dataclasses.replace(s, version=(1, 4)))
+    for n in range(0, len(data), 7):
+        with pytest.raises(KpcFormatError):
+            bitstream.loads(data[:n])
+    for byte in range(len(data)):
+        flipped = bytearray(data)
+        flipped[byte] ^= 1 << (byte * 5 % 8)
+        with pytest.raises(KpcFormatError):
+            bitstream.loads(bytes(flipped))
+
+
 def test_every_truncation_and_bit_flip_is_a_format_error():
     data = (GOLDEN / "v2_0.kpc").read_bytes()
     for n in range(len(data)):
@@ -281,6 +308,37 @@ def test_decoder_takes_the_encoders_packets_one_by_one(clip40):
         d = kpcodec.Decoder(packets[0], DecodeOptions(threads=1))
         d.push(packets[1])
         d.push(packets[3])
+
+
+def test_the_decoder_renders_unsent_frames_ahead_in_a_live_stream(clip40):
+    """Decoder.ahead (live receive at keep-every 2 with a causal predictor): a frame that will not be
+    sent is out before the next sent frame arrives, and the frames equal a file decode's; a sent
+    frame that comes after its slot was rendered ahead is left out, not an error."""
+    import kpcodec
+    from kpcodec.options import DecodeOptions, EncodeOptions
+
+    with kpcodec.Encoder(EncodeOptions(model="tiny", keep_every=2, packet_frames=1, predictor="linear"), 25) as enc:
+        packets = [p for f in read_frames(clip40, size=enc.size) for p in enc.push(f)]
+        packets += enc.flush()
+    dec = kpcodec.Decoder(packets[0], DecodeOptions(threads=1, batch=1))
+    dec.unsent = lambda t: t % 2 == 1
+    frames, early = [], 0
+    for p in packets[1:]:
+        frames += dec.push(p)
+        if p.kind == "K":
+            before = len(frames)
+            frames += dec.ahead(p.frame + 1)
+            early += len(frames) > before
+            assert len(frames) == p.frame + 2  # the unsent frame after it is out now
+    frames += dec.flush()
+    whole = list(kpcodec.Decoder(bitstream.loads(pk.join(packets)), DecodeOptions(threads=1, batch=1)).frames())
+    assert len(frames) == 40 and early >= 19 and all(np.array_equal(a, b) for a, b in zip(frames, whole))
+    d = kpcodec.Decoder(packets[0], DecodeOptions(threads=1, batch=1))
+    d.unsent = lambda t: True  # wrongly: frame 2 is sent
+    got = d.push(packets[1]) + d.push(packets[2])  # SOURCE, K 0
+    got += d.ahead(2)  # frames 1, 2 predicted
+    got += d.push(packets[3])  # K 2 comes after its slot
+    assert len(got) == 3 and d.late_sent == 1
 
 
 def test_the_sound_comes_before_the_keypoints_and_a_pipe_keeps_it(tmp_path):

@@ -89,6 +89,28 @@ def test_causal_predictions_ignore_future_sent_frames(name):
     assert not np.allclose(a_kp[21:], b_kp[21:])
 
 
+@pytest.mark.parametrize("name", list(predict.PREDICTORS))
+def test_ahead_predicts_unsent_frames_early_with_the_same_values(name):
+    """A live receiver renders a frame that will not be sent in its slot: Fill.ahead gives causal
+    kinds' values before the next sent frame comes (the same as waiting for it), nothing for
+    interpolating kinds."""
+    kp, jac = trajectory(24)
+    idx = SendPattern(1, 2).indices(24)  # 0, 3, 6, ...
+    a_kp, a_jac = run_fill(name, idx, kp, jac, 24)
+    fill, out = predict.Fill(name), []
+    for i in idx:
+        out += fill.sent(i, kp[i], jac[i])
+        out += fill.ahead(i + 2)  # frames i+1, i+2 before i+3 is known
+        out += fill.ahead(i + 3)  # again: nothing new
+    out += fill.end(24)
+    if predict.get_predictor(name).mode == "causal":
+        assert len(out) == 24
+        np.testing.assert_array_equal(np.stack([k for k, _ in out]), a_kp)
+        np.testing.assert_array_equal(np.stack([j for _, j in out]), a_jac)
+    else:
+        assert fill.ahead(30) == []
+
+
 @pytest.mark.parametrize("name", [n for n, e in predict.PREDICTORS.items() if e.mode == "interpolating"])
 def test_interpolating_predictors_wait_for_one_sent_frame_only(name):
     kp, jac = trajectory(30)

@@ -182,7 +182,7 @@ def test_batches_never_straddle_a_refresh(tmp_path):
     dec = Decoder(bitstream.loads(bitstream.dumps(s)), DecodeOptions(batch=3, threads=1))
     prepared, batches = [], []
     dec._renderer.prepare = lambda image: prepared.append(len(prepared)) or len(prepared) - 1
-    dec._renderer.render = lambda state, kp, jac, base: batches.append((state, len(kp))) or [None] * len(kp)
+    dec._renderer.render = lambda state, kp, jac, base, mix=None: batches.append((state, len(kp))) or [None] * len(kp)
     assert len(list(dec.frames())) == 10
     assert batches == [(0, 3), (0, 1), (1, 3), (2, 3)] and prepared == [0, 1, 2]
 

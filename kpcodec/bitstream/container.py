@@ -43,7 +43,7 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (2, 0)  # what kpcodec's encoder writes (kpcodec.bitstream.packets)
+FORMAT_VERSION = (2, 1)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
 LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
 PACKET_MAJOR = 2
@@ -63,6 +63,9 @@ DECORRELATED_MINOR = 3  # the first minor version with KPRC coder 1
 BASE_MINOR = 4  # the first minor version with a BASE chunk
 BASE_CODECS = {0: "av1"}  # BASE codec byte: 0 = AV1 temporal units, temporal delimiter left out
 MAX_BASE_SIZE = 1024
+# A hybrid decoder shows base + mix/MIX_FULL * (render - base) (format 2.1's HEAD field, chosen by the
+# encoder); MIX_FULL (the render alone) is what files without the field mean.
+MIX_FULL = 64
 MAX_BASE_DIVISOR = 255
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
 _KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE, 4: FLAG_ADAPTIVE}  # per minor version
@@ -119,6 +122,7 @@ class BaseLayer:
     crf: int
     packets: list[bytes]
     codec: str = "av1"
+    mix: int = MIX_FULL  # the render's weight against the moved base, in 1/MIX_FULL (format 2.1)
 
     def frame_count(self, video_frames: int) -> int:
         return -(-video_frames // self.divisor)
@@ -300,7 +304,7 @@ def varint(n: int) -> bytes:
 
 def _check_base(b: BaseLayer, frame_count: int) -> None:
     for name, value, lo, hi in (("size", b.size, 2, MAX_BASE_SIZE), ("divisor", b.divisor, 1, MAX_BASE_DIVISOR),
-                                ("crf", b.crf, 0, 255)):
+                                ("crf", b.crf, 0, 255), ("mix", b.mix, 0, MIX_FULL)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
             raise KpcFormatError(f"bad BASE field {name}={value!r} (must be {lo}..{hi})")
     if b.size % 2:
@@ -314,6 +318,8 @@ def _check_base(b: BaseLayer, frame_count: int) -> None:
 
 def _encode_base(b: BaseLayer, frame_count: int) -> bytes:
     _check_base(b, frame_count)
+    if b.mix != MIX_FULL:
+        raise KpcFormatError("a base-layer mix needs format 2.1")
     codec = next(k for k, v in BASE_CODECS.items() if v == b.codec)
     for p in b.packets:
         if not isinstance(p, (bytes, bytearray, memoryview)) or not len(p):
@@ -422,7 +428,7 @@ def dumps(stream: KpcStream) -> bytes:
     """
     h = stream.header
     version = stream.write_version
-    if tuple(version) == _packets.VERSION:
+    if version[0] == _packets.VERSION[0]:
         return _packets.join(_packets.stream_packets(stream))
     if version[0] != 1 or version[1] not in READABLE_MINORS:
         raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.4 and 2.0)")

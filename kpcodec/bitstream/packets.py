@@ -1,6 +1,7 @@
 """.kpc format 2.0: the stream as self-delimiting packets, written and read one at a time (man/kpc.5).
 
-A 2.0 file is ``MAGIC``, major 2, minor 0, then packets until an END packet. Each packet is
+A 2.x file is ``MAGIC``, major 2, minor 0 or 1, then packets until an END packet (2.1 adds the
+base layer's mix to HEAD; a writer marks a file 2.1 only when its HEAD has it). Each packet is
 
     type (1 byte, an ASCII letter) | seq (varint) | frame (varint) | length (varint) | payload | CRC-32
 
@@ -44,8 +45,10 @@ from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
-VERSION = (2, 0)
-PREAMBLE = kc.MAGIC + bytes(VERSION)
+VERSION = (2, 1)  # the newest this module reads and writes
+MINORS = (0, 1)  # of major 2
+MIX_MINOR = 1  # the first minor with the HEAD's base-layer mix
+PREAMBLE = kc.MAGIC + bytes((2, 0))  # every 2.x preamble is this long; 2.1 differs in its last byte
 TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
          "E": "END"}
 AUDIO_SLICE_S = 1.0  # seconds of sound per AUDIO packet
@@ -57,6 +60,7 @@ DEFAULT_PACKET_FRAMES = 128
 MAX_PAYLOAD = 1 << 28  # a packet claiming more is malformed (the largest source image is far smaller)
 _FLAG_RESTART = 0x01
 _HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
+_HEAD_FLAG_MIX = 0x0004  # HEAD flags bit 2 (2.1): the base layer's mix (u8) follows its settings
 _MAX_VARINT = 10
 
 
@@ -189,9 +193,30 @@ def read_varint(data, pos: int) -> tuple[int | None, int]:
             raise KpcFormatError(f"varint at byte {start} is longer than {_MAX_VARINT} bytes")
 
 
+def preamble(head: Packet) -> bytes:
+    """The preamble of a file whose HEAD packet is `head`: 2.1 when it has a base-layer mix, else 2.0
+    (the oldest version that holds it)."""
+    _, base = decode_head(head.payload)
+    minor = MIX_MINOR if base is not None and base.mix != kc.MIX_FULL else 0
+    return kc.MAGIC + bytes((VERSION[0], minor))
+
+
+def check_preamble(data) -> int:
+    """The minor version of a 2.x preamble at the start of `data` (at least len(PREAMBLE) bytes)."""
+    if bytes(data[:len(kc.MAGIC)]) != kc.MAGIC:
+        raise KpcFormatError("not a .kpc file (bad magic)")
+    major, minor = data[len(kc.MAGIC)], data[len(kc.MAGIC) + 1]
+    if major != VERSION[0]:
+        raise KpcFormatError(f"not a .kpc 2.x stream (version {major}.{minor})")
+    if minor not in MINORS:
+        raise KpcFormatError(f"a .kpc 2.{minor} stream needs a newer kpcodec (this one reads 2.0 and 2.1)")
+    return minor
+
+
 def join(packets) -> bytes:
-    """A whole 2.0 file from its packets."""
-    return PREAMBLE + b"".join(bytes(p) for p in packets)
+    """A whole 2.x file from its packets (HEAD first)."""
+    packets = list(packets)
+    return preamble(packets[0]) + b"".join(bytes(p) for p in packets)
 
 
 # --------------------------------------------------------------------------
@@ -201,7 +226,9 @@ def join(packets) -> bytes:
 def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
     fields = replace(h, frame_count=1)  # not in a 2.0 HEAD: END has it
     kc._check_header(fields)
-    flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0)
+    mix = base is not None and base.mix != kc.MIX_FULL
+    flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0) | \
+        (_HEAD_FLAG_MIX if mix else 0)
     out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
            struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
            struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
@@ -210,10 +237,13 @@ def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
         kc._check_base(replace(base, packets=[]), 0)
         codec = next(k for k, v in kc.BASE_CODECS.items() if v == base.codec)
         out.append(struct.pack("<BHBB", codec, base.size, base.divisor, base.crf))
+        if mix:
+            out.append(struct.pack("<B", base.mix))
     return b"".join(out)
 
 
-def decode_head(payload: bytes) -> tuple[kc.Header, kc.BaseLayer | None]:
+def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.BaseLayer | None]:
+    """The Header and base-layer settings of a HEAD payload of a 2.`minor` stream."""
     r = kc._Reader(payload, "HEAD", 0)
     model = r.text("utf-8", "model name")
     sha = r.take(32).hex()
@@ -221,14 +251,18 @@ def decode_head(payload: bytes) -> tuple[kc.Header, kc.BaseLayer | None]:
     kp_step, jac_step = r.unpack("ff")
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
-    if flags & ~(kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE):
-        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags:04x})")
+    known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0)
+    if flags & ~known:
+        raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
+    if flags & _HEAD_FLAG_MIX and not flags & _HEAD_FLAG_BASE:
+        raise KpcFormatError("a base-layer mix in a HEAD without a base layer")
     base = None
     if flags & _HEAD_FLAG_BASE:
         codec, size, divisor, crf = r.unpack("BHBB")
         if codec not in kc.BASE_CODECS:
             raise KpcFormatError(f"unknown base-layer codec {codec} in HEAD")
-        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec])
+        (mix,) = r.unpack("B") if flags & _HEAD_FLAG_MIX else (kc.MIX_FULL,)
+        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix)
         kc._check_base(base, 0)
     r.finish(True)
     h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,
@@ -574,7 +608,7 @@ def read_stream(data: bytes) -> kc.KpcStream:
         base = replace(base, packets=base_packets)
         kc._check_base(base, frame_count)
     return kc.KpcStream(h, source.codec, source.data, sent, np.concatenate(kps), np.concatenate(jacs), extra,
-                        VERSION, refreshes, base, restarts)
+                        (VERSION[0], reader.minor), refreshes, base, restarts)
 
 
 # --------------------------------------------------------------------------
@@ -616,6 +650,7 @@ class PacketReader:
         self._buf = bytearray()
         self._pos = 0  # file offset of _buf[0]
         self._need_preamble = preamble
+        self.minor = VERSION[1]  # of the preamble read (without one: the newest)
         self.header: kc.Header | None = None
         self.base: kc.BaseLayer | None = None
         self.coder: KeypointCoder | None = None
@@ -655,8 +690,7 @@ class PacketReader:
                 if not PREAMBLE.startswith(bytes(self._buf[:len(kc.MAGIC)])[:len(self._buf)]):
                     raise KpcFormatError("not a .kpc file (bad magic)")
                 return out
-            if bytes(self._buf[:len(PREAMBLE)]) != PREAMBLE:
-                raise KpcFormatError("not a .kpc 2.0 stream")
+            self.minor = check_preamble(self._buf)
             del self._buf[:len(PREAMBLE)]
             self._pos += len(PREAMBLE)
             self._need_preamble = False
@@ -688,7 +722,7 @@ class PacketReader:
             raise KpcFormatError(f"{TYPES[p.kind]} packet at byte {at} where " +
                                  ("HEAD was expected" if self.header is None else "no second HEAD may be"))
         if p.kind == "H":
-            self.header, self.base = decode_head(p.payload)
+            self.header, self.base = decode_head(p.payload, self.minor)
             h = self.header
             self.coder = KeypointCoder(h.num_keypoints, h.kp_step, h.jac_step)
             return [self.header] + ([self.base] if self.base is not None else [])
@@ -744,8 +778,7 @@ def packet_table(data: bytes) -> list[tuple[str, int]]:
     """(name, bytes) of every packet of a whole 2.0 file, in the chunk names of format 1.x where
     one means the same (HEAD, SRCF for the first source image, SRCR, KPRC, BASE, opus for the
     sound, an extra's own name, INDX, KEND), framing and CRC checked, payloads not decoded."""
-    if bytes(data[:len(PREAMBLE)]) != PREAMBLE:
-        raise KpcFormatError("not a .kpc 2.0 file")
+    check_preamble(data)
     table, pos, sources = [("magic", len(PREAMBLE))], len(PREAMBLE), 0
     names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "A": "opus", "I": "INDX", "E": "KEND"}
     while pos < len(data):

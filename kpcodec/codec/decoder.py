@@ -109,6 +109,13 @@ class Decoder:
         # (a live receiver that falls behind catches up; the output keeps every frame's slot)
         self.late = None
         self.repeated = 0
+        # unsent(t) -> True: frame t will not be sent (a live stream's fixed keep-every); with a causal
+        # predictor `ahead` renders such frames in their own slot, not once the next sent frame is in
+        self.unsent = None
+        self.late_sent = 0  # sent frames that came after `ahead` had predicted their slot: not used
+        # True: frames come out as (rendering, moved base or None) pairs, unmixed (an encoder choosing
+        # the mix, kpcodec.codec.fusion)
+        self.parts = False
         self.render_ms: float | None = None  # a moving average of the time to render a frame
         self.frame_repeated = False  # the frame handed out last is a repeat
         self._repeats: set[int] = set()
@@ -159,6 +166,9 @@ class Decoder:
             return
         if isinstance(item, pk.SentFrames):
             for n, (i, kp, jac) in enumerate(zip(item.indices.tolist(), item.keypoints, item.jacobians)):
+                if self.fill.last is not None and i < self.fill.next:  # its slot is already out (ahead)
+                    self.late_sent += 1
+                    continue
                 first = self.fill.next if self.fill.last is not None else i  # a stream joined at a keyframe
                 self._queue(first, self.fill.sent(i, kp, jac, item.restart and n == 0 and i != 0))
                 yield from self._out(self._run(final=False))
@@ -182,6 +192,22 @@ class Decoder:
         elif isinstance(item, bitstream.Header):
             raise bitstream.KpcFormatError(f"{self.name}: a second HEAD")
         yield from self._out(self._run(final=False))
+
+    def ahead(self, upto: int) -> list[np.ndarray]:
+        return list(self.aheading(upto))
+
+    def aheading(self, upto: int) -> Iterator[np.ndarray]:
+        """The frames up to `upto` (inclusive) that `unsent` says will not be sent, predicted by the
+        causal predictor and rendered now (a live receiver calls this as their slots come); stops at
+        the first frame that will be sent. Nothing with an interpolating predictor or no `unsent`."""
+        if self.unsent is None or self.fill.interpolates or self.fill.last is None or self.frame_count is not None:
+            return
+        first = stop = self.fill.next
+        while stop <= upto and self.unsent(stop):
+            stop += 1
+        if stop > first:
+            self._queue(first, self.fill.ahead(stop))
+            yield from self._out(self._run(final=False))
 
     def _queue(self, first: int, filled: list) -> None:
         self._ready.extend((first + n, kp, jac) for n, (kp, jac) in enumerate(filled))
@@ -324,8 +350,14 @@ class Decoder:
         state, chunk = item
         kp = np.stack([k for _, k, _, _ in chunk]).astype(np.float32)
         jac = np.stack([j for _, _, j, _ in chunk]).astype(np.float32)
-        base = _base_batch([b for _, _, _, b in chunk], kp, jac) if self.fuse else (None, None, None)
-        return list(zip([t for t, _, _, _ in chunk], self._renderer.render(state, kp, jac, base)))
+        bases = [b for _, _, _, b in chunk]
+        base = _base_batch(bases, kp, jac) if self.fuse else (None, None, None)
+        if self.parts:
+            return list(zip([t for t, _, _, _ in chunk], self._renderer.render_parts(state, kp, jac, base)))
+        mix = None
+        if base[0] is not None and self.base.mix != bitstream.MIX_FULL:  # a frame without a base is not mixed
+            mix = np.array([self.base.mix / bitstream.MIX_FULL if b is not None else 1.0 for b in bases], np.float32)
+        return list(zip([t for t, _, _, _ in chunk], self._renderer.render(state, kp, jac, base, mix)))
 
     def _collect(self, results) -> list[tuple[int, np.ndarray]]:
         """(frame number, frame) of each rendered batch, in order."""

@@ -27,7 +27,7 @@ import numpy as np
 from kpcodec import bitstream
 from kpcodec.bitstream import packets as pk
 from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
-from kpcodec.codec import adaptive
+from kpcodec.codec import adaptive, fusion
 from kpcodec.codec import ratecontrol as rc
 from kpcodec.codec import refresh as rf
 from kpcodec.codec.parallel import OrderedPool, torch_thread_count, torch_threads
@@ -84,6 +84,8 @@ class Encoder:
         self.size = self.net.cfg.image_size
         self.base = (rc.BaseLayerPass(plan, self.fps, o.source_quality, o.source_codec, frame_count or None)
                      if plan.wants_base else None)
+        # the frames the base-layer mix is fitted on (kpcodec.codec.fusion)
+        self.mix_sample = fusion.FrameSample() if self.base is not None and o.base_mix == AUTO else None
         self.checks = rf.CheckFrames(rf.check_spacing(float(self.fps))) if o.refresh == "auto" else None
         from kpcodec.codec.renderer import Detector
 
@@ -140,6 +142,8 @@ class Encoder:
             self.checks.add(i, frame)
         if self.base is not None:
             self.base.push(i, frame)
+        if self.mix_sample is not None:
+            self.mix_sample.push(i, frame)
         if self.streaming:
             self._keyframe_due(i, frame)
             if i and self._slices:
@@ -313,6 +317,11 @@ class Encoder:
             keypoints=kps, jacobians=jacs, extra_chunks=extra, refreshes=self.refreshes,
             base=self.base_stream, version=pk.VERSION,
         )
+        if self.base_stream is not None:
+            mix = (fusion.fit_mix(stream, self.mix_sample.frames, o.threads) if o.base_mix == AUTO
+                   else round(o.base_mix * bitstream.MIX_FULL))
+            self.base_stream = stream.base = replace(self.base_stream, mix=mix)
+            self.mix_sample = None
         packets = pk.stream_packets(stream, o.packet_frames)
         self.audio_bytes = sum(len(bytes(p)) for p in packets if p.kind == "A")
         return packets

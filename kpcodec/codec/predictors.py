@@ -263,6 +263,7 @@ class Fill:
         self.interpolates = entry.mode != "causal"
         self.stepper: Stepper | None = None
         self.last: tuple | None = None  # (frame, kp, jac) of the last sent frame, its commit pending
+        self.settled = False  # the last sent frame is committed (ahead() predicted past it)
         self.next = 0  # the next frame to hand out
 
     def copy(self) -> Fill:
@@ -276,6 +277,9 @@ class Fill:
 
     def _settle(self, ahead) -> None:
         """Commit the pending sent frame, now that the one after it is known (or there is none)."""
+        if self.settled:
+            return
+        self.settled = True
         i, kp, jac = self.last
         ahead = ahead if self.interpolates else None
         if self.stepper is None:
@@ -294,10 +298,20 @@ class Fill:
             out += self._between(i, ahead)
         if restart:
             self.stepper = None
-        self.last = (i, kp, jac)
+        self.last, self.settled = (i, kp, jac), False
         out.append((kp, jac))
         self.next = i + 1
         return out
+
+    def ahead(self, stop: int) -> list[tuple]:
+        """Causal kinds: the frames from `next` up to `stop` (exclusive) predicted now, before the
+        next sent frame is known (a live receiver renders a frame that will not be sent in its own
+        slot instead of waiting for the next sent one). The same values as `sent` would give later;
+        the next sent frame must then be `stop` or after. Interpolating kinds: none."""
+        if self.interpolates or self.last is None or stop <= self.next:
+            return []
+        self._settle(None)
+        return self._between(stop, None)
 
     def _between(self, stop: int, ahead) -> list[tuple]:
         ahead = ahead if self.interpolates else None

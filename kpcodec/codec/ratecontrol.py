@@ -34,6 +34,11 @@ HEADER_BYTES = 120  # magic, HEAD, KEND and the chunk framing of SRCF/KPRC/BASE,
 # (kpcodec.train.hybrid: 64-128 px, base frames up to 4 video frames old).
 CANDIDATES = ((128, 2), (128, 3), (96, 3), (64, 3), (64, 4))
 CRF_MIN = 45
+# The source image's quality where a base layer may carry the picture's low frequencies (and below
+# 2.5k): on six val clips at 96@3:56 with a fitted mix, quality 30 costs 1.4 kb/s less than 50 for
+# -0.003 SSIM, 20 another 0.36 kb/s for -0.001, 10 another 0.25 kb/s for -0.002 (runs of
+# 2026-12-04); low-resolution AV1 gains ~0.004 SSIM a kb/s there, so 30 it is.
+HYBRID_SOURCE_QUALITY = 30
 DEFAULT_SETTINGS = baselayer.BaseLayerSettings()  # 96@3:63
 MIN_TARGET_KBPS, MAX_TARGET_KBPS = 0.5, 1000.0
 
@@ -85,7 +90,7 @@ def plan(base_layer=None, bitrate=None) -> Plan:
         raise UsageError("--bitrate picks the base layer itself: use --base-layer auto or off with it")
     # The keypoints' share: keep-every 2 (causal, no latency) unless the target is tiny.
     keep = 2 if target >= 2.5 else 4
-    quality = source_image.DEFAULT_QUALITY if target >= 2.5 else 30
+    quality = source_image.DEFAULT_QUALITY if target >= 2.5 and mode == "off" else HYBRID_SOURCE_QUALITY
     return Plan(mode, None, target, keep, quality)
 
 

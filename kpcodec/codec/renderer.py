@@ -51,15 +51,26 @@ class Renderer:
         with _torch().inference_mode():
             return self.net.prepare_source(frames_to_tensor([image]))
 
-    def render(self, state, kp, jac, base=(None, None, None)) -> list[np.ndarray]:
+    def render(self, state, kp, jac, base=(None, None, None), mix=None) -> list[np.ndarray]:
         """Frames for a batch of keypoints (B, K, 2) and Jacobians (B, K, 2, 2), numpy or tensors.
 
         `base` (hybrid models): (base frames as a (B, 3, h, w) tensor, the keypoints and Jacobians
-        of the frames they show), or Nones for keypoints alone."""
+        of the frames they show), or Nones for keypoints alone; `mix` (B,) the weights of the
+        rendering against the moved base (MotionModel.render), None: the rendering alone."""
         from kpcodec.models.frames import tensor_to_frames
 
         with _torch().inference_mode():
-            return list(tensor_to_frames(self.net.render(state, _floats(kp), _floats(jac), *base)))
+            mix = None if mix is None else _floats(mix)
+            return list(tensor_to_frames(self.net.render(state, _floats(kp), _floats(jac), *base, mix=mix)))
+
+    def render_parts(self, state, kp, jac, base=(None, None, None)) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(rendering, moved base or None) frame pairs: what `render` mixes."""
+        from kpcodec.models.frames import tensor_to_frames
+
+        with _torch().inference_mode():
+            image, moved = self.net.render_parts(state, _floats(kp), _floats(jac), *base)
+            moved = [None] * len(image) if moved is None else list(tensor_to_frames(moved))
+            return list(zip(tensor_to_frames(image), moved))
 
     def render_all(self, state, kps, jacs, batch: int = 8) -> np.ndarray:
         """(T, H, W, 3) frames for T keypoints, `batch` at a time."""

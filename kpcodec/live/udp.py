@@ -13,6 +13,7 @@ with its causal predictor, so every frame is in the output. END datagrams (sent 
 """
 from __future__ import annotations
 
+import math
 import random
 import select
 import socket
@@ -34,6 +35,7 @@ END_REPEATS = 4  # 0.1 s apart: a 200-ms outage cannot take them all
 END_SPACING_S = 0.1
 END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
 MAX_LATE_MS = 120.0  # a frame later than this (capture to out, render included) is the last one again
+WAIT_S = 0.05  # the longest the receiver waits on its socket between looks at the clock
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
 
@@ -397,6 +399,17 @@ class Receiver:
         late = (_now_ms() - capture) & 0xFFFFFFFF
         return float(late if late < 0x80000000 else late - 0x100000000)
 
+    def due_frame(self) -> int:
+        """The last frame whose capture time at the sender has passed (-1: none, or no clock yet)."""
+        since = self.latency(0)
+        return -1 if since is None else math.floor(since * float(self.header.fps) / 1000)
+
+    def wait_s(self, dec) -> float:
+        """How long the socket may wait: until the slot of the next frame `dec` renders ahead."""
+        if dec is None or dec.unsent is None or self.origin_ms is None or not dec.unsent(dec.fill.next):
+            return WAIT_S
+        return min(WAIT_S, max(0.0, -self.latency(dec.fill.next) / 1000))
+
     def _head(self, raw: bytes) -> None:
         if self.header is not None:
             return
@@ -571,9 +584,22 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
     start = time.monotonic()
     last_heard = start
     dec = writer = None
+    def emit(frames) -> None:
+        nonlocal writer
+        for frame in frames:
+            if writer is None:  # opened at the first frame, with the audio if it came by then
+                writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
+            _hand_audio(writer, rx, link, recoder)
+            writer.write(frame)
+            late = rx.latency(dec.frame_index)
+            if late is not None and not dec.frame_repeated:
+                rx.summary.latency_ms.append(late)
+            if progress:
+                progress(dec.done, None)
+
     try:
         while not rx.finished():
-            raw = link.wait(0.05)
+            raw = link.wait(rx.wait_s(dec))
             now = time.monotonic()
             items = []
             if raw is not None:
@@ -586,6 +612,8 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                     if not isinstance(item, Header):
                         continue
                     dec = Decoder(item, o, url)
+                    if not item.adaptive and item.keep_every > 1:  # the frames between sent ones, in their slots
+                        dec.unsent = lambda t, k=item.keep_every: t % k != 0
                     if o.audio and getattr(link, "audio_track", False):
                         from kpcodec.live.webrtc import OpusRecoder
 
@@ -593,16 +621,9 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                     if max_late_ms:  # would the frame be out later than that, once rendered?
                         dec.late = lambda t: (rx.latency(t) or 0.0) + (dec.render_ms or 0.0) > max_late_ms
                     continue
-                for frame in dec.pushing(item):
-                    if writer is None:  # opened at the first frame, with the audio if it came by then
-                        writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
-                    _hand_audio(writer, rx, link, recoder)
-                    writer.write(frame)
-                    late = rx.latency(dec.frame_index)
-                    if late is not None and not dec.frame_repeated:
-                        rx.summary.latency_ms.append(late)
-                    if progress:
-                        progress(dec.done, None)
+                emit(dec.pushing(item))
+            if dec is not None and rx.origin_ms is not None:
+                emit(dec.aheading(rx.due_frame()))
             request = rx.requests(now)
             if request is not None:
                 link.reply(bytes(dg.Datagram(dg.FEEDBACK, rx.stream or 0, 0, _now_ms(),
@@ -616,13 +637,12 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
             raise KpcFormatError(f"{url}: no stream arrived" + ("" if rx.summary.datagrams == 0 else
                                  f" ({rx.summary.datagrams} datagrams, none usable)"))
         tail = dec.pushing(pk.End(rx.end[1])) if rx.end is not None and dec.frame_count is None else iter(())
-        for frame in [*tail, *dec.flushing()]:
-            if writer is None:
-                writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
-            _hand_audio(writer, rx, link, recoder)
-            writer.write(frame)
+        emit([*tail, *dec.flushing()])
         if writer is None:
             raise KpcFormatError(f"{url}: no frame could be decoded")
+        past = dec.fill.next - rx.end[1] if rx.end is not None else 0
+        if past > 0 and warn:  # rendered in their slots before a late END said the stream had ended
+            warn(f"{url}: {past} frame(s) after the stream's last were rendered before its END came")
         _hand_audio(writer, rx, link, recoder)
         dec.close()
         writer.__exit__(None, None, None)

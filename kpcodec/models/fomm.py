@@ -44,19 +44,35 @@ class MotionModel(nn.Module):
         return SourceState(self.generator.encode(source), self.dense_motion.small_source(source), kp, jac, source)
 
     def render(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor, base: torch.Tensor | None = None,
-               base_kp: torch.Tensor | None = None, base_jac: torch.Tensor | None = None) -> torch.Tensor:
+               base_kp: torch.Tensor | None = None, base_jac: torch.Tensor | None = None,
+               mix: torch.Tensor | None = None) -> torch.Tensor:
         """Frames (B,3,H,W) in [0,1] for driving keypoints (B,K,2) and Jacobians (B,K,2,2).
 
         Hybrid configs: `base` (B,3,s,s) are the decoded base-layer frames (zeros where none), any
         size s, and `base_kp`/`base_jac` the keypoints of the frames they show (None: this frame's);
-        see `move_base`."""
+        see `move_base`. `mix` (B,) in [0,1]: each frame is moved base + mix * (rendering - moved
+        base) (the encoder's choice, format 2.1; 1 where a frame has no base frame); None: 1."""
+        if mix is not None and base is not None and not bool(mix.any()):
+            # The base alone (every frame has one: a frame without has mix 1): no generator.
+            motion = self._motion(state, kp, jac)
+            return self.move_base(base, motion["mask"], base_kp, base_jac, kp, jac)
+        image, moved = self.render_parts(state, kp, jac, base, base_kp, base_jac)
+        if mix is None or moved is None:
+            return image
+        return torch.lerp(moved, image, mix.to(image.dtype).view(-1, 1, 1, 1))
+
+    def _motion(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor) -> dict:
         b = kp.shape[0]
-        motion = self.dense_motion(
-            state.small, state.kp.expand(b, -1, -1), state.jac.expand(b, -1, -1, -1), kp, jac
-        )
+        return self.dense_motion(state.small, state.kp.expand(b, -1, -1), state.jac.expand(b, -1, -1, -1), kp, jac)
+
+    def render_parts(self, state: SourceState, kp: torch.Tensor, jac: torch.Tensor, base: torch.Tensor | None = None,
+                     base_kp: torch.Tensor | None = None, base_jac: torch.Tensor | None = None):
+        """(the generator's rendering, the moved and upsampled base frames or None): what `render`
+        mixes, for an encoder choosing the mix."""
+        motion = self._motion(state, kp, jac)
         if base is not None:
             base = self.move_base(base, motion["mask"], base_kp, base_jac, kp, jac)
-        return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image, base)
+        return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image, base), base
 
     def base_image(self, small: torch.Tensor) -> torch.Tensor:
         """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size."""

@@ -1,7 +1,7 @@
-"""Build the golden .kpc files that pin down formats 1.0 to 1.4 and 2.0 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.4, 2.0 and 2.1 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py [NAME ...]``. It writes
-``v1_0.kpc`` to ``v1_4.kpc`` and ``v2_0.kpc`` (the encoded streams) and their ``.npz``
+``v1_0.kpc`` to ``v1_4.kpc``, ``v2_0.kpc`` and ``v2_1.kpc`` (the encoded streams) and their ``.npz``
 (the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -107,8 +107,19 @@ def golden_stream_2_0() -> KpcStream:
                      refreshes=[Refresh(12, "png", tiny_png(4, 4))], restarts=[26])
 
 
+def golden_stream_2_1() -> KpcStream:
+    """Format 2.1: 2.0's stream with a base layer (16x16, every 2nd frame, stand-in bytes as in 1.4)
+    whose HEAD has a mix of 40/64."""
+    stream = golden_stream_2_0()
+    stream.version = (2, 1)
+    stream.extra_chunks = [("note", b"golden 2.1")]
+    packets = [hashlib.sha256(b"base 2.1 %d" % i).digest()[: 2 + i % 7] for i in range(20)]
+    stream.base = BaseLayer(size=16, divisor=2, crf=60, packets=packets, mix=40)
+    return stream
+
+
 def write(name: str, stream: KpcStream) -> None:
-    data = packets.join(packets.stream_packets(stream, 3)) if stream.version == (2, 0) else dumps(stream)
+    data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
     (HERE / f"{name}.kpc").write_bytes(data)
     np.savez(HERE / f"{name}.npz", sent_indices=decoded.sent_indices,
@@ -119,7 +130,8 @@ def write(name: str, stream: KpcStream) -> None:
 
 
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
-           "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0}
+           "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
+           "v2_1": golden_stream_2_1}
 
 
 def main() -> None:
