@@ -174,6 +174,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def write_results(out: Path, lines: list[str], command: str, **payload) -> None:
+    """`out`.md (the report's lines) and `out`.json (the command, machine, commit and `payload`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine(), "commit": git_commit(),
+                                                    **payload}, indent=1) + "\n")
+    print(f"wrote {out}.md", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")

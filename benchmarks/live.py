@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare import git_commit, machine  # noqa: E402
+from compare import git_commit, machine, write_results  # noqa: E402
 
 from kpcodec.eval import metrics  # noqa: E402
 from kpcodec.live import udp  # noqa: E402
@@ -43,10 +42,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def recovery_ms(outages, decoded) -> list[float]:
+    """Per outage (start, end): from its end to the first keypoint packet decoded of a frame captured
+    after it ended (decoded: (decode time, capture time) pairs), ms; the stream's end if none came."""
+    out = []
+    for _, end in outages:
+        after = [t for t, capture in decoded if capture >= end]
+        if after:
+            out.append((min(after) - end) * 1000)
+    return out
+
+
 def run(clip: Path, model: str, keep: int, loss: float, burst_ms: float, seed: int, tmp: Path,
-        max_late_ms: float = udp.MAX_LATE_MS) -> dict:
+        max_late_ms: float = udp.MAX_LATE_MS, redundancy: bool = True, outage: tuple = ()) -> dict:
     port = free_port()
-    out = tmp / f"k{keep}-l{loss}-b{burst_ms}.y4m"
+    out = tmp / f"k{keep}-l{loss}-b{burst_ms}-r{int(redundancy)}-o{len(outage)}.y4m"
     box: dict = {}
 
     def receiver():
@@ -57,13 +67,14 @@ def run(clip: Path, model: str, keep: int, loss: float, burst_ms: float, seed: i
     thread.start()
     time.sleep(0.5)
     with LossyProxy(("127.0.0.1", port), loss=loss, burst_ms=burst_ms, burst_rate=0.03 if burst_ms else 0.0,
-                    seed=seed) as proxy:
+                    seed=seed, outages=[outage] if outage else ()) as proxy:
         tx = subprocess.run([sys.executable, "-m", "kpcodec", "send", str(clip), proxy.url, "--model", model,
-                             "-k", str(keep), "-q"], capture_output=True, text=True, timeout=300)
+                             "-k", str(keep), "-q"] + ([] if redundancy else ["--no-redundancy"]),
+                            capture_output=True, text=True, timeout=300)
         if tx.returncode != 0:
             raise RuntimeError(tx.stderr)
         thread.join(120)
-        dropped, forwarded = proxy.dropped, proxy.forwarded
+        dropped, forwarded, outages = proxy.dropped, proxy.forwarded, proxy.outage_log
     rx = box["rx"]
     sent = list(read_frames(clip, size=256))
     got = list(read_frames(out, size=256))
@@ -71,7 +82,11 @@ def run(clip: Path, model: str, keep: int, loss: float, burst_ms: float, seed: i
     late = np.array(rx.latency_ms[WARMUP_FRAMES:] or rx.latency_ms)
     seconds = probe(clip).duration_s
     wire = rx.bytes + IP_UDP_HEADERS * rx.datagrams
-    return {"keep": keep, "loss": loss, "burst_ms": burst_ms, "frames_sent": len(sent), "frames_rendered": len(got),
+    recovery = recovery_ms(outages, rx.keypoints_decoded)
+    return {"keep": keep, "loss": loss, "burst_ms": burst_ms, "redundancy": redundancy,
+            "outage": list(outage), "outages": len(outages),
+            "recovery_median_ms": float(np.median(recovery)) if recovery else None,
+            "recovery_max_ms": float(max(recovery)) if recovery else None, "frames_sent": len(sent), "frames_rendered": len(got),
             "ssim": ssim, "latency_median_ms": float(np.median(late)), "latency_p95_ms": float(np.percentile(late, 95)),
             "datagrams_dropped": dropped, "datagrams_forwarded": forwarded, "lost_packets": rx.lost_packets,
             "undecodable_packets": rx.dropped_packets, "requests": rx.requests, "ended": rx.ended,
@@ -88,19 +103,31 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "live")
     a = p.parse_args(argv)
     load_model(a.model, inference=True)  # the receiver's model is in memory before the stream starts
-    conditions = [(1, 0.0, 0.0), (2, 0.0, 0.0), (2, 0.05, 0.0), (2, 0.10, 0.0), (2, 0.20, 0.0), (2, 0.0, 200.0)]
+    # (keep, loss, burst ms, redundancy, one outage: (at s, ms))
+    conditions = [(1, 0.0, 0.0, True, ()), (2, 0.0, 0.0, True, ()), (2, 0.05, 0.0, True, ()),
+                  (2, 0.10, 0.0, True, ()), (2, 0.10, 0.0, False, ()), (2, 0.20, 0.0, True, ()),
+                  (2, 0.0, 200.0, True, ()), (2, 0.0, 0.0, True, (3.0, 1000.0))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for keep, loss, burst in conditions:
-            r = run(a.clip, a.model, keep, loss, burst, a.seed, Path(tmp), a.max_latency)
+        for keep, loss, burst, redundancy, outage in conditions:
+            r = run(a.clip, a.model, keep, loss, burst, a.seed, Path(tmp), a.max_latency, redundancy, outage)
             rows.append(r)
             print(r, file=sys.stderr)
     command = (f"python benchmarks/live.py --clip {a.clip.relative_to(ROOT) if a.clip.is_relative_to(ROOT) else a.clip} "
                f"--model {a.model} --max-latency {a.max_latency:g}")
-    table = [f"| {r['keep']} | {r['loss'] * 100:.0f}% | {r['burst_ms']:.0f} | {r['frames_rendered']}/{r['frames_sent']} | "
+    def ms(v):
+        return "–" if v is None else f"{v:.0f}"
+
+    def loss_of(r):
+        return (f"{r['loss'] * 100:.0f}%" + ("" if r["redundancy"] else ", no redundancy") +
+                (f"; {r['outage'][1]:.0f}-ms outage at {r['outage'][0]:g} s" if r["outage"] else "") +
+                (f"; {r['burst_ms']:.0f}-ms bursts" if r["burst_ms"] else ""))
+
+    table = [f"| {r['keep']} | {loss_of(r)} | {r['frames_rendered']}/{r['frames_sent']} | "
              f"{r['repeated_frames']} | {r['ssim']:.3f} | {r['latency_median_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
              f"{r['latency_max_ms']:.0f} | {r['datagrams_dropped']} | "
-             f"{r['lost_packets']} | {r['undecodable_packets']} | {r['requests']} | {r['wire_kbps_received']:.1f} |"
+             f"{r['lost_packets']} | {r['undecodable_packets']} | {r['requests']} | "
+             f"{ms(r['recovery_median_ms'])} / {ms(r['recovery_max_ms'])} | {r['wire_kbps_received']:.1f} |"
              for r in rows]
     lines = [
         "# Live mode on loopback",
@@ -115,21 +142,21 @@ def main(argv=None) -> int:
         f"A frame that would be out more than {a.max_latency:g} ms after its capture (its latency so far plus the "
         "time a render takes) is not rendered: the receiver repeats the "
         "last frame in its place to stay in time (`repeated`; latency is over the rendered frames). "
-        "SSIM against the frames sent (256x256). Loss: each datagram dropped with that probability, or 200-ms "
-        "outages starting at 3% of datagrams (burst). Datagrams dropped by the proxy; packets the receiver declared "
-        "lost and keypoint packets it could not decode (their keyframe lost); keyframe requests it sent; received "
-        "kb/s on the wire with IPv4+UDP headers.",
+        "SSIM against the frames sent (256x256). Loss: each datagram dropped with that probability, 200-ms "
+        "outages starting at 3% of datagrams (bursts), or one outage at a fixed time; `no redundancy`: the sender "
+        "does not repeat the previous keypoint packet in each datagram (`send --no-redundancy`). Datagrams dropped "
+        "by the proxy; packets the receiver declared lost and keypoint packets it could not decode (their keyframe "
+        "lost); keyframe requests it sent; recovery: from the end of each outage to the first keypoint packet "
+        "decoded of a frame captured after it ended (median / max over the outages; the issue's bound is 1 s); "
+        "received kb/s on the wire with IPv4+UDP headers.",
         "",
-        "| keep | loss | burst ms | frames | repeated | SSIM | latency median ms | p95 ms | max ms | datagrams dropped | "
-        "packets lost | undecodable | requests | wire kb/s |",
+        "| keep | loss | frames | repeated | SSIM | latency median ms | p95 ms | max ms | datagrams dropped | "
+        "packets lost | undecodable | requests | recovery ms | wire kb/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *table,
         "",
     ]
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    a.out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine(), "commit": git_commit(),
-                                                       "rows": rows}, indent=1) + "\n")
-    print(f"wrote {a.out}.md", file=sys.stderr)
+    write_results(a.out, lines, command, rows=rows)
     return 0
 
 

@@ -60,3 +60,28 @@ def test_decoder_frames_are_what_decode_writes(clip, tmp_path, threads):
     diffs = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, written)]
     assert max(diffs) < 4, diffs
     assert all(np.array_equal(a, b) for a, b in zip(frames, Decoder(bitstream.read_file(tmp_path / "a.kpc")).frames()))
+
+
+
+def test_late_frames_are_repeated_and_the_render_estimate_cannot_freeze_the_picture(clip, tmp_path):
+    """Decoder.late repeats a late frame (counting the run); the first render (torch warming up) is
+    left out of render_ms; live mode's policy (kpcodec.live.udp.late) renders a frame within the
+    budget after MAX_REPEAT_RUN repeats whatever the render estimate says, never one late already."""
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.live.udp import MAX_REPEAT_RUN, late
+    from kpcodec.options import DecodeOptions
+
+    api.encode(clip, tmp_path / "a.kpc", model="tiny", keep_every=1)
+    dec = Decoder(bitstream.read_file(tmp_path / "a.kpc"), DecodeOptions(threads=1, batch=1))
+    dec.late = lambda t: late(50.0, 1000.0, dec.repeat_run, 120.0)  # an estimate far too high
+    frames = list(dec.frames())
+    assert len(frames) == 12
+    rendered = [t for t in range(12) if t % (MAX_REPEAT_RUN + 1) == 0]  # 0 (nothing to repeat yet), 7
+    assert dec.repeated == 12 - len(rendered)
+    assert all(not np.array_equal(frames[t], frames[t - 1]) for t in rendered[1:])
+    assert dec.render_ms is not None  # from the second render on
+    assert late(130.0, 0.0, 100, 120.0) and not late(50.0, 60.0, 0, 120.0) and late(50.0, 80.0, 0, 120.0)
+    one = Decoder(bitstream.read_file(tmp_path / "a.kpc"), DecodeOptions(threads=1, batch=1))
+    one.late = lambda t: t > 0
+    next(iter(one.frames()))
+    assert one.render_ms is None  # one render: the warm-up, not counted

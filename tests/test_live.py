@@ -45,10 +45,11 @@ class FakeSock:
         pass
 
 
-def run_link(clip, drop, answer=True, frames=None):
+def run_link(clip, drop, answer=True, frames=None, log=None):
     """Encode `clip` live into datagrams, dropping those `drop(n)` says, into a Receiver and a Decoder;
     the receiver's feedback goes back to the encoder at once (a zero-delay link). Returns
-    (frames decoded, receiver summary, sender summary)."""
+    (frames decoded, receiver summary, sender summary). `log`, a list: gets (frame being captured,
+    datagram number, True if it was dropped, the last frame of the keypoint packets it delivered)."""
     sock = FakeSock()
     sender = udp.Sender("udp://x:1", sock=sock)
     rx, dec, out, sent = udp.Receiver(), None, 0, 0
@@ -57,6 +58,9 @@ def run_link(clip, drop, answer=True, frames=None):
 
     def deliver(items):
         nonlocal dec, out
+        if log is not None:
+            kp = [int(i.indices[-1]) for i in items if isinstance(i, pk.SentFrames) and len(i.indices)]
+            log.append((captured, sent, False, max(kp) if kp else None))
         for item in items:
             if dec is None:
                 if isinstance(item, Header):
@@ -64,14 +68,19 @@ def run_link(clip, drop, answer=True, frames=None):
                 continue
             out += len(dec.push(item))
 
+    captured = 0
     with Encoder(o, 25) as enc:
-        for f in read_frames(clip, size=enc.size):
-            for request in sender.feedback():
+        for captured, f in enumerate(read_frames(clip, size=enc.size)):
+            for request in sender.feedback():  # as udp.send answers them
                 enc.request_keyframe(source=request == dg.KEYFRAME)
+                if request == dg.KEYFRAME:
+                    sender.send_head()
             sender.packets(enc.push(f))
             for raw in sock.out:
                 if not drop(sent):
                     deliver(rx.datagram(raw, now))
+                elif log is not None:
+                    log.append((captured, sent, True, None))
                 sent += 1
             sock.out.clear()
             now += 0.04
@@ -142,6 +151,40 @@ def test_a_burst_is_recovered_by_a_restart_asked_for(clip100):
     assert stalled == 100 and rx2.dropped_packets > rx.dropped_packets  # without the restart it waits longer
 
 
+@pytest.mark.parametrize("burst", [6, 24])
+def test_the_receiver_follows_again_within_a_second_of_the_loss_ending(clip100, burst):
+    """After an outage of `burst` datagrams (the keypoint context lost), the receiver decodes keypoints
+    of frames captured after the outage within 25 frames (1 s at 25 fps) of its end: a restart is
+    asked for and answered, the predictor fills the frames in between."""
+    lost = set(range(20, 20 + burst))
+    log = []
+    frames, rx, _ = run_link(clip100, lambda n: n in lost, log=log)
+    assert frames == 100 and rx.requests >= 1
+    end = max(captured for captured, _, dropped, _ in log if dropped)  # the frame captured as the loss ended
+    back = [captured for captured, _, dropped, last in log if not dropped and last is not None and last > end]
+    assert back and back[0] - end <= 25, (end, back[:3])
+
+
+def test_the_proxy_keeps_a_fixed_outage_and_logs_it():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(0.5)
+        with LossyProxy(sink.getsockname(), outages=[(0.2, 300)]) as proxy, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as src:
+            host, port = "127.0.0.1", proxy.port
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.8:
+                src.sendto(b"x", (host, port))
+                time.sleep(0.01)
+            time.sleep(0.1)
+    assert len(proxy.outage_log) == 1
+    start, end = proxy.outage_log[0]
+    assert abs(end - start - 0.3) < 1e-6 and start - t0 >= 0.2
+    assert 0 < proxy.dropped < proxy.dropped + proxy.forwarded
+
+
 def test_foreign_and_garbage_datagrams_are_dropped_and_counted(clip100):
     rx = udp.Receiver()
     good = bytes(dg.Datagram(dg.HEAD, 1, 0, 0, b"\x00"))
@@ -163,7 +206,7 @@ def free_port() -> int:
 
 def receive_process(port, out, *extra):
     return subprocess.Popen([sys.executable, "-m", "kpcodec", "receive", f"udp://127.0.0.1:{port}", "-o", str(out),
-                             "--idle-timeout", "10", *extra], stderr=subprocess.PIPE, text=True)
+                             "--idle-timeout", "30", *extra], stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.1])

@@ -1,7 +1,10 @@
 """A userspace UDP proxy that loses and delays datagrams, for the live mode's tests and benchmark
 (no root, no network tricks): datagrams from a client to `listen` go on to `target`, the answers
 back to the client, each dropped with probability `loss` (or inside a `burst_ms` outage that starts
-with probability `burst_rate` per datagram) and held `delay_ms` first. Seeded: a run repeats."""
+with probability `burst_rate` per datagram, or at the fixed times of `outages`: (seconds after the first
+datagram, milliseconds) pairs) and held `delay_ms` first. Seeded: a run repeats. `outage_log` keeps
+the (start, end) of every outage on time.monotonic()'s clock, for measuring how fast a receiver
+recovers once the loss stops."""
 from __future__ import annotations
 
 import heapq
@@ -14,7 +17,7 @@ import time
 
 class LossyProxy:
     def __init__(self, target: tuple[str, int], loss: float = 0.0, delay_ms: float = 0.0, burst_ms: float = 0.0,
-                 burst_rate: float = 0.0, seed: int = 0, host: str = "127.0.0.1"):
+                 burst_rate: float = 0.0, seed: int = 0, host: str = "127.0.0.1", outages=()):
         self.target, self.loss, self.delay = target, loss, delay_ms / 1000
         self.burst, self.burst_rate = burst_ms / 1000, burst_rate
         self.rng = random.Random(seed)
@@ -25,6 +28,9 @@ class LossyProxy:
         self.client = None
         self.forwarded = self.dropped = 0
         self._outage_until = 0.0
+        self._scheduled = sorted((float(at), float(ms) / 1000) for at, ms in outages)
+        self._first: float | None = None
+        self.outage_log: list[tuple[float, float]] = []
         self._queue: list = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -33,11 +39,19 @@ class LossyProxy:
     def url(self) -> str:
         return f"udp://127.0.0.1:{self.port}"
 
+    def _outage(self, now: float, seconds: float) -> None:
+        self._outage_until = now + seconds
+        self.outage_log.append((now, self._outage_until))
+
     def _lost(self, now: float) -> bool:
+        self._first = now if self._first is None else self._first
         if now < self._outage_until:
             return True
+        if self._scheduled and now - self._first >= self._scheduled[0][0]:
+            self._outage(now, self._scheduled.pop(0)[1])
+            return True
         if self.burst and self.rng.random() < self.burst_rate:
-            self._outage_until = now + self.burst
+            self._outage(now, self.burst)
             return True
         return self.rng.random() < self.loss
 

@@ -35,6 +35,7 @@ END_REPEATS = 4  # 0.1 s apart: a 200-ms outage cannot take them all
 END_SPACING_S = 0.1
 END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
 MAX_LATE_MS = 120.0  # a frame later than this (capture to out, render included) is the last one again
+MAX_REPEAT_RUN = 6  # but one within it is rendered after this many repeats in a row (see late())
 WAIT_S = 0.05  # the longest the receiver waits on its socket between looks at the clock
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
@@ -309,6 +310,9 @@ class ReceiveSummary:
     repeated: int = 0  # frames due too late to render: the last frame again in their place
     joined_at: int = 0  # the first frame decoded (its start lost: the frames before it are its copies)
     latency_ms: list = field(default_factory=list, repr=False)  # capture to rendered, per rendered frame
+    # (monotonic time it was decoded, monotonic time its last frame was captured) per keypoint packet
+    # decoded: how soon after a loss ends the receiver follows the sender again
+    keypoints_decoded: list = field(default_factory=list, repr=False)
 
     def latency(self, q: float) -> float | None:
         import statistics
@@ -467,6 +471,10 @@ class Receiver:
                     self.broken = False
                 if not self.has_source:
                     return []  # keypoints before any source image: nothing to render them with
+                since = self.latency(int(item.indices[-1])) if len(item.indices) else None
+                if since is not None:
+                    now = time.monotonic()
+                    self.summary.keypoints_decoded.append((now, now - since / 1000))
         return items
 
     def requests(self, now: float | None = None) -> int | None:
@@ -555,6 +563,16 @@ def _hand_audio(writer, rx: Receiver, link=None, recoder=None) -> None:
     rx.audio_inbox.clear()
 
 
+def late(latency_ms: float, render_ms: float | None, repeats: int, budget_ms: float) -> bool:
+    """Is a frame `latency_ms` after its capture too late to render (it is the last frame again)?
+    When it would be out later than `budget_ms` once rendered; but a frame still within the budget
+    is rendered after MAX_REPEAT_RUN repeats in a row, whatever the render time's estimate says, so
+    an estimate too high (one slow render) cannot freeze the picture: each render updates it."""
+    if latency_ms > budget_ms:
+        return True  # late already (a loss, a burst): rendering it would only delay the next ones
+    return latency_ms + (render_ms or 0.0) > budget_ms and repeats < MAX_REPEAT_RUN
+
+
 def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_late_ms: float | None = MAX_LATE_MS,
             force: bool = False, progress=None, warn=None) -> ReceiveSummary:
     """Receive one stream on udp `url` and decode it into the video `output` (see the module's
@@ -591,9 +609,9 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                 writer = _open_writer(output, dec, frame, rx, o.audio, container, warn, url, recoder)
             _hand_audio(writer, rx, link, recoder)
             writer.write(frame)
-            late = rx.latency(dec.frame_index)
-            if late is not None and not dec.frame_repeated:
-                rx.summary.latency_ms.append(late)
+            ms = rx.latency(dec.frame_index)
+            if ms is not None and not dec.frame_repeated:
+                rx.summary.latency_ms.append(ms)
             if progress:
                 progress(dec.done, None)
 
@@ -618,8 +636,8 @@ def receive(url: str, output, options=None, *, idle_timeout: float = 10.0, max_l
                         from kpcodec.live.webrtc import OpusRecoder
 
                         recoder = OpusRecoder()
-                    if max_late_ms:  # would the frame be out later than that, once rendered?
-                        dec.late = lambda t: (rx.latency(t) or 0.0) + (dec.render_ms or 0.0) > max_late_ms
+                    if max_late_ms:
+                        dec.late = lambda t: late(rx.latency(t) or 0.0, dec.render_ms, dec.repeat_run, max_late_ms)
                     continue
                 emit(dec.pushing(item))
             if dec is not None and rx.origin_ms is not None:
