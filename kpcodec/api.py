@@ -50,6 +50,7 @@ class Summary:
     base_bytes: int = 0  # the base layer's packets (hybrid mode)
     base_layer: str | None = None  # its settings, SIZE@DIV:CRF
     base_errors: int = 0  # base frames that did not decode (decode --ignore-errors)
+    source_quality: int | None = None  # the source image's quality (encode; the rate control may pick it)
 
     @property
     def fps(self) -> float:
@@ -230,7 +231,8 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
     return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
                    base_bytes=enc.base_stream.bytes if enc.base_stream else 0,
-                   base_layer=str(enc.base.settings) if enc.base_stream else None)
+                   base_layer=str(enc.base.settings) if enc.base_stream else None,
+                   source_quality=enc.source_quality)
 
 
 @_names_file

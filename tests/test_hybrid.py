@@ -279,6 +279,33 @@ def test_keypoint_only_takes_the_densest_keep_every_within_the_target():
     assert ratecontrol.keypoint_only_keep(1.0, rates) == 4  # nothing fits: the cheapest
 
 
+def test_a_keypoint_only_file_under_its_target_spends_the_rest_on_the_source_image():
+    """The highest quality that keeps the file within the target; none above the current: as is."""
+    sizes = {40: 2000, 50: 2800, 60: 3800, 70: 5000}
+    code = lambda q: bytes(sizes[q])  # noqa: E731
+    # 10 s: 1000 other bytes + 2800 = 3.04 kb/s fits 3.1k; 3800 more does not
+    assert ratecontrol.spend_on_source(3.1, 10.0, 1000, 30, code) == (50, bytes(2800))
+    assert ratecontrol.spend_on_source(1.0, 10.0, 1000, 30, code) == (30, None)
+    assert ratecontrol.spend_on_source(100.0, 10.0, 1000, 30, code)[0] == 70
+    assert ratecontrol.spend_on_source(100.0, 10.0, 1000, 70, code) == (70, None)
+
+
+def test_the_rate_control_raises_the_source_quality_of_a_keypoint_only_file(runner, tmp_path):
+    """A target above what keep-every 1 costs: the source image takes the rest (not over it)."""
+    kpc = tmp_path / "low.kpc"
+    r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--no-audio", "--keep-every", "1",
+            "--source-quality", "30")
+    assert r.exit_code == 0, r.stderr
+    floor = json.loads(run(runner, "info", kpc, "--json").stdout)["kbps"]
+    target = floor * 1.6
+    r = run(runner, "encode", SAMPLE, "-o", tmp_path / "t.kpc", "--model", "tiny-hybrid", "--no-audio",
+            "--bitrate", f"{target:.3f}k", "--base-layer", "off")
+    assert r.exit_code == 0, r.stderr
+    assert "source image q" in r.stderr and "source image q30" not in r.stderr, r.stderr
+    got = json.loads(run(runner, "info", tmp_path / "t.kpc", "--json").stdout)["kbps"]
+    assert floor < got <= target, (floor, got, target)
+
+
 def test_the_source_image_is_spread_over_the_stated_clip_length():
     plan = ratecontrol.plan(bitrate="6k")
     short = ratecontrol.BaseLayerPass(plan, 30, 50, "avif")
@@ -345,4 +372,38 @@ def test_evaluate_hybrid_scores_the_three_renderings():
     row = evaluate_hybrid(model, MonitorClip("synthetic", frames, base))
     assert row["clip"] == "synthetic"
     assert all(0.0 <= row[k] <= 1.0 for k in ("ssim", "ssim_no_base", "ssim_base_only"))
+    assert row["detail"] > 0
     assert row["ssim"] != row["ssim_no_base"]  # the base layer reaches the generator
+
+
+def test_adversarial_terms_train_the_generator_side_only():
+    """The generator's terms send gradients to the generated frames, not to the discriminator; the
+    discriminator's loss falls when it trains on real against constant frames; the detail ratio
+    of a blurred frame is below 1 and of the frame itself 1."""
+    import torch
+    from kpcodec.train import adversarial
+
+    torch.manual_seed(0)
+    disc = adversarial.MultiScaleDiscriminator(scales=(1.0, 0.5), expansion=4, max_features=8)
+    real = torch.rand(2, 3, 128, 128)
+    fake = torch.full((2, 3, 128, 128), 0.5, requires_grad=True)
+    disc.requires_grad_(False)
+    gan, fm = adversarial.generator_terms(disc, fake, real)
+    (gan + fm).backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in disc.parameters())
+    disc.requires_grad_(True)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = adversarial.discriminator_loss(disc, fake, real)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (32, 32, 3)).astype(np.float32)
+    blurred = (frame + np.roll(frame, 1, 0) + np.roll(frame, 1, 1) + np.roll(frame, (1, 1), (0, 1))) / 4
+    assert adversarial.detail_ratio(frame, frame) == 1.0
+    assert adversarial.detail_ratio(blurred, frame) < 0.5

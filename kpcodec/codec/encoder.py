@@ -106,6 +106,7 @@ class Encoder:
         self.frames = 0
         self.source = None
         self.source_data = None
+        self.source_quality = o.source_quality  # rate control may raise it (keypoint-only under its target)
         self.refreshes: list = []
         self.base_stream = None
         # Packets as frames come, unless a rate target or a base layer settles on the whole clip.
@@ -301,6 +302,14 @@ class Encoder:
         if chosen != keep_every and not self.refreshes:
             header = replace(header, keep_every=chosen)
             sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
+        if self.base_stream is None and o.plan.target_kbps is not None and not self.refreshes:
+            # Keypoint-only under its target: what is left goes to the source image.
+            other = len(bitstream.dumps(bitstream.KpcStream(header, o.source_codec, b"", sent_idx, kps, jacs,
+                                                            version=pk.VERSION)))
+            self.source_quality, better = rc.spend_on_source(
+                o.plan.target_kbps, count / float(self.fps), other, o.source_quality,
+                lambda q: source_image.encode_image(self.source, o.source_codec, q))
+            source_data = self.source_data = better or source_data
         if self.base_stream is None and o.model is None and net.cfg.base_fusion:
             # No base layer after all: the keypoint model renders it better (the hybrid model's
             # keypoints are the same; its no-base path is only its fallback).

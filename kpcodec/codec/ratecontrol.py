@@ -197,6 +197,26 @@ def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps, keep: int) -> 
                               {k: _kbps(len(bitstream.dumps(stream_at(k))), seconds) for k in KEEP_CHOICES})
 
 
+# Qualities a keypoint-only file under its rate target may raise its source image to (AVIF q30 ->
+# q50: about +1.3 KB and +0.005 SSIM on val, benchmarks/results/source_image.md).
+SOURCE_QUALITIES = (40, 50, 60, 70)
+
+
+def spend_on_source(target_kbps: float, seconds: float, other_bytes: int, quality: int, code) -> tuple[int, bytes | None]:
+    """What a keypoint-only file left under its rate target spends on its source image: (the highest
+    quality above `quality` whose file, `other_bytes` + the image `code(q)` gives, stays within the
+    target, its bytes), or (`quality`, None) where none does."""
+    best = (quality, None)
+    for q in SOURCE_QUALITIES:
+        if q <= quality:
+            continue
+        data = code(q)
+        if _kbps(other_bytes + len(data), seconds) > target_kbps:
+            break
+        best = (q, data)
+    return best
+
+
 def keypoint_only_keep(target_kbps: float, rates: dict[int, float]) -> int:
     """The keep-every of a keypoint-only file at a rate target: the densest (best) one whose
     rate stays within the target, else the cheapest."""

@@ -31,7 +31,7 @@ from kpcodec.eval.metrics import ssim as ssim_np
 from kpcodec.codec.renderer import Detector, Renderer
 from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map
-from kpcodec.train import losses
+from kpcodec.train import adversarial, losses
 from kpcodec.train.data import PairSampler, decode_clip, load_clips
 from kpcodec.train.evaluate import MONITOR_CLIPS
 from kpcodec.train.trainer import Trainer
@@ -83,6 +83,28 @@ class HybridTrainer(Trainer):
         self.cache = Path(cache)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.settings = tuple(settings)
+        self.disc = self.disc_opt = None
+        if self.recipe.w_gan > 0 or self.recipe.w_feature_matching > 0:
+            self.disc = adversarial.MultiScaleDiscriminator().to(self.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=self.recipe.lr_discriminator,
+                                             betas=self.recipe.betas)
+
+    # -- state: the discriminator travels with the checkpoint -------------------------------
+    def full_state(self) -> dict:
+        state = super().full_state()
+        if self.disc is not None:
+            state["discriminator"] = self.disc.state_dict()
+            state["discriminator_optimizer"] = self.disc_opt.state_dict()
+        return state
+
+    def resume(self, path: Path | None = None) -> bool:
+        if not super().resume(path):
+            return False
+        ck = torch.load(path or self.checkpoint_path(), map_location=self.device, weights_only=False)
+        if self.disc is not None and "discriminator" in ck:  # a run without one starts it fresh
+            self.disc.load_state_dict(ck["discriminator"])
+            self.disc_opt.load_state_dict(ck["discriminator_optimizer"])
+        return True
 
     # -- data ----------------------------------------------------------------------------
     def load_data(self, progress=None) -> None:
@@ -188,15 +210,26 @@ class HybridTrainer(Trainer):
                                batch["kp_b"], batch["jac_b"], batch["kp_d"], batch["jac_d"])
         image = m.generator.decode(m.generator.encode(batch["source"]), motion["flow"], motion["occlusion"],
                                    batch["source"], base)
-        terms = {"pyramid": losses.pyramid_l1(image, batch["driving"]),
-                 "ssim": 1.0 - losses.ssim(image, batch["driving"])}
+        real = batch["driving"]
+        terms = {"pyramid": losses.pyramid_l1(image, real), "ssim": 1.0 - losses.ssim(image, real)}
         total = r.w_pyramid * terms["pyramid"] + r.w_ssim * terms["ssim"]
+        if self.disc is not None:
+            self.disc.requires_grad_(False)
+            terms["gan"], terms["feature_matching"] = adversarial.generator_terms(self.disc, image, real)
+            total = total + r.w_gan * terms["gan"] + r.w_feature_matching * terms["feature_matching"]
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], 10.0)
         self.opt.step()
         rec = {k: v.item() for k, v in terms.items()}
         rec["total"] = total.item()
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+            d_loss = adversarial.discriminator_loss(self.disc, image, real)
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_opt.step()
+            rec["discriminator"] = d_loss.item()
         rec["kp_spread"] = 0.0
         return rec
 
@@ -233,6 +266,8 @@ def evaluate_hybrid(model, clip: MonitorClip, divisor: int = 2) -> dict:
     row = {"clip": clip.name}
     for key, out in (("ssim", hybrid), ("ssim_no_base", plain), ("ssim_base_only", held)):
         row[key] = float(np.mean([ssim_np(a, b) for a, b in zip(frames, out)]))
+    # The blur the adversarial term is meant to fight: detail energy against the original's.
+    row["detail"] = float(np.mean([adversarial.detail_ratio(b, a) for a, b in zip(frames, hybrid)]))
     return row
 
 
@@ -270,7 +305,9 @@ def main() -> None:
         if "val" in rec:
             print(f"val @{step}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec["val"].items()), flush=True)
         elif step % 50 == 0:
-            print(f"step {step}: loss {rec['total']:.4f} ssim-loss {rec['ssim']:.4f} {rec['s_per_step']:.2f} s/step",
+            gan = (f" gan {rec['gan']:.3f} fm {rec['feature_matching']:.3f} disc {rec['discriminator']:.3f}"
+                   if "gan" in rec else "")
+            print(f"step {step}: loss {rec['total']:.4f} ssim-loss {rec['ssim']:.4f}{gan} {rec['s_per_step']:.2f} s/step",
                   flush=True)
 
     if t.step == 0 and t.monitor:

@@ -24,6 +24,11 @@ class Recipe:
     # Submodules to train ("detector", "dense_motion", "generator"); empty trains all. The rest
     # stay frozen in eval mode, e.g. to fit a lighter generator to a trained detector's motion.
     train_modules: tuple[str, ...] = ()
+    # Adversarial terms (kpcodec.train.adversarial; hybrid training only): LSGAN generator loss and
+    # feature matching against a patch discriminator trained at lr_discriminator. 0 disables.
+    w_gan: float = 0.0
+    w_feature_matching: float = 0.0
+    lr_discriminator: float = 2e-4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +53,9 @@ RECIPES = {
     # A hybrid generator (kpcodec.train.hybrid) grown from a trained one: its base-layer paths
     # start at zero, so the rate of `generator-grow`.
     "hybrid": replace(_GENERATOR_ONLY, lr=2e-4),
+    # `hybrid` plus FOMM's adversarial and feature-matching terms (its weights: 1 and 10),
+    # against the blur; continued from a `hybrid` run.
+    "hybrid-gan": replace(_GENERATOR_ONLY, lr=2e-4, w_gan=1.0, w_feature_matching=10.0),
     "mouth": _MOUTH,
     # At a quarter of the learning rate: the last steps of a run, or continuing on a CPU at batch
     # 4 from a run that trained at batch 32 on a GPU (fewer samples a step, so smaller steps).
