@@ -3,8 +3,8 @@ it, the base alone, and the detail ratio (the output's high-frequency energy ove
 as sharp as the original, below 1 blurred), at one or more base-layer settings. Answers whether a
 training change (e.g. the adversarial term of the `hybrid-gan` recipe) helps, on the same frames.
 
-    python benchmarks/hybrid_monitor.py shipped=fomm-256-hybrid \\
-        plain=checkpoints/fomm-256-hybrid/resume.pt gan=checkpoints/fomm-256-hybrid-gan/resume.pt
+    python benchmarks/hybrid_monitor.py fomm-256-hybrid fomm-256-hybrid-v2 fomm-256-hybrid-sharp
+    python benchmarks/hybrid_monitor.py gan=checkpoints/fomm-256-hybrid-gan/resume.pt   # a run's checkpoint
 
 A model is a shipped model's name or a checkpoint of the `fomm-256-hybrid` config. The base layer is
 coded as kpcodec.train.hybrid codes it (every kept frame, stride 2), at each `--setting` SIZE:CRF,
