@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import socket
 import subprocess
 import sys
@@ -44,12 +45,11 @@ def free_port() -> int:
 
 def recovery_ms(outages, decoded) -> list[float]:
     """Per outage (start, end): from its end to the first keypoint packet decoded of a frame captured
-    after it ended (decoded: (decode time, capture time) pairs), ms; the stream's end if none came."""
+    after it ended (decoded: (decode time, capture time) pairs), ms; infinity where none came."""
     out = []
     for _, end in outages:
         after = [t for t, capture in decoded if capture >= end]
-        if after:
-            out.append((min(after) - end) * 1000)
+        out.append((min(after) - end) * 1000 if after else math.inf)
     return out
 
 
@@ -86,7 +86,8 @@ def run(clip: Path, model: str, keep: int, loss: float, burst_ms: float, seed: i
     return {"keep": keep, "loss": loss, "burst_ms": burst_ms, "redundancy": redundancy,
             "outage": list(outage), "outages": len(outages),
             "recovery_median_ms": float(np.median(recovery)) if recovery else None,
-            "recovery_max_ms": float(max(recovery)) if recovery else None, "frames_sent": len(sent), "frames_rendered": len(got),
+            "recovery_max_ms": float(max(recovery)) if recovery and max(recovery) < math.inf else None,
+            "unrecovered_outages": sum(r == math.inf for r in recovery), "frames_sent": len(sent), "frames_rendered": len(got),
             "ssim": ssim, "latency_median_ms": float(np.median(late)), "latency_p95_ms": float(np.percentile(late, 95)),
             "datagrams_dropped": dropped, "datagrams_forwarded": forwarded, "lost_packets": rx.lost_packets,
             "undecodable_packets": rx.dropped_packets, "requests": rx.requests, "ended": rx.ended,
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     command = (f"python benchmarks/live.py --clip {a.clip.relative_to(ROOT) if a.clip.is_relative_to(ROOT) else a.clip} "
                f"--model {a.model} --max-latency {a.max_latency:g}")
     def ms(v):
-        return "–" if v is None else f"{v:.0f}"
+        return "–" if v is None else "never" if v == math.inf else f"{v:.0f}"
 
     def loss_of(r):
         return (f"{r['loss'] * 100:.0f}%" + ("" if r["redundancy"] else ", no redundancy") +
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
              f"{r['repeated_frames']} | {r['ssim']:.3f} | {r['latency_median_ms']:.0f} | {r['latency_p95_ms']:.0f} | "
              f"{r['latency_max_ms']:.0f} | {r['datagrams_dropped']} | "
              f"{r['lost_packets']} | {r['undecodable_packets']} | {r['requests']} | "
-             f"{ms(r['recovery_median_ms'])} / {ms(r['recovery_max_ms'])} | {r['wire_kbps_received']:.1f} |"
+             f"{ms(r['recovery_median_ms'])} / "
+             f"{'never' if r['unrecovered_outages'] else ms(r['recovery_max_ms'])} | {r['wire_kbps_received']:.1f} |"
              for r in rows]
     lines = [
         "# Live mode on loopback",

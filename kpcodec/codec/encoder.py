@@ -304,8 +304,9 @@ class Encoder:
             sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
         if self.base_stream is None and o.plan.target_kbps is not None and not self.refreshes:
             # Keypoint-only under its target: what is left goes to the source image.
-            other = len(bitstream.dumps(bitstream.KpcStream(header, o.source_codec, b"", sent_idx, kps, jacs,
-                                                            version=pk.VERSION)))
+            # the file less its source image's bytes (+4: the image's length field may grow)
+            other = len(bitstream.dumps(bitstream.KpcStream(header, o.source_codec, source_data, sent_idx, kps, jacs,
+                                                            version=pk.VERSION))) - len(source_data) + 4
             self.source_quality, better = rc.spend_on_source(
                 o.plan.target_kbps, count / float(self.fps), other, o.source_quality,
                 lambda q: source_image.encode_image(self.source, o.source_codec, q))

@@ -36,6 +36,9 @@ END_SPACING_S = 0.1
 END_GRACE_S = 0.5  # after END, how long a receiver waits for the packets still missing
 MAX_LATE_MS = 120.0  # a frame later than this (capture to out, render included) is the last one again
 MAX_REPEAT_RUN = 6  # but one within it is rendered after this many repeats in a row (see late())
+# (receive - send) times of at least one datagram in this range, ms: the sender's clock is this
+# machine's (or kept in step with it); otherwise latency is counted from the fastest datagram's
+SAME_CLOCK_MS = (-50, 2000)
 WAIT_S = 0.05  # the longest the receiver waits on its socket between looks at the clock
 JOIN_S = 0.3  # a receiver with no HEAD or source image this long after the first datagram asks for a keyframe
 
@@ -60,6 +63,12 @@ def parse_url(url: str, listen: bool = False, scheme: str = "udp") -> tuple[str,
 
 def _now_ms() -> int:
     return int(time.monotonic() * 1000) & 0xFFFFFFFF
+
+
+def _signed_ms(diff: int) -> int:
+    """A difference of two 32-bit millisecond times, as a signed number."""
+    diff &= 0xFFFFFFFF
+    return diff if diff < 0x80000000 else diff - 0x100000000
 
 
 @dataclass
@@ -343,6 +352,7 @@ class Receiver:
         self.last_request = 0.0
         self.first_seen: float | None = None
         self.origin_ms: int | None = None
+        self.gap_ms: int | None = None  # the smallest (receive - send) time seen, on the two machines' clocks
         self._head_pending = False  # a HEAD came and is not yet handed on
         self.audio_head: tuple[int, int, int] | None = None  # (sample rate, channels, pre-skip)
         self.audio_inbox: list[tuple[int, int, bytes]] = []  # Opus packets not yet handed to the writer
@@ -394,14 +404,25 @@ class Receiver:
         origin = (time_ms - round(packet.frame * 1000 / float(self.header.fps))) & 0xFFFFFFFF
         if self.origin_ms is None or ((origin - self.origin_ms) & 0xFFFFFFFF) > 0x80000000:
             self.origin_ms = origin
+        gap = _signed_ms(_now_ms() - time_ms)
+        self.gap_ms = gap if self.gap_ms is None else min(self.gap_ms, gap)
+
+    @property
+    def offset_ms(self) -> int:
+        """The sender's clock against this machine's: 0 where they agree (the same machine, or clocks
+        kept in step: every datagram seems to take SAME_CLOCK_MS or less); else the smallest
+        receive - send time seen, so that latency counts the delay beyond the fastest datagram's
+        (two machines' monotonic clocks have nothing in common)."""
+        if self.gap_ms is None or SAME_CLOCK_MS[0] <= self.gap_ms <= SAME_CLOCK_MS[1]:
+            return 0
+        return self.gap_ms
 
     def latency(self, frame: int) -> float | None:
         """Milliseconds from the capture of `frame` at the sender to now (the same machine's clock)."""
         if self.origin_ms is None:
             return None
-        capture = (self.origin_ms + round(frame * 1000 / float(self.header.fps))) & 0xFFFFFFFF
-        late = (_now_ms() - capture) & 0xFFFFFFFF
-        return float(late if late < 0x80000000 else late - 0x100000000)
+        capture = (self.origin_ms + round(frame * 1000 / float(self.header.fps)) + self.offset_ms) & 0xFFFFFFFF
+        return float(_signed_ms(_now_ms() - capture))
 
     def due_frame(self) -> int:
         """The last frame whose capture time at the sender has passed (-1: none, or no clock yet)."""
