@@ -117,7 +117,7 @@ class Decoder:
         # the mix, kpcodec.codec.fusion)
         self.parts = False
         self.render_ms: float | None = None  # a moving average of the time to render a frame
-        self._renders = 0  # batches rendered (the first, warming torch up, is left out of render_ms)
+        self._warm = False  # a batch was rendered (the first, warming torch up, is left out of render_ms)
         self.repeat_run = 0  # late frames repeated in a row (a live receiver's policy may look at it)
         self.frame_repeated = False  # the frame handed out last is a repeat
         self._repeats: set[int] = set()
@@ -346,9 +346,9 @@ class Decoder:
         out = self._collect(self._pool.submit((self._state, batch)))
         if out:  # how long a frame takes (inline rendering: what a live receiver plans with)
             ms = (time.perf_counter() - start) * 1000 / len(batch)
-            self._renders += 1
-            if self._renders > 1:  # the first render warms torch up (measured up to ~0.5 s): not typical
+            if self._warm:  # the first render warms torch up (measured up to ~0.5 s): not typical
                 self.render_ms = ms if self.render_ms is None else 0.8 * self.render_ms + 0.2 * ms
+            self._warm = True
         return out
 
     def _render(self, item):

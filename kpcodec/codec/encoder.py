@@ -303,10 +303,9 @@ class Encoder:
             header = replace(header, keep_every=chosen)
             sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
         if self.base_stream is None and o.plan.target_kbps is not None and not self.refreshes:
-            # Keypoint-only under its target: what is left goes to the source image.
-            # the file less its source image's bytes (+4: the image's length field may grow)
-            other = len(bitstream.dumps(bitstream.KpcStream(header, o.source_codec, source_data, sent_idx, kps, jacs,
-                                                            version=pk.VERSION))) - len(source_data) + 4
+            # Keypoint-only under its target: what is left goes to the source image. The file less
+            # its source image's bytes (+4: the image's length field may grow).
+            other = len(bitstream.dumps(stream_at(chosen))) - len(source_data) + 4
             self.source_quality, better = rc.spend_on_source(
                 o.plan.target_kbps, count / float(self.fps), other, o.source_quality,
                 lambda q: source_image.encode_image(self.source, o.source_codec, q))

@@ -97,14 +97,10 @@ class HybridTrainer(Trainer):
             state["discriminator_optimizer"] = self.disc_opt.state_dict()
         return state
 
-    def resume(self, path: Path | None = None) -> bool:
-        if not super().resume(path):
-            return False
-        ck = torch.load(path or self.checkpoint_path(), map_location=self.device, weights_only=False)
+    def load_extra(self, ck: dict) -> None:
         if self.disc is not None and "discriminator" in ck:  # a run without one starts it fresh
             self.disc.load_state_dict(ck["discriminator"])
             self.disc_opt.load_state_dict(ck["discriminator_optimizer"])
-        return True
 
     # -- data ----------------------------------------------------------------------------
     def load_data(self, progress=None) -> None:

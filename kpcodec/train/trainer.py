@@ -158,7 +158,11 @@ class Trainer:
         if "torch_rng" in ck:
             torch.set_rng_state(ck["torch_rng"].cpu())
         self._sampler_rng = ck.get("sampler_rng")
+        self.load_extra(ck)
         return True
+
+    def load_extra(self, ck: dict) -> None:
+        """What a subclass keeps in the checkpoint besides the model and its optimiser (full_state)."""
 
     def init_from(self, state: dict) -> None:
         """Start from another config's weights: every tensor whose name and shape match."""
