@@ -188,7 +188,8 @@ def markdown(result: dict) -> str:
         "# Speed and memory", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} (CPU kernels: {m['torch_cpu_capability']}), "
         f"Python {m['python']}. Date: {result['date']}. Command: `{result['command']}`.",
-        f"torch threads: {result['threads']}; each number is the fastest of {result['repeat']} runs in a fresh "
+        f"torch threads: {result['threads']} (decode's default since 2026-12-06: a worker per idle core, one torch "
+        f"thread each); each number is the fastest of {result['repeat']} runs in a fresh "
         "process (peak RSS: the largest); the machine was shared, so wall fps is a lower bound.", "",
     ]
     if result["rows"]:

@@ -19,12 +19,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from kpcodec.media import audio as audio_codec
 from kpcodec import bitstream
 from kpcodec.media import video, y4m
-from kpcodec.codec.parallel import fixed_mmap_threshold
+from kpcodec.codec.parallel import DECODE_MMAP_THRESHOLD, fixed_mmap_threshold, idle_cores
 from kpcodec.errors import KpcFormatError, KpcodecError, OutputExistsError, UsageError
 from kpcodec.options import DecodeOptions, EncodeOptions
 
@@ -33,6 +33,7 @@ Warn = Callable[[str], None]  # one warning line, e.g. the CLI's "kpcodec: warni
 # x264 preset of decode's MP4: veryfast costs 2 ms a 256x256 frame against medium's 5 ms
 # (a tenth of a real-time frame budget) at CRF 18, where the two look the same.
 DECODE_PRESET = "veryfast"
+DECODE_WORKERS = 4  # decode's default workers at most (measured on 2 cores only)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Summary:
     skipped: int = 0  # input frames that did not decode (encode --ignore-errors)
     audio_bytes: int = 0  # the opus chunk, framing included
     refreshes: int = 0  # new source images sent (encode --refresh auto)
-    base_bytes: int = 0  # the base layer's packets (hybrid mode)
+    base_bytes: int = 0  # the base layer's packets, framing included (hybrid mode)
     base_layer: str | None = None  # its settings, SIZE@DIV:CRF
     base_errors: int = 0  # base frames that did not decode (decode --ignore-errors)
     source_quality: int | None = None  # the source image's quality (encode; the rate control may pick it)
@@ -230,7 +231,7 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
         out.commit()
     return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
-                   base_bytes=enc.base_stream.bytes if enc.base_stream else 0,
+                   base_bytes=enc.base_bytes,
                    base_layer=str(enc.base.settings) if enc.base_stream else None,
                    source_quality=enc.source_quality)
 
@@ -253,12 +254,16 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     (counted in `Summary.base_errors`) instead of stopping.
 
     The file's audio (an `opus` chunk) is muxed into the video as is, unless `audio` is False.
-    `threads`: None renders in this thread on torch's own threads (every core: fastest on an idle
-    machine, 27.7 against 21.3 fps for two workers); 1 renders in this thread on one torch thread;
-    N >= 2 on N single-threaded workers (kpcodec.codec.parallel), which keep their pace when other jobs
-    take a core (torch's own threads wait on each other then: measured 2 fps on a busy machine).
+    `threads`: 1 renders in this thread on one torch thread; N >= 2 on N single-threaded workers
+    (kpcodec.codec.parallel), which keep their pace when other jobs take a core (torch's own threads
+    wait on each other then: measured 2 fps on a busy machine); None: a worker per idle core, at most
+    DECODE_WORKERS (one idle core: inline). Two workers were also the faster on the idle 2-core box
+    once rendering's activations stopped being mmapped (DECODE_MMAP_THRESHOLD): hybrid 34-37 against
+    29-32 fps for torch's own two threads, keypoints only 41-43 against 34-38 (2026-12-06).
     """
     o = DecodeOptions.of(options, **fields).checked()
+    if o.threads is None:
+        o = replace(o, threads=min(DECODE_WORKERS, idle_cores()))
     name = _display_name(input)
     check_output(output, force, (input,))
     container, _ = video.container_for(output)  # a suffix it cannot write fails before any work
@@ -268,7 +273,7 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     from kpcodec.bitstream import packets
     from kpcodec.codec.decoder import Decoder, frame_range
 
-    fixed_mmap_threshold()  # flat memory on long outputs (see kpcodec.codec.parallel)
+    fixed_mmap_threshold(DECODE_MMAP_THRESHOLD)  # flat memory on long outputs, activations on the heap (kpcodec.codec.parallel)
 
     # A file is read whole (it is small; frames are rendered as its packets are parsed); a pipe
     # piece by piece as it comes. The sound comes before the first keypoints (AUDIO slices).
@@ -290,18 +295,20 @@ def decode(input, output, options: DecodeOptions | None = None, *, force: bool =
     sound = _Sound(o.audio, bool(first or last is not None), container, output, name, warn)
     with video.VideoWriter(output, header.fps, (header.width, header.height), preset=DECODE_PRESET) as writer:
         try:
+            def put(frames) -> None:
+                for frame in frames:
+                    writer.write(frame)
+                    if progress:
+                        progress(dec.done, total)
+
             for item in items:
                 if isinstance(item, packets.AudioSlice):
                     sound.add(writer, item)
                     continue
-                for frame in dec.pushing(item):
-                    writer.write(frame)
-                    if progress:
-                        progress(dec.done, total)
+                put(dec.pushing(item))
                 if dec.finished:
                     break
-            for frame in dec.flush():
-                writer.write(frame)
+            put(dec.flush())  # workers hold up to 2 batches each: the last frames come out here
         finally:
             dec.close()
         if dec.done == 0:

@@ -132,6 +132,8 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar or s
 
 Workers = Annotated[Optional[int], typer.Option(
     "--threads", help="1: the model on one torch thread; N >= 2: N workers of one torch thread each. Steadier on a busy machine (default: torch's own threads, fastest when idle).")]
+DecodeWorkers = Annotated[Optional[int], typer.Option(
+    "--threads", help="1: the model on one torch thread; N >= 2: N workers of one torch thread each (default: a worker per idle core, at most 4).")]
 
 
 KeyframeInterval = Annotated[Optional[float], typer.Option(
@@ -158,7 +160,7 @@ def encode(
     base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF], e.g. 96@3:63 (default: off, auto with --bitrate).")] = None,
     bitrate: Annotated[Optional[str], typer.Option("--bitrate", "-b", help="Target total rate of source image + keypoints + base layer (audio apart), e.g. 6k; picks keep-every, base layer and source quality.")] = None,
     base_mix: Annotated[str, typer.Option("--base-mix", help="With a base layer: how far the decoder trusts the rendering against the moved base frame, 0-1, or 'auto' (the encoder fits it on a sample of the frames).")] = "auto",
-    packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet: fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 128).")] = 128,
+    packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet (and base-layer frames per BASE packet): fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 128).")] = 128,
     keyframe_interval: KeyframeInterval = None,
     threads: Workers = None,
     force: Force = False,
@@ -202,7 +204,7 @@ def decode(
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="A cut or damaged file decodes up to its last whole packet (with a warning), a base-layer frame that does not decode from the keypoints alone, instead of stopping.")] = False,
     start: Annotated[float, typer.Option("--start", help="Seconds: render from the first frame at or after this time (a 2.0 file is entered at its last keyframe before it).")] = 0.0,
     end: Annotated[Optional[float], typer.Option("--end", help="Seconds: stop before the first frame at or after this time.")] = None,
-    threads: Workers = None,
+    threads: DecodeWorkers = None,
     force: Force = False,
     quiet: Quiet = False,
 ):

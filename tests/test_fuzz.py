@@ -251,3 +251,48 @@ def test_info_on_broken_files_is_one_line(tmp_path_factory, data):
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("kpcodec: error: "), result.stderr
         assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ format 2.x packets
+
+PACKET_SEEDS = [(ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes() for name in ("v2_0", "v2_1", "v2_2")]
+
+
+def _packets_of(data: bytes) -> tuple[bytes, list]:
+    from kpcodec.bitstream import packets as pk
+
+    out, pos = [], len(pk.PREAMBLE)
+    while pos < len(data):
+        packet, size = pk.split_packet(data[pos:], pos)
+        out.append(packet)
+        pos += size
+    return data[:len(pk.PREAMBLE)], out
+
+
+@FUZZ
+@given(st.sampled_from(PACKET_SEEDS), st.data())
+def test_2x_packet_payload_mutations_with_good_framing(seed, data):
+    """One packet's payload mutated (BASE bundles, HEAD, KEYPOINTS...), its length and CRC made good
+    again: the reader parses it or refuses it with KpcFormatError, nothing else."""
+    from kpcodec.bitstream import packets as pk
+
+    preamble, packets = _packets_of(seed)
+    kinds = sorted({p.kind for p in packets})
+    kind = data.draw(st.sampled_from(kinds))
+    i = data.draw(st.sampled_from([n for n, p in enumerate(packets) if p.kind == kind]))
+    p = bytearray(packets[i].payload)
+    how = data.draw(st.sampled_from(["flip", "overwrite", "cut", "extend", "varint"]))
+    if how == "flip" and p:
+        for pos in data.draw(st.lists(st.integers(0, len(p) * 8 - 1), min_size=1, max_size=8)):
+            p[pos // 8] ^= 1 << (pos % 8)
+    elif how == "overwrite" and p:
+        at = data.draw(st.integers(0, len(p) - 1))
+        p[at:at + 4] = data.draw(st.binary(min_size=1, max_size=4))
+    elif how == "cut" and p:
+        del p[data.draw(st.integers(0, len(p) - 1)):]
+    elif how == "varint":  # a count or size field set to something extreme
+        p[:1] = data.draw(st.sampled_from([b"\x00", b"\x7f", b"\xff\xff\xff\x7f", b"\x80\x00"]))
+    else:
+        p[len(p):] = data.draw(st.binary(min_size=1, max_size=16))
+    packets[i] = pk.Packet(kind, packets[i].seq, packets[i].frame, bytes(p))
+    parse(preamble + b"".join(bytes(x) for x in packets))

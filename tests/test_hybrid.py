@@ -116,10 +116,13 @@ def test_encode_decode_info_with_a_base_layer(runner, clip48, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "base layer 32@2:50" in r.stderr
     stream = bitstream.read_file(kpc)
-    assert stream.version == (2, 1) and stream.base is not None  # 2.1: its HEAD has the mix it fitted
+    assert stream.version == (2, 2) and stream.base is not None  # 2.2: its base frames in one BASE packet
     assert (stream.base.size, stream.base.divisor, stream.base.crf, len(stream.base.packets)) == (32, 2, 50, 12)
     info = json.loads(run(runner, "info", kpc, "--json").stdout)
     assert info["base_layer"]["frames"] == 12 and info["budget"]["base"]["bytes"] > 12 * 2
+    # encode's summary counts the base layer as info does (every BASE packet, framing included)
+    kbps = float(r.stderr.split("base layer 32@2:50 ")[1].split(" kb/s")[0])
+    assert kbps == pytest.approx(info["budget"]["base"]["kbps"], abs=0.006)
     assert "base layer (AV1 32x32" in run(runner, "info", kpc).stdout
     r = run(runner, "decode", kpc, "-o", mp4)
     assert r.exit_code == 0, r.stderr
@@ -169,7 +172,7 @@ def test_the_encoder_fits_the_mix_and_the_decoder_applies_it(runner, clip48, tmp
         assert r.exit_code == 0, r.stderr
         info = json.loads(run(runner, "info", kpc, "--json").stdout)
         out[mix] = info["base_layer"]["mix"]
-        assert info["format_version"] == ("2.0" if mix == "1" else "2.1")
+        assert info["format_version"] == "2.2"  # a base layer (2.2's BASE packets), with or without a mix
         assert run(runner, "decode", kpc, "-o", tmp_path / f"m{mix}.mp4").exit_code == 0
     assert (out["1"], out["0"], out["0.5"]) == (1.0, 0.0, 0.5) and 0.0 <= out["auto"] <= 1.0
     frames = {m: np.stack(list(Decoder(bitstream.read_file(tmp_path / f"m{m}.kpc"), DecodeOptions(threads=1))

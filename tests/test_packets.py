@@ -49,7 +49,8 @@ def test_every_golden_stream_round_trips_through_2_0(name, packet_frames):
     s = bitstream.read_file(GOLDEN / f"{name}.kpc")
     data = pk.join(pk.stream_packets(as_2_0(s), packet_frames))
     r = bitstream.loads(data)
-    assert r.version == (2, 0) and r.header.frame_count == s.header.frame_count
+    # 2.0, the oldest 2.x that reads it; with a base layer (1.4) 2.2, whose BASE packets it has
+    assert r.version == ((2, 2) if s.base else (2, 0)) and r.header.frame_count == s.header.frame_count
     assert np.array_equal(r.sent_indices, s.sent_indices)
     assert np.array_equal(r.keypoints, s.keypoints) and np.array_equal(r.jacobians, s.jacobians)
     assert [(x.frame, x.data) for x in r.refreshes] == [(x.frame, x.data) for x in s.refreshes]
@@ -76,24 +77,9 @@ def test_golden_2_0_decodes_exactly():
     assert [k for k, _ in bitstream.chunk_table(data)].count("KPRC") > 2  # several keypoint packets
 
 
-def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
-    """2.1 adds the base layer's mix to HEAD; a writer marks a file 2.1 only when it has one."""
-    data = (GOLDEN / "v2_1.kpc").read_bytes()
-    ref = np.load(GOLDEN / "v2_1.npz")
-    s = bitstream.loads(data)
-    assert s.version == (2, 1) and data[8:10] == b"\x02\x01"
-    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 2, 60, 40, 20)
-    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
-    assert pk.join(pk.stream_packets(s, 3)) == data  # written back byte for byte (3 sent frames a packet)
-    assert bitstream.dumps(dataclasses.replace(s, base=dataclasses.replace(s.base, mix=bitstream.MIX_FULL)))[8:10] \
-        == b"\x02\x00"  # no mix: 2.0, as a 2.0 reader reads it
-    with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the mix flag in a file that says 2.0
-        bitstream.loads(data[:9] + b"\x00" + data[10:])
-    with pytest.raises(KpcFormatError, match="2.2 stream needs a newer kpcodec"):
-        bitstream.loads(data[:9] + b"\x02" + data[10:])
-    with pytest.raises(KpcFormatError, match="mix needs format 2.1"):  # 1.4 has no field for it
-        bitstream.dumps(dataclasses.replace(s, version=(1, 4)))
-    for n in range(0, len(data), 7):
+def _cuts_and_flips_are_refused(data: bytes, every: int) -> None:
+    """Every `every`-th truncation and one bit of each byte (a different one from byte to byte)."""
+    for n in range(0, len(data), every):
         with pytest.raises(KpcFormatError):
             bitstream.loads(data[:n])
     for byte in range(len(data)):
@@ -101,6 +87,60 @@ def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
         flipped[byte] ^= 1 << (byte * 5 % 8)
         with pytest.raises(KpcFormatError):
             bitstream.loads(bytes(flipped))
+
+
+def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
+    """2.1 adds the base layer's mix to HEAD (one base frame a BASE packet); written again it is 2.2."""
+    data = (GOLDEN / "v2_1.kpc").read_bytes()
+    ref = np.load(GOLDEN / "v2_1.npz")
+    s = bitstream.loads(data)
+    assert s.version == (2, 1) and data[8:10] == b"\x02\x01"
+    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 2, 60, 40, 20)
+    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    assert [k for k, _ in bitstream.chunk_table(data)].count("BASE") == 20
+    again = pk.join(pk.stream_packets(s, 3))
+    assert again[8:10] == b"\x02\x02" and bitstream.loads(again).base == s.base  # the same stream, in 2.2
+    assert len(again) < len(data)  # fewer BASE packets
+    with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the mix flag in a file that says 2.0
+        bitstream.loads(data[:9] + b"\x00" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.3 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x03" + data[10:])
+    with pytest.raises(KpcFormatError, match="mix needs format 2.1"):  # 1.4 has no field for it
+        bitstream.dumps(dataclasses.replace(s, version=(1, 4)))
+    _cuts_and_flips_are_refused(data, every=7)
+
+
+def test_golden_2_2_bundles_base_frames_and_decodes_exactly():
+    """2.2: a BASE packet holds the base frames of a keypoint packet (a count, the sizes but the
+    last's, the units); a file without a base layer stays 2.0."""
+    data = (GOLDEN / "v2_2.kpc").read_bytes()
+    ref = np.load(GOLDEN / "v2_2.npz")
+    s = bitstream.loads(data)
+    assert s.version == (2, 2) and data[8:10] == b"\x02\x02"
+    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 3, 55, 24, 14)
+    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    sys.path.insert(0, str(GOLDEN))
+    try:
+        import make_golden
+    finally:
+        sys.path.remove(str(GOLDEN))
+    assert s.base.packets == make_golden.golden_stream_2_2().base.packets
+    assert pk.join(pk.stream_packets(s, 3)) == data  # written back byte for byte (3 sent frames a packet)
+    bases = [p for p in pk.PacketReader().feed(data) if isinstance(p, pk.BaseFrame)]
+    assert [b.frame for b in bases] == list(range(0, 40, 3))
+    assert 1 < [k for k, _ in bitstream.chunk_table(data)].count("BASE") < 14  # bundled, not one a frame
+    assert bitstream.dumps(dataclasses.replace(s, base=None))[8:10] == b"\x02\x00"
+    _cuts_and_flips_are_refused(data, every=5)
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"\x00ab", "count 0"), (b"\x03\x01\x01", "run past"), (b"\x02\x00ab", "unit size of 0"),
+    (b"\x02\x05abc", "run past"), (b"\x02\x02ab", "run past"), (b"\x80", "count None"),
+])
+def test_a_malformed_bundle_of_base_frames_is_a_format_error(payload, why):
+    with pytest.raises(KpcFormatError, match=why):
+        pk.split_base_units(payload)
+    assert pk.split_base_units(b"\x02\x02abc") == [b"ab", b"c"] and pk.split_base_units(b"\x01z") == [b"z"]
 
 
 def test_every_truncation_and_bit_flip_is_a_format_error():

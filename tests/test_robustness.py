@@ -81,13 +81,19 @@ def test_interrupt_leaves_no_output(command, signum, code, long_clip, long_kpc, 
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "TMPDIR": str(work)}
-    stdin = subprocess.DEVNULL
+    stdin, feed = subprocess.DEVNULL, None
     if command == "decode":
+        # Fed through a pipe held open, the first half only: the decode cannot end before the
+        # signal, however fast the machine (CI once rendered the whole file, 4000 frames in 10 s,
+        # before a signal sent 0.2 s after it began writing arrived).
         out = work / "out.mp4"
-        args = ["decode", str(long_kpc), "-o", str(out)]
+        args = ["decode", "-", "-o", str(out)]
+        stdin = subprocess.PIPE
+        data = long_kpc.read_bytes()
+        feed = data[:len(data) // 2]
 
-        def started():  # the writer's temp file exists: frames are being rendered and written
-            return any(p.name.startswith(".out.mp4.") for p in work.iterdir())
+        def started():  # the writer's temp file holds frames: they are being rendered and written
+            return any(p.name.startswith(".out.mp4.") and p.stat().st_size > 0 for p in work.iterdir())
     else:
         out = work / "out.kpc"
         src = "-" if command == "encode-stdin" else str(long_clip)
@@ -101,15 +107,22 @@ def test_interrupt_leaves_no_output(command, signum, code, long_clip, long_kpc, 
         else:
             def started():  # reading the input video
                 return _has_open(proc.pid, long_clip.resolve())
+    proc = None
     try:
         proc = subprocess.Popen(KPCODEC + args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, cwd=work)
+        if feed is not None:
+            proc.stdin.write(feed)  # the decoder reads as it renders; the pipe stays open
+            proc.stdin.flush()
         _wait_for(started, proc)
         time.sleep(0.2)
         proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)  # stdin still open: only the signal can end it
+        stdout, stderr = proc.communicate(timeout=30)
     finally:
-        if stdin is not subprocess.DEVNULL:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if stdin not in (subprocess.DEVNULL, subprocess.PIPE):
             stdin.close()
     assert proc.returncode == code, stderr.decode()
     assert stderr.decode().strip().splitlines()[-1] == "kpcodec: interrupted"

@@ -189,7 +189,8 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(runner, clip, tmp_pa
     assert progress and all(re.fullmatch(r"encode: \d+/12 frames, [\d.]+ fps(, ETA \d+ s)?", ln) for ln in progress)
     assert lines_of(result)[-1].startswith("encoded 12 frames")
     result = run(runner, "decode", tmp_path / "a.kpc", "-o", tmp_path / "a.mp4")
-    assert any(re.fullmatch(r"decode: \d+/12 frames, [\d.]+ fps(, ETA \d+ s)?", ln) for ln in lines_of(result))
+    assert result.exit_code == 0, result.stderr
+    assert any(re.fullmatch(r"decode: \d+/12 frames, [\d.]+ fps(, ETA \d+ s)?", ln) for ln in lines_of(result)), result.stderr
     quiet = encode_tiny(runner, clip, tmp_path / "b.kpc", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
     # compare says how many encodes it will run, before it runs them.

@@ -44,6 +44,18 @@ def test_train_resume_and_compact_checkpoint(data_dir, tmp_path):
     assert all(np.isfinite(r["train"]["total"]) for r in logged if "train" in r)
 
 
+def test_a_run_continued_under_a_finer_recipe_takes_its_rate(data_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from kpcodec.train import recipe
+
+    out = tmp_path / "run"
+    run_training("tiny", data_dir, out, steps=2, recipe="tiny", quiet=True)
+    monkeypatch.setitem(recipe.RECIPES, "tiny-fine", replace(recipe.RECIPES["tiny"], lr=1e-6))
+    t = run_training("tiny", data_dir, out, steps=3, recipe="tiny-fine", quiet=True, resume=True)
+    assert t.step == 3 and [g["lr"] for g in t.opt.param_groups] == [1e-6] * len(t.opt.param_groups)
+
+
 def test_generator_only_recipe_starts_from_another_config_and_freezes_the_motion(data_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 

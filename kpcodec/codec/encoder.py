@@ -125,6 +125,7 @@ class Encoder:
         self.sound = None  # the input's Opus track (set_audio), and its slices still to go out
         self._slices: list = []
         self.audio_bytes = 0  # the AUDIO packets', framing included
+        self.base_bytes = 0  # the BASE packets', framing included (as `info` counts them)
         self.keyframes = 0  # keyframes made on request (live mode's feedback) or by keyframe_interval
         self._request = 0  # 1: a keypoint keyframe is asked for, 2: with a new source image
         self._keyframe_at: dict[int, bytes | None] = {}  # sent frame -> its new source image (None: keypoints only)
@@ -302,10 +303,14 @@ class Encoder:
         if chosen != keep_every and not self.refreshes:
             header = replace(header, keep_every=chosen)
             sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
-        if self.base_stream is None and o.plan.target_kbps is not None and not self.refreshes:
-            # Keypoint-only under its target: what is left goes to the source image. The file less
-            # its source image's bytes (+4: the image's length field may grow).
-            other = len(bitstream.dumps(stream_at(chosen))) - len(source_data) + 4
+        if o.plan.target_kbps is not None and not self.refreshes:
+            # Under its target (keypoint-only, or the largest base layer at its lowest CRF): what is
+            # left goes to the source image. The file less its source image's bytes (+4: the image's
+            # length field may grow; a mix of 0 in HEAD: the byte the fitted mix may take).
+            at = stream_at(chosen)
+            if self.base_stream is not None:
+                at = replace(at, base=replace(self.base_stream, mix=0))
+            other = len(bitstream.dumps(at)) - len(source_data) + 4
             self.source_quality, better = rc.spend_on_source(
                 o.plan.target_kbps, count / float(self.fps), other, o.source_quality,
                 lambda q: source_image.encode_image(self.source, o.source_codec, q))
@@ -333,6 +338,7 @@ class Encoder:
             self.mix_sample = None
         packets = pk.stream_packets(stream, o.packet_frames)
         self.audio_bytes = sum(len(bytes(p)) for p in packets if p.kind == "A")
+        self.base_bytes = sum(len(bytes(p)) for p in packets if p.kind == "B")
         return packets
 
     @property

@@ -85,21 +85,31 @@ def runnable_others(samples: int = 9, interval_s: float = 0.005) -> float:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+ENCODE_MMAP_THRESHOLD = 128 * 1024
+# Rendering at 128 KiB mmapped every activation (a 256x256x32 float map is 8 MiB) and paid its
+# page faults on every use: the hybrid decode fell from 33-34 to 22 fps (1 MiB: 24-26, 4-16 MiB:
+# 30-32, 32 MiB: 33-35; liveportrait_d10, keep-every 2, 96@3:63, 2026-12-06). At 32 MiB (glibc's
+# largest) a 3,584-frame decode stays flat: 325-355 MB inline, 380-425 MB on two workers.
+DECODE_MMAP_THRESHOLD = 32 << 20
 
 
 @functools.cache
-def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
-    """Pin glibc's mmap threshold (once per process; True if it took).
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def fixed_mmap_threshold(nbytes: int = ENCODE_MMAP_THRESHOLD) -> bool:
+    """Pin glibc's mmap threshold at `nbytes` (True if it took; the last call wins).
 
     glibc raises the threshold each time a large block is freed, after which video frames
     (192 KiB at 256x256) come from the heap arenas; allocated by the decoding thread and freed
     in others (workers, torch's own threads), they fragmented the arenas so that a 10-minute
-    encode grew to 4.2-4.6 GB. Pinned, frames are mmapped and returned to the system at once:
-    measured flat (325 MB at 10 s, 332 MB at 60 s). encode calls it on every path.
+    encode grew to 4.2-4.6 GB. Pinned at 128 KiB, frames are mmapped and returned to the system at
+    once: measured flat (325 MB at 10 s, 332 MB at 60 s). encode calls it on every path; decode
+    pins DECODE_MMAP_THRESHOLD, above its activations, instead.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes))
+        return bool(_libc().mallopt(_M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):  # not glibc: nothing to pin
         return False
 
@@ -126,12 +136,12 @@ class OrderedPool:
     memory stays flat however many come; workers <= 1 runs each item inline as it is submitted.
     A push-driven encoder uses it directly; `ordered_map` is its loop over an iterable."""
 
-    def __init__(self, fn: Callable[[T], R], workers: int):
+    def __init__(self, fn: Callable[[T], R], workers: int, mmap_threshold: int = ENCODE_MMAP_THRESHOLD):
         self.fn, self.workers = fn, workers
         self.pending: deque = deque()
         self.pool = None
         if workers > 1:
-            fixed_mmap_threshold()
+            fixed_mmap_threshold(mmap_threshold)
             self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kpcodec")
 
     def submit(self, item: T) -> list[R]:

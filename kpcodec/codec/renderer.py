@@ -51,6 +51,14 @@ class Renderer:
         with _torch().inference_mode():
             return self.net.prepare_source(frames_to_tensor([image]))
 
+    def upsample_base(self, small: np.ndarray):
+        """A decoded base frame (h, w, 3) uint8 as the model takes it: (1, 3, H, W), upsampled to
+        the model size (a render given it does not upsample it again)."""
+        from kpcodec.models.frames import frames_to_tensor
+
+        with _torch().inference_mode():
+            return self.net.base_image(frames_to_tensor([small]))
+
     def render(self, state, kp, jac, base=(None, None, None), mix=None) -> list[np.ndarray]:
         """Frames for a batch of keypoints (B, K, 2) and Jacobians (B, K, 2, 2), numpy or tensors.
 

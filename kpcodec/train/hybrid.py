@@ -30,7 +30,7 @@ from kpcodec.media import baselayer
 from kpcodec.eval.metrics import ssim as ssim_np
 from kpcodec.codec.renderer import Detector, Renderer
 from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
-from kpcodec.codec.parallel import fixed_mmap_threshold, ordered_map
+from kpcodec.codec.parallel import DECODE_MMAP_THRESHOLD, fixed_mmap_threshold, ordered_map
 from kpcodec.train import adversarial, losses
 from kpcodec.train.data import PairSampler, decode_clip, load_clips
 from kpcodec.train.evaluate import MONITOR_CLIPS
@@ -101,6 +101,8 @@ class HybridTrainer(Trainer):
         if self.disc is not None and "discriminator" in ck:  # a run without one starts it fresh
             self.disc.load_state_dict(ck["discriminator"])
             self.disc_opt.load_state_dict(ck["discriminator_optimizer"])
+            for group in self.disc_opt.param_groups:  # the recipe's rate, as for the generator
+                group["lr"] = self.recipe.lr_discriminator
 
     # -- data ----------------------------------------------------------------------------
     def load_data(self, progress=None) -> None:
@@ -122,7 +124,7 @@ class HybridTrainer(Trainer):
         print(f"base layer: {len(jobs)} clip codings in {time.time() - t0:.0f} s", flush=True)
         # The loading threads pinned glibc's mmap threshold (kpcodec.codec.parallel), which makes every
         # large training tensor a fresh mmap: steps ran at half speed (2.6 against 1.35 s).
-        fixed_mmap_threshold(32 << 20)
+        fixed_mmap_threshold(DECODE_MMAP_THRESHOLD)
         t0 = time.time()
         self.keypoints = {c.name: self._cached_keypoints(c) for c in self.sampler.clips}
         print(f"keypoints of {self.train_frames} frames in {time.time() - t0:.0f} s", flush=True)

@@ -53,6 +53,9 @@ RECIPES = {
     # A hybrid generator (kpcodec.train.hybrid) grown from a trained one: its base-layer paths
     # start at zero, so the rate of `generator-grow`.
     "hybrid": replace(_GENERATOR_ONLY, lr=2e-4),
+    # The last steps of a `hybrid` run, at a tenth of its rate (its loss flat after ~1,000 steps at
+    # 2e-4: the step size, not the model, sets the noise floor).
+    "hybrid-fine": replace(_GENERATOR_ONLY, lr=2e-5),
     # `hybrid` plus FOMM's adversarial and feature-matching terms (its weights: 1 and 10),
     # against the blur; continued from a `hybrid` run.
     "hybrid-gan": replace(_GENERATOR_ONLY, lr=2e-4, w_gan=1.0, w_feature_matching=10.0),

@@ -148,6 +148,10 @@ class Trainer:
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         if "optimizer" in ck:
             self.opt.load_state_dict(ck["optimizer"])
+            # The recipe's rate, not the saved one: a run continued under a finer recipe (e.g.
+            # hybrid -> hybrid-fine) must take its smaller steps (load_state_dict restores the old lr).
+            for group in self.opt.param_groups:
+                group["lr"] = self.recipe.lr
             for state in self.opt.state.values():  # compact files keep moments in bf16
                 for k, v in state.items():
                     if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:

@@ -1,7 +1,7 @@
-"""Build the golden .kpc files that pin down formats 1.0 to 1.4, 2.0 and 2.1 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.4 and 2.0 to 2.2 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py [NAME ...]``. It writes
-``v1_0.kpc`` to ``v1_4.kpc``, ``v2_0.kpc`` and ``v2_1.kpc`` (the encoded streams) and their ``.npz``
+``v1_0.kpc`` to ``v1_4.kpc``, ``v2_0.kpc`` to ``v2_2.kpc`` (the encoded streams) and their ``.npz``
 (the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -118,6 +118,17 @@ def golden_stream_2_1() -> KpcStream:
     return stream
 
 
+def golden_stream_2_2() -> KpcStream:
+    """Format 2.2: 2.1's stream, its base frames bundled in BASE packets (of at most 3 base frames,
+    as the packets of 3 sent frames; 30 frames of stand-in bytes, every 3rd frame, mix 24/64)."""
+    stream = golden_stream_2_0()
+    stream.version = (2, 2)
+    stream.extra_chunks = [("note", b"golden 2.2")]
+    packets = [hashlib.sha256(b"base 2.2 %d" % i).digest()[: 1 + i % 9] * (1 + i % 3) for i in range(14)]
+    stream.base = BaseLayer(size=16, divisor=3, crf=55, packets=packets, mix=24)
+    return stream
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
@@ -131,7 +142,7 @@ def write(name: str, stream: KpcStream) -> None:
 
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
            "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
-           "v2_1": golden_stream_2_1}
+           "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2}
 
 
 def main() -> None:
