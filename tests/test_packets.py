@@ -190,6 +190,26 @@ def test_writer_refuses_what_a_reader_would_refuse():
         w.end(0)
 
 
+def test_writer_bundles_base_frames_before_the_keypoints_and_keeps_extras_last():
+    s = bitstream.read_file(GOLDEN / "v1_4.kpc")
+    base = dataclasses.replace(s.base, packets=[])
+    w = pk.PacketWriter(s.header, base, packet_frames=3)
+    out = w.take() + w.source(0, s.source_codec, s.source_data)
+    units = [bytes([n + 1]) * (n + 2) for n in range(6)]
+    for n, unit in enumerate(units[:4]):  # base frames 0..3 (every 2nd video frame), then keypoints
+        out += w.base_frame(n * base.divisor, unit)
+    with pytest.raises(KpcFormatError, match="go in order"):
+        w.base_frame(6 * base.divisor, units[4])
+    for i, kp, jac in zip(s.sent_indices[:4].tolist(), s.keypoints, s.jacobians):
+        out += w.keypoints(i, kp, jac)
+    out += w.base_frame(4 * base.divisor, units[4]) + w.extra("note", b"x") + w.end(s.header.frame_count)
+    kinds = [p.kind for p in out]
+    assert kinds[:3] == ["H", "S", "B"] and kinds.count("B") == 3  # 3 + 1 units, then the last alone
+    assert kinds[-3:] == ["X", "I", "E"] and kinds.index("B", 3) < kinds.index("X")  # nothing after EXTRA
+    got = [p for p in pk.PacketReader().feed(pk.join(out)) if isinstance(p, pk.BaseFrame)]
+    assert [(b.frame, b.data) for b in got] == [(n * base.divisor, u) for n, u in enumerate(units[:5])]
+
+
 # ------------------------------------------------------------------ streaming encode and decode
 
 

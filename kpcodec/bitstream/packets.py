@@ -382,9 +382,9 @@ class PacketWriter:
     """Stream content in, packets out, in stream order (see the module's docstring).
 
     `packet_frames` sent frames go in one keypoint packet (1: every sent frame at once, as live
-    mode wants); a source image or the end flushes the ones waiting first. Base frames wait the
-    same way, at most `packet_frames` of them, and go out as one BASE packet before any packet
-    but AUDIO.
+    mode wants); a source image, an extra or the end flushes the ones waiting first. Base frames
+    wait the same way, at most `packet_frames` of them, and go out as one BASE packet before any
+    packet but AUDIO.
     """
 
     def __init__(self, header: kc.Header, base: kc.BaseLayer | None = None,
@@ -493,7 +493,9 @@ class PacketWriter:
         return self._take()
 
     def extra(self, kind: str, payload: bytes) -> list[Packet]:
+        """An optional chunk; keypoints and base frames waiting go out first (EXTRA comes last)."""
         kc._check_extra(kind, payload)
+        self._flush_keypoints()
         self._out.append(self._packet("X", 0, kind.encode("ascii") + bytes(payload)))
         return self._take()
 
