@@ -416,8 +416,7 @@ class PacketWriter:
 
     def source(self, frame: int, codec: str, data: bytes) -> list[Packet]:
         """A source image from `frame` on; `frame` must be the next sent frame (a keyframe)."""
-        self._flush_keypoints()
-        self._flush_base()
+        self._flush_keypoints()  # and the base frames waiting
         if frame <= self.coder.last_frame and frame != 0:
             raise KpcFormatError(f"source image at frame {frame} does not follow sent frame {self.coder.last_frame}")
         self._out.append(self._packet("S", frame, kc._encode_srcf(codec, data)))

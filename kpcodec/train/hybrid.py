@@ -34,7 +34,7 @@ from kpcodec.codec.parallel import DECODE_MMAP_THRESHOLD, fixed_mmap_threshold, 
 from kpcodec.train import adversarial, losses
 from kpcodec.train.data import PairSampler, decode_clip, load_clips
 from kpcodec.train.evaluate import MONITOR_CLIPS
-from kpcodec.train.trainer import Trainer
+from kpcodec.train.trainer import Trainer, restore_optimizer
 
 # Base-layer settings trained on (size, CRF): one model for every rate the encoder picks.
 TRAIN_SETTINGS = ((64, 63), (96, 63), (128, 63), (96, 52), (128, 52))
@@ -100,9 +100,7 @@ class HybridTrainer(Trainer):
     def load_extra(self, ck: dict) -> None:
         if self.disc is not None and "discriminator" in ck:  # a run without one starts it fresh
             self.disc.load_state_dict(ck["discriminator"])
-            self.disc_opt.load_state_dict(ck["discriminator_optimizer"])
-            for group in self.disc_opt.param_groups:  # the recipe's rate, as for the generator
-                group["lr"] = self.recipe.lr_discriminator
+            restore_optimizer(self.disc_opt, ck["discriminator_optimizer"], self.recipe.lr_discriminator)
 
     # -- data ----------------------------------------------------------------------------
     def load_data(self, progress=None) -> None:

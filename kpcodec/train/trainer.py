@@ -41,6 +41,19 @@ def fp16_state(model) -> dict:
             for k, v in model.state_dict().items()}
 
 
+def restore_optimizer(opt, state: dict, lr: float) -> None:
+    """A saved optimiser state into `opt`, its moments in float32 (compact files keep them in bf16),
+    at the recipe's rate `lr`, not the saved one: a run continued under a finer recipe (e.g. hybrid
+    -> hybrid-fine) must take its smaller steps (load_state_dict restores the old lr)."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    for moments in opt.state.values():
+        for k, v in moments.items():
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
+                moments[k] = v.float()
+
+
 def compact_checkpoint(full: dict) -> dict:
     """A small resume file to commit: fp16 weights, bf16 Adam moments (bf16 keeps fp32's range,
     so tiny second moments do not underflow to 0 and blow up the first steps after resuming)."""
@@ -147,15 +160,7 @@ class Trainer:
             return True
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         if "optimizer" in ck:
-            self.opt.load_state_dict(ck["optimizer"])
-            # The recipe's rate, not the saved one: a run continued under a finer recipe (e.g.
-            # hybrid -> hybrid-fine) must take its smaller steps (load_state_dict restores the old lr).
-            for group in self.opt.param_groups:
-                group["lr"] = self.recipe.lr
-            for state in self.opt.state.values():  # compact files keep moments in bf16
-                for k, v in state.items():
-                    if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
-                        state[k] = v.float()
+            restore_optimizer(self.opt, ck["optimizer"], self.recipe.lr)
         self.step = ck.get("step", 0)
         self.cpu_seconds = ck.get("cpu_seconds", 0.0)
         self.accelerator_seconds = ck.get("accelerator_seconds", 0.0)
