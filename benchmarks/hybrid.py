@@ -83,29 +83,35 @@ def redo_rows(args: tuple) -> tuple[str, list[dict]]:
     return Path(path).name, r.to_dict(per_frame=False)["rows"]
 
 
-def redo_hybrid(args: tuple) -> tuple[str, list[dict]]:
-    """Every hybrid row (fixed settings and rate targets) of one clip again (the other codecs'
-    rows do not change when only the hybrid mode does)."""
-    path, max_frames, landmarks, _ = args
+# --redo's row groups: which codecs' rows are run again.
+REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid")}
+
+
+def redo_group(args: tuple) -> tuple[str, list[dict]]:
+    """Every row of a REDO_GROUPS group of one clip again: "hybrid" the hybrid rows (fixed settings
+    and rate targets), "kpcodec" those and the keypoint-only ones (the classic codecs' rows do not
+    change when only kpcodec does)."""
+    path, max_frames, landmarks, group = args
     import torch
 
     torch.set_num_threads(1)
-    r = cmp.compare(path, codecs=("kpcodec-hybrid",), keep_every=(), max_frames=max_frames, landmarks=landmarks,
-                    threads=1, hybrid_kbps=TARGETS, hybrid_settings=hybrid_settings())
-    print(f"{Path(path).name}: hybrid rows again", file=sys.stderr, flush=True)
+    codecs = REDO_GROUPS[group]
+    r = cmp.compare(path, codecs=codecs, keep_every=(1, 2, 4) if "kpcodec" in codecs else (), max_frames=max_frames,
+                    landmarks=landmarks, threads=1, hybrid_kbps=TARGETS, hybrid_settings=hybrid_settings())
+    print(f"{Path(path).name}: {group} rows again", file=sys.stderr, flush=True)
     return Path(path).name, r.to_dict(per_frame=False)["rows"]
 
 
 def redo(done: dict, variant: str, max_frames: int, landmarks: bool, workers: int) -> None:
-    """Replace `variant`'s row ("hybrid": every kpcodec-hybrid row) in every finished clip's record
-    (and its per-clip BD-rates)."""
+    """Replace `variant`'s row (a REDO_GROUPS name: every row of those codecs) in every finished
+    clip's record (and its per-clip BD-rates)."""
     jobs = [(Path(rec["clip"]), max_frames, landmarks, variant) for rec in done.values()]
-    run = redo_hybrid if variant == "hybrid" else redo_rows
+    group = REDO_GROUPS.get(variant)
+    run = redo_group if group else redo_rows
     with ProcessPoolExecutor(max(1, workers)) as pool:
         for name, rows in pool.map(run, jobs):
             rec = done[name]
-            stale = (lambda r: r.get("codec") == "kpcodec-hybrid") if variant == "hybrid" else \
-                (lambda r: r.get("variant") == variant)
+            stale = (lambda r: r.get("codec") in group) if group else (lambda r: r.get("variant") == variant)
             rec["rows"] = [r for r in rec["rows"] if not stale(r)] + rows
             rec["bd_rate"] = cmp.bd_rates(mean_rows([rec["rows"]]))
 
@@ -235,8 +241,8 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore the clips already in hybrid-clips.jsonl")
     p.add_argument("--only-done", action="store_true", help="report on the clips hybrid-clips.jsonl holds, run no more")
-    p.add_argument("--redo", help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip, "
-                                  "or 'hybrid' for every hybrid row")
+    p.add_argument("--redo", help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip; "
+                                  "'hybrid': every hybrid row; 'kpcodec': those and the keypoint-only rows")
     p.add_argument("--reuse-speed", action="store_true", help="keep the decode-speed section of the last hybrid.json")
     p.add_argument("--drop", action="append", default=[], metavar="VARIANT=WHY",
                    help="leave a row out of the report, saying why (e.g. a bug found after the run)")
@@ -316,7 +322,9 @@ def render(meta: dict, record: list[dict], speeds: dict, out: Path) -> None:
         "`Rk`: `kpcodec encode --bitrate Rk` (rate control picks the base layer per clip). av1: SVT-AV1 "
         f"preset {classic.CODECS['av1'].preset} at full resolution. av1-low: the clip downscaled to SIZE, every "
         "DIV-th frame coded by SVT-AV1, bicubic-upscaled and held. Rates count every coded byte (the whole "
-        ".kpc; the whole AV1 stream); scores as in compare.md.",
+        ".kpc; the whole AV1 stream); scores as in compare.md, on each decoder's own RGB frames (kpcodec's "
+        "since 2026-12-06: before, on the MP4 that `kpcodec decode` writes, whose H.264 CRF 18 in 4:2:0 cost "
+        "kpcodec ~0.005 SSIM the AV1 rows did not pay). dec fps: kpcodec's decoder on one thread.",
         *[f"- **Left out:** `{v}`: {why}" for v, why in dropped.items()],
         "", "## Targets (issue 18)", "", *targets(rows, record),
         "", "## Mean over clips", "", *markdown_table(rows), "", "![rate-quality](hybrid.png)", "",

@@ -6,9 +6,12 @@ multiply by the occlusion map, then residual bottleneck and decoder back to an i
 A hybrid config (`base_fusion`) also takes a base-layer frame: the decoded low-resolution AV1
 frame, upsampled to the output size and moved to the frame's keypoints (MotionModel.base_image).
 A small conv stack adds it to the warped features at the bottleneck, and the output conv sees
-it beside the decoder's features. Both paths start at zero (the last conv of the stack, the
-output conv's weights on the base channels), so a hybrid grown from a trained generator starts
-as that generator. Without a base frame (a keypoint-only file, a lost base packet) the base
+it beside the decoder's features. `base_skips` (a later config) also adds it at the decoder's
+upper scales, where the bottleneck (a quarter of the output size) cannot see a 96-128 px base
+frame's finer detail: at half size after the first up block (the second turns it into features
+with the warped source's), and at full size before the output conv. Every path starts at zero (the
+last conv of each stack, the output conv's weights on the base channels), so a hybrid grown from a
+trained generator starts as that generator. Without a base frame (a keypoint-only file, a lost base packet) the base
 input is zeros.
 """
 from __future__ import annotations
@@ -44,6 +47,18 @@ class Generator(nn.Module):
                 self.base_in[-1].weight.zero_()
                 self.base_in[-1].bias.zero_()
                 self.final.weight[:, e:] = 0
+        self.base_skips = nn.ModuleList()
+        if self.base_fusion and cfg.base_skips:
+            # After each up block but the last that feeds the output conv: (channels, hidden).
+            for i in range(n):
+                out_ch = width(n - i - 1)
+                hidden = max(8, cfg.base_channels // 2)
+                stack = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(hidden, out_ch, 3, padding=1))
+                with torch.no_grad():
+                    stack[-1].weight.zero_()
+                    stack[-1].bias.zero_()
+                self.base_skips.append(stack)
         if self.warp_blend:
             # Start by trusting the warped source (sigmoid(2) = 0.88): sharp from step one.
             with torch.no_grad():
@@ -74,8 +89,10 @@ class Generator(nn.Module):
             small = resize(base, (h, w)) if base is not None else out.new_zeros(1, 3, h, w)
             out = out + self.base_in(small.to(out.dtype))
         out = self.bottleneck(out)
-        for block in self.up:
+        for i, block in enumerate(self.up):
             out = block(out)
+            if self.base_skips and base is not None:
+                out = out + self.base_skips[i](resize(base, out.shape[-2:]).to(out.dtype))
         if self.base_fusion:
             # The output conv over [features, base] as two convs (the same sum): the features'
             # channel count keeps its fast kernel, and a zero base adds nothing.

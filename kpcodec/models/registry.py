@@ -44,6 +44,8 @@ class ModelConfig:
     # and fuses it at the bottleneck and at the output (kpcodec.models.generator).
     base_fusion: bool = False
     base_channels: int = 32
+    # The base frame also added after each of the generator's up blocks (kpcodec.models.generator).
+    base_skips: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +77,9 @@ CONFIGS: dict[str, ModelConfig] = {
         # fomm-256-fast-wide + base-layer fusion, grown from it (its output without a base layer
         # is fast-wide's at step 0) and trained on frames that went through the AV1 base layer.
         replace(_WIDE, name="fomm-256-hybrid", base_fusion=True),
+        # fomm-256-hybrid + the base frame at the decoder's half and full sizes, grown from a
+        # trained fomm-256-hybrid (the new paths start at zero).
+        replace(_WIDE, name="fomm-256-hybrid-skips", base_fusion=True, base_skips=True),
         # For tests: tiny and fast, 64x64 frames, 4 keypoints (and the same with base fusion).
         _TINY,
         replace(_TINY, name="tiny-hybrid", base_fusion=True, base_channels=8),
