@@ -307,15 +307,23 @@ def test_keypoint_only_takes_the_densest_keep_every_within_the_target():
     assert ratecontrol.keypoint_only_keep(1.0, rates) == 4  # nothing fits: the cheapest
 
 
-def test_a_keypoint_only_file_under_its_target_spends_the_rest_on_the_source_image():
-    """The highest quality that keeps the file within the target; none above the current: as is."""
-    sizes = {40: 2000, 50: 2800, 60: 3800, 70: 5000}
+def test_a_file_under_its_target_spends_the_rest_on_the_source_image_and_one_over_it_saves_there():
+    """Under: the highest quality that keeps the file within the target (none above the current: as
+    is). Over: the highest lower quality that brings it within, else the lowest."""
+    sizes = {5: 600, 10: 800, 20: 1100, 30: 1400, 40: 2000, 50: 2800, 60: 3800, 70: 5000}
     code = lambda q: bytes(sizes[q])  # noqa: E731
+    at30 = bytes(1400)
     # 10 s: 1000 other bytes + 2800 = 3.04 kb/s fits 3.1k; 3800 more does not
-    assert ratecontrol.spend_on_source(3.1, 10.0, 1000, 30, code) == (50, bytes(2800))
-    assert ratecontrol.spend_on_source(1.0, 10.0, 1000, 30, code) == (30, None)
-    assert ratecontrol.spend_on_source(100.0, 10.0, 1000, 30, code)[0] == 70
-    assert ratecontrol.spend_on_source(100.0, 10.0, 1000, 70, code) == (70, None)
+    assert ratecontrol.fit_source(3.1, 10.0, 1000, 30, at30, code) == (50, bytes(2800))
+    assert ratecontrol.fit_source(1.92, 10.0, 1000, 30, at30, code) == (30, None)  # 1.92 kb/s: just fits
+    assert ratecontrol.fit_source(100.0, 10.0, 1000, 30, at30, code)[0] == 70
+    assert ratecontrol.fit_source(100.0, 10.0, 1000, 70, bytes(5000), code) == (70, None)
+    assert ratecontrol.fit_source(1.84, 10.0, 1000, 30, at30, code) == (30, None)  # 4% over: kept
+    # over: 1000 + 1100 = 1.68 kb/s is within 1.65k + 5% (q20); 1.5k needs q10 (1.44); 1.0k fits nothing: q5
+    assert ratecontrol.fit_source(1.65, 10.0, 1000, 30, at30, code) == (20, bytes(1100))
+    assert ratecontrol.fit_source(1.5, 10.0, 1000, 30, at30, code) == (10, bytes(800))
+    assert ratecontrol.fit_source(1.0, 10.0, 1000, 30, at30, code) == (5, bytes(600))
+    assert ratecontrol.fit_source(1.0, 10.0, 1000, 5, bytes(600), code) == (5, None)  # nothing lower
 
 
 def test_the_rate_control_raises_the_source_quality_of_a_keypoint_only_file(runner, tmp_path):

@@ -305,14 +305,15 @@ class Encoder:
             sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
         if o.plan.target_kbps is not None and not self.refreshes:
             # Under its target (keypoint-only, or the largest base layer at its lowest CRF): what is
-            # left goes to the source image. The file less its source image's bytes (+4: the image's
-            # length field may grow; a mix of 0 in HEAD: the byte the fitted mix may take).
+            # left goes to the source image; over it (a short clip), the source image gives back what
+            # it can. The file less its source image's bytes (+4: the image's length field may grow;
+            # a mix of 0 in HEAD: the byte the fitted mix may take).
             at = stream_at(chosen)
             if self.base_stream is not None:
                 at = replace(at, base=replace(self.base_stream, mix=0))
             other = len(bitstream.dumps(at)) - len(source_data) + 4
-            self.source_quality, better = rc.spend_on_source(
-                o.plan.target_kbps, count / float(self.fps), other, o.source_quality,
+            self.source_quality, better = rc.fit_source(
+                o.plan.target_kbps, count / float(self.fps), other, o.source_quality, source_data,
                 lambda q: source_image.encode_image(self.source, o.source_codec, q))
             source_data = self.source_data = better or source_data
         if self.base_stream is None and o.model is None and net.cfg.base_fusion:

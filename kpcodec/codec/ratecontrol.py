@@ -197,23 +197,42 @@ def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps, keep: int) -> 
                               {k: _kbps(len(bitstream.dumps(stream_at(k))), seconds) for k in KEEP_CHOICES})
 
 
-# Qualities a keypoint-only file under its rate target may raise its source image to (AVIF q30 ->
-# q50: about +1.3 KB and +0.005 SSIM on val, benchmarks/results/source_image.md).
+# Qualities a file under its rate target may raise its source image to (AVIF q30 -> q50: about +1.3 KB
+# and +0.005 SSIM on val, benchmarks/results/source_image.md), and those a file over it lowers it to:
+# a 3-4 s clip at 3-4k cannot pay for a q30 image (+69-125% over the target, 2026-12-06). On two val
+# clips at 96@3:63, q30 -> q15 saved 0.30-0.45 kb/s for -0.001/-0.005 SSIM, q5 0.47-0.66 kb/s for
+# -0.003/-0.010 (runs/exp/levers.py, 2026-12-06).
 SOURCE_QUALITIES = (40, 50, 60, 70)
+SAVING_QUALITIES = (20, 10, 5)
+OVER_OK = 1.05  # a file this far over its target keeps its source image (the estimates' noise)
 
 
-def spend_on_source(target_kbps: float, seconds: float, other_bytes: int, quality: int, code) -> tuple[int, bytes | None]:
-    """What a keypoint-only file left under its rate target spends on its source image: (the highest
-    quality above `quality` whose file, `other_bytes` + the image `code(q)` gives, stays within the
-    target, its bytes), or (`quality`, None) where none does."""
+def fit_source(target_kbps: float, seconds: float, other_bytes: int, quality: int, current: bytes,
+               code) -> tuple[int, bytes | None]:
+    """The source image of a file with a rate target, once everything else in it is known
+    (`other_bytes`), as (quality, its bytes), or (`quality`, None) to keep `current`: under the target,
+    the highest quality above `quality` whose file stays within it; over it by more than OVER_OK, the
+    highest of the lower SAVING_QUALITIES that brings it within that, else the lowest of them (the
+    nearest to the target)."""
+    def fits(data, slack: float = 1.0) -> bool:
+        return _kbps(other_bytes + len(data), seconds) <= target_kbps * slack
+
     best = (quality, None)
-    for q in SOURCE_QUALITIES:
-        if q <= quality:
+    if fits(current, OVER_OK):
+        for q in SOURCE_QUALITIES:
+            if q <= quality:
+                continue
+            data = code(q)
+            if not fits(data):
+                break
+            best = (q, data)
+        return best
+    for q in SAVING_QUALITIES:
+        if q >= quality:
             continue
-        data = code(q)
-        if _kbps(other_bytes + len(data), seconds) > target_kbps:
+        best = (q, code(q))
+        if fits(best[1], OVER_OK):
             break
-        best = (q, data)
     return best
 
 
