@@ -81,29 +81,40 @@ def test_grown_hybrid_starts_as_its_generator_and_the_base_changes_it():
         assert not torch.allclose(shipped.render(s2, kp, jac, base), shipped.render(s2, kp, jac))
 
 
-def test_a_hybrid_grown_into_base_skips_renders_the_same_until_they_train():
+@pytest.mark.parametrize("extra", [{"base_skips": True}, {"flow_refine": True}])
+def test_a_hybrid_grown_into_more_base_paths_renders_the_same_until_they_train(extra):
     from dataclasses import replace
 
     from kpcodec.models.fomm import MotionModel
     from kpcodec.models.registry import CONFIGS
 
     hybrid = load_model("tiny-hybrid")
-    cfg = replace(CONFIGS["tiny-hybrid"], name="tiny-hybrid-skips", base_skips=True)
-    skips = MotionModel(cfg).eval()
-    skips.load_state_dict(grow(hybrid.state_dict(), cfg))
-    assert len(skips.generator.base_skips) == cfg.gen_num_down
+    cfg = replace(CONFIGS["tiny-hybrid"], name="tiny-hybrid-more", **extra)
+    more = MotionModel(cfg).eval()
+    more.load_state_dict(grow(hybrid.state_dict(), cfg))
+    new = [m for m in (more.generator.base_skips, more.generator.flow_refine) if m]
+    assert len(new) == 1
     torch.manual_seed(3)
     x, base = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         kp, jac = hybrid.detect(x)
         a = hybrid.render(hybrid.prepare_source(x[:1]), kp, jac, base)
-        assert torch.equal(a, skips.render(skips.prepare_source(x[:1]), kp, jac, base))  # zero-initialised
-        for stack in skips.generator.base_skips:  # as training would move them
-            stack[-1].weight.normal_(0, 0.1)
-        b = skips.render(skips.prepare_source(x[:1]), kp, jac, base)
+        state = more.prepare_source(x[:1])
+        assert torch.equal(a, more.render(state, kp, jac, base))  # zero-initialised
+        last = [stack[-1] for stack in more.generator.base_skips] or [more.generator.flow_refine[-1]]
+        for conv in last:  # as training would move them
+            conv.weight.normal_(0, 0.1)
+            conv.bias.normal_(0, 0.1)
+        b = more.render(state, kp, jac, base)
         assert (a - b).abs().mean() > 1e-3
-        # and the skips see the base: another base frame, another picture
-        assert not torch.allclose(b, skips.render(skips.prepare_source(x[:1]), kp, jac, base.flip(0)))
+        # a frame without a base (zeros) renders as the plain hybrid does
+        zero = base.clone()
+        zero[1] = 0
+        c = more.render(state, kp, jac, zero)
+        d = hybrid.render(hybrid.prepare_source(x[:1]), kp, jac, zero)
+        if extra.get("flow_refine"):
+            torch.testing.assert_close(c[1], d[1])
+            assert (c[0] - d[0]).abs().mean() > 1e-3
 
 
 def test_a_base_frame_moves_only_when_the_keypoints_do():

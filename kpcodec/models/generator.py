@@ -11,7 +11,13 @@ upper scales, where the bottleneck (a quarter of the output size) cannot see a 9
 frame's finer detail: at half size after the first up block (the second turns it into features
 with the warped source's), and at full size before the output conv. Every path starts at zero (the
 last conv of each stack, the output conv's weights on the base channels), so a hybrid grown from a
-trained generator starts as that generator. Without a base frame (a keypoint-only file, a lost base packet) the base
+trained generator starts as that generator.
+
+`flow_refine` (a later config) lets the base frame correct the keypoints' flow: a small network at
+the flow's size sees the base frame, the source warped by the flow, and the flow, and adds a
+correction (zero at first) before anything is warped. Ten keypoints move a face only roughly; the
+misaligned detail they leave is what a generator learns to blur, and the base frame shows where
+things really are. Without a base frame (a keypoint-only file, a lost base packet) the base
 input is zeros.
 """
 from __future__ import annotations
@@ -52,13 +58,22 @@ class Generator(nn.Module):
             # After each up block but the last that feeds the output conv: (channels, hidden).
             for i in range(n):
                 out_ch = width(n - i - 1)
-                hidden = max(8, cfg.base_channels // 2)
+                hidden = 8 if i == n - 1 else max(8, cfg.base_channels // 2)  # full size: slim (decode time)
                 stack = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(hidden, out_ch, 3, padding=1))
                 with torch.no_grad():
                     stack[-1].weight.zero_()
                     stack[-1].bias.zero_()
                 self.base_skips.append(stack)
+        self.flow_refine = None
+        if self.base_fusion and cfg.flow_refine:
+            c = cfg.base_channels
+            self.flow_refine = nn.Sequential(nn.Conv2d(8, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1),
+                                             nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                             nn.Conv2d(c, 2, 3, padding=1))
+            with torch.no_grad():
+                self.flow_refine[-1].weight.zero_()
+                self.flow_refine[-1].bias.zero_()
         if self.warp_blend:
             # Start by trusting the warped source (sigmoid(2) = 0.88): sharp from step one.
             with torch.no_grad():
@@ -70,10 +85,26 @@ class Generator(nn.Module):
             out = block(out)
         return out
 
+    def refine(self, flow: torch.Tensor, source: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """The flow (B,h,w,2) corrected by the base frames (B,3,H,W); items whose base is all zeros
+        (none: a lost base packet, training's dropout) keep their flow."""
+        size = flow.shape[1:3]
+        small_base = resize(base, size).float()
+        small_source = resize(source[:1] if source.shape[0] != flow.shape[0] else source, size).float()
+        if small_source.shape[0] != flow.shape[0]:
+            small_source = small_source.expand(flow.shape[0], -1, -1, -1)
+        warped = warp(small_source, flow.float())
+        x = torch.cat([small_base, warped, flow.float().permute(0, 3, 1, 2)], 1)
+        delta = self.flow_refine(x.to(next(self.flow_refine.parameters()).dtype)).float().permute(0, 2, 3, 1)
+        present = (base.flatten(1).amax(1) > 0).to(delta.dtype).view(-1, 1, 1, 1)
+        return (flow.float() + delta * present).to(flow.dtype)
+
     def decode(self, features: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor,
                source: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """`base` (B,3,H,W) in [0,1] at the output size, hybrid configs only (None: no base frame)."""
         b = flow.shape[0]
+        if self.flow_refine is not None and base is not None:
+            flow = self.refine(flow, source, base)
         full_flow = flow
         if features.shape[0] != b:
             features = features.expand(b, -1, -1, -1)

@@ -46,6 +46,8 @@ class ModelConfig:
     base_channels: int = 32
     # The base frame also added after each of the generator's up blocks (kpcodec.models.generator).
     base_skips: bool = False
+    # The base frame corrects the keypoints' flow before the generator warps (kpcodec.models.generator).
+    flow_refine: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,9 +79,10 @@ CONFIGS: dict[str, ModelConfig] = {
         # fomm-256-fast-wide + base-layer fusion, grown from it (its output without a base layer
         # is fast-wide's at step 0) and trained on frames that went through the AV1 base layer.
         replace(_WIDE, name="fomm-256-hybrid", base_fusion=True),
-        # fomm-256-hybrid + the base frame at the decoder's half and full sizes, grown from a
-        # trained fomm-256-hybrid (the new paths start at zero).
-        replace(_WIDE, name="fomm-256-hybrid-skips", base_fusion=True, base_skips=True),
+        # Grown from a trained fomm-256-hybrid (the new paths start at zero): the base frame also
+        # corrects the keypoints' flow; and, in -refine, it is also added at the decoder's half and full sizes.
+        replace(_WIDE, name="fomm-256-hybrid-flow", base_fusion=True, flow_refine=True),
+        replace(_WIDE, name="fomm-256-hybrid-refine", base_fusion=True, base_skips=True, flow_refine=True),
         # For tests: tiny and fast, 64x64 frames, 4 keypoints (and the same with base fusion).
         _TINY,
         replace(_TINY, name="tiny-hybrid", base_fusion=True, base_channels=8),
