@@ -201,7 +201,7 @@ def settle_keypoint_only(plan: Plan, stream_at, frames: int, fps, keep: int) -> 
 # and +0.005 SSIM on val, benchmarks/results/source_image.md), and those a file over it lowers it to:
 # a 3-4 s clip at 3-4k cannot pay for a q30 image (+69-125% over the target, 2026-12-06). On two val
 # clips at 96@3:63, q30 -> q15 saved 0.30-0.45 kb/s for -0.001/-0.005 SSIM, q5 0.47-0.66 kb/s for
-# -0.003/-0.010 (runs/exp/levers.py, 2026-12-06).
+# -0.003/-0.010 (benchmarks/results/hybrid-levers.md).
 SOURCE_QUALITIES = (40, 50, 60, 70)
 SAVING_QUALITIES = (20, 10, 5)
 OVER_OK = 1.05  # a file this far over its target keeps its source image (the estimates' noise)
