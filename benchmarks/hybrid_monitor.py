@@ -6,8 +6,8 @@ training change (e.g. the adversarial term of the `hybrid-gan` recipe) helps, on
     python benchmarks/hybrid_monitor.py fomm-256-hybrid fomm-256-hybrid-v2 fomm-256-hybrid-sharp
     python benchmarks/hybrid_monitor.py gan=checkpoints/fomm-256-hybrid-gan/resume.pt   # a run's checkpoint
 
-A model is a shipped model's name or a checkpoint of the `fomm-256-hybrid` config. The base layer is
-coded as kpcodec.train.hybrid codes it (every kept frame, stride 2), at each `--setting` SIZE:CRF,
+A model is a shipped model's name or a training checkpoint (of the config it names; `fomm-256-hybrid`
+if none). The base layer is coded as kpcodec.train.hybrid codes it (every kept frame, stride 2), at each `--setting` SIZE:CRF,
 the decoder's divisor 2 between base frames; source = frame 0, every frame's own keypoints.
 Writes benchmarks/results/hybrid-monitor.md and .json.
 """
@@ -39,8 +39,11 @@ def load(spec: str):
 
     if spec in WEIGHTS:
         return load_model(spec), {"source": f"shipped {WEIGHTS[spec].file}"}
-    model, ck = load_checkpoint("fomm-256-hybrid", spec)
-    about = {"source": spec}
+    import torch
+
+    config = torch.load(spec, map_location="cpu", weights_only=False).get("config", "fomm-256-hybrid")
+    model, ck = load_checkpoint(config, spec)
+    about = {"source": spec, "config": config}
     for k in ("step", "recipe"):
         if k in ck:
             about[k] = ck[k]
