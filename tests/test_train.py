@@ -56,6 +56,23 @@ def test_a_run_continued_under_a_finer_recipe_takes_its_rate(data_dir, tmp_path,
     assert t.step == 3 and [g["lr"] for g in t.opt.param_groups] == [1e-6] * len(t.opt.param_groups)
 
 
+def test_a_recipes_fresh_parameters_train_at_their_own_rate_and_keep_it_on_resume(data_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from kpcodec.train import recipe
+
+    monkeypatch.setitem(recipe.RECIPES, "tiny-grow", replace(recipe.RECIPES["tiny"], lr=1e-5, fresh=("generator.final",),
+                                                             fresh_lr=3e-4))
+    out = tmp_path / "run"
+    t = run_training("tiny", data_dir, out, steps=2, recipe="tiny-grow", quiet=True)
+    fresh, rest = t.opt.param_groups[1], t.opt.param_groups[0]
+    names = {id(p): n for n, p in t.model.named_parameters()}
+    assert {names[id(p)] for p in fresh["params"]} == {"generator.final.weight", "generator.final.bias"}
+    assert (rest["lr"], fresh["lr"]) == (1e-5, 3e-4)
+    t2 = run_training("tiny", data_dir, out, steps=3, recipe="tiny-grow", quiet=True, resume=True)
+    assert t2.step == 3 and [g["lr"] for g in t2.opt.param_groups] == [1e-5, 3e-4]
+
+
 def test_generator_only_recipe_starts_from_another_config_and_freezes_the_motion(data_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 

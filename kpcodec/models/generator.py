@@ -6,19 +6,20 @@ multiply by the occlusion map, then residual bottleneck and decoder back to an i
 A hybrid config (`base_fusion`) also takes a base-layer frame: the decoded low-resolution AV1
 frame, upsampled to the output size and moved to the frame's keypoints (MotionModel.base_image).
 A small conv stack adds it to the warped features at the bottleneck, and the output conv sees
-it beside the decoder's features. `base_skips` (a later config) also adds it at the decoder's
-upper scales, where the bottleneck (a quarter of the output size) cannot see a 96-128 px base
-frame's finer detail: at half size after the first up block (the second turns it into features
-with the warped source's), and at full size before the output conv. Every path starts at zero (the
-last conv of each stack, the output conv's weights on the base channels), so a hybrid grown from a
-trained generator starts as that generator.
+it beside the decoder's features. Without a base frame (a keypoint-only file, a lost base packet)
+the base input is zeros.
 
-`flow_refine` (a later config) lets the base frame correct the keypoints' flow: a small network at
-the flow's size sees the base frame, the source warped by the flow, and the flow, and adds a
-correction (zero at first) before anything is warped. Ten keypoints move a face only roughly; the
-misaligned detail they leave is what a generator learns to blur, and the base frame shows where
-things really are. Without a base frame (a keypoint-only file, a lost base packet) the base
-input is zeros.
+Two later options: `base_skips` also adds the base frame at the decoder's upper scales, where the
+bottleneck (a quarter of the output size) cannot see a 96-128 px base frame's finer detail: at half
+size after the first up block (the second turns it into features with the warped source's), and at
+full size before the output conv. `flow_refine` lets the base frame correct the keypoints' flow: a
+small network at the flow's size sees the base frame, the source warped by the flow and the flow's
+displacement, and adds a correction before anything is warped (not where the base is zeros). Ten
+keypoints move a face only roughly; the misaligned detail they leave is what a generator learns to
+blur, and the base frame shows where things really are.
+
+Every base path starts at zero (the last conv of each stack, the output conv's weights on the base
+channels), so a hybrid grown from a trained generator starts as that generator.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kpcodec.models.blocks import DownBlock, ResBlock, SameBlock, UpBlock, resize, warp
+from kpcodec.models.blocks import DownBlock, ResBlock, SameBlock, UpBlock, make_coordinate_grid, resize, warp
 
 
 class Generator(nn.Module):
@@ -94,7 +95,9 @@ class Generator(nn.Module):
         if small_source.shape[0] != flow.shape[0]:
             small_source = small_source.expand(flow.shape[0], -1, -1, -1)
         warped = warp(small_source, flow.float())
-        x = torch.cat([small_base, warped, flow.float().permute(0, 3, 1, 2)], 1)
+        # The flow as a displacement (a convolution does not know where it is in the frame).
+        moved = flow.float() - make_coordinate_grid(*size, device=flow.device)
+        x = torch.cat([small_base, warped, moved.permute(0, 3, 1, 2)], 1)
         delta = self.flow_refine(x.to(next(self.flow_refine.parameters()).dtype)).float().permute(0, 2, 3, 1)
         present = (base.flatten(1).amax(1) > 0).to(delta.dtype).view(-1, 1, 1, 1)
         return (flow.float() + delta * present).to(flow.dtype)

@@ -41,13 +41,25 @@ def fp16_state(model) -> dict:
             for k, v in model.state_dict().items()}
 
 
-def restore_optimizer(opt, state: dict, lr: float) -> None:
+def param_groups(model, recipe) -> list[dict]:
+    """The optimiser's parameter groups: the trained parameters at the recipe's `lr`, and those named
+    by its `fresh` at `fresh_lr` (a second group, only where the recipe names some)."""
+    fresh, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (fresh if any(f in name for f in recipe.fresh) else rest).append(p)
+    return [{"params": rest, "lr": recipe.lr}] + ([{"params": fresh, "lr": recipe.fresh_lr}] if fresh else [])
+
+
+def restore_optimizer(opt, state: dict, lr) -> None:
     """A saved optimiser state into `opt`, its moments in float32 (compact files keep them in bf16),
-    at the recipe's rate `lr`, not the saved one: a run continued under a finer recipe (e.g. hybrid
-    -> hybrid-fine) must take its smaller steps (load_state_dict restores the old lr)."""
+    at the recipe's rate `lr` (one, or one per group), not the saved one: a run continued under a
+    finer recipe (e.g. hybrid -> hybrid-fine) must take its smaller steps (load_state_dict restores
+    the old lr)."""
     opt.load_state_dict(state)
-    for group in opt.param_groups:
-        group["lr"] = lr
+    rates = lr if isinstance(lr, (list, tuple)) else [lr] * len(opt.param_groups)
+    for group, rate in zip(opt.param_groups, rates):
+        group["lr"] = rate
     for moments in opt.state.values():
         for k, v in moments.items():
             if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
@@ -100,8 +112,7 @@ class Trainer:
         self.seed = seed
         self.model = build_model(config).to(self.device)
         self._freeze()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=self.recipe.lr, betas=self.recipe.betas)
+        self.opt = torch.optim.Adam(param_groups(self.model, self.recipe), lr=self.recipe.lr, betas=self.recipe.betas)
         # Several ranks: DistributedDataParallel averages the gradients and broadcasts rank 0's buffers.
         self.ddp = None
         if self.world > 1:
@@ -160,7 +171,7 @@ class Trainer:
             return True
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         if "optimizer" in ck:
-            restore_optimizer(self.opt, ck["optimizer"], self.recipe.lr)
+            restore_optimizer(self.opt, ck["optimizer"], [g["lr"] for g in param_groups(self.model, self.recipe)])
         self.step = ck.get("step", 0)
         self.cpu_seconds = ck.get("cpu_seconds", 0.0)
         self.accelerator_seconds = ck.get("accelerator_seconds", 0.0)
