@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--clips", default=",".join(CLIPS))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--note", action="append", default=[], help="a line for the report")
+    p.add_argument("--note", action="append", default=[], help="a line for the report (replaces the kept ones)")
     a = p.parse_args(argv)
     jsonl = OUT.with_suffix(".jsonl")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.is_file() else []
@@ -119,7 +119,12 @@ def main(argv=None) -> int:
                     rows.append(row)
                     f.write(json.dumps(row) + "\n")
                     f.flush()
-    report(rows, command.strip(), a.note)
+    # The report's notes are kept beside its rows: a run without --note keeps the last ones.
+    notes_file = OUT.with_suffix(".notes.json")
+    if a.note:
+        notes_file.write_text(json.dumps(a.note, indent=1) + "\n")
+    notes = a.note or (json.loads(notes_file.read_text()) if notes_file.is_file() else [])
+    report(rows, command.strip(), notes)
     return 0
 
 
