@@ -89,14 +89,21 @@ def _cuts_and_flips_are_refused(data: bytes, every: int) -> None:
             bitstream.loads(bytes(flipped))
 
 
+def _golden_with_base(name: str, version: tuple[int, int], base: tuple):
+    """(bytes, stream) of golden file `name`.kpc, checked against its .npz: its version (header and
+    bytes 8-9), base layer (size, divisor, CRF, mix, packet count) and sent keypoints."""
+    data = (GOLDEN / f"{name}.kpc").read_bytes()
+    ref = np.load(GOLDEN / f"{name}.npz")
+    s = bitstream.loads(data)
+    assert s.version == version and data[8:10] == bytes(version)
+    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == base
+    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    return data, s
+
+
 def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
     """2.1 adds the base layer's mix to HEAD (one base frame a BASE packet); written again it is 2.2."""
-    data = (GOLDEN / "v2_1.kpc").read_bytes()
-    ref = np.load(GOLDEN / "v2_1.npz")
-    s = bitstream.loads(data)
-    assert s.version == (2, 1) and data[8:10] == b"\x02\x01"
-    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 2, 60, 40, 20)
-    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    data, s = _golden_with_base("v2_1", (2, 1), (16, 2, 60, 40, 20))
     assert [k for k, _ in bitstream.chunk_table(data)].count("BASE") == 20
     again = pk.join(pk.stream_packets(s, 3))
     assert again[8:10] == b"\x02\x02" and bitstream.loads(again).base == s.base  # the same stream, in 2.2
@@ -113,12 +120,7 @@ def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
 def test_golden_2_2_bundles_base_frames_and_decodes_exactly():
     """2.2: a BASE packet holds the base frames of a keypoint packet (a count, the sizes but the
     last's, the units); a file without a base layer stays 2.0."""
-    data = (GOLDEN / "v2_2.kpc").read_bytes()
-    ref = np.load(GOLDEN / "v2_2.npz")
-    s = bitstream.loads(data)
-    assert s.version == (2, 2) and data[8:10] == b"\x02\x02"
-    assert (s.base.size, s.base.divisor, s.base.crf, s.base.mix, len(s.base.packets)) == (16, 3, 55, 24, 14)
-    assert np.array_equal(s.sent_indices, ref["sent_indices"]) and np.array_equal(s.keypoints, ref["keypoints"])
+    data, s = _golden_with_base("v2_2", (2, 2), (16, 3, 55, 24, 14))
     sys.path.insert(0, str(GOLDEN))
     try:
         import make_golden

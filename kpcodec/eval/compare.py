@@ -28,8 +28,6 @@ Nothing here prints; the CLI and :mod:`kpcodec.eval.report` render a :class:`Com
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -334,8 +332,8 @@ def write_lossless(path: str, frames: Sequence[np.ndarray], fps: Fraction) -> No
         raise VideoError(f"cannot write the temp input clip {path}: {e}") from e
 
 
-def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, workdir: str, k, model: str | None, duration: float,
-                 n: int, predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
+def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, k, model: str | None, duration: float, n: int,
+                 predictor: str | None = None, bitrate: float | None = None, base_layer: str | None = None):
     """kpcodec at keep-every `k`; in hybrid mode (`model` None: the default hybrid model) at target
     `bitrate` kb/s, or at keep-every `k` with the fixed `base_layer` settings. The frames go
     straight into the encoder (kpcodec.codec.encoder), and the .kpc's bytes through the decoder
@@ -349,8 +347,6 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, workdir: str, k, m
     from kpcodec.options import EncodeOptions
 
     hybrid = bitrate is not None or base_layer is not None
-    tag = f"k{k}" if not hybrid else f"b{bitrate:g}" if bitrate is not None else f"k{k}-{base_layer}"
-    kpc = os.path.join(workdir, f"{tag}.kpc")
     options = (EncodeOptions(bitrate=f"{bitrate:g}k", model=model, predictor=predictor) if bitrate is not None
                else EncodeOptions(keep_every=k, model=model, predictor=predictor, base_layer=base_layer))
     start = time.perf_counter()
@@ -359,10 +355,9 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, workdir: str, k, m
         data = bitstream.packets.join(packets + enc.flush())
     encode_s = time.perf_counter() - start
     base_label = str(enc.base.settings) if enc.base_stream else None
-    bitstream.write_bytes(kpc, data)
     srcf = sum(size for kind, size in bitstream.chunk_table(data) if kind == "SRCF")
-    h = bitstream.loads(data).header
-    stream = bitstream.read_file(kpc)
+    stream = bitstream.loads(data)
+    h = stream.header
     start = time.perf_counter()
     decoded = list(Decoder(stream).frames())
     decode_s = time.perf_counter() - start
@@ -705,20 +700,18 @@ def compare(path, *, codecs: Sequence[str] = ALL_CODECS, keep_every: Sequence[in
             old_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
         try:
-            with tempfile.TemporaryDirectory(prefix="kpcodec-compare-") as work:
-                _kpcodec_row(originals[:2], fps, work, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
-                for k in keep_every if "kpcodec" in codecs else ():
-                    row, decoded, kpcodec_info = _kpcodec_row(originals, fps, work, k, model_name, duration, n,
-                                                              predictor)
-                    _score(row, originals, decoded, original_marks, tick)
-                    rows.append(row)
-                hybrid_runs = [(2, b, None) for b in hybrid_kbps] + [(k, None, t) for k, t in hybrid_settings]
-                for k, b, settings in hybrid_runs:
-                    row, decoded, info_h = _kpcodec_row(originals, fps, work, k, None, duration, n, predictor,
-                                                        bitrate=b, base_layer=settings)
-                    kpcodec_info.setdefault("hybrid_model", info_h["model"])
-                    _score(row, originals, decoded, original_marks, tick)
-                    rows.append(row)
+            _kpcodec_row(originals[:2], fps, 1, model_name, duration, 2)  # warm-up: first-call costs are not fps
+            for k in keep_every if "kpcodec" in codecs else ():
+                row, decoded, kpcodec_info = _kpcodec_row(originals, fps, k, model_name, duration, n, predictor)
+                _score(row, originals, decoded, original_marks, tick)
+                rows.append(row)
+            hybrid_runs = [(2, b, None) for b in hybrid_kbps] + [(k, None, t) for k, t in hybrid_settings]
+            for k, b, settings in hybrid_runs:
+                row, decoded, info_h = _kpcodec_row(originals, fps, k, None, duration, n, predictor,
+                                                    bitrate=b, base_layer=settings)
+                kpcodec_info.setdefault("hybrid_model", info_h["model"])
+                _score(row, originals, decoded, original_marks, tick)
+                rows.append(row)
         finally:
             if torch is not None and old_threads:
                 torch.set_num_threads(old_threads)
