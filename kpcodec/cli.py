@@ -512,15 +512,16 @@ def _compare_summary(result, written: list[str]) -> str:
     versus = next((h for h in ssim_items if h.codec == "x264"), ssim_items[0] if ssim_items else None)
     if versus is not None:
         r = kp[0]
+        # Only the verdict's own text is formatted (the others' fields may be None).
         verdict = {
-            "ratio": (f"{versus.codec} needs {versus.ratio:.1f}x its rate for that SSIM"
-                      if versus.ratio is not None and versus.ratio >= 1
-                      else f"{versus.codec} wins ({versus.ratio or 0:.2f}x its rate for that SSIM)"),
-            "classic-wins": f"{versus.codec} wins outright",
-            "no-overlap": f"no overlap with {versus.codec} (its floor: {format_kb(versus.classic_kbps)} kb/s at "
-                          f"SSIM {versus.classic_value:.3f})",
-            "above-sweep": f"{versus.codec} needs more than its whole sweep",
-        }[versus.verdict]
+            "ratio": lambda: (f"{versus.codec} needs {versus.ratio:.1f}x its rate for that SSIM"
+                              if versus.ratio is not None and versus.ratio >= 1
+                              else f"{versus.codec} wins ({versus.ratio or 0:.2f}x its rate for that SSIM)"),
+            "classic-wins": lambda: f"{versus.codec} wins outright",
+            "no-overlap": lambda: (f"no overlap with {versus.codec} (its floor: {format_kb(versus.classic_kbps)} kb/s "
+                                   f"at SSIM {versus.classic_value:.3f})"),
+            "above-sweep": lambda: f"{versus.codec} needs more than its whole sweep",
+        }[versus.verdict]()
         line += f"; kpcodec k={r.param}: {format_kb(r.kbps)} kb/s at SSIM {r.ssim:.3f}, {verdict}"
     if written:
         line += " -> " + ", ".join(written)

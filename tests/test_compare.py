@@ -213,3 +213,18 @@ def test_cli_json_and_usage_errors(runner, clip):
                                                               "side-by-side")]:
         res = runner.invoke(app, ["compare", str(clip), "--model", "tiny", *bad])
         assert res.exit_code == 2 and needle in res.stderr, (bad, res.stderr)
+
+
+def test_the_summary_line_formats_only_its_own_verdict():
+    """An interpolated ratio has no classic end point (classic_value None): the summary must not
+    format the no-overlap text for it (it raised a TypeError, a traceback after a whole compare)."""
+    from types import SimpleNamespace
+
+    from kpcodec.cli import _compare_summary
+
+    head = cmp.Headline("ssim", "total", "av1-low", 2, 22.4, 0.774, "ratio", 0.24, None, 5.4, None, None, "t")
+    row = SimpleNamespace(param=2, kbps=22.4, ssim=0.774, codec="kpcodec")
+    result = SimpleNamespace(rows=[row], frames=40, size=256, seconds=26.0, headline=[head],
+                             rows_for=lambda codec: [row] if codec == "kpcodec" else [])
+    line = _compare_summary(result, [])
+    assert line.endswith("av1-low wins (0.24x its rate for that SSIM)")
