@@ -232,7 +232,7 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
     return Summary(enc.frames, time.perf_counter() - start, out.size, enc.header.duration_s, str(output),
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
                    base_bytes=enc.base_bytes,
-                   base_layer=str(enc.base.settings) if enc.base_stream else None,
+                   base_layer=enc.base_stream.label if enc.base_stream else None,
                    source_quality=enc.source_quality)
 
 

@@ -3,6 +3,7 @@ CLI with the tiny-hybrid model, rate control, and bad base-layer data."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,15 +218,30 @@ def test_the_encoder_fits_the_mix_and_the_decoder_applies_it(runner, clip48, tmp
     assert np.abs(frames["0"] - frames["1"]).mean() > 1  # the mix changes the picture
     # The fit: the least-squares weight of the sample's frames (here the original is the base's mean
     # with the rendering, so w = 0.5).
-    sample = fusion.FrameSample(cap=4)
-    for i in range(20):
-        sample.push(i, np.zeros((2, 2, 3), np.uint8))
-    assert sorted(sample.frames) == [0, 8, 16] and sample.stride == 8
     r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--model", "tiny-hybrid", "--base-mix", "0.5")
     assert r.exit_code == 2 and "--base-mix needs a base layer" in r.stderr
     r = run(runner, "encode", clip48, "-o", tmp_path / "x.kpc", "--base-layer", "32", "--model", "tiny-hybrid",
             "--base-mix", "2")
     assert r.exit_code == 2 and "--base-mix must be auto or a number from 0 to 1" in r.stderr
+
+
+def test_the_sample_is_flat_spans_the_clip_and_every_phase_of_a_divisor():
+    """The frames a mix is fitted and a choice judged on: at most `cap` held, over the whole input,
+    and not only base frames (every stride-th frame would be, for divisors 2 and 4)."""
+    from kpcodec.codec import fusion
+
+    sample = fusion.FrameSample(cap=48)
+    before = None
+    for i in range(2000):
+        sample.push(i, None)
+        if sample.stride == 16 and before is None:
+            before = set(sample.frames)
+        assert len(sample.frames) <= 48
+    held = sorted(sample.frames)
+    assert sample.stride > 16 and len(held) >= 12 and held[-1] > 1500
+    for d in (2, 3, 4):
+        assert {t % d for t in held} == set(range(d)), d
+    assert set(held) <= before | set(range(max(before) + 1, 2000))  # a doubled stride keeps a subset
 
 
 def test_fit_mix_is_the_least_squares_weight(clip48):
@@ -309,6 +325,86 @@ def test_below_the_cheapest_base_layer_the_file_is_keypoint_only(runner, tmp_pat
     r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--bitrate", "1k", "--no-audio")
     assert r.exit_code == 0, r.stderr
     assert bitstream.read_file(kpc).base is None
+
+
+def test_a_rate_target_judges_its_choices_by_their_pictures_and_keeps_the_best():
+    """A clip that fits the look-ahead: one candidate per source quality tried (with the base layer
+    that fits what it leaves) and the keypoint-only file, each decoded on the sample; the file
+    written is the one whose sample looked best."""
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.media import video
+    from kpcodec.options import EncodeOptions
+
+    frames = list(video.read_frames(SAMPLE, 64))
+    with Encoder(EncodeOptions(bitrate="10k", model="tiny-hybrid", audio=False), video.probe(SAMPLE).fps,
+                 len(frames)) as enc:
+        packets = [p for f in frames for p in enc.push(f)]
+        data = bitstream.packets.join(packets + enc.flush())
+    judged = enc.rdo
+    assert len(judged) >= 2 and judged[-1][0].base is None and any(c.base is not None for c, _ in judged)
+    assert all(0 < score <= 1 for _, score in judged)
+    best, _ = max(judged, key=lambda j: j[1])
+    stream = bitstream.loads(data)
+    assert (stream.base is None) == (best.base is None)
+    if best.base is not None:
+        assert stream.base.label == best.base.label and stream.base.packets == best.base.packets
+    assert enc.source_quality >= best.quality or stream.base is None
+
+
+def test_a_clip_longer_than_the_look_ahead_is_judged_on_it(tmp_path):
+    """15 s at 3 fps: the rate control's look-ahead (10 s) fills before the end; the choices are
+    judged on its frames (the detector caught up first) and the base layer goes on with the winner."""
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.media import video
+    from kpcodec.options import EncodeOptions
+
+    path = make_clip(tmp_path / "long.mp4", frames=45, size=(96, 96), fps=3)
+    frames = list(video.read_frames(path, 64))
+    with Encoder(EncodeOptions(bitrate="6k", model="tiny-hybrid", audio=False), video.probe(path).fps,
+                 len(frames)) as enc:
+        packets = [p for f in frames for p in enc.push(f)]
+        assert enc.rdo, "judged when the look-ahead filled, before the end"
+        data = bitstream.packets.join(packets + enc.flush())
+    judged = enc.rdo
+    assert len(judged) >= 2 and judged[-1][0].base is None and all(0 < score <= 1 for _, score in judged)
+    best, _ = max(judged, key=lambda j: j[1])
+    stream = bitstream.loads(data)
+    assert stream.header.frame_count == 45
+    if best.base is None:
+        assert stream.base is None
+    else:
+        assert stream.base.label == best.base.label
+        assert len(stream.base.packets) == stream.base.frame_count(45)  # the whole clip, one stream
+
+
+def test_the_judge_scores_the_frames_a_receiver_decodes(clip48):
+    """fusion.judge's SSIM is the mean SSIM of the sample's frames as the Decoder hands them out (at the
+    file's mix; up to the rounding of the two parts it mixes)."""
+    from kpcodec import api
+    from kpcodec.codec import fusion
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.eval import metrics
+    from kpcodec.media import video
+    from kpcodec.options import DecodeOptions
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        kpc = Path(d) / "a.kpc"
+        api.encode(clip48, kpc, model="tiny-hybrid", base_layer="32@2:50", base_mix=0.5)
+        stream = bitstream.read_file(kpc)
+    originals = list(video.read_frames(clip48, 64))
+    sample = {t: originals[t] for t in (0, 3, 5, 8, 13)}
+    verdict = fusion.judge(stream, sample, threads=1, fit=False)
+    shown = list(Decoder(stream, DecodeOptions(threads=1)).frames())
+    expected = np.mean([metrics.ssim(f, shown[t]) for t, f in sample.items()])
+    assert verdict.mix == stream.base.mix == bitstream.MIX_FULL // 2
+    assert abs(verdict.ssim - expected) < 2e-3
+    # keypoint-only: judged as it decodes, no mix
+    plain = replace(stream, base=None)
+    v = fusion.judge(plain, sample, threads=1)
+    shown = list(Decoder(plain, DecodeOptions(threads=1)).frames())
+    assert v.mix == bitstream.MIX_FULL
+    assert abs(v.ssim - np.mean([metrics.ssim(f, shown[t]) for t, f in sample.items()])) < 1e-6
 
 
 def test_keypoint_only_takes_the_densest_keep_every_within_the_target():

@@ -131,6 +131,11 @@ class BaseLayer:
     def bytes(self) -> int:
         return sum(len(p) for p in self.packets)
 
+    @property
+    def label(self) -> str:
+        """Its settings as --base-layer writes them: SIZE@DIV:CRF."""
+        return f"{self.size}@{self.divisor}:{self.crf}"
+
 
 @dataclass
 class KpcStream:

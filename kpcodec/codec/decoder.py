@@ -139,7 +139,7 @@ class Decoder:
 
     def _set_base(self, base: bitstream.BaseLayer) -> None:
         if self.net.cfg.base_fusion:
-            self.base, self.base_label = base, _base_label(base)
+            self.base, self.base_label = base, base.label
 
     @property
     def fuse(self) -> bool:
@@ -384,9 +384,6 @@ class Decoder:
             self._repeats.discard(t)
             yield frame
 
-
-def _base_label(b: bitstream.BaseLayer) -> str:
-    return f"{b.size}@{b.divisor}:{b.crf}"
 
 
 class _BaseImage:

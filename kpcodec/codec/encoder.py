@@ -82,10 +82,15 @@ class Encoder:
             raise UsageError(f"model {self.name!r} cannot use a base layer "
                              f"(hybrid models: {', '.join(rc.hybrid_models())})")
         self.size = self.net.cfg.image_size
-        self.base = (rc.BaseLayerPass(plan, self.fps, o.source_quality, o.source_codec, frame_count or None)
+        rdo = plan.target_kbps is not None  # a rate target's split is judged by its pictures
+        self.base = (rc.BaseLayerPass(plan, self.fps, o.source_quality, o.source_codec, frame_count or None,
+                                      source_at=self._source_at if rdo else None,
+                                      pick=self._pick if rdo else None)
                      if plan.wants_base else None)
-        # the frames the base-layer mix is fitted on (kpcodec.codec.fusion)
-        self.mix_sample = fusion.FrameSample() if self.base is not None and o.base_mix == AUTO else None
+        # the frames the base-layer mix is fitted on and a rate target's choices are judged on
+        # (kpcodec.codec.fusion)
+        self.mix_sample = (fusion.FrameSample() if self.base is not None
+                           and (o.base_mix == AUTO or plan.target_kbps is not None) else None)
         self.checks = rf.CheckFrames(rf.check_spacing(float(self.fps))) if o.refresh == "auto" else None
         from kpcodec.codec.renderer import Detector
 
@@ -107,6 +112,9 @@ class Encoder:
         self.source = None
         self.source_data = None
         self.source_quality = o.source_quality  # rate control may raise it (keypoint-only under its target)
+        self._source_cache: dict[int, bytes] = {}  # quality -> frame 0 coded at it (rate control)
+        self._quality_of: dict[bytes, int] = {}
+        self.rdo: list = []  # a rate target's judged choices: (rc.Choice, sample SSIM)
         self.refreshes: list = []
         self.base_stream = None
         # Packets as frames come, unless a rate target or a base layer settles on the whole clip.
@@ -142,8 +150,6 @@ class Encoder:
             self._first(frame)
         if self.checks is not None:
             self.checks.add(i, frame)
-        if self.base is not None:
-            self.base.push(i, frame)
         if self.mix_sample is not None:
             self.mix_sample.push(i, frame)
         if self.streaming:
@@ -155,6 +161,8 @@ class Encoder:
             if len(self._batch) == self.options.batch:
                 self._collect(self._pool.submit(self._batch))
                 self._batch = []
+        if self.base is not None:  # after the detector has this frame: a rate target may judge on it
+            self.base.push(i, frame)
         return self._take()
 
     def set_audio(self, track) -> None:
@@ -269,10 +277,7 @@ class Encoder:
     def _whole_clip(self, extra_chunks) -> list[pk.Packet]:
         """Rate control and the base layer choose on the whole clip: every packet comes now."""
         o, count, net = self.options, self.frames, self.net
-        sent_idx = np.asarray(self._sent_idx, dtype=np.int64)
-        kps = np.concatenate(self._kps).astype(np.float32)
-        jacs = np.concatenate(self._jacs).astype(np.float32)
-        every = (sent_idx, kps, jacs)
+        every = sent_idx, kps, jacs = self._detected(count)
         if self.detected is not self.pattern:
             sent_idx, kps, jacs = thin(every, self.pattern, count)
         spacing = self.pattern.nominal_spacing
@@ -296,51 +301,121 @@ class Encoder:
             return bitstream.KpcStream(at, o.source_codec, source_data,
                                        *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
 
+        target = o.plan.target_kbps
         if self.base is not None:
-            chosen, self.base_stream = self.base.finish(stream_at, keep_every)
+            choices = self.base.finish(stream_at, keep_every)
         else:
-            chosen = rc.settle_keypoint_only(o.plan, stream_at, count, self.fps, keep_every)
-        if chosen != keep_every and not self.refreshes:
-            header = replace(header, keep_every=chosen)
-            sent_idx, kps, jacs = thin(every, SendPattern.keep_every(chosen), count)
-        if o.plan.target_kbps is not None and not self.refreshes:
-            # Under its target (keypoint-only, or the largest base layer at its lowest CRF): what is
-            # left goes to the source image; over it (a short clip), the source image gives back what
-            # it can. The file less its source image's bytes (+4: the image's length field may grow;
-            # a mix of 0 in HEAD: the byte the fitted mix may take).
-            at = stream_at(chosen)
-            if self.base_stream is not None:
-                at = replace(at, base=replace(self.base_stream, mix=0))
-            other = len(bitstream.dumps(at)) - len(source_data) + 4
-            self.source_quality, better = rc.fit_source(
-                o.plan.target_kbps, count / float(self.fps), other, o.source_quality, source_data,
-                lambda q: source_image.encode_image(self.source, o.source_codec, q))
-            source_data = self.source_data = better or source_data
-        if self.base_stream is None and o.model is None and net.cfg.base_fusion:
-            # No base layer after all: the keypoint model renders it better (the hybrid model's
-            # keypoints are the same; its no-base path is only its fallback).
-            header = replace(header, **keypoint_model_of(self.sha))
-        self.header = header
-        self.sent_frames = len(sent_idx)
+            choices = [rc.Choice(rc.settle_keypoint_only(o.plan, stream_at, count, self.fps, keep_every), None,
+                                 o.source_quality)]
+        settled = [self._settle(c, every, header, stream_at) for c in choices]
+        sample = self.mix_sample.frames if self.mix_sample is not None else {}
+        judged = [self._judge(stream, len(settled) > 1, sample) for stream in settled]
+        best = 0
+        if len(settled) > 1:  # rate-distortion: the best picture on the sample (ties: the first, a base layer)
+            best = max(range(len(settled)), key=lambda n: (judged[n].ssim, -n))
+        stream, verdict = settled[best], judged[best]
+        if len(settled) > 1:
+            self.rdo = [(c, v.ssim) for c, v in zip(choices, judged)]
+        if stream.base is not None:
+            stream.base = replace(stream.base, mix=verdict.mix)
+        self.header, self.base_stream = stream.header, stream.base
+        self.source_data, self.source_quality = stream.source_data, self._quality_of[stream.source_data]
+        self.sent_frames = len(stream.sent_indices)
+        self.mix_sample = None
         extra = list(extra_chunks)
         if self.sound is not None:
             from kpcodec.bitstream import opus
 
             extra.insert(0, (opus.CHUNK_TYPE, opus.pack(self.sound)))
-        stream = bitstream.KpcStream(
-            header=header, source_codec=o.source_codec, source_data=source_data, sent_indices=sent_idx,
-            keypoints=kps, jacobians=jacs, extra_chunks=extra, refreshes=self.refreshes,
-            base=self.base_stream, version=pk.VERSION,
-        )
-        if self.base_stream is not None:
-            mix = (fusion.fit_mix(stream, self.mix_sample.frames, o.threads) if o.base_mix == AUTO
-                   else round(o.base_mix * bitstream.MIX_FULL))
-            self.base_stream = stream.base = replace(self.base_stream, mix=mix)
-            self.mix_sample = None
+        stream.extra_chunks = extra
         packets = pk.stream_packets(stream, o.packet_frames)
         self.audio_bytes = sum(len(bytes(p)) for p in packets if p.kind == "A")
         self.base_bytes = sum(len(bytes(p)) for p in packets if p.kind == "B")
         return packets
+
+    def _source_at(self, quality: int) -> bytes:
+        """Frame 0 as a source image at `quality` (coded once per quality)."""
+        o = self.options
+        if quality not in self._source_cache:
+            data = (self.source_data if quality == o.source_quality
+                    else source_image.encode_image(self.source, o.source_codec, quality))
+            self._source_cache[quality] = data
+            self._quality_of[data] = quality
+        return self._source_cache[quality]
+
+    def _settle(self, choice: rc.Choice, every, header, stream_at, fill: bool = True) -> bitstream.KpcStream:
+        """The file one rate-control choice makes (its mix still to fit): its keep-every, the source
+        image at its quality, with `fill` raised to fill a rate target or lowered to meet it
+        (fit_source), and the keypoint model in HEAD where no base layer is sent."""
+        o, count = self.options, self.frames
+        keep = o.keep_every
+        if choice.keep != keep and not self.refreshes:
+            keep = choice.keep
+            header = replace(header, keep_every=keep)
+            sent_idx, kps, jacs = thin(every, SendPattern.keep_every(keep), count)
+        else:
+            at = stream_at(keep)
+            sent_idx, kps, jacs = at.sent_indices, at.keypoints, at.jacobians
+        source_data = self._source_at(choice.quality)
+        base = choice.base
+        if fill and o.plan.target_kbps is not None and not self.refreshes:
+            # Under its target (keypoint-only, or the largest base layer at its lowest CRF): what is
+            # left goes to the source image; over it (a short clip), the source image gives back what
+            # it can. The file less its source image's bytes (+4: the image's length field may grow;
+            # a mix of 0 in HEAD: the byte the fitted mix may take).
+            at = replace(stream_at(keep), source_data=source_data,
+                         base=None if base is None else replace(base, mix=0))
+            other = len(bitstream.dumps(at)) - len(source_data) + 4
+            quality, _ = rc.fit_source(o.plan.target_kbps, count / float(self.fps), other, choice.quality,
+                                       source_data, self._source_at)
+            source_data = self._source_at(quality)
+        if base is None and o.model is None and self.net.cfg.base_fusion:
+            # No base layer after all: the keypoint model renders it better (the hybrid model's
+            # keypoints are the same; its no-base path is only its fallback).
+            header = replace(header, **keypoint_model_of(self.sha))
+        return bitstream.KpcStream(
+            header=header, source_codec=o.source_codec, source_data=source_data, sent_indices=sent_idx,
+            keypoints=kps, jacobians=jacs, refreshes=self.refreshes, base=base, version=pk.VERSION)
+
+    def _judge(self, stream: bitstream.KpcStream, score: bool, sample: dict) -> fusion.Verdict:
+        """The mix of a hybrid file (fitted on the `sample` frames, or --base-mix) and, where it is
+        fitted or `score` asks, the sample's SSIM at it."""
+        o = self.options
+        if stream.base is not None and o.base_mix != AUTO:
+            stream = replace(stream, base=replace(stream.base, mix=round(o.base_mix * bitstream.MIX_FULL)))
+        fit = stream.base is not None and o.base_mix == AUTO
+        if not (fit or score) or not sample:
+            return fusion.Verdict(stream.base.mix if stream.base is not None else bitstream.MIX_FULL, None)
+        return fusion.judge(stream, sample, o.threads, fit=fit)
+
+    def _detected(self, count: int):
+        """(frame numbers, keypoints, Jacobians) of every frame detected below `count`."""
+        sent_idx = np.asarray(self._sent_idx, dtype=np.int64)
+        kps = np.concatenate(self._kps).astype(np.float32)
+        jacs = np.concatenate(self._jacs).astype(np.float32)
+        below = sent_idx < count
+        return sent_idx[below], kps[below], jacs[below]
+
+    def _pick(self, choices: list, count: int) -> int:
+        """The rate control's look-ahead, full on a longer clip: the index of the choice whose file of
+        the first `count` frames looks best on the sample's frames among them (the detector caught up
+        first; the source image at each choice's quality as it is, the target's fit comes at the end)."""
+        o = self.options
+        if self._batch:
+            self._collect(self._pool.submit(self._batch))
+            self._batch = []
+        self._collect(self._pool.drain())
+        every = self._detected(count)
+        header = replace(self.header, frame_count=count, keep_every=o.plan.keep_every)
+
+        def stream_at(k):
+            return bitstream.KpcStream(replace(header, keep_every=k), o.source_codec, self.source_data,
+                                       *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
+
+        sample = {t: f for t, f in self.mix_sample.frames.items() if t < count}
+        judged = [self._judge(self._settle(c, every, header, stream_at, fill=False), True, sample) for c in choices]
+        self.rdo = [(c, v.ssim) for c, v in zip(choices, judged)]
+        return max(range(len(choices)), key=lambda n: (judged[n].ssim, -n))
 
     @property
     def duration_s(self) -> float:

@@ -9,6 +9,12 @@ the base budget, then the CRF by bisection so the window's rate is just under it
 whole clip fits in the window (a 10-s clip), the choice is made again at the end with the
 keypoints' exact bytes. Below the cheapest base layer's rate the file is keypoint-only.
 
+Where the whole clip fits the window, the split of the target is a rate-distortion choice instead
+(`BaseLayerPass.candidates`): one candidate per source quality of RDO_QUALITIES, each with the base
+layer that fits what its source image leaves, and the keypoint-only file; the encoder decodes each
+on the same sample of frames (kpcodec.codec.fusion.judge) and keeps the best picture. Longer clips
+decide on the window, before their keypoints are in, by the rules above.
+
 `--base-layer SIZE[@DIV][:CRF]` fixes the settings (no look-ahead); `off` never sends one.
 """
 from __future__ import annotations
@@ -41,6 +47,11 @@ CRF_MIN = 45
 HYBRID_SOURCE_QUALITY = 30
 DEFAULT_SETTINGS = baselayer.BaseLayerSettings()  # 96@3:63
 MIN_TARGET_KBPS, MAX_TARGET_KBPS = 0.5, 1000.0
+BASE_FRAMING = 21  # the BASE chunk's framing and fields, bytes
+# Source-image qualities a hybrid file under a rate target is judged at (candidates): on six val clips
+# at 4-8k the best of them differed by clip (runs/exp/rcq, 2026-12-07): 5 on a short clip with a
+# detailed background (+0.06 SSIM at 8k against 30), 30 on a still face (+0.017 against 5 at 6k).
+RDO_QUALITIES = (5, 15, 30)
 
 
 def parse_bitrate(text) -> float:
@@ -108,15 +119,30 @@ def default_hybrid_model() -> str:
     return DEFAULT_HYBRID_MODEL
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One way to spend a file's bits: keep-every, the base layer (None: keypoint-only) and the
+    source image's quality (the encoder may still raise or lower it to meet the target, fit_source)."""
+
+    keep: int
+    base: bitstream.BaseLayer | None
+    quality: int
+
+
 def _kbps(nbytes: int, seconds: float) -> float:
     return nbytes * 8 / seconds / 1000 if seconds > 0 else 0.0
 
 
 class BaseLayerPass:
-    """Runs beside encode's frame loop: push(i, frame) every frame; finish() -> BaseLayer or None."""
+    """Runs beside encode's frame loop: push(i, frame) every frame; finish() -> the choices.
+
+    With `source_at(q)` (frame 0's bytes at quality q) and `pick(choices, frames)` (the index of the
+    choice whose picture is best on the first `frames` frames), a rate target is split by
+    rate-distortion choice (`candidates`): on the whole clip where it fits the look-ahead (the
+    encoder judges the choices finish() returns), else on the look-ahead as it fills (`pick`)."""
 
     def __init__(self, plan: Plan, fps: Fraction, source_quality: int, source_codec: str,
-                 expected_frames: int | None = None):
+                 expected_frames: int | None = None, source_at=None, pick=None):
         self.plan = plan
         self.fps = Fraction(fps)
         # The clip's length as the container states it (None: unknown, e.g. a pipe or a camera):
@@ -129,6 +155,7 @@ class BaseLayerPass:
         self._encoder = None
         self._packets: list[bytes] = []
         self._source_bytes = 0
+        self.source_at, self.pick = source_at, pick
         self._decided = False
         self.count = 0
         if self.window == 0:
@@ -145,18 +172,40 @@ class BaseLayerPass:
             self._source_bytes = len(source_image.encode_image(frame, self.source_codec, self.source_quality))
         if self.window and not self._decided:
             self._buffer.append(frame)
-            if len(self._buffer) == self.window:
-                self._decide(self._estimated_fixed_kbps())
+            if len(self._buffer) > self.window:  # a clip of exactly the window decides at the end
+                if self.pick is not None and self.source_at is not None:
+                    self._choose()
+                else:
+                    self._decide(self._estimated_fixed_kbps())
             return
         if self._encoder is not None:
             self._packets += [p for _, p in self._encoder.push(i, frame)]
 
-    def _estimated_fixed_kbps(self) -> float:
-        """Header, source image and keypoints, kb/s: the source spread over the clip's stated
-        length (at least the look-ahead), the keypoints at their val rate."""
+    def _estimated_fixed_kbps(self, source_bytes: int | None = None) -> float:
+        """Header, source image (`source_bytes`, default at the plan's quality) and keypoints, kb/s:
+        the source spread over the clip's stated length (at least the look-ahead), the keypoints at
+        their val rate."""
         frames = max(len(self._buffer), self.expected_frames or 0)
-        return (_kbps(HEADER_BYTES + self._source_bytes, frames / float(self.fps))
+        source = self._source_bytes if source_bytes is None else source_bytes
+        return (_kbps(HEADER_BYTES + source, frames / float(self.fps))
                 + KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2]))
+
+    def _choose(self) -> None:
+        """A clip longer than the look-ahead: the candidates on the look-ahead's frames, on the
+        estimated fixed cost, judged by the encoder (`pick`); the base layer goes on with the winner's
+        settings, and the winner's source quality is the file's."""
+        keep = self.plan.keep_every
+        choices = self._candidates(lambda q: self._estimated_fixed_kbps(len(self.source_at(q))), keep,
+                                   Choice(keep, None, self.source_quality))
+        best = choices[self.pick(choices, len(self._buffer))]
+        self.source_quality = best.quality
+        self._decided = True
+        self._start(None if best.base is None else
+                    baselayer.BaseLayerSettings(best.base.size, best.base.divisor, best.base.crf))
+        if self._encoder is not None:
+            for j, frame in enumerate(self._buffer):
+                self._packets += [p for _, p in self._encoder.push(j, frame)]
+        self._buffer = []
 
     def _decide(self, fixed_kbps: float) -> None:
         """Settings for the base budget that `fixed_kbps` leaves; codes the buffered frames."""
@@ -168,20 +217,54 @@ class BaseLayerPass:
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
         self._buffer = []
 
-    def finish(self, stream_at, keep: int) -> tuple[int, bitstream.BaseLayer | None]:
-        """(keep-every, base layer) of the whole clip coded at keep-every `keep`. `stream_at(k)`
-        is the stream without a base at keep-every k: its bytes are the exact fixed cost. Where
-        no base layer fits a rate target, the keypoint-only file takes the keep-every whose rate
-        comes closest to it (keep-every 1 where it fits: the best keypoint-only picture)."""
+    def finish(self, stream_at, keep: int) -> list[Choice]:
+        """The choices for the whole clip coded at keep-every `keep`: one, or, with `source_at` on a
+        rate target whose look-ahead holds the whole clip, those worth judging by their pictures
+        (`candidates`). `stream_at(k)` is the stream without
+        a base at keep-every k: its bytes are the exact fixed cost. Where no base layer fits a rate
+        target, the keypoint-only file takes the keep-every whose rate comes closest to it
+        (keep-every 1 where it fits: the best keypoint-only picture)."""
         if self.window and not self._decided:
+            if self.source_at is not None:
+                return self.candidates(stream_at, keep)
             # The whole clip was the look-ahead: decide on the exact bytes of everything else
             # (+ the BASE chunk's framing and fields).
-            self._decide(_kbps(len(bitstream.dumps(stream_at(keep))) + 21, self.count / float(self.fps)))
+            self._decide(_kbps(len(bitstream.dumps(stream_at(keep))) + BASE_FRAMING, self.count / float(self.fps)))
         if self._encoder is None:
-            return settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None
+            return [Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None,
+                           self.source_quality)]
         self._packets += [p for _, p in self._encoder.flush()]
-        s = self.settings
-        return keep, bitstream.BaseLayer(s.size, s.divisor, s.crf, self._packets)
+        return [Choice(keep, _layer(self.settings, self._packets), self.source_quality)]
+
+    def candidates(self, stream_at, keep: int) -> list[Choice]:
+        """Rate-distortion choices for a clip that fits the look-ahead, on exact sizes (`stream_at(k)`:
+        the file without a base layer at keep-every k): see `_candidates`."""
+        seconds = self.count / float(self.fps)
+        plain = stream_at(keep)
+        others = len(bitstream.dumps(plain)) - len(plain.source_data) + BASE_FRAMING
+        only = Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None, self.source_quality)
+        out = self._candidates(lambda q: _kbps(others + len(self.source_at(q)), seconds), keep, only)
+        self._decided, self._buffer = True, []
+        return out
+
+    def _candidates(self, fixed_kbps, keep: int, keypoints_only: Choice) -> list[Choice]:
+        """For each of RDO_QUALITIES, the source image at that quality and the base layer that fits
+        what it leaves of the target (`fixed_kbps(q)`: everything else at that quality, choose_settings
+        on the buffered frames), each base layer once (with the highest quality it fits with); then
+        `keypoints_only`. The encoder decodes a
+        sample of each and keeps the best picture: which split pays depends on the clip (a still face
+        gains more from its source image, a short clip with a detailed background from the base layer)."""
+        out, seen = [], set()
+        for q in sorted(RDO_QUALITIES, reverse=True):  # where two qualities get the same base layer, the higher
+            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - fixed_kbps(q))
+            if settings is not None and settings not in seen:
+                seen.add(settings)
+                out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), q))
+        return out + [keypoints_only]
+
+
+def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
+    return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets))
 
 
 KEEP_CHOICES = (1, 2, 4)

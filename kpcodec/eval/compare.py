@@ -354,7 +354,7 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, k, model: str | No
         packets = [p for frame in frames for p in enc.push(frame)]
         data = bitstream.packets.join(packets + enc.flush())
     encode_s = time.perf_counter() - start
-    base_label = str(enc.base.settings) if enc.base_stream else None
+    base_label = enc.base_stream.label if enc.base_stream else None
     srcf = sum(size for kind, size in bitstream.chunk_table(data) if kind == "SRCF")
     stream = bitstream.loads(data)
     h = stream.header
@@ -362,6 +362,8 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, k, model: str | No
     decoded = list(Decoder(stream).frames())
     decode_s = time.perf_counter() - start
     variant = "" if not hybrid else (base_label or "keypoints only")
+    if bitrate is not None:  # what the rate control chose, the source image's quality with it
+        variant = f"{variant}, source q{enc.source_quality}"
     if base_layer is not None:
         variant = f"k={k} {variant}"
     row = Row("kpcodec-hybrid" if hybrid else "kpcodec", bitrate if bitrate is not None else k, n, duration,
