@@ -52,6 +52,7 @@ class Summary:
     base_layer: str | None = None  # its settings, SIZE@DIV:CRF
     base_errors: int = 0  # base frames that did not decode (decode --ignore-errors)
     source_quality: int | None = None  # the source image's quality (encode; the rate control may pick it)
+    judged: int = 0  # the choices a rate target judged by their decoded pictures (encode --bitrate)
 
     @property
     def fps(self) -> float:
@@ -233,7 +234,7 @@ def encode(input, output, options: EncodeOptions | None = None, *, force: bool =
                    skipped=len(bad_frames), audio_bytes=audio_bytes, refreshes=len(enc.refreshes),
                    base_bytes=enc.base_bytes,
                    base_layer=enc.base_stream.label if enc.base_stream else None,
-                   source_quality=enc.source_quality)
+                   source_quality=enc.source_quality, judged=len(enc.rdo))
 
 
 @_names_file

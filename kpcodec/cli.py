@@ -190,6 +190,8 @@ def encode(
             fresh += f", base layer {s.base_layer} {s.base_bytes * 8 / s.duration_s / 1000:.2f} kb/s"
         if bitrate is not None:  # what the rate control picked besides
             fresh += f", source image q{s.source_quality}"
+            if s.judged > 1:
+                fresh += f" (the best of {s.judged} choices by their decoded pictures)"
         err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}{fresh}, "
                   f"{_kib(s.bytes)} -> {s.output}", markup=False)
 

@@ -315,6 +315,7 @@ def test_bitrate_lands_within_15_percent_on_the_sample(runner, tmp_path, target)
     r = run(runner, "encode", SAMPLE, "-o", kpc, "--model", "tiny-hybrid", "--bitrate", f"{target:g}k",
             "--no-audio")
     assert r.exit_code == 0, r.stderr
+    assert "choices by their decoded pictures" in r.stderr  # 8 s: the whole clip in the look-ahead
     info = json.loads(run(runner, "info", kpc, "--json").stdout)
     assert info["base_layer"] is not None
     assert abs(info["kbps"] / target - 1) <= 0.15, info["kbps"]
