@@ -301,7 +301,6 @@ class Encoder:
             return bitstream.KpcStream(at, o.source_codec, source_data,
                                        *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
 
-        target = o.plan.target_kbps
         if self.base is not None:
             choices = self.base.finish(stream_at, keep_every)
         else:
@@ -310,12 +309,8 @@ class Encoder:
         settled = [self._settle(c, every, header, stream_at) for c in choices]
         sample = self.mix_sample.frames if self.mix_sample is not None else {}
         judged = [self._judge(stream, len(settled) > 1, sample) for stream in settled]
-        best = 0
-        if len(settled) > 1:  # rate-distortion: the best picture on the sample (ties: the first, a base layer)
-            best = max(range(len(settled)), key=lambda n: (judged[n].ssim, -n))
+        best = self._best(choices, judged) if len(settled) > 1 else 0
         stream, verdict = settled[best], judged[best]
-        if len(settled) > 1:
-            self.rdo = [(c, v.ssim) for c, v in zip(choices, judged)]
         if stream.base is not None:
             stream.base = replace(stream.base, mix=verdict.mix)
         self.header, self.base_stream = stream.header, stream.base
@@ -413,7 +408,12 @@ class Encoder:
                                        *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
 
         sample = {t: f for t, f in self.mix_sample.frames.items() if t < count}
-        judged = [self._judge(self._settle(c, every, header, stream_at, fill=False), True, sample) for c in choices]
+        return self._best(choices, [self._judge(self._settle(c, every, header, stream_at, fill=False), True, sample)
+                                    for c in choices])
+
+    def _best(self, choices: list, judged: list) -> int:
+        """Rate-distortion: the index of the choice with the best picture on the sample (ties: the
+        first, a base layer before keypoints only), recorded in `rdo`."""
         self.rdo = [(c, v.ssim) for c, v in zip(choices, judged)]
         return max(range(len(choices)), key=lambda n: (judged[n].ssim, -n))
 

@@ -9,11 +9,12 @@ the base budget, then the CRF by bisection so the window's rate is just under it
 whole clip fits in the window (a 10-s clip), the choice is made again at the end with the
 keypoints' exact bytes. Below the cheapest base layer's rate the file is keypoint-only.
 
-Where the whole clip fits the window, the split of the target is a rate-distortion choice instead
-(`BaseLayerPass.candidates`): one candidate per source quality of RDO_QUALITIES, each with the base
-layer that fits what its source image leaves, and the keypoint-only file; the encoder decodes each
-on the same sample of frames (kpcodec.codec.fusion.judge) and keeps the best picture. Longer clips
-decide on the window, before their keypoints are in, by the rules above.
+With the encoder's judge (every `encode --bitrate`), the split of the target is a rate-distortion
+choice instead (`BaseLayerPass.candidates`): one candidate per source quality of RDO_QUALITIES,
+each with the base layer that fits what its source image leaves, and the keypoint-only file; the
+encoder decodes each on the same sample of frames (kpcodec.codec.fusion.judge) and keeps the best
+picture. A clip that fits the window is judged whole, on exact sizes; a longer one on the window's
+frames when it fills (its fixed costs estimated as above), and the base layer goes on with the winner.
 
 `--base-layer SIZE[@DIV][:CRF]` fixes the settings (no look-ahead); `off` never sends one.
 """
