@@ -113,7 +113,6 @@ class Encoder:
         self.source_data = None
         self.source_quality = o.source_quality  # rate control may raise it (keypoint-only under its target)
         self._source_cache: dict[int, bytes] = {}  # quality -> frame 0 coded at it (rate control)
-        self._quality_of: dict[bytes, int] = {}
         self.rdo: list = []  # a rate target's judged choices: (rc.Choice, sample SSIM)
         self.refreshes: list = []
         self.base_stream = None
@@ -308,13 +307,13 @@ class Encoder:
                                  o.source_quality)]
         settled = [self._settle(c, every, header, stream_at) for c in choices]
         sample = self.mix_sample.frames if self.mix_sample is not None else {}
-        judged = [self._judge(stream, len(settled) > 1, sample) for stream in settled]
+        judged = [self._judge(stream, len(settled) > 1, sample) for stream, _ in settled]
         best = self._best(choices, judged) if len(settled) > 1 else 0
-        stream, verdict = settled[best], judged[best]
+        (stream, quality), verdict = settled[best], judged[best]
         if stream.base is not None:
             stream.base = replace(stream.base, mix=verdict.mix)
         self.header, self.base_stream = stream.header, stream.base
-        self.source_data, self.source_quality = stream.source_data, self._quality_of[stream.source_data]
+        self.source_data, self.source_quality = stream.source_data, quality
         self.sent_frames = len(stream.sent_indices)
         self.mix_sample = None
         extra = list(extra_chunks)
@@ -335,13 +334,13 @@ class Encoder:
             data = (self.source_data if quality == o.source_quality
                     else source_image.encode_image(self.source, o.source_codec, quality))
             self._source_cache[quality] = data
-            self._quality_of[data] = quality
         return self._source_cache[quality]
 
-    def _settle(self, choice: rc.Choice, every, header, stream_at, fill: bool = True) -> bitstream.KpcStream:
-        """The file one rate-control choice makes (its mix still to fit): its keep-every, the source
-        image at its quality, with `fill` raised to fill a rate target or lowered to meet it
-        (fit_source), and the keypoint model in HEAD where no base layer is sent."""
+    def _settle(self, choice: rc.Choice, every, header, stream_at,
+                fill: bool = True) -> tuple[bitstream.KpcStream, int]:
+        """The file one rate-control choice makes (its mix still to fit) and its source quality: its
+        keep-every, the source image at the choice's quality, with `fill` raised to fill a rate target
+        or lowered to meet it (fit_source), and the keypoint model in HEAD where no base layer is sent."""
         o, count = self.options, self.frames
         keep = o.keep_every
         if choice.keep != keep and not self.refreshes:
@@ -351,7 +350,8 @@ class Encoder:
         else:
             at = stream_at(keep)
             sent_idx, kps, jacs = at.sent_indices, at.keypoints, at.jacobians
-        source_data = self._source_at(choice.quality)
+        quality = choice.quality
+        source_data = self._source_at(quality)
         base = choice.base
         if fill and o.plan.target_kbps is not None and not self.refreshes:
             # Under its target (keypoint-only, or the largest base layer at its lowest CRF): what is
@@ -361,7 +361,7 @@ class Encoder:
             at = replace(stream_at(keep), source_data=source_data,
                          base=None if base is None else replace(base, mix=0))
             other = len(bitstream.dumps(at)) - len(source_data) + 4
-            quality, _ = rc.fit_source(o.plan.target_kbps, count / float(self.fps), other, choice.quality,
+            quality, _ = rc.fit_source(o.plan.target_kbps, count / float(self.fps), other, quality,
                                        source_data, self._source_at)
             source_data = self._source_at(quality)
         if base is None and o.model is None and self.net.cfg.base_fusion:
@@ -370,18 +370,18 @@ class Encoder:
             header = replace(header, **keypoint_model_of(self.sha))
         return bitstream.KpcStream(
             header=header, source_codec=o.source_codec, source_data=source_data, sent_indices=sent_idx,
-            keypoints=kps, jacobians=jacs, refreshes=self.refreshes, base=base, version=pk.VERSION)
+            keypoints=kps, jacobians=jacs, refreshes=self.refreshes, base=base, version=pk.VERSION), quality
 
     def _judge(self, stream: bitstream.KpcStream, score: bool, sample: dict) -> fusion.Verdict:
-        """The mix of a hybrid file (fitted on the `sample` frames, or --base-mix) and, where it is
-        fitted or `score` asks, the sample's SSIM at it."""
+        """The mix of a hybrid file (fitted on the `sample` frames, or --base-mix) and, where `score`
+        asks, the sample's SSIM at it."""
         o = self.options
         if stream.base is not None and o.base_mix != AUTO:
             stream = replace(stream, base=replace(stream.base, mix=round(o.base_mix * bitstream.MIX_FULL)))
         fit = stream.base is not None and o.base_mix == AUTO
         if not (fit or score) or not sample:
             return fusion.Verdict(stream.base.mix if stream.base is not None else bitstream.MIX_FULL, None)
-        return fusion.judge(stream, sample, o.threads, fit=fit)
+        return fusion.judge(stream, sample, o.threads, fit=fit, score=score)
 
     def _detected(self, count: int):
         """(frame numbers, keypoints, Jacobians) of every frame detected below `count`."""
@@ -408,7 +408,7 @@ class Encoder:
                                        *thin(every, SendPattern.keep_every(k), count), version=pk.VERSION)
 
         sample = {t: f for t, f in self.mix_sample.frames.items() if t < count}
-        return self._best(choices, [self._judge(self._settle(c, every, header, stream_at, fill=False), True, sample)
+        return self._best(choices, [self._judge(self._settle(c, every, header, stream_at, fill=False)[0], True, sample)
                                     for c in choices])
 
     def _best(self, choices: list, judged: list) -> int:

@@ -59,7 +59,7 @@ def fit_mix(stream: bitstream.KpcStream, sample: dict[int, np.ndarray], threads:
     input frames of `sample` (frame number -> frame); MIX_FULL where nothing can be fitted."""
     if stream.base is None or not sample:
         return bitstream.MIX_FULL
-    return judge(stream, sample, threads, fit=True).mix
+    return judge(stream, sample, threads, fit=True, score=False).mix
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,10 @@ class Verdict:
 
 
 def judge(stream: bitstream.KpcStream, sample: dict[int, np.ndarray], threads: int | None = None,
-          fit: bool = True) -> Verdict:
+          fit: bool = True, score: bool = True) -> Verdict:
     """Decode the frames of `sample` from `stream` (the same Decoder a receiver runs, the other frames
-    not rendered): with `fit` and a base layer, the least-squares mix first; then the SSIM of the
-    frames at that mix. A keypoint-only file is judged as it decodes."""
+    not rendered): with `fit` and a base layer, the least-squares mix first; then, with `score`, the
+    SSIM of the frames at that mix. A keypoint-only file is judged as it decodes."""
     from kpcodec.codec.decoder import Decoder
     from kpcodec.eval import metrics
     from kpcodec.options import DecodeOptions
@@ -88,26 +88,28 @@ def judge(stream: bitstream.KpcStream, sample: dict[int, np.ndarray], threads: i
     wanted = set(sample)
     dec.late = lambda t: t not in wanted  # the other frames are not rendered (the last one is repeated)
     last = max(wanted)
-    pairs = {}  # frame number -> (rendering, moved base or None), float32
+    pairs = {}  # frame number -> (rendering, moved base or None), uint8 as decoded (kept to score)
     num = den = 0.0
     for pair in dec.frames():
         t = dec.frame_index
         if t in wanted and not dec.frame_repeated and t not in pairs:
             image, moved = pair
-            g = image.astype(np.float32)
-            b = None if moved is None else moved.astype(np.float32)
-            pairs[t] = (g, b)
-            if b is not None:
+            if score:
+                pairs[t] = pair
+            if moved is not None:
+                x, g, b = (a.astype(np.float32) for a in (sample[t], image, moved))
                 d = g - b
-                num += float(np.vdot(sample[t].astype(np.float32) - b, d))
+                num += float(np.vdot(x - b, d))
                 den += float(np.vdot(d, d))
         if t >= last:
             break
     if fit and stream.base is not None:
         mix = int(round(min(1.0, max(0.0, num / den)) * bitstream.MIX_FULL)) if den > 0 else bitstream.MIX_FULL
+    if not score:
+        return Verdict(mix, None)
     w = mix / bitstream.MIX_FULL
     scores = []
-    for t, (g, b) in pairs.items():
-        shown = g if b is None else b + w * (g - b)
-        scores.append(metrics.ssim(sample[t], np.clip(np.rint(shown), 0, 255).astype(np.uint8)))
+    for t, (image, moved) in pairs.items():
+        shown = image if moved is None else np.clip(np.rint(moved + w * (image.astype(np.float32) - moved)), 0, 255)
+        scores.append(metrics.ssim(sample[t], shown.astype(np.uint8)))
     return Verdict(mix, float(np.mean(scores)) if scores else None)

@@ -174,7 +174,7 @@ class BaseLayerPass:
         if self.window and not self._decided:
             self._buffer.append(frame)
             if len(self._buffer) > self.window:  # a clip of exactly the window decides at the end
-                if self.pick is not None and self.source_at is not None:
+                if self.pick is not None:
                     self._choose()
                 else:
                     self._decide(self._estimated_fixed_kbps())
