@@ -45,7 +45,9 @@ from kpcodec.eval import compare as cmp  # noqa: E402
 CODECS = ("kpcodec", "kpcodec-hybrid", "av1", "av1-low")
 # 96@3:63 at keep-every 1/2/4, the richest one at 2; the rate-controlled rows (TARGETS) cover the
 # candidates in between (kpcodec.codec.ratecontrol.CANDIDATES).
-SETTINGS = ("96@3:63", "128@2:52")
+# The last: the base layer alone (format 2.3) at the settings of an av1-low row, so the two differ only
+# in what the decoder does between base frames (moves the two base frames to the frame, or holds one).
+SETTINGS = ("96@3:63", "128@2:52", "128@3:55,alone")
 TARGETS = (3.0, 4.0, 6.0, 8.0, 12.0)
 LOW_RES = (classic.LowRes(64, 3), classic.LowRes(96, 3), classic.LowRes(128, 3))
 LOW_CRFS = {"av1-low": (63, 55)}
@@ -84,20 +86,21 @@ def redo_rows(args: tuple) -> tuple[str, list[dict]]:
 
 
 # --redo's row groups: which codecs' rows are run again.
-REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid")}
+REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid"), "rate": ("kpcodec-hybrid",)}
 
 
 def redo_group(args: tuple) -> tuple[str, list[dict]]:
     """Every row of a REDO_GROUPS group of one clip again: "hybrid" the hybrid rows (fixed settings
-    and rate targets), "kpcodec" those and the keypoint-only ones (the classic codecs' rows do not
-    change when only kpcodec does)."""
+    and rate targets), "rate" the rate targets' alone, "kpcodec" the hybrid and keypoint-only rows
+    (the classic codecs' rows do not change when only kpcodec does)."""
     path, max_frames, landmarks, group = args
     import torch
 
     torch.set_num_threads(1)
     codecs = REDO_GROUPS[group]
     r = cmp.compare(path, codecs=codecs, keep_every=(1, 2, 4) if "kpcodec" in codecs else (), max_frames=max_frames,
-                    landmarks=landmarks, threads=1, hybrid_kbps=TARGETS, hybrid_settings=hybrid_settings())
+                    landmarks=landmarks, threads=1, hybrid_kbps=TARGETS,
+                    hybrid_settings=() if group == "rate" else hybrid_settings())
     print(f"{Path(path).name}: {group} rows again", file=sys.stderr, flush=True)
     return Path(path).name, r.to_dict(per_frame=False)["rows"]
 
@@ -108,17 +111,26 @@ def redo(done: dict, variant: str, max_frames: int, landmarks: bool, workers: in
     jobs = [(Path(rec["clip"]), max_frames, landmarks, variant) for rec in done.values()]
     group = REDO_GROUPS.get(variant)
     run = redo_group if group else redo_rows
+    if variant == "rate":  # the rate targets' rows: not the fixed-setting ones ("k=K ...")
+        def stale(r):
+            return r.get("codec") == "kpcodec-hybrid" and not r.get("variant", "").startswith("k=")
+    elif group:
+        def stale(r):
+            return r.get("codec") in group
+    else:
+        def stale(r):
+            return r.get("variant") == variant
     with ProcessPoolExecutor(max(1, workers)) as pool:
         for name, rows in pool.map(run, jobs):
             rec = done[name]
-            stale = (lambda r: r.get("codec") in group) if group else (lambda r: r.get("variant") == variant)
             rec["rows"] = [r for r in rec["rows"] if not stale(r)] + rows
             rec["bd_rate"] = cmp.bd_rates(mean_rows([rec["rows"]]))
 
 
 def speed(path: Path, frames: int = 250) -> dict:
     """Decode fps (steady state: the second of two runs, start-up included in neither's frames) of
-    keypoints-only and hybrid files at keep-every 2, and the base layer's AV1 decode alone."""
+    keypoints-only and hybrid files at keep-every 2, a file of the base layer alone, and the base
+    layer's AV1 decode alone."""
     import tempfile
 
     from kpcodec import api
@@ -132,7 +144,9 @@ def speed(path: Path, frames: int = 250) -> dict:
         clip = os.path.join(work, "clip.mkv")
         originals = list(video.read_frames(str(path), size=256))[:frames]
         cmp.write_lossless(clip, originals, video.probe(str(path)).fps)
-        for label, kwargs in (("keypoints only", {}), (f"hybrid {SETTINGS[0]}", {"base_layer": SETTINGS[0]})):
+        hybrid = os.path.join(work, "hybrid.kpc")
+        for label, kwargs in (("keypoints only", {}), (f"hybrid {SETTINGS[0]}", {"base_layer": SETTINGS[0]}),
+                              ("base layer alone 128@4:55", {"base_layer": "128@4:55,alone"})):
             kpc = os.path.join(work, "x.kpc")
             api.encode(clip, kpc, keep_every=2, force=True, **kwargs)
             runs, steady = [], []
@@ -146,7 +160,9 @@ def speed(path: Path, frames: int = 250) -> dict:
                 steady.append((len(stamps) - 25) / (stamps[-1] - stamps[24]))
             out[label] = {"fps_runs": runs, "fps_best": max(runs), "steady_fps_runs": steady,
                           "steady_fps_best": max(steady)}
-        stream = bitstream.read_file(kpc)
+            if label.startswith("hybrid"):
+                os.replace(kpc, hybrid)
+        stream = bitstream.read_file(hybrid)
         best = math.inf
         for _ in range(3):
             t = time.perf_counter()
@@ -261,8 +277,10 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--fresh", action="store_true", help="ignore the clips already in hybrid-clips.jsonl")
     p.add_argument("--only-done", action="store_true", help="report on the clips hybrid-clips.jsonl holds, run no more")
-    p.add_argument("--redo", help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip; "
-                                  "'hybrid': every hybrid row; 'kpcodec': those and the keypoint-only rows")
+    p.add_argument("--redo", action="append", default=[],
+                   help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip; 'rate': the "
+                        "rate-control rows; 'hybrid': every hybrid row; 'kpcodec': those and the keypoint-only rows "
+                        "(may be given more than once)")
     p.add_argument("--reuse-speed", action="store_true", help="keep the decode-speed section of the last hybrid.json")
     p.add_argument("--drop", action="append", default=[], metavar="VARIANT=WHY",
                    help="leave a row out of the report, saying why (e.g. a bug found after the run)")
@@ -296,8 +314,8 @@ def main(argv=None) -> int:
             done[Path(rec["clip"]).name] = rec
             f.write(json.dumps(rec) + "\n")
             f.flush()
-    if args.redo:
-        redo(done, args.redo, args.max_frames, not args.no_landmarks, args.workers)
+    for variant in args.redo:
+        redo(done, variant, args.max_frames, not args.no_landmarks, args.workers)
         partial.write_text("".join(json.dumps(done[Path(c).name]) + "\n" for c in clips if Path(c).name in done))
     record = [done[Path(c).name] for c in clips]
     if args.reuse_speed and (args.out / "hybrid.json").is_file():

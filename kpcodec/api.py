@@ -51,7 +51,7 @@ class Summary:
     base_bytes: int = 0  # the base layer's packets, framing included (hybrid mode)
     base_layer: str | None = None  # its settings, SIZE@DIV:CRF
     base_errors: int = 0  # base frames that did not decode (decode --ignore-errors)
-    source_quality: int | None = None  # the source image's quality (encode; the rate control may pick it)
+    source_quality: int | None = None  # the source image's quality (encode; the rate control may pick it; None: none)
     judged: int = 0  # the choices a rate target judged by their decoded pictures (encode --bitrate)
 
     @property
@@ -402,6 +402,7 @@ def info(input) -> dict:
             "codec": stream.base.codec, "size": stream.base.size, "divisor": stream.base.divisor,
             "crf": stream.base.crf, "frames": len(stream.base.packets),
             "mix": stream.base.mix / bitstream.MIX_FULL,  # the rendering's weight against the moved base
+            "alone": stream.base.alone,  # format 2.3: the frames come from the base layer alone
             "bytes": base_bytes,  # framing included (a 2.x file: every BASE packet's)
             "kbps": base_bytes * 8 / duration / 1000 if duration else 0.0},
     }

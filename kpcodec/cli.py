@@ -189,7 +189,8 @@ def encode(
         if s.base_layer:
             fresh += f", base layer {s.base_layer} {s.base_bytes * 8 / s.duration_s / 1000:.2f} kb/s"
         if bitrate is not None:  # what the rate control picked besides
-            fresh += f", source image q{s.source_quality}"
+            fresh += f", source image q{s.source_quality}" if s.source_quality is not None else \
+                ", no source image or keypoints"
             if s.judged > 1:
                 fresh += f" (the best of {s.judged} choices by their decoded pictures)"
         err.print(f"encoded {s.frames} frames in {s.seconds:.1f} s ({s.fps:.0f} fps): {s.kbps:.2f} kb/s{sound}{fresh}, "
@@ -402,7 +403,8 @@ def _base_row(base: dict | None) -> str:
     if not base:
         return "base layer (none)"
     return (f"base layer ({base['codec'].upper()} {base['size']}x{base['size']}, 1/{base['divisor']} frame rate, "
-            f"CRF {base['crf']}, {base['frames']} frames, mix {base.get('mix', 1.0):.2f})")
+            f"CRF {base['crf']}, {base['frames']} frames, " +
+            ("alone: no source image, no keypoints)" if base.get("alone") else f"mix {base.get('mix', 1.0):.2f})"))
 
 
 @app.command()

@@ -342,7 +342,7 @@ def test_a_rate_target_judges_its_choices_by_their_pictures_and_keeps_the_best()
         packets = [p for f in frames for p in enc.push(f)]
         data = bitstream.packets.join(packets + enc.flush())
     judged = enc.rdo
-    assert len(judged) >= 2 and judged[-1][0].base is None and any(c.base is not None for c, _ in judged)
+    assert len(judged) >= 2 and any(c.base is None for c, _ in judged) and any(c.base is not None for c, _ in judged)
     assert all(0 < score <= 1 for _, score in judged)
     best, _ = max(judged, key=lambda j: j[1])
     stream = bitstream.loads(data)
@@ -367,7 +367,7 @@ def test_a_clip_longer_than_the_look_ahead_is_judged_on_it(tmp_path):
         assert enc.rdo, "judged when the look-ahead filled, before the end"
         data = bitstream.packets.join(packets + enc.flush())
     judged = enc.rdo
-    assert len(judged) >= 2 and judged[-1][0].base is None and all(0 < score <= 1 for _, score in judged)
+    assert len(judged) >= 2 and any(c.base is None for c, _ in judged) and all(0 < score <= 1 for _, score in judged)
     best, _ = max(judged, key=lambda j: j[1])
     stream = bitstream.loads(data)
     assert stream.header.frame_count == 45

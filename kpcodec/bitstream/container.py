@@ -43,7 +43,7 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (2, 2)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
+FORMAT_VERSION = (2, 3)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
 LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
 PACKET_MAJOR = 2
@@ -123,6 +123,9 @@ class BaseLayer:
     packets: list[bytes]
     codec: str = "av1"
     mix: int = MIX_FULL  # the render's weight against the moved base, in 1/MIX_FULL (format 2.1)
+    # Format 2.3: the frames come from the base layer alone (no source image, no keypoints): a decoder
+    # detects keypoints on each decoded base frame and moves the two base frames around a frame to it.
+    alone: bool = False
 
     def frame_count(self, video_frames: int) -> int:
         return -(-video_frames // self.divisor)
@@ -133,8 +136,8 @@ class BaseLayer:
 
     @property
     def label(self) -> str:
-        """Its settings as --base-layer writes them: SIZE@DIV:CRF."""
-        return f"{self.size}@{self.divisor}:{self.crf}"
+        """Its settings as --base-layer writes them: SIZE@DIV:CRF[,alone]."""
+        return f"{self.size}@{self.divisor}:{self.crf}" + (",alone" if self.alone else "")
 
 
 @dataclass
@@ -439,6 +442,8 @@ def dumps(stream: KpcStream) -> bytes:
         raise KpcFormatError(f"cannot write .kpc version {version} (this writer writes 1.0 to 1.4 and 2.0)")
     if stream.refreshes and version[1] < REFRESH_MINOR:
         raise KpcFormatError("source refreshes need format 1.2")
+    if stream.base is not None and stream.base.alone:
+        raise KpcFormatError("a base layer alone needs format 2.3")
     if (stream.base is not None) != (version[1] >= BASE_MINOR):
         raise KpcFormatError("a base layer needs format 1.4" if stream.base is not None
                              else "format 1.4 is written with a base layer only")

@@ -1,8 +1,9 @@
 """.kpc format 2.0: the stream as self-delimiting packets, written and read one at a time (man/kpc.5).
 
-A 2.x file is ``MAGIC``, major 2, minor 0, 1 or 2, then packets until an END packet (2.1 adds the
-base layer's mix to HEAD, 2.2 several base frames to a BASE packet; a writer marks a file with a
-base layer 2.2, others 2.0, the oldest minor that reads it). Each packet is
+A 2.x file is ``MAGIC``, major 2, minor 0 to 3, then packets until an END packet (2.1 adds the
+base layer's mix to HEAD, 2.2 several base frames to a BASE packet, 2.3 a stream of the base layer
+alone: no SOURCE, no KEYPOINTS; a writer marks a file alone 2.3, one with a base layer 2.2, others
+2.0, the oldest minor that reads it). Each packet is
 
     type (1 byte, an ASCII letter) | seq (varint) | frame (varint) | length (varint) | payload | CRC-32
 
@@ -49,10 +50,11 @@ from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
-VERSION = (2, 2)  # the newest this module reads and writes
-MINORS = (0, 1, 2)  # of major 2
+VERSION = (2, 3)  # the newest this module reads and writes
+MINORS = (0, 1, 2, 3)  # of major 2
 MIX_MINOR = 1  # the first minor with the HEAD's base-layer mix
 BUNDLE_MINOR = 2  # the first minor whose BASE packets hold a count of units
+ALONE_MINOR = 3  # the first minor with a stream of the base layer alone
 PREAMBLE = kc.MAGIC + bytes((2, 0))  # every 2.x preamble is this long; 2.1 differs in its last byte
 TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
          "E": "END"}
@@ -66,6 +68,7 @@ MAX_PAYLOAD = 1 << 28  # a packet claiming more is malformed (the largest source
 _FLAG_RESTART = 0x01
 _HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
 _HEAD_FLAG_MIX = 0x0004  # HEAD flags bit 2 (2.1): the base layer's mix (u8) follows its settings
+_HEAD_FLAG_ALONE = 0x0008  # HEAD flags bit 3 (2.3): the frames come from the base layer alone
 _MAX_VARINT = 10
 
 
@@ -199,10 +202,12 @@ def read_varint(data, pos: int) -> tuple[int | None, int]:
 
 
 def preamble(head: Packet) -> bytes:
-    """The preamble of a file whose HEAD packet is `head`: 2.2 when it has a base layer (its BASE
-    packets are 2.2's), else 2.0 (the oldest version that reads it)."""
+    """The preamble of a file whose HEAD packet is `head`: 2.3 when its frames come from the base
+    layer alone, 2.2 when it has a base layer (its BASE packets are 2.2's), else 2.0 (the oldest
+    version that reads it)."""
     _, base = decode_head(head.payload)
-    return kc.MAGIC + bytes((VERSION[0], BUNDLE_MINOR if base is not None else 0))
+    minor = 0 if base is None else ALONE_MINOR if base.alone else BUNDLE_MINOR
+    return kc.MAGIC + bytes((VERSION[0], minor))
 
 
 def check_preamble(data) -> int:
@@ -232,7 +237,7 @@ def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
     kc._check_header(fields)
     mix = base is not None and base.mix != kc.MIX_FULL
     flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0) | \
-        (_HEAD_FLAG_MIX if mix else 0)
+        (_HEAD_FLAG_MIX if mix else 0) | (_HEAD_FLAG_ALONE if base is not None and base.alone else 0)
     out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
            struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
            struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
@@ -255,18 +260,19 @@ def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.
     kp_step, jac_step = r.unpack("ff")
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
-    known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0)
+    known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0) | \
+        (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0)
     if flags & ~known:
         raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
-    if flags & _HEAD_FLAG_MIX and not flags & _HEAD_FLAG_BASE:
-        raise KpcFormatError("a base-layer mix in a HEAD without a base layer")
+    if flags & (_HEAD_FLAG_MIX | _HEAD_FLAG_ALONE) and not flags & _HEAD_FLAG_BASE:
+        raise KpcFormatError("a base-layer mix or a base layer alone in a HEAD without a base layer")
     base = None
     if flags & _HEAD_FLAG_BASE:
         codec, size, divisor, crf = r.unpack("BHBB")
         if codec not in kc.BASE_CODECS:
             raise KpcFormatError(f"unknown base-layer codec {codec} in HEAD")
         (mix,) = r.unpack("B") if flags & _HEAD_FLAG_MIX else (kc.MIX_FULL,)
-        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix)
+        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix, bool(flags & _HEAD_FLAG_ALONE))
         kc._check_base(base, 0)
     r.finish(True)
     h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,
@@ -416,6 +422,7 @@ class PacketWriter:
 
     def source(self, frame: int, codec: str, data: bytes) -> list[Packet]:
         """A source image from `frame` on; `frame` must be the next sent frame (a keyframe)."""
+        self._not_alone("source image")
         self._flush_keypoints()  # and the base frames waiting
         if frame <= self.coder.last_frame and frame != 0:
             raise KpcFormatError(f"source image at frame {frame} does not follow sent frame {self.coder.last_frame}")
@@ -425,6 +432,7 @@ class PacketWriter:
 
     def keypoints(self, index: int, kp: np.ndarray, jac: np.ndarray) -> list[Packet]:
         """One sent frame; a packet comes out when `packet_frames` are waiting."""
+        self._not_alone("keypoints")
         last = self._waiting[-1][0] if self._waiting else self.coder.last_frame
         if isinstance(index, bool) or int(index) <= last:
             raise KpcFormatError(f"sent frame {index} does not follow frame {last}")
@@ -444,6 +452,10 @@ class PacketWriter:
         if len(self._waiting) >= self.packet_frames:
             self._flush_keypoints()
         return self._take()
+
+    def _not_alone(self, what: str) -> None:
+        if self.base is not None and self.base.alone:
+            raise KpcFormatError(f"{what} in a stream of the base layer alone")
 
     def restart(self) -> list[Packet]:
         """Make the next sent frame a keypoint keyframe (without a new source image)."""
@@ -535,7 +547,10 @@ def stream_events(stream: kc.KpcStream):
     cuts = sorted({0, *restarts, *(r.frame for r in sources)})
     idx = np.asarray(stream.sent_indices, np.int64)
     starts = np.searchsorted(idx, cuts)
-    yield SourceImage(0, stream.source_codec, stream.source_data)
+    if base is not None and base.alone:  # no source image, no keypoints
+        cuts, starts = [], []
+    else:
+        yield SourceImage(0, stream.source_codec, stream.source_data)
     sound = opus.from_chunks(stream.extra_chunks)
     if sound is not None:  # before any keypoints: a decoder knows the sound before its first frame
         yield from audio_slices(sound)
@@ -559,7 +574,10 @@ def stream_events(stream: kc.KpcStream):
 def stream_packets(stream: kc.KpcStream, packet_frames: int = DEFAULT_PACKET_FRAMES) -> list[Packet]:
     """A whole in-memory stream as 2.0 packets (keyframes at its refreshes and `restarts`)."""
     h = stream.header
-    kc._checked_indices(stream)
+    if stream.base is None or not stream.base.alone:
+        kc._checked_indices(stream)
+    elif len(stream.sent_indices) or stream.source_data or stream.refreshes:
+        raise KpcFormatError("a stream of the base layer alone has no source image and no keypoints")
     if stream.base is not None:
         kc._check_base(stream.base, h.frame_count)
     restarts = {int(f) for f in stream.restarts} | {int(r.frame) for r in stream.refreshes}
@@ -623,6 +641,13 @@ def read_stream(data: bytes) -> kc.KpcStream:
             frame_count = item.frame_count
     if sound:  # the sound as the in-memory stream holds it: one opus chunk, first among the extras
         extra.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
+    if base is not None and base.alone:
+        base = replace(base, packets=base_packets)
+        kc._check_base(base, frame_count)
+        k = h.num_keypoints
+        return kc.KpcStream(replace(h, frame_count=frame_count), "", b"", np.zeros(0, np.int64),
+                            np.zeros((0, k, 2), np.float32), np.zeros((0, k, 2, 2), np.float32), extra,
+                            (VERSION[0], reader.minor), [], base, [])
     if not idx:
         raise KpcFormatError("no sent frames (S must be >= 1)")
     sent = np.concatenate(idx)
@@ -772,6 +797,8 @@ class PacketReader:
             h = self.header
             self.coder = KeypointCoder(h.num_keypoints, h.kp_step, h.jac_step)
             return [self.header] + ([self.base] if self.base is not None else [])
+        if p.kind in "SK" and self.base is not None and self.base.alone:
+            raise KpcFormatError(f"{TYPES[p.kind]} packet at byte {at} in a stream of the base layer alone")
         if p.kind == "S":
             codec, data = kc._decode_srcf(kc._Reader(p.payload, "SOURCE", at))
             if p.frame <= self.last_frame:

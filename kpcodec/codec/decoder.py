@@ -17,7 +17,9 @@ The predictor (kpcodec.codec.predictors.Fill) fills the keypoints of the frames 
 each as soon as the next sent frame is known (it restarts at 2.0 keyframes); the renderer
 (kpcodec.codec.renderer) draws each frame from the source image in force at it, whose state is
 prepared once, when its first frame is due; a hybrid model fuses the base layer, whose packets are
-decoded as they come. `threads` >= 2 renders batches on single-threaded workers, a few in flight
+decoded as they come. A stream of the base layer alone (format 2.3) has no source image and no
+keypoints: each frame is its base frame upsampled, or, between two, both moved to it by keypoints
+detected on them and blended (MotionModel.between), so a frame waits for the base frame after it. `threads` >= 2 renders batches on single-threaded workers, a few in flight
 (kpcodec.codec.parallel). Memory does not grow with the clip: frames are handed out as they are
 rendered, and only the keypoints of frames waiting for the next sent one are held.
 """
@@ -90,7 +92,9 @@ class Decoder:
         if (h.width, h.height) != (net.cfg.image_size, net.cfg.image_size) or h.num_keypoints != net.cfg.num_keypoints:
             raise ModelError(f"{name}: its {h.width}x{h.height}, {h.num_keypoints} keypoints do not match model "
                              f"{o.model or h.model!r}")
-        if self.stream is not None:  # the first source image checked now, before any output is opened
+        # A stream of the base layer alone (format 2.3): no source image, no keypoints (set with the base)
+        self.alone = False
+        if self.stream is not None and not (base is not None and base.alone):  # checked before any output
             _source(self.stream.source_data, self.stream.source_codec, h)
         self.fill = predict.Fill(o.predictor or predict.file_predictor(h.predictor))
         self.base = None
@@ -138,8 +142,8 @@ class Decoder:
         self._pool = OrderedPool(self._render, o.threads or 1, DECODE_MMAP_THRESHOLD)
 
     def _set_base(self, base: bitstream.BaseLayer) -> None:
-        if self.net.cfg.base_fusion:
-            self.base, self.base_label = base, base.label
+        if self.net.cfg.base_fusion or base.alone:
+            self.base, self.base_label, self.alone = base, base.label, base.alone
 
     @property
     def fuse(self) -> bool:
@@ -187,8 +191,8 @@ class Decoder:
             self.extras.append((item.kind, item.payload))
         elif isinstance(item, pk.End):
             self.frame_count = item.frame_count
-            first = self.fill.next
-            self._queue(first, self.fill.end(item.frame_count))
+            if not self.alone:
+                self._queue(self.fill.next, self.fill.end(item.frame_count))
             if self.fuse:
                 self._base_flush()
         elif isinstance(item, bitstream.Header):
@@ -313,6 +317,8 @@ class Decoder:
     # ------------------------------------------------------------------ rendering
     def _run(self, final: bool) -> list[np.ndarray]:
         """Batch the frames whose keypoints (and base frame) are in, rendering full batches."""
+        if self.alone:
+            return self._run_alone(final)
         out = []
         while self._ready and not (self.end is not None and self._next >= self.end):
             t, kp, jac = self._ready[0]
@@ -341,6 +347,73 @@ class Decoder:
                 out += self._submit()
         return out
 
+    def _alone_base(self, n: int, final: bool):
+        """(ready, _BaseImage or None) of base frame n of a stream of the base layer alone, kept
+        while frames between it and the next still need it."""
+        if n not in self._base_frames:
+            if not final and self.frame_count is None:
+                return False, None
+            if not self.options.ignore_errors:
+                raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: the base layer ended early")
+            self.base_errors.append(n)
+            self._base_frames[n] = None
+        entry = self._base_frames[n]
+        if isinstance(entry, np.ndarray):
+            entry = self._base_frames[n] = _BaseImage(entry, self._renderer)
+        return True, entry
+
+    def _run_alone(self, final: bool) -> list[np.ndarray]:
+        """`_run` for a stream of the base layer alone: frame t is ready once the base frames before
+        and after it are (the last base frame serves the frames after it as it is)."""
+        out, div = [], self.base.divisor
+        while not self.finished:
+            t = self._next
+            n, phase = divmod(t, div)
+            last = self.frame_count is not None and (n + 1) * div >= self.frame_count
+            ok, a = self._alone_base(n, final)
+            ok_b, b = (True, None) if phase == 0 or last else self._alone_base(n + 1, final)
+            if not (ok and ok_b):
+                break
+            self._next = t + 1
+            for old in [k for k in self._base_frames if k < n]:
+                del self._base_frames[old]
+            if t < self.start:
+                continue
+            if self.late is not None and self._last is not None and self.late(t):
+                out += self._submit()
+                out += self._collect([[(t, self._last)]])
+                self.repeated += 1
+                self.repeat_run += 1
+                self._repeats.add(t)
+                continue
+            self.repeat_run = 0
+            self._batch.append((t, a, b, phase / div))
+            if len(self._batch) == self.options.batch:
+                out += self._submit()
+        return out
+
+    def _render_alone(self, chunk):
+        """Frames of a stream of the base layer alone: a base frame upsampled where the frame has
+        one (or only one of its two decoded), else the two moved to it and blended."""
+        out, pairs = [None] * len(chunk), []
+        for n, (t, a, b, w) in enumerate(chunk):
+            if a is not None and (b is None or w == 0):
+                out[n] = a
+            elif b is not None and a is None:
+                out[n] = b
+            elif a is not None:
+                pairs.append(n)
+        if pairs:
+            moved = self._renderer.between([chunk[n][1].moving() for n in pairs],
+                                           [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs])
+            for n, frame in zip(pairs, moved):
+                out[n] = frame
+        size = (self.header.height, self.header.width, 3)
+        frames = [o if isinstance(o, np.ndarray) else o.frame() if o is not None else np.zeros(size, np.uint8)
+                  for o in out]
+        ts = [t for t, _, _, _ in chunk]
+        return list(zip(ts, [(f, None) for f in frames] if self.parts else frames))
+
     def _submit(self) -> list[np.ndarray]:
         """Hand the batch in hand to the renderers."""
         if not self._batch:
@@ -358,6 +431,8 @@ class Decoder:
     def _render(self, item):
         """Only dense motion and the generator run per frame; the source's part is in `state`."""
         state, chunk = item
+        if self.alone:
+            return self._render_alone(chunk)
         kp = np.stack([k for _, k, _, _ in chunk]).astype(np.float32)
         jac = np.stack([j for _, _, j, _ in chunk]).astype(np.float32)
         bases = [b for _, _, _, b in chunk]
@@ -391,12 +466,24 @@ class _BaseImage:
     after it that the same base frame serves (the bicubic upsample was ~2.8 ms a video frame)."""
 
     def __init__(self, small: np.ndarray, renderer: Renderer):
-        self.small, self._renderer, self._up = small, renderer, None
+        self.small, self._renderer, self._up, self._kp = small, renderer, None, None
 
     def upsampled(self):
         if self._up is None:  # two workers may both compute it: the same tensor either way
             self._up = self._renderer.upsample_base(self.small)
         return self._up
+
+    def moving(self):
+        """(upsampled, keypoints, Jacobians): what a stream of the base layer alone moves."""
+        if self._kp is None:
+            self._kp = self._renderer.detect_base(self.upsampled())
+        return (self.upsampled(), *self._kp)
+
+    def frame(self) -> np.ndarray:
+        """The upsampled frame as uint8 (H, W, 3)."""
+        from kpcodec.models.frames import tensor_to_frames
+
+        return tensor_to_frames(self.upsampled())[0]
 
 
 def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):

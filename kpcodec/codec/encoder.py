@@ -337,11 +337,18 @@ class Encoder:
         return self._source_cache[quality]
 
     def _settle(self, choice: rc.Choice, every, header, stream_at,
-                fill: bool = True) -> tuple[bitstream.KpcStream, int]:
+                fill: bool = True) -> tuple[bitstream.KpcStream, int | None]:
         """The file one rate-control choice makes (its mix still to fit) and its source quality: its
         keep-every, the source image at the choice's quality, with `fill` raised to fill a rate target
-        or lowered to meet it (fit_source), and the keypoint model in HEAD where no base layer is sent."""
+        or lowered to meet it (fit_source), and the keypoint model in HEAD where no base layer is sent;
+        a file of the base layer alone has neither source image nor keypoints (quality None)."""
         o, count = self.options, self.frames
+        if choice.base is not None and choice.base.alone:  # no source image, no keypoints (format 2.3)
+            k = header.num_keypoints
+            return bitstream.KpcStream(
+                header=replace(header, keep_every=choice.base.divisor), source_codec="", source_data=b"",
+                sent_indices=np.zeros(0, np.int64), keypoints=np.zeros((0, k, 2), np.float32),
+                jacobians=np.zeros((0, k, 2, 2), np.float32), base=choice.base, version=pk.VERSION), None
         keep = o.keep_every
         if choice.keep != keep and not self.refreshes:
             keep = choice.keep

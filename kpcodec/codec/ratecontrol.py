@@ -11,7 +11,9 @@ keypoints' exact bytes. Below the cheapest base layer's rate the file is keypoin
 
 With the encoder's judge (every `encode --bitrate`), the split of the target is a rate-distortion
 choice instead (`BaseLayerPass.candidates`): one candidate per source quality of RDO_QUALITIES,
-each with the base layer that fits what its source image leaves, and the keypoint-only file; the
+each with the base layer that fits what its source image leaves, the keypoint-only file, and files
+of the base layer alone (format 2.3: no source image, no keypoints; the decoder moves the base
+frames around each frame to it by keypoints it detects on them) at ALONE_CANDIDATES; the
 encoder decodes each on the same sample of frames (kpcodec.codec.fusion.judge) and keeps the best
 picture. A clip that fits the window is judged whole, on exact sizes; a longer one on the window's
 frames when it fills (its fixed costs estimated as above), and the base layer goes on with the winner.
@@ -53,6 +55,12 @@ BASE_FRAMING = 21  # the BASE chunk's framing and fields, bytes
 # at 4-8k the best of them differed by clip (runs/exp/rcq, 2026-12-07): 5 on a short clip with a
 # detailed background (+0.06 SSIM at 8k against 30), 30 on a still face (+0.017 against 5 at 6k).
 RDO_QUALITIES = (5, 15, 30)
+# (size, divisor) of the files of the base layer alone a rate target is judged at, each at the lowest
+# CRF that fits. The decoder moves the base frames on both sides of a frame to it, so a lower frame
+# rate costs less than a held frame does: on six val clips at CRF 52-55, against the base frame held,
+# +0.013 SSIM at 96@3, +0.021 at 128@4, +0.032 at 128@6 (+0.004 to +0.008 over a linear blend of
+# the two; runs of 2026-12-07, benchmarks/results/hybrid.md).
+ALONE_CANDIDATES = ((128, 3), (128, 4), (128, 6), (96, 4))
 
 
 def parse_bitrate(text) -> float:
@@ -197,12 +205,13 @@ class BaseLayerPass:
         settings, and the winner's source quality is the file's."""
         keep = self.plan.keep_every
         choices = self._candidates(lambda q: self._estimated_fixed_kbps(len(self.source_at(q))), keep,
-                                   Choice(keep, None, self.source_quality))
+                                   Choice(keep, None, self.source_quality),
+                                   _kbps(HEADER_BYTES, max(len(self._buffer), self.expected_frames or 0) / float(self.fps)))
         best = choices[self.pick(choices, len(self._buffer))]
         self.source_quality = best.quality
         self._decided = True
         self._start(None if best.base is None else
-                    baselayer.BaseLayerSettings(best.base.size, best.base.divisor, best.base.crf))
+                    baselayer.BaseLayerSettings(best.base.size, best.base.divisor, best.base.crf, best.base.alone))
         if self._encoder is not None:
             for j, frame in enumerate(self._buffer):
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
@@ -244,15 +253,17 @@ class BaseLayerPass:
         plain = stream_at(keep)
         others = len(bitstream.dumps(plain)) - len(plain.source_data) + BASE_FRAMING
         only = Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None, self.source_quality)
-        out = self._candidates(lambda q: _kbps(others + len(self.source_at(q)), seconds), keep, only)
+        out = self._candidates(lambda q: _kbps(others + len(self.source_at(q)), seconds), keep, only,
+                               _kbps(HEADER_BYTES, seconds))
         self._decided, self._buffer = True, []
         return out
 
-    def _candidates(self, fixed_kbps, keep: int, keypoints_only: Choice) -> list[Choice]:
+    def _candidates(self, fixed_kbps, keep: int, keypoints_only: Choice, alone_kbps: float) -> list[Choice]:
         """For each of RDO_QUALITIES, the source image at that quality and the base layer that fits
         what it leaves of the target (`fixed_kbps(q)`: everything else at that quality, choose_settings
         on the buffered frames), each base layer once (with the highest quality it fits with); then
-        `keypoints_only`. The encoder decodes a
+        `keypoints_only`; then, for each of ALONE_CANDIDATES that fits, the base layer alone at the
+        lowest CRF that fits what `alone_kbps` (its header) leaves. The encoder decodes a
         sample of each and keeps the best picture: which split pays depends on the clip (a still face
         gains more from its source image, a short clip with a detailed background from the base layer)."""
         out, seen = [], set()
@@ -261,11 +272,17 @@ class BaseLayerPass:
             if settings is not None and settings not in seen:
                 seen.add(settings)
                 out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), q))
-        return out + [keypoints_only]
+        out.append(keypoints_only)
+        for candidate in ALONE_CANDIDATES:
+            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,))
+            if settings is not None:
+                settings = replace(settings, alone=True)
+                out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), 0))
+        return out
 
 
 def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
-    return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets))
+    return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets), alone=settings.alone)
 
 
 KEEP_CHOICES = (1, 2, 4)
@@ -332,10 +349,10 @@ def _rate(frames, fps, settings) -> float:
     return _kbps(sum(len(p) + 1 for p in packets), len(frames) / float(fps))
 
 
-def choose_settings(frames, fps, budget_kbps: float) -> baselayer.BaseLayerSettings | None:
+def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES) -> baselayer.BaseLayerSettings | None:
     """The base-layer settings whose rate on `frames` comes closest under `budget_kbps`, or None
-    when even the cheapest candidate at CRF 63 does not fit (keypoint-only wins there)."""
-    for size, div in CANDIDATES:
+    when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only wins there)."""
+    for size, div in candidates:
         top = baselayer.BaseLayerSettings(size, div, 63)
         if _rate(frames, fps, top) > budget_kbps:
             continue

@@ -362,7 +362,7 @@ def _kpcodec_row(frames: Sequence[np.ndarray], fps: Fraction, k, model: str | No
     decoded = list(Decoder(stream).frames())
     decode_s = time.perf_counter() - start
     variant = "" if not hybrid else (base_label or "keypoints only")
-    if bitrate is not None:  # what the rate control chose, the source image's quality with it
+    if bitrate is not None and enc.source_quality is not None:  # the rate control's choice, the source's quality with it
         variant = f"{variant}, source q{enc.source_quality}"
     if base_layer is not None:
         variant = f"k={k} {variant}"

@@ -34,11 +34,13 @@ TEMPORAL_DELIMITER = b"\x12\x00"
 
 @dataclass(frozen=True)
 class BaseLayerSettings:
-    """What the BASE chunk records: resolution, frame-rate divisor, CRF."""
+    """What the BASE chunk records: resolution, frame-rate divisor, CRF, and whether the frames come
+    from the base layer alone (format 2.3: no source image, no keypoints)."""
 
     size: int = 96
     divisor: int = 3
     crf: int = 63
+    alone: bool = False
 
     def __post_init__(self):
         lo, hi = SIZES
@@ -50,22 +52,25 @@ class BaseLayerSettings:
             raise UsageError(f"base-layer CRF must be in {CRF_RANGE[0]}..{CRF_RANGE[1]} (got {self.crf})")
 
     def __str__(self) -> str:
-        return f"{self.size}@{self.divisor}:{self.crf}"
+        return f"{self.size}@{self.divisor}:{self.crf}" + (ALONE_SUFFIX if self.alone else "")
 
     def frame_indices(self, frame_count: int) -> range:
         return range(0, frame_count, self.divisor)
 
 
-_SETTING = re.compile(r"^(\d+)(?:@(\d+))?(?::(\d+))?$")
+ALONE_SUFFIX = ",alone"
+_SETTING = re.compile(r"^(\d+)(?:@(\d+))?(?::(\d+))?(,alone)?$")
 
 
 def parse_settings(text: str, default: BaseLayerSettings = BaseLayerSettings()) -> BaseLayerSettings:
-    """'SIZE[@DIV][:CRF]' (e.g. '96', '96@2', '128@3:60') -> settings; missing parts from `default`."""
-    m = _SETTING.match(text.strip())
+    """'SIZE[@DIV][:CRF][,alone]' (e.g. '96', '96@2', '128@3:60', '128@4:55,alone') -> settings;
+    missing parts from `default`."""
+    m = _SETTING.match(text.strip().lower())
     if not m:
-        raise UsageError(f"--base-layer {text!r}: expected off, auto or SIZE[@DIV][:CRF], e.g. 96@2:63")
-    size, div, crf = m.groups()
-    return BaseLayerSettings(int(size), int(div) if div else default.divisor, int(crf) if crf else default.crf)
+        raise UsageError(f"--base-layer {text!r}: expected off, auto or SIZE[@DIV][:CRF][,alone], e.g. 96@2:63")
+    size, div, crf, alone = m.groups()
+    return BaseLayerSettings(int(size), int(div) if div else default.divisor, int(crf) if crf else default.crf,
+                             bool(alone))
 
 
 def downscale(frame: np.ndarray, size: int):

@@ -102,6 +102,25 @@ class MotionModel(nn.Module):
                                  align_corners=True).permute(0, 2, 3, 1)
         return warp(up, flow)
 
+    def between(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
+                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Frames between two base frames of a stream of the base layer alone (format 2.3): each of
+        the upsampled base frames (B,3,H,W) moved, by the dense motion network with it as the source,
+        to the keypoints a fraction `a` (B,) of the way from a's keypoints to b's, and the two blended
+        by `a`. The keypoints are the detector's on the base frames themselves: no bits are sent."""
+        kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
+        jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
+
+        def moved(up, kp_from, jac_from):
+            flow = self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"]
+            size = up.shape[-1]
+            if flow.shape[1] != size:
+                flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                                     align_corners=True).permute(0, 2, 3, 1)
+            return warp(up, flow)
+
+        return torch.lerp(moved(up_a, kp_a, jac_a), moved(up_b, kp_b, jac_b), a.view(-1, 1, 1, 1)).clamp_(0, 1)
+
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> dict:
         kp_s, jac_s = self.detect(source)
         kp_d, jac_d = self.detect(driving)

@@ -1,7 +1,7 @@
-"""Build the golden .kpc files that pin down formats 1.0 to 1.4 and 2.0 to 2.2 byte for byte.
+"""Build the golden .kpc files that pin down formats 1.0 to 1.4 and 2.0 to 2.3 byte for byte.
 
 Run from anywhere: ``python tests/golden/make_golden.py [NAME ...]``. It writes
-``v1_0.kpc`` to ``v1_4.kpc``, ``v2_0.kpc`` to ``v2_2.kpc`` (the encoded streams) and their ``.npz``
+``v1_0.kpc`` to ``v1_4.kpc``, ``v2_0.kpc`` to ``v2_3.kpc`` (the encoded streams) and their ``.npz``
 (the sent indices, keypoints and Jacobians a decoder must return) next to this script. Only rerun it on purpose: a changed golden file means a
 changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 """
@@ -129,6 +129,17 @@ def golden_stream_2_2() -> KpcStream:
     return stream
 
 
+def golden_stream_2_3() -> KpcStream:
+    """Format 2.3: a stream of the base layer alone (no source image, no keypoints): 2.0's header,
+    40 frames, 10 base frames of stand-in bytes (16x16, every 4th frame, CRF 58), bundled 3 a packet,
+    an extra chunk."""
+    header = golden_stream_2_0().header
+    packets = [hashlib.sha256(b"base 2.3 %d" % i).digest()[: 2 + i % 11] for i in range(10)]
+    return KpcStream(header, "", b"", np.zeros(0, np.int64), np.zeros((0, 10, 2), np.float32),
+                     np.zeros((0, 10, 2, 2), np.float32), extra_chunks=[("note", b"golden 2.3")], version=(2, 3),
+                     base=BaseLayer(size=16, divisor=4, crf=58, packets=packets, alone=True))
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
@@ -142,7 +153,7 @@ def write(name: str, stream: KpcStream) -> None:
 
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
            "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
-           "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2}
+           "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2, "v2_3": golden_stream_2_3}
 
 
 def main() -> None:
