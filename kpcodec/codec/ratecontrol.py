@@ -55,12 +55,14 @@ BASE_FRAMING = 21  # the BASE chunk's framing and fields, bytes
 # at 4-8k the best of them differed by clip (runs/exp/rcq, 2026-12-07): 5 on a short clip with a
 # detailed background (+0.06 SSIM at 8k against 30), 30 on a still face (+0.017 against 5 at 6k).
 RDO_QUALITIES = (5, 15, 30)
-# (size, divisor) of the files of the base layer alone a rate target is judged at, each at the lowest
-# CRF that fits. The decoder moves the base frames on both sides of a frame to it, so a lower frame
-# rate costs less than a held frame does: on six val clips at CRF 52-55, against the base frame held,
-# +0.013 SSIM at 96@3, +0.021 at 128@4, +0.032 at 128@6 (+0.004 to +0.008 over a linear blend of
-# the two; runs of 2026-12-07, benchmarks/results/hybrid.md).
-ALONE_CANDIDATES = ((128, 3), (128, 4), (128, 6), (96, 4))
+# (size, divisor) of the files of the base layer alone a rate target is judged at, the most costly
+# first, each at the lowest CRF (down to ALONE_CRF_MIN) that fits. The decoder moves the base frames
+# on both sides of a frame to it, so a lower frame rate costs less than a held frame does: on six val
+# clips at CRF 52-55, against the base frame held, +0.013 SSIM at 96@3, +0.021 at 128@4, +0.032 at
+# 128@6 (+0.004 to +0.008 over a linear blend of the two). 192@4 and 160@3 beat 128@3 by 0.003-0.006
+# at 8-12k; 64@6 fits 3k on a clip where nothing else does (runs/exp/alone_cands, 2026-12-07).
+ALONE_CANDIDATES = ((192, 4), (160, 3), (128, 3), (128, 4), (128, 6), (96, 4), (64, 6))
+ALONE_CRF_MIN = 30
 
 
 def parse_bitrate(text) -> float:
@@ -263,7 +265,8 @@ class BaseLayerPass:
         what it leaves of the target (`fixed_kbps(q)`: everything else at that quality, choose_settings
         on the buffered frames), each base layer once (with the highest quality it fits with); then
         `keypoints_only`; then, for each of ALONE_CANDIDATES that fits, the base layer alone at the
-        lowest CRF that fits what `alone_kbps` (its header) leaves. The encoder decodes a
+        lowest CRF that fits what `alone_kbps` (its header) leaves (not one at ALONE_CRF_MIN after
+        one that fitted above it: it leaves bits unspent that the costlier one uses). The encoder decodes a
         sample of each and keeps the best picture: which split pays depends on the clip (a still face
         gains more from its source image, a short clip with a detailed background from the base layer)."""
         out, seen = [], set()
@@ -273,11 +276,16 @@ class BaseLayerPass:
                 seen.add(settings)
                 out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), q))
         out.append(keypoints_only)
+        fitted = False
         for candidate in ALONE_CANDIDATES:
-            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,))
-            if settings is not None:
-                settings = replace(settings, alone=True)
-                out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), 0))
+            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,),
+                                       ALONE_CRF_MIN)
+            # One that cannot spend the budget even at ALONE_CRF_MIN is not judged where a costlier one can.
+            if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
+                continue
+            fitted = True
+            settings = replace(settings, alone=True)
+            out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), 0))
         return out
 
 
@@ -349,14 +357,16 @@ def _rate(frames, fps, settings) -> float:
     return _kbps(sum(len(p) + 1 for p in packets), len(frames) / float(fps))
 
 
-def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES) -> baselayer.BaseLayerSettings | None:
-    """The base-layer settings whose rate on `frames` comes closest under `budget_kbps`, or None
-    when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only wins there)."""
+def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES,
+                    crf_min: int = CRF_MIN) -> baselayer.BaseLayerSettings | None:
+    """The base-layer settings whose rate on `frames` comes closest under `budget_kbps` (CRF down to
+    `crf_min`), or None when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only
+    wins there)."""
     for size, div in candidates:
         top = baselayer.BaseLayerSettings(size, div, 63)
         if _rate(frames, fps, top) > budget_kbps:
             continue
-        lo, hi = CRF_MIN, 63  # rate(hi) fits; find the lowest CRF that still fits
+        lo, hi = crf_min, 63  # rate(hi) fits; find the lowest CRF that still fits
         if _rate(frames, fps, replace(top, crf=lo)) <= budget_kbps:
             return replace(top, crf=lo)
         while hi - lo > 1:
