@@ -19,7 +19,8 @@ each as soon as the next sent frame is known (it restarts at 2.0 keyframes); the
 prepared once, when its first frame is due; a hybrid model fuses the base layer, whose packets are
 decoded as they come. A stream of the base layer alone (format 2.3) has no source image and no
 keypoints: each frame is its base frame upsampled, or, between two, both moved to it by keypoints
-detected on them and blended (MotionModel.between), so a frame waits for the base frame after it. `threads` >= 2 renders batches on single-threaded workers, a few in flight
+detected on them and blended (MotionModel.between), so a frame waits for the base frame after it.
+`threads` >= 2 renders batches on single-threaded workers, a few in flight
 (kpcodec.codec.parallel). Memory does not grow with the clip: frames are handed out as they are
 rendered, and only the keypoints of frames waiting for the next sent one are held.
 """
@@ -291,6 +292,19 @@ class Decoder:
 
         self._base_decoder = baselayer.BaseLayerDecoder()  # start again at the next packet
 
+    def _base_in(self, n: int, final: bool) -> bool:
+        """Whether base frame n is in `_base_frames` (None there: it did not decode); False while it
+        may still come. One that cannot come any more is an error, or with ignore_errors None."""
+        if n in self._base_frames:
+            return True
+        if not final and self.frame_count is None:
+            return False
+        if not self.options.ignore_errors:
+            raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: the base layer ended early")
+        self.base_errors.append(n)
+        self._base_frames[n] = None
+        return True
+
     def _base_for(self, t: int, kp, jac, final: bool):
         """(ready, base entry) of frame t: the base frame itself on base frames, the last one with
         its keypoints after; not ready while its base frame may still come."""
@@ -299,13 +313,8 @@ class Decoder:
         if t % self.base.divisor:
             return True, self._current_base
         n = t // self.base.divisor
-        if n not in self._base_frames:
-            if not final and self.frame_count is None:
-                return False, None
-            if not self.options.ignore_errors:
-                raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: the base layer ended early")
-            self.base_errors.append(n)
-            self._base_frames[n] = None
+        if not self._base_in(n, final):
+            return False, None
         small = self._base_frames.pop(n)
         if small is None:
             self._current_base = None
@@ -334,29 +343,31 @@ class Decoder:
                 continue
             if self._state is None:  # a new source image: prepared once, when its first frame is due
                 self._state = self._renderer.prepare(_source(self._coded.data, self._coded.codec, self.header))
-            if self.late is not None and self._last is not None and self.late(t):
-                out += self._submit()  # a late frame is the last one again (live mode catching up)
-                out += self._collect([[(t, self._last)]])
-                self.repeated += 1
-                self.repeat_run += 1
-                self._repeats.add(t)
+            if self._repeat_late(t, out):
                 continue
-            self.repeat_run = 0
             self._batch.append((t, kp, jac, base))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
         return out
 
+    def _repeat_late(self, t: int, out: list) -> bool:
+        """True where frame t is due too late (`late`): the batch in hand and the last frame again
+        go to `out` in its place (live mode catching up)."""
+        if self.late is None or self._last is None or not self.late(t):
+            self.repeat_run = 0
+            return False
+        out += self._submit()
+        out += self._collect([[(t, self._last)]])
+        self.repeated += 1
+        self.repeat_run += 1
+        self._repeats.add(t)
+        return True
+
     def _alone_base(self, n: int, final: bool):
         """(ready, _BaseImage or None) of base frame n of a stream of the base layer alone, kept
         while frames between it and the next still need it."""
-        if n not in self._base_frames:
-            if not final and self.frame_count is None:
-                return False, None
-            if not self.options.ignore_errors:
-                raise bitstream.KpcFormatError(f"{self.name}: base-layer frame {n}: the base layer ended early")
-            self.base_errors.append(n)
-            self._base_frames[n] = None
+        if not self._base_in(n, final):
+            return False, None
         entry = self._base_frames[n]
         if isinstance(entry, np.ndarray):
             entry = self._base_frames[n] = _BaseImage(entry, self._renderer)
@@ -379,14 +390,8 @@ class Decoder:
                 del self._base_frames[old]
             if t < self.start:
                 continue
-            if self.late is not None and self._last is not None and self.late(t):
-                out += self._submit()
-                out += self._collect([[(t, self._last)]])
-                self.repeated += 1
-                self.repeat_run += 1
-                self._repeats.add(t)
+            if self._repeat_late(t, out):
                 continue
-            self.repeat_run = 0
             self._batch.append((t, a, b, phase / div))
             if len(self._batch) == self.options.batch:
                 out += self._submit()

@@ -385,7 +385,7 @@ class Encoder:
         o = self.options
         if stream.base is not None and o.base_mix != AUTO:
             stream = replace(stream, base=replace(stream.base, mix=round(o.base_mix * bitstream.MIX_FULL)))
-        fit = stream.base is not None and o.base_mix == AUTO
+        fit = stream.base is not None and not stream.base.alone and o.base_mix == AUTO  # alone: nothing to mix
         if not (fit or score) or not sample:
             return fusion.Verdict(stream.base.mix if stream.base is not None else bitstream.MIX_FULL, None)
         return fusion.judge(stream, sample, o.threads, fit=fit, score=score)
