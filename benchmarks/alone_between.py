@@ -52,8 +52,7 @@ def run(data: Path, settings: list[str], threads: int) -> list[dict]:
             base = bitstream.BaseLayer(s.size, s.divisor, s.crf, baselayer.encode_clip(frames, s, fps), alone=True)
             h = bitstream.Header(name, sha, 256, 256, fps.numerator, fps.denominator, len(frames), s.divisor, k,
                                  1 / 64, 1 / 32, "interp", False)
-            stream = bitstream.KpcStream(h, "", b"", np.zeros(0, np.int64), np.zeros((0, k, 2), np.float32),
-                                         np.zeros((0, k, 2, 2), np.float32), base=base, version=pk.VERSION)
+            stream = bitstream.KpcStream.base_alone(h, base, version=pk.VERSION)
             data_ = bitstream.dumps(stream)
             start = time.perf_counter()
             moved = list(Decoder(bitstream.loads(data_), DecodeOptions(threads=1, audio=False)).frames())

@@ -158,6 +158,13 @@ class KpcStream:
     base: BaseLayer | None = None  # the hybrid mode's base layer (1.4)
     restarts: list[int] = field(default_factory=list)  # 2.0: keyframes other than 0 and the refreshes
 
+    @classmethod
+    def base_alone(cls, header: Header, base: BaseLayer, extra_chunks=(), version=None) -> KpcStream:
+        """A stream of the base layer alone (format 2.3): no source image, no sent keypoints."""
+        k = header.num_keypoints
+        return cls(header, "", b"", np.zeros(0, np.int64), np.zeros((0, k, 2), np.float32),
+                   np.zeros((0, k, 2, 2), np.float32), list(extra_chunks), version, base=base)
+
     @property
     def write_version(self) -> tuple[int, int]:
         if self.version is not None:

@@ -641,22 +641,17 @@ def read_stream(data: bytes) -> kc.KpcStream:
             frame_count = item.frame_count
     if sound:  # the sound as the in-memory stream holds it: one opus chunk, first among the extras
         extra.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
-    if base is not None and base.alone:
+    if base is not None:
         base = replace(base, packets=base_packets)
         kc._check_base(base, frame_count)
-        k = h.num_keypoints
-        return kc.KpcStream(replace(h, frame_count=frame_count), "", b"", np.zeros(0, np.int64),
-                            np.zeros((0, k, 2), np.float32), np.zeros((0, k, 2, 2), np.float32), extra,
-                            (VERSION[0], reader.minor), [], base, [])
+        if base.alone:
+            return kc.KpcStream.base_alone(replace(h, frame_count=frame_count), base, extra, (VERSION[0], reader.minor))
     if not idx:
         raise KpcFormatError("no sent frames (S must be >= 1)")
     sent = np.concatenate(idx)
     h = replace(h, frame_count=frame_count)
     if h.adaptive:  # 1.x meaning: the mean spacing
         h = replace(h, keep_every=min(65535, max(1, round(frame_count / len(sent)))))
-    if base is not None:
-        base = replace(base, packets=base_packets)
-        kc._check_base(base, frame_count)
     return kc.KpcStream(h, source.codec, source.data, sent, np.concatenate(kps), np.concatenate(jacs), extra,
                         (VERSION[0], reader.minor), refreshes, base, restarts)
 

@@ -344,11 +344,8 @@ class Encoder:
         a file of the base layer alone has neither source image nor keypoints (quality None)."""
         o, count = self.options, self.frames
         if choice.base is not None and choice.base.alone:  # no source image, no keypoints (format 2.3)
-            k = header.num_keypoints
-            return bitstream.KpcStream(
-                header=replace(header, keep_every=choice.base.divisor), source_codec="", source_data=b"",
-                sent_indices=np.zeros(0, np.int64), keypoints=np.zeros((0, k, 2), np.float32),
-                jacobians=np.zeros((0, k, 2, 2), np.float32), base=choice.base, version=pk.VERSION), None
+            return bitstream.KpcStream.base_alone(replace(header, keep_every=choice.base.divisor), choice.base,
+                                                  version=pk.VERSION), None
         keep = o.keep_every
         if choice.keep != keep and not self.refreshes:
             keep = choice.keep

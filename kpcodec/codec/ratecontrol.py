@@ -196,10 +196,12 @@ class BaseLayerPass:
         """Header, source image (`source_bytes`, default at the plan's quality) and keypoints, kb/s:
         the source spread over the clip's stated length (at least the look-ahead), the keypoints at
         their val rate."""
-        frames = max(len(self._buffer), self.expected_frames or 0)
         source = self._source_bytes if source_bytes is None else source_bytes
-        return (_kbps(HEADER_BYTES + source, frames / float(self.fps))
-                + KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2]))
+        return _kbps(HEADER_BYTES + source, self._spread_s()) + KEYPOINT_KBPS.get(self.plan.keep_every, KEYPOINT_KBPS[2])
+
+    def _spread_s(self) -> float:
+        """Seconds a clip's one-off bytes are spread over: its stated length, at least the look-ahead."""
+        return max(len(self._buffer), self.expected_frames or 0) / float(self.fps)
 
     def _choose(self) -> None:
         """A clip longer than the look-ahead: the candidates on the look-ahead's frames, on the
@@ -208,7 +210,7 @@ class BaseLayerPass:
         keep = self.plan.keep_every
         choices = self._candidates(lambda q: self._estimated_fixed_kbps(len(self.source_at(q))), keep,
                                    Choice(keep, None, self.source_quality),
-                                   _kbps(HEADER_BYTES, max(len(self._buffer), self.expected_frames or 0) / float(self.fps)))
+                                   _kbps(HEADER_BYTES, self._spread_s()))
         best = choices[self.pick(choices, len(self._buffer))]
         self.source_quality = best.quality
         self._decided = True

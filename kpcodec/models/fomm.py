@@ -95,12 +95,7 @@ class MotionModel(nn.Module):
         if kp_from is None:
             return up
         sparse = self.dense_motion.sparse_motions(kp_from, jac_from, kp_to, jac_to)  # B,K+1,h,w,2
-        flow = (sparse * mask.unsqueeze(-1)).sum(dim=1)
-        size = up.shape[-1]
-        if flow.shape[1] != size:
-            flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                                 align_corners=True).permute(0, 2, 3, 1)
-        return warp(up, flow)
+        return _warp_full(up, (sparse * mask.unsqueeze(-1)).sum(dim=1))
 
     def between(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
                 kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -112,12 +107,7 @@ class MotionModel(nn.Module):
         jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
 
         def moved(up, kp_from, jac_from):
-            flow = self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"]
-            size = up.shape[-1]
-            if flow.shape[1] != size:
-                flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                                     align_corners=True).permute(0, 2, 3, 1)
-            return warp(up, flow)
+            return _warp_full(up, self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"])
 
         return torch.lerp(moved(up_a, kp_a, jac_a), moved(up_b, kp_b, jac_b), a.view(-1, 1, 1, 1)).clamp_(0, 1)
 
@@ -128,3 +118,12 @@ class MotionModel(nn.Module):
         image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"], source)
         return {"image": image, "kp_source": kp_s, "jac_source": jac_s, "kp_driving": kp_d,
                 "jac_driving": jac_d, **motion}
+
+
+def _warp_full(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """`image` (B,3,H,W) warped by a flow (B,h,w,2) of any size, bilinearly upsampled to H first."""
+    size = image.shape[-1]
+    if flow.shape[1] != size:
+        flow = F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                             align_corners=True).permute(0, 2, 3, 1)
+    return warp(image, flow)

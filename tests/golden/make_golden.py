@@ -135,9 +135,8 @@ def golden_stream_2_3() -> KpcStream:
     an extra chunk."""
     header = golden_stream_2_0().header
     packets = [hashlib.sha256(b"base 2.3 %d" % i).digest()[: 2 + i % 11] for i in range(10)]
-    return KpcStream(header, "", b"", np.zeros(0, np.int64), np.zeros((0, 10, 2), np.float32),
-                     np.zeros((0, 10, 2, 2), np.float32), extra_chunks=[("note", b"golden 2.3")], version=(2, 3),
-                     base=BaseLayer(size=16, divisor=4, crf=58, packets=packets, alone=True))
+    return KpcStream.base_alone(header, BaseLayer(size=16, divisor=4, crf=58, packets=packets, alone=True),
+                                [("note", b"golden 2.3")], (2, 3))
 
 
 def write(name: str, stream: KpcStream) -> None:
