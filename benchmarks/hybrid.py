@@ -86,13 +86,15 @@ def redo_rows(args: tuple) -> tuple[str, list[dict]]:
 
 
 # --redo's row groups: which codecs' rows are run again.
-REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid"), "rate": ("kpcodec-hybrid",)}
+REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid"), "rate": ("kpcodec-hybrid",),
+               "classic": ("av1", "av1-low")}
 
 
 def redo_group(args: tuple) -> tuple[str, list[dict]]:
     """Every row of a REDO_GROUPS group of one clip again: "hybrid" the hybrid rows (fixed settings
     and rate targets), "rate" the rate targets' alone, "kpcodec" the hybrid and keypoint-only rows
-    (the classic codecs' rows do not change when only kpcodec does)."""
+    (the classic codecs' rows do not change when only kpcodec does), "classic" the AV1 rows (after a
+    change of their preset)."""
     path, max_frames, landmarks, group = args
     import torch
 
@@ -100,7 +102,7 @@ def redo_group(args: tuple) -> tuple[str, list[dict]]:
     codecs = REDO_GROUPS[group]
     r = cmp.compare(path, codecs=codecs, keep_every=(1, 2, 4) if "kpcodec" in codecs else (), max_frames=max_frames,
                     landmarks=landmarks, threads=1, hybrid_kbps=TARGETS,
-                    hybrid_settings=() if group == "rate" else hybrid_settings())
+                    hybrid_settings=() if group == "rate" else hybrid_settings(), low_res=LOW_RES, low_crfs=LOW_CRFS)
     print(f"{Path(path).name}: {group} rows again", file=sys.stderr, flush=True)
     return Path(path).name, r.to_dict(per_frame=False)["rows"]
 

@@ -347,12 +347,39 @@ def test_a_rate_target_judges_its_choices_by_their_pictures_and_keeps_the_best()
     best, _ = max(judged, key=lambda j: j[1])
     stream = bitstream.loads(data)
     assert (stream.base is None) == (best.base is None)
-    if best.base is not None:
-        assert stream.base.label == best.base.label and stream.base.packets == best.base.packets
+    if best.base is not None:  # judged at the search's fast preset; written at the file's, at the CRF that fits
+        assert (stream.base.size, stream.base.divisor, stream.base.alone) == (best.base.size, best.base.divisor,
+                                                                             best.base.alone)
+        s = baselayer.BaseLayerSettings(stream.base.size, stream.base.divisor, stream.base.crf, stream.base.alone)
+        assert stream.base.packets == baselayer.encode_clip(frames, s, video.probe(SAMPLE).fps)
     if stream.base is not None and stream.base.alone:  # no source image to raise
         assert enc.source_quality is None and stream.source_data == b""
     else:
         assert stream.base is None or enc.source_quality >= best.quality
+
+
+def test_the_file_s_base_layer_settles_at_the_slow_preset_on_the_lowest_crf_that_fits():
+    """The CRF search codes at the fast preset; settle_layer codes at the file's own, stepping the CRF
+    down while the rate still fits the budget (or up until it does)."""
+    from kpcodec.media import video
+
+    frames = list(video.read_frames(SAMPLE, 64))[:60]
+    fps = video.probe(SAMPLE).fps
+
+    def kbps(packets):
+        return sum(len(p) + 1 for p in packets) * 8 / (len(frames) / float(fps)) / 1000
+
+    searched = baselayer.BaseLayerSettings(64, 2, 50)
+    budget = kbps(baselayer.encode_clip(frames, searched, fps, preset=baselayer.SEARCH_PRESET))
+    layer = ratecontrol.settle_layer(frames, fps, searched, budget, crf_min=40)
+    assert kbps(layer.packets) <= budget
+    settled = baselayer.BaseLayerSettings(64, 2, layer.crf)
+    assert layer.packets == baselayer.encode_clip(frames, settled, fps)  # the file's preset
+    if layer.crf > 40:
+        lower = baselayer.encode_clip(frames, baselayer.BaseLayerSettings(64, 2, layer.crf - 1), fps)
+        assert kbps(lower) > budget
+    tight = ratecontrol.settle_layer(frames, fps, searched, budget * 0.5, crf_min=40)  # too tight: CRF up
+    assert tight.crf > layer.crf
 
 
 def test_a_clip_longer_than_the_look_ahead_is_judged_on_it(tmp_path):

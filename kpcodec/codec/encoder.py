@@ -310,6 +310,11 @@ class Encoder:
         judged = [self._judge(stream, len(settled) > 1, sample) for stream, _ in settled]
         best = self._best(choices, judged) if len(settled) > 1 else 0
         (stream, quality), verdict = settled[best], judged[best]
+        if self.base is not None and choices[best].budget_kbps is not None:
+            # Judged at the search's fast preset: the winner's base layer coded at the file's (its mix
+            # fitted again on it).
+            stream, quality = self._settle(self.base.settle(choices[best]), every, header, stream_at)
+            verdict = self._judge(stream, False, sample)
         if stream.base is not None:
             stream.base = replace(stream.base, mix=verdict.mix)
         self.header, self.base_stream = stream.header, stream.base

@@ -18,6 +18,9 @@ encoder decodes each on the same sample of frames (kpcodec.codec.fusion.judge) a
 picture. A clip that fits the window is judged whole, on exact sizes; a longer one on the window's
 frames when it fills (its fixed costs estimated as above), and the base layer goes on with the winner.
 
+The CRF search codes at SVT-AV1's fast preset (baselayer.SEARCH_PRESET); the file's base layer is
+coded at the slow one (baselayer.PRESET) at the CRF that fits there (settle_layer).
+
 `--base-layer SIZE[@DIV][:CRF]` fixes the settings (no look-ahead); `off` never sends one.
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ HEADER_BYTES = 120  # magic, HEAD, KEND and the chunk framing of SRCF/KPRC/BASE,
 # (kpcodec.train.hybrid: 64-128 px, base frames up to 4 video frames old).
 CANDIDATES = ((128, 2), (128, 3), (96, 3), (64, 3), (64, 4))
 CRF_MIN = 45
+CRF_RANGE_TOP = baselayer.CRF_RANGE[1]
 # The source image's quality where a base layer may carry the picture's low frequencies (and below
 # 2.5k): on six val clips at 96@3:56 with a fitted mix, quality 30 costs 1.4 kb/s less than 50 for
 # -0.003 SSIM, 20 another 0.36 kb/s for -0.001, 10 another 0.25 kb/s for -0.002 (runs of
@@ -138,6 +142,10 @@ class Choice:
     keep: int
     base: bitstream.BaseLayer | None
     quality: int
+    # A base layer coded at the search's fast preset to be judged: the budget (kb/s) and lowest CRF its
+    # own encode settles at (BaseLayerPass.settle); None: the base layer is the file's already.
+    budget_kbps: float | None = None
+    crf_min: int = CRF_MIN
 
 
 def _kbps(nbytes: int, seconds: float) -> float:
@@ -211,21 +219,22 @@ class BaseLayerPass:
         choices = self._candidates(lambda q: self._estimated_fixed_kbps(len(self.source_at(q))), keep,
                                    Choice(keep, None, self.source_quality),
                                    _kbps(HEADER_BYTES, self._spread_s()))
-        best = choices[self.pick(choices, len(self._buffer))]
+        buffer = self._buffer
+        best = self.settle(choices[self.pick(choices, len(buffer))])
         self.source_quality = best.quality
         self._decided = True
         self._start(None if best.base is None else
                     baselayer.BaseLayerSettings(best.base.size, best.base.divisor, best.base.crf, best.base.alone))
         if self._encoder is not None:
-            for j, frame in enumerate(self._buffer):
+            for j, frame in enumerate(buffer):
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
-        self._buffer = []
 
     def _decide(self, fixed_kbps: float) -> None:
         """Settings for the base budget that `fixed_kbps` leaves; codes the buffered frames."""
         budget = self.plan.target_kbps - fixed_kbps
         self._decided = True
-        self._start(choose_settings(self._buffer, self.fps, budget))
+        layer = choose_layer(self._buffer, self.fps, budget)
+        self._start(None if layer is None else baselayer.BaseLayerSettings(layer.size, layer.divisor, layer.crf))
         if self._encoder is not None:
             for j, frame in enumerate(self._buffer):
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
@@ -259,7 +268,7 @@ class BaseLayerPass:
         only = Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None, self.source_quality)
         out = self._candidates(lambda q: _kbps(others + len(self.source_at(q)), seconds), keep, only,
                                _kbps(HEADER_BYTES, seconds))
-        self._decided, self._buffer = True, []
+        self._decided = True  # the buffer stays for `settle`
         return out
 
     def _candidates(self, fixed_kbps, keep: int, keypoints_only: Choice, alone_kbps: float) -> list[Choice]:
@@ -273,10 +282,11 @@ class BaseLayerPass:
         gains more from its source image, a short clip with a detailed background from the base layer)."""
         out, seen = [], set()
         for q in sorted(RDO_QUALITIES, reverse=True):  # where two qualities get the same base layer, the higher
-            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - fixed_kbps(q))
+            budget = self.plan.target_kbps - fixed_kbps(q)
+            settings = choose_settings(self._buffer, self.fps, budget)
             if settings is not None and settings not in seen:
                 seen.add(settings)
-                out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), q))
+                out.append(Choice(keep, self._trial(settings), q, budget, CRF_MIN))
         out.append(keypoints_only)
         fitted = False
         for candidate in ALONE_CANDIDATES:
@@ -286,9 +296,25 @@ class BaseLayerPass:
             if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
                 continue
             fitted = True
-            settings = replace(settings, alone=True)
-            out.append(Choice(keep, _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps)), 0))
+            out.append(Choice(keep, self._trial(replace(settings, alone=True)), 0,
+                              self.plan.target_kbps - alone_kbps, ALONE_CRF_MIN))
         return out
+
+    def _trial(self, settings: baselayer.BaseLayerSettings) -> bitstream.BaseLayer:
+        """The buffered frames' base layer at the search's fast preset, to be judged (`settle` codes the
+        winner's again at the file's preset)."""
+        return _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps, preset=baselayer.SEARCH_PRESET))
+
+    def settle(self, choice: Choice) -> Choice:
+        """The judged `choice` with its base layer coded at the file's preset (settle_layer), at the CRF
+        that fits its budget there; the look-ahead's frames are let go."""
+        if choice.base is not None and choice.budget_kbps is not None:
+            b = choice.base
+            choice = replace(choice, base=settle_layer(
+                self._buffer, self.fps, baselayer.BaseLayerSettings(b.size, b.divisor, b.crf, b.alone),
+                choice.budget_kbps, choice.crf_min), budget_kbps=None)
+        self._buffer = []
+        return choice
 
 
 def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
@@ -354,9 +380,43 @@ def keypoint_only_keep(target_kbps: float, rates: dict[int, float]) -> int:
     return min(fits) if fits else max(rates, key=lambda k: (-rates[k], k))
 
 
-def _rate(frames, fps, settings) -> float:
-    packets = baselayer.encode_clip(frames, settings, fps)
+def _packets_kbps(packets, frames, fps) -> float:
     return _kbps(sum(len(p) + 1 for p in packets), len(frames) / float(fps))
+
+
+def _rate(frames, fps, settings) -> float:
+    """The base layer's rate on `frames` at the search's fast preset."""
+    return _packets_kbps(baselayer.encode_clip(frames, settings, fps, preset=baselayer.SEARCH_PRESET), frames, fps)
+
+
+def settle_layer(frames, fps, settings: baselayer.BaseLayerSettings, budget_kbps: float,
+                 crf_min: int = CRF_MIN) -> bitstream.BaseLayer:
+    """The file's own encode (baselayer.PRESET) of `settings` found by the fast search: its rate at a
+    CRF is a few per cent (up to ~15%) lower than the search's, so from the searched CRF it steps down
+    while the rate still fits `budget_kbps` (not below `crf_min`), or up until it fits (up to 63)."""
+    def coded(crf):
+        s = replace(settings, crf=crf)
+        packets = baselayer.encode_clip(frames, s, fps)
+        return s, packets, _packets_kbps(packets, frames, fps) <= budget_kbps
+
+    s, packets, fits = coded(settings.crf)
+    if not fits:
+        while not fits and s.crf < CRF_RANGE_TOP:
+            s, packets, fits = coded(s.crf + 1)
+        return _layer(s, packets)
+    while s.crf > crf_min:
+        lower, lower_packets, fits = coded(s.crf - 1)
+        if not fits:
+            break
+        s, packets = lower, lower_packets
+    return _layer(s, packets)
+
+
+def choose_layer(frames, fps, budget_kbps: float, candidates=CANDIDATES,
+                 crf_min: int = CRF_MIN) -> bitstream.BaseLayer | None:
+    """choose_settings, then the file's own encode of them (settle_layer); None where nothing fits."""
+    settings = choose_settings(frames, fps, budget_kbps, candidates, crf_min)
+    return None if settings is None else settle_layer(frames, fps, settings, budget_kbps, crf_min)
 
 
 def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES,
@@ -365,10 +425,10 @@ def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES,
     `crf_min`), or None when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only
     wins there)."""
     for size, div in candidates:
-        top = baselayer.BaseLayerSettings(size, div, 63)
+        top = baselayer.BaseLayerSettings(size, div, CRF_RANGE_TOP)
         if _rate(frames, fps, top) > budget_kbps:
             continue
-        lo, hi = crf_min, 63  # rate(hi) fits; find the lowest CRF that still fits
+        lo, hi = crf_min, CRF_RANGE_TOP  # rate(hi) fits; find the lowest CRF that still fits
         if _rate(frames, fps, replace(top, crf=lo)) <= budget_kbps:
             return replace(top, crf=lo)
         while hi - lo > 1:

@@ -23,7 +23,13 @@ from kpcodec.errors import UsageError, VideoError
 
 ENCODER = "libsvtav1"
 DECODERS = ("libdav1d", "libaom-av1", "av1")
-PRESET = 8  # SVT-AV1 speed 0..13: 8 costs ~2 ms a 96-px frame on one core
+# SVT-AV1 speed 0..13. At these sizes the slow presets pay: on six val clips at 128@4 (CRF 44-62, base
+# frames bicubic-upscaled), preset 2 gives +0.012-0.016 SSIM over preset 8 at 3-6% fewer bits, for
+# ~17 ms a 128-px frame on one core against ~1.5 ms; preset 1 adds only +0.001 at ~25 ms, 4 gives
+# two thirds of the gain (runs of 2026-12-07, benchmarks/results/hybrid.md).
+PRESET = 2
+# The rate control's trial encodes (CRF search): fast; the file's own encode settles at PRESET.
+SEARCH_PRESET = 8
 SIZES = (32, 256)  # allowed range of the base-layer size (even; 256 = the model's own size)
 MAX_DIVISOR = 8
 CRF_RANGE = (1, 63)
@@ -87,7 +93,7 @@ class BaseLayerEncoder:
     Frames whose index is not a multiple of the divisor are ignored, so a caller pushes every
     video frame. SVT-AV1 looks ahead, so packets come out a few frames late."""
 
-    def __init__(self, settings: BaseLayerSettings, fps, threads: int = 1):
+    def __init__(self, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET):
         import av
 
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a config banner at its info level
@@ -102,7 +108,7 @@ class BaseLayerEncoder:
         ctx.time_base = 1 / rate
         ctx.framerate = rate
         ctx.gop_size = 1 << 20  # one key frame; a source refresh does not need a new one
-        ctx.options = {"crf": str(settings.crf), "preset": str(PRESET), "svtav1-params": f"lp={max(1, threads)}"}
+        ctx.options = {"crf": str(settings.crf), "preset": str(preset), "svtav1-params": f"lp={max(1, threads)}"}
         ctx.open()
         self._ctx = ctx
         self._coded = 0  # base frames given to the encoder
@@ -168,9 +174,9 @@ class BaseLayerDecoder:
             raise VideoError(f"bad base-layer packet: {e}") from e
 
 
-def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1) -> list[bytes]:
+def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET) -> list[bytes]:
     """All base packets of a clip of RGB frames (every video frame; the divisor picks)."""
-    enc = BaseLayerEncoder(settings, fps, threads)
+    enc = BaseLayerEncoder(settings, fps, threads, preset)
     packets = []
     for i, frame in enumerate(frames):
         packets += enc.push(i, frame)
