@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.render_only:
         saved = json.loads((args.out / "hybrid.json").read_text())
-        saved["meta"].setdefault("dropped", {}).update(d.split("=", 1) for d in args.drop)
+        saved["meta"].setdefault("dropped", {}).update(parse_drops(args.drop, saved["clips"]))
         (args.out / "hybrid.json").write_text(json.dumps(saved, indent=1) + "\n")
         render(saved["meta"], saved["clips"], saved["speed"], args.out)
         return 0
@@ -330,11 +330,25 @@ def main(argv=None) -> int:
             "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
             "git": git_commit(), "seconds": time.perf_counter() - start, "max_frames": args.max_frames,
             "model": DEFAULT_MODEL, "hybrid_model": DEFAULT_HYBRID_MODEL, "workers": args.workers,
-            "dropped": dict(d.split("=", 1) for d in args.drop)}
+            "dropped": parse_drops(args.drop, record)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hybrid.json").write_text(json.dumps({"meta": meta, "clips": record, "speed": speeds}, indent=1) + "\n")
     render(meta, record, speeds, args.out)
     return 0
+
+
+def parse_drops(drops: list[str], record: list[dict]) -> dict[str, str]:
+    """--drop VARIANT=WHY -> {variant: why}. A variant may hold '=' itself ('k=2 96@3:63'): the split
+    is at the first '=' whose left side names a row of `record`, else at the first '='."""
+    variants = {r.get("variant") for rec in record for r in rec["rows"]}
+    out = {}
+    for d in drops:
+        cuts = [i for i, c in enumerate(d) if c == "="]
+        if not cuts:
+            raise SystemExit(f"--drop {d!r}: expected VARIANT=WHY")
+        cut = next((i for i in cuts if d[:i] in variants), cuts[0])
+        out[d[:cut]] = d[cut + 1:]
+    return out
 
 
 def render(meta: dict, record: list[dict], speeds: dict, out: Path) -> None:

@@ -310,10 +310,11 @@ class Encoder:
         judged = [self._judge(stream, len(settled) > 1, sample) for stream, _ in settled]
         best = self._best(choices, judged) if len(settled) > 1 else 0
         (stream, quality), verdict = settled[best], judged[best]
-        if self.base is not None and choices[best].budget_kbps is not None:
+        chosen = self.base.settle(choices[best]) if self.base is not None else choices[best]
+        if chosen is not choices[best]:
             # Judged at the search's fast preset: the winner's base layer coded at the file's (its mix
             # fitted again on it).
-            stream, quality = self._settle(self.base.settle(choices[best]), every, header, stream_at)
+            stream, quality = self._settle(chosen, every, header, stream_at)
             verdict = self._judge(stream, False, sample)
         if stream.base is not None:
             stream.base = replace(stream.base, mix=verdict.mix)
