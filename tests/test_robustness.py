@@ -60,6 +60,10 @@ def _has_open(pid: int, path: Path) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(condition, proc, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -109,8 +113,10 @@ def test_interrupt_leaves_no_output(command, signum, code, long_clip, long_kpc, 
                 return _has_open(proc.pid, long_clip.resolve())
     proc = None
     try:
+        # SIGINT at its default in the child: a test run started in the background by a non-interactive
+        # shell inherits it ignored (as kpcodec then rightly keeps it), and the signal would do nothing.
         proc = subprocess.Popen(KPCODEC + args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=work)
+                                env=env, cwd=work, preexec_fn=_default_sigint)
         if feed is not None:
             proc.stdin.write(feed)  # the decoder reads as it renders; the pipe stays open
             proc.stdin.flush()
