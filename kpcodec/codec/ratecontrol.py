@@ -223,8 +223,7 @@ class BaseLayerPass:
         best = self.settle(choices[self.pick(choices, len(buffer))])
         self.source_quality = best.quality
         self._decided = True
-        self._start(None if best.base is None else
-                    baselayer.BaseLayerSettings(best.base.size, best.base.divisor, best.base.crf, best.base.alone))
+        self._start(_settings(best.base))
         if self._encoder is not None:
             for j, frame in enumerate(buffer):
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
@@ -234,7 +233,7 @@ class BaseLayerPass:
         budget = self.plan.target_kbps - fixed_kbps
         self._decided = True
         layer = choose_layer(self._buffer, self.fps, budget)
-        self._start(None if layer is None else baselayer.BaseLayerSettings(layer.size, layer.divisor, layer.crf))
+        self._start(_settings(layer))
         if self._encoder is not None:
             for j, frame in enumerate(self._buffer):
                 self._packets += [p for _, p in self._encoder.push(j, frame)]
@@ -309,12 +308,15 @@ class BaseLayerPass:
         """The judged `choice` with its base layer coded at the file's preset (settle_layer), at the CRF
         that fits its budget there; the look-ahead's frames are let go."""
         if choice.base is not None and choice.budget_kbps is not None:
-            b = choice.base
-            choice = replace(choice, base=settle_layer(
-                self._buffer, self.fps, baselayer.BaseLayerSettings(b.size, b.divisor, b.crf, b.alone),
-                choice.budget_kbps, choice.crf_min), budget_kbps=None)
+            choice = replace(choice, base=settle_layer(self._buffer, self.fps, _settings(choice.base),
+                                                       choice.budget_kbps, choice.crf_min), budget_kbps=None)
         self._buffer = []
         return choice
+
+
+def _settings(layer: bitstream.BaseLayer | None) -> baselayer.BaseLayerSettings | None:
+    """The settings a base layer was coded at (None: no base layer)."""
+    return None if layer is None else baselayer.BaseLayerSettings(layer.size, layer.divisor, layer.crf, layer.alone)
 
 
 def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
