@@ -403,6 +403,7 @@ def info(input) -> dict:
             "crf": stream.base.crf, "frames": len(stream.base.packets),
             "mix": stream.base.mix / bitstream.MIX_FULL,  # the rendering's weight against the moved base
             "alone": stream.base.alone,  # format 2.3: the frames come from the base layer alone
+            "cubic": stream.base.cubic,  # format 2.4: moved along a cubic keypoint path
             "bytes": base_bytes,  # framing included (a 2.x file: every BASE packet's)
             "kbps": base_bytes * 8 / duration / 1000 if duration else 0.0},
     }

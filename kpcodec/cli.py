@@ -404,7 +404,8 @@ def _base_row(base: dict | None) -> str:
         return "base layer (none)"
     return (f"base layer ({base['codec'].upper()} {base['size']}x{base['size']}, 1/{base['divisor']} frame rate, "
             f"CRF {base['crf']}, {base['frames']} frames, " +
-            ("alone: no source image, no keypoints)" if base.get("alone") else f"mix {base.get('mix', 1.0):.2f})"))
+            (f"alone{', cubic path' if base.get('cubic') else ''}: no source image, no keypoints)" if base.get("alone")
+             else f"mix {base.get('mix', 1.0):.2f})"))
 
 
 @app.command()

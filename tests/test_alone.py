@@ -1,5 +1,5 @@
 """Format 2.3, a stream of the base layer alone: no source image, no keypoints; the decoder moves the
-base frames on both sides of a frame to it by keypoints it detects on them. The bitstream, the
+base frames on both sides of a frame to it by keypoints it detects on them (2.4: on a cubic path). The bitstream, the
 decoder (with the shipped hybrid model), encode --base-layer SIZE@DIV:CRF,alone and the rate
 control's choice of it."""
 from __future__ import annotations
@@ -54,10 +54,39 @@ def test_an_older_minor_refuses_the_alone_flag_and_1x_cannot_hold_it():
     data = (GOLDEN / "v2_3.kpc").read_bytes()
     with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the same bytes called 2.2
         bitstream.loads(data[:9] + b"\x02" + data[10:])
-    with pytest.raises(KpcFormatError, match="2.4 stream needs a newer kpcodec"):
-        bitstream.loads(data[:9] + b"\x04" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.5 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x05" + data[10:])
     with pytest.raises(KpcFormatError, match="needs format 2.3"):
         bitstream.dumps(dataclasses.replace(bitstream.loads(data), version=(1, 4)))
+
+
+def test_golden_2_4_the_cubic_path_decodes_exactly_and_is_written_back_byte_for_byte():
+    data = (GOLDEN / "v2_4.kpc").read_bytes()
+    s = bitstream.loads(data)
+    assert s.version == (2, 4) and data[8:10] == b"\x02\x04"
+    assert s.base.alone and s.base.cubic and s.base.label == "16@4:52,alone" and len(s.base.packets) == 9
+    assert s.header.frame_count == 33 and s.base.packets == _golden().golden_stream_2_4().base.packets
+    assert pk.join(pk.stream_packets(s, 3)) == data
+    # 2.3's linear path is still written as 2.3
+    assert pk.join(pk.stream_packets(dataclasses.replace(s, base=dataclasses.replace(s.base, cubic=False)), 3))[8:10] \
+        == b"\x02\x03"
+
+
+def test_an_older_minor_refuses_the_cubic_flag_which_needs_a_base_layer_alone():
+    data = (GOLDEN / "v2_4.kpc").read_bytes()
+    with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the same bytes called 2.3
+        bitstream.loads(data[:9] + b"\x03" + data[10:])
+    s = bitstream.loads(data)
+    with pytest.raises(KpcFormatError, match="cubic keypoint path is for a stream of the base layer alone"):
+        pk.encode_head(s.header, dataclasses.replace(s.base, alone=False, packets=[]))
+    # A HEAD with the cubic flag but not the alone flag (CRC and all made right): one line, no crash.
+    head = pk.PacketWriter(s.header, dataclasses.replace(s.base, packets=[])).take()[0]
+    flags_at = len(head.payload) - 5 - 2  # the flags u16 come before the base settings (5 bytes)
+    payload = bytearray(head.payload)
+    assert payload[flags_at] & 0x18 == 0x18
+    payload[flags_at] &= ~0x08
+    with pytest.raises(KpcFormatError, match="cubic keypoint path in a HEAD without a base layer alone"):
+        pk.decode_head(bytes(payload))
 
 
 def test_a_source_image_or_keypoints_in_a_stream_alone_are_refused():
@@ -108,7 +137,7 @@ def alone_file(sample_frames, tmp_path_factory):
 
 def test_encode_writes_the_base_layer_alone(alone_file):
     s = bitstream.read_file(alone_file)
-    assert s.version == (2, 3) and s.base.alone and (s.base.size, s.base.divisor, s.base.crf) == (128, 4, 45)
+    assert s.version == (2, 4) and s.base.alone and s.base.cubic and (s.base.size, s.base.divisor, s.base.crf) == (128, 4, 45)
     assert len(s.base.packets) == 6 and s.source_data == b"" and len(s.sent_indices) == 0
     assert s.header.frame_count == 24 and s.header.keep_every == 4
 
@@ -139,15 +168,44 @@ def test_base_frames_show_as_they_are_and_frames_between_are_moved_to_them(alone
         assert np.array_equal(out[t], up[5])
 
 
+def test_frames_between_follow_the_cubic_keypoint_path(alone_file):
+    """Format 2.4: frame t between base frames n and n+1 is moved to the Catmull-Rom point through the
+    keypoints of base frames n-1..n+2 (an end's missing neighbour: the end itself); the same file read
+    as 2.3 (linear path) decodes those frames differently and base frames alike."""
+    import torch
+
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+    from kpcodec.options import DecodeOptions
+
+    one = DecodeOptions(threads=1)
+    s = bitstream.read_file(alone_file)
+    dec = Decoder(s, one)
+    cubic = list(dec.frames())
+    linear = list(Decoder(dataclasses.replace(s, base=dataclasses.replace(s.base, cubic=False)), one).frames())
+    net = dec.net
+    with torch.inference_mode():
+        up = net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)))
+        kp, jac = net.detect(up)
+    for t, (p, n, m, q) in ((1, (0, 0, 1, 2)), (6, (0, 1, 2, 3)), (18, (3, 4, 5, 5))):
+        a = torch.tensor([(t % 4) / 4])
+        with torch.inference_mode():
+            want = net.between(up[n:n + 1], kp[n:n + 1], jac[n:n + 1], up[m:m + 1], kp[m:m + 1], jac[m:m + 1], a,
+                               (kp[p:p + 1], jac[p:p + 1], kp[q:q + 1], jac[q:q + 1]))
+        assert np.abs(cubic[t].astype(int) - tensor_to_frames(want)[0].astype(int)).max() <= 1, t
+        assert not np.array_equal(cubic[t], linear[t])
+    assert all(np.array_equal(cubic[t], linear[t]) for t in range(0, 24, 4))
+
+
 def test_decode_from_the_cli_and_info(runner, alone_file, tmp_path):
     mp4 = tmp_path / "a.mp4"
     r = run(runner, "decode", alone_file, "-o", mp4)
     assert r.exit_code == 0, r.stderr
     assert len(list(video.read_frames(str(mp4), 64))) == 24
     d = json.loads(run(runner, "info", alone_file, "--json").stdout)
-    assert d["format_version"] == "2.3" and d["base_layer"]["alone"] and d["sent_frames"] == 0
+    assert d["format_version"] == "2.4" and d["base_layer"]["alone"] and d["base_layer"]["cubic"] and d["sent_frames"] == 0
     assert d["budget"]["source"]["bytes"] == 0 and d["budget"]["keypoints"]["bytes"] == 0
-    assert "alone: no source image, no keypoints" in run(runner, "info", alone_file).stdout
+    assert "alone, cubic path: no source image, no keypoints" in run(runner, "info", alone_file).stdout
 
 
 def test_packet_by_packet_gives_the_same_frames(alone_file):

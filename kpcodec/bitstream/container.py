@@ -43,7 +43,7 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (2, 3)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
+FORMAT_VERSION = (2, 4)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
 LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
 PACKET_MAJOR = 2
@@ -126,6 +126,9 @@ class BaseLayer:
     # Format 2.3: the frames come from the base layer alone (no source image, no keypoints): a decoder
     # detects keypoints on each decoded base frame and moves the two base frames around a frame to it.
     alone: bool = False
+    # Format 2.4 (with alone): the keypoints of a frame between base frames n and n+1 lie on a
+    # Catmull-Rom curve through those of base frames n-1, n, n+1 and n+2, not on the line from n to n+1.
+    cubic: bool = False
 
     def frame_count(self, video_frames: int) -> int:
         return -(-video_frames // self.divisor)
@@ -326,6 +329,8 @@ def _check_base(b: BaseLayer, frame_count: int) -> None:
         raise KpcFormatError(f"bad BASE field size={b.size} (must be even)")
     if b.codec not in BASE_CODECS.values():
         raise KpcFormatError(f"unknown base-layer codec {b.codec!r}")
+    if b.cubic and not b.alone:
+        raise KpcFormatError("a cubic keypoint path is for a stream of the base layer alone")
     if len(b.packets) != b.frame_count(frame_count):
         raise KpcFormatError(f"base layer has {len(b.packets)} packets, {b.frame_count(frame_count)} expected "
                              f"({frame_count} frames, divisor {b.divisor})")

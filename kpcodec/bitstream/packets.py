@@ -1,9 +1,9 @@
 """.kpc format 2.0: the stream as self-delimiting packets, written and read one at a time (man/kpc.5).
 
-A 2.x file is ``MAGIC``, major 2, minor 0 to 3, then packets until an END packet (2.1 adds the
+A 2.x file is ``MAGIC``, major 2, minor 0 to 4, then packets until an END packet (2.1 adds the
 base layer's mix to HEAD, 2.2 several base frames to a BASE packet, 2.3 a stream of the base layer
-alone: no SOURCE, no KEYPOINTS; a writer marks a file alone 2.3, one with a base layer 2.2, others
-2.0, the oldest minor that reads it). Each packet is
+alone: no SOURCE, no KEYPOINTS, 2.4 its cubic keypoint path; a writer marks a file alone 2.4 or
+2.3, one with a base layer 2.2, others 2.0, the oldest minor that reads it). Each packet is
 
     type (1 byte, an ASCII letter) | seq (varint) | frame (varint) | length (varint) | payload | CRC-32
 
@@ -50,11 +50,12 @@ from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
-VERSION = (2, 3)  # the newest this module reads and writes
-MINORS = (0, 1, 2, 3)  # of major 2
+VERSION = (2, 4)  # the newest this module reads and writes
+MINORS = (0, 1, 2, 3, 4)  # of major 2
 MIX_MINOR = 1  # the first minor with the HEAD's base-layer mix
 BUNDLE_MINOR = 2  # the first minor whose BASE packets hold a count of units
 ALONE_MINOR = 3  # the first minor with a stream of the base layer alone
+CUBIC_MINOR = 4  # the first minor with the base layer alone's cubic keypoint path
 PREAMBLE = kc.MAGIC + bytes((2, 0))  # every 2.x preamble is this long; 2.1 differs in its last byte
 TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
          "E": "END"}
@@ -69,6 +70,7 @@ _FLAG_RESTART = 0x01
 _HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
 _HEAD_FLAG_MIX = 0x0004  # HEAD flags bit 2 (2.1): the base layer's mix (u8) follows its settings
 _HEAD_FLAG_ALONE = 0x0008  # HEAD flags bit 3 (2.3): the frames come from the base layer alone
+_HEAD_FLAG_CUBIC = 0x0010  # HEAD flags bit 4 (2.4, with bit 3): the keypoint path between base frames is cubic
 _MAX_VARINT = 10
 
 
@@ -202,11 +204,11 @@ def read_varint(data, pos: int) -> tuple[int | None, int]:
 
 
 def preamble(head: Packet) -> bytes:
-    """The preamble of a file whose HEAD packet is `head`: 2.3 when its frames come from the base
-    layer alone, 2.2 when it has a base layer (its BASE packets are 2.2's), else 2.0 (the oldest
-    version that reads it)."""
+    """The preamble of a file whose HEAD packet is `head`: 2.4 when its frames come from the base
+    layer alone on a cubic keypoint path, 2.3 on a linear one, 2.2 when it has a base layer (its
+    BASE packets are 2.2's), else 2.0 (the oldest version that reads it)."""
     _, base = decode_head(head.payload)
-    minor = 0 if base is None else ALONE_MINOR if base.alone else BUNDLE_MINOR
+    minor = 0 if base is None else CUBIC_MINOR if base.cubic else ALONE_MINOR if base.alone else BUNDLE_MINOR
     return kc.MAGIC + bytes((VERSION[0], minor))
 
 
@@ -237,7 +239,8 @@ def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
     kc._check_header(fields)
     mix = base is not None and base.mix != kc.MIX_FULL
     flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0) | \
-        (_HEAD_FLAG_MIX if mix else 0) | (_HEAD_FLAG_ALONE if base is not None and base.alone else 0)
+        (_HEAD_FLAG_MIX if mix else 0) | (_HEAD_FLAG_ALONE if base is not None and base.alone else 0) | \
+        (_HEAD_FLAG_CUBIC if base is not None and base.cubic else 0)
     out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
            struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
            struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
@@ -261,18 +264,21 @@ def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
     known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0) | \
-        (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0)
+        (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0) | (_HEAD_FLAG_CUBIC if minor >= CUBIC_MINOR else 0)
     if flags & ~known:
         raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
     if flags & (_HEAD_FLAG_MIX | _HEAD_FLAG_ALONE) and not flags & _HEAD_FLAG_BASE:
         raise KpcFormatError("a base-layer mix or a base layer alone in a HEAD without a base layer")
+    if flags & _HEAD_FLAG_CUBIC and not flags & _HEAD_FLAG_ALONE:
+        raise KpcFormatError("a cubic keypoint path in a HEAD without a base layer alone")
     base = None
     if flags & _HEAD_FLAG_BASE:
         codec, size, divisor, crf = r.unpack("BHBB")
         if codec not in kc.BASE_CODECS:
             raise KpcFormatError(f"unknown base-layer codec {codec} in HEAD")
         (mix,) = r.unpack("B") if flags & _HEAD_FLAG_MIX else (kc.MIX_FULL,)
-        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix, bool(flags & _HEAD_FLAG_ALONE))
+        base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix, bool(flags & _HEAD_FLAG_ALONE),
+                            bool(flags & _HEAD_FLAG_CUBIC))
         kc._check_base(base, 0)
     r.finish(True)
     h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,

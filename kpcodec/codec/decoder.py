@@ -375,24 +375,33 @@ class Decoder:
 
     def _run_alone(self, final: bool) -> list[np.ndarray]:
         """`_run` for a stream of the base layer alone: frame t is ready once the base frames before
-        and after it are (the last base frame serves the frames after it as it is)."""
+        and after it are (the last base frame serves the frames after it as it is), and on a cubic
+        path (2.4) the one after those too where there is one."""
         out, div = [], self.base.divisor
         while not self.finished:
             t = self._next
             n, phase = divmod(t, div)
-            last = self.frame_count is not None and (n + 1) * div >= self.frame_count
+
+            def exists(m):
+                return self.frame_count is None or m * div < self.frame_count
+
             ok, a = self._alone_base(n, final)
-            ok_b, b = (True, None) if phase == 0 or last else self._alone_base(n + 1, final)
-            if not (ok and ok_b):
+            between = phase != 0 and exists(n + 1)
+            ok_b, b = self._alone_base(n + 1, final) if between else (True, None)
+            ok_q, q = self._alone_base(n + 2, final) if between and self.base.cubic and exists(n + 2) else (True, None)
+            if not (ok and ok_b and ok_q):
                 break
             self._next = t + 1
-            for old in [k for k in self._base_frames if k < n]:
+            for old in [k for k in self._base_frames if k < n - 1]:
                 del self._base_frames[old]
             if t < self.start:
                 continue
             if self._repeat_late(t, out):
                 continue
-            self._batch.append((t, a, b, phase / div))
+            p = self._base_frames.get(n - 1) if self.base.cubic else None
+            if isinstance(p, np.ndarray):  # a base frame before the first frame shown (a seek)
+                p = self._base_frames[n - 1] = _BaseImage(p, self._renderer)
+            self._batch.append((t, a, b, phase / div, (p, q)))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
         return out
@@ -401,7 +410,7 @@ class Decoder:
         """Frames of a stream of the base layer alone: a base frame upsampled where the frame has
         one (or only one of its two decoded), else the two moved to it and blended."""
         out, pairs = [None] * len(chunk), []
-        for n, (t, a, b, w) in enumerate(chunk):
+        for n, (t, a, b, w, _) in enumerate(chunk):
             if a is not None and (b is None or w == 0):
                 out[n] = a
             elif b is not None and a is None:
@@ -409,14 +418,15 @@ class Decoder:
             elif a is not None:
                 pairs.append(n)
         if pairs:
+            outer = [_outer(*chunk[n][1:3], *chunk[n][4]) for n in pairs] if self.base.cubic else None
             moved = self._renderer.between([chunk[n][1].moving() for n in pairs],
-                                           [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs])
+                                           [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs], outer)
             for n, frame in zip(pairs, moved):
                 out[n] = frame
         size = (self.header.height, self.header.width, 3)
         frames = [o if isinstance(o, np.ndarray) else o.frame() if o is not None else np.zeros(size, np.uint8)
                   for o in out]
-        ts = [t for t, _, _, _ in chunk]
+        ts = [t for t, *_ in chunk]
         return list(zip(ts, [(f, None) for f in frames] if self.parts else frames))
 
     def _submit(self) -> list[np.ndarray]:
@@ -489,6 +499,14 @@ class _BaseImage:
         from kpcodec.models.frames import tensor_to_frames
 
         return tensor_to_frames(self.upsampled())[0]
+
+
+def _outer(a: _BaseImage, b: _BaseImage, p: _BaseImage | None, q: _BaseImage | None):
+    """The cubic path's outer keypoints and Jacobians (before a, after b) of one frame between base
+    frames a and b: base frames p and q's, or at an end (or where one did not decode) a's and b's own."""
+    kp_p, jac_p = (p or a).moving()[1:]
+    kp_q, jac_q = (q or b).moving()[1:]
+    return kp_p, jac_p, kp_q, jac_q
 
 
 def _base_batch(bases: list, kp: np.ndarray, jac: np.ndarray):

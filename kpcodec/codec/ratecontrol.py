@@ -55,17 +55,22 @@ HYBRID_SOURCE_QUALITY = 30
 DEFAULT_SETTINGS = baselayer.BaseLayerSettings()  # 96@3:63
 MIN_TARGET_KBPS, MAX_TARGET_KBPS = 0.5, 1000.0
 BASE_FRAMING = 21  # the BASE chunk's framing and fields, bytes
-# Source-image qualities a hybrid file under a rate target is judged at (candidates): on six val clips
-# at 4-8k the best of them differed by clip (runs/exp/rcq, 2026-12-07): 5 on a short clip with a
-# detailed background (+0.06 SSIM at 8k against 30), 30 on a still face (+0.017 against 5 at 6k).
-RDO_QUALITIES = (5, 15, 30)
+# Source-image qualities a hybrid file under a rate target is judged at (candidates). Before the base
+# layer alone, the best of 5, 15 and 30 differed by clip (runs/exp/rcq, 2026-12-07: 5 on a short clip
+# with a detailed background, +0.06 SSIM at 8k against 30; 30 on a still face, +0.017 against 5 at 6k).
+# Since, the base layer alone won 104 of 105 val encodes at 3-12k and a hybrid none (hybrid.md,
+# 2026-12-07), losing by 0.013-0.021 at 8k (runs/exp/rdo_margin.log): one quality is judged, not three,
+# for a third of their cost (each is a CRF search and a decode with the generator).
+RDO_QUALITIES = (30,)
 # (size, divisor) of the files of the base layer alone a rate target is judged at, the most costly
 # first, each at the lowest CRF (down to ALONE_CRF_MIN) that fits. The decoder moves the base frames
 # on both sides of a frame to it, so a lower frame rate costs less than a held frame does: on six val
 # clips at CRF 52-55, against the base frame held, +0.013 SSIM at 96@3, +0.021 at 128@4, +0.032 at
 # 128@6 (+0.004 to +0.008 over a linear blend of the two). 192@4 and 160@3 beat 128@3 by 0.003-0.006
-# at 8-12k; 64@6 fits 3k on a clip where nothing else does (runs/exp/alone_cands, 2026-12-07).
-ALONE_CANDIDATES = ((192, 4), (160, 3), (128, 3), (128, 4), (128, 6), (96, 4), (64, 6))
+# at 8-12k; 64@6 fits 3k on a clip where nothing else does (runs/exp/alone_cands, 2026-12-07). The
+# full size at the same frame rate, 256@4, beat 192@4 on four val clips by -0.000 to +0.004 (mean +0.002)
+# at 8k and +0.001 to +0.003 at 12k, where 224@4, 256@6 and 256@8 did not (runs/exp/alone_big.log).
+ALONE_CANDIDATES = ((256, 4), (192, 4), (160, 3), (128, 3), (128, 4), (128, 6), (96, 4), (64, 6))
 ALONE_CRF_MIN = 30
 
 
@@ -320,7 +325,8 @@ def _settings(layer: bitstream.BaseLayer | None) -> baselayer.BaseLayerSettings 
 
 
 def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
-    return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets), alone=settings.alone)
+    return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets), alone=settings.alone,
+                               cubic=settings.alone)
 
 
 KEEP_CHOICES = (1, 2, 4)

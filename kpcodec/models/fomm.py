@@ -98,13 +98,20 @@ class MotionModel(nn.Module):
         return _warp_full(up, (sparse * mask.unsqueeze(-1)).sum(dim=1))
 
     def between(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
-                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None) -> torch.Tensor:
         """Frames between two base frames of a stream of the base layer alone (format 2.3): each of
         the upsampled base frames (B,3,H,W) moved, by the dense motion network with it as the source,
         to the keypoints a fraction `a` (B,) of the way from a's keypoints to b's, and the two blended
-        by `a`. The keypoints are the detector's on the base frames themselves: no bits are sent."""
-        kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
-        jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
+        by `a`. The keypoints are the detector's on the base frames themselves: no bits are sent.
+        `outer` (format 2.4's cubic path): the keypoints and Jacobians of the base frames before a and
+        after b, (kp_p, jac_p, kp_q, jac_q); the path is then the Catmull-Rom curve through all four."""
+        if outer is None:
+            kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
+            jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
+        else:
+            kp_p, jac_p, kp_q, jac_q = outer
+            kp = catmull_rom(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1))
+            jac = catmull_rom(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1))
 
         def moved(up, kp_from, jac_from):
             return _warp_full(up, self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"])
@@ -118,6 +125,14 @@ class MotionModel(nn.Module):
         image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"], source)
         return {"image": image, "kp_source": kp_s, "jac_source": jac_s, "kp_driving": kp_d,
                 "jac_driving": jac_d, **motion}
+
+
+def catmull_rom(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The uniform Catmull-Rom curve through p0..p3 at a fraction `a` of the way from p1 to p2
+    (p1 at a = 0, p2 at a = 1; an end's missing neighbour is the end itself)."""
+    a2 = a * a
+    a3 = a2 * a
+    return 0.5 * (2 * p1 + (p2 - p0) * a + (2 * p0 - 5 * p1 + 4 * p2 - p3) * a2 + (3 * (p1 - p2) + p3 - p0) * a3)
 
 
 def _warp_full(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ changed format (v1_0 is frozen: the 1.0 writer must keep reproducing it).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 import struct
 import sys
 import zlib
@@ -139,6 +140,15 @@ def golden_stream_2_3() -> KpcStream:
                                 [("note", b"golden 2.3")], (2, 3))
 
 
+def golden_stream_2_4() -> KpcStream:
+    """Format 2.4: 2.3's stream of the base layer alone on the cubic keypoint path, 9 base frames
+    (33 frames, every 4th: the last base frame alone at frame 32)."""
+    header = replace(golden_stream_2_0().header, frame_count=33)
+    packets = [hashlib.sha256(b"base 2.4 %d" % i).digest()[: 3 + i % 13] for i in range(9)]
+    return KpcStream.base_alone(header, BaseLayer(size=16, divisor=4, crf=52, packets=packets, alone=True, cubic=True),
+                                [("note", b"golden 2.4")], (2, 4))
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
@@ -152,7 +162,8 @@ def write(name: str, stream: KpcStream) -> None:
 
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
            "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
-           "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2, "v2_3": golden_stream_2_3}
+           "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2, "v2_3": golden_stream_2_3,
+           "v2_4": golden_stream_2_4}
 
 
 def main() -> None:
