@@ -19,8 +19,8 @@ How bytes are counted (so that the comparison with .kpc files is fair both ways)
 * ``first_bytes`` is the first packet in decode order: the key frame with its headers.
   ``bytes - first_bytes`` is the steady-state cost of the remaining frames.
 
-Colour: frames go RGB -> yuv420p -> RGB through swscale's defaults (BT.601, limited
-range), the same path :class:`kpcodec.media.video.VideoWriter` and
+Colour: frames go RGB -> yuv420p (AV1: its 10-bit form, as kpcodec's base layer) -> RGB through
+swscale's defaults (BT.601, limited range), the same path :class:`kpcodec.media.video.VideoWriter` and
 :func:`kpcodec.media.video.read_frames` take, so every codec in a comparison pays the same
 chroma subsampling.
 """
@@ -50,6 +50,7 @@ class ClassicCodec:
     crf_range: tuple[int, int]
     default_crfs: tuple[int, ...]
     preset: str
+    pix_fmt: str = "yuv420p"  # what the encoder codes (frames are converted from RGB to it)
 
 
 CODECS: dict[str, ClassicCodec] = {
@@ -59,11 +60,12 @@ CODECS: dict[str, ClassicCodec] = {
         ClassicCodec("x264", "H.264", "libx264", ("h264",), (0, 51), (27, 31, 35, 39, 43, 47, 51), "veryslow"),
         # preset medium, not slow: slow is 2-3x slower for ~5% fewer bytes, and this runs on CPUs.
         ClassicCodec("x265", "H.265", "libx265", ("hevc",), (0, 51), (27, 31, 35, 39, 43, 47, 51), "medium"),
-        # SVT-AV1 at the preset of kpcodec's own base layer (0 slowest .. 13 fastest), so the two are
-        # compared at the same effort: preset 2 against 8 gives AV1 +0.015 SSIM at CRF 63 on six val
-        # clips at 256 px (0.902 -> 0.917, 11.3 -> 11.7 kb/s) for ~34 ms a frame on one core.
+        # SVT-AV1 at the preset and pixel format of kpcodec's own base layer (0 slowest .. 13 fastest;
+        # 10-bit), so the two are compared at the same effort: preset 2 against 8 gives AV1 +0.015 SSIM at
+        # CRF 63 on six val clips at 256 px (0.902 -> 0.917, 11.3 -> 11.7 kb/s) for ~34 ms a frame on one
+        # core; 10 bits against 8 about +0.0015 at the same rate.
         ClassicCodec("av1", "AV1", "libsvtav1", ("libdav1d", "libaom-av1"), (1, 63),
-                     (35, 41, 47, 53, 58, 63), str(baselayer.PRESET)),
+                     (35, 41, 47, 53, 58, 63), str(baselayer.PRESET), baselayer.PIX_FMT),
     ]
 }
 
@@ -160,7 +162,7 @@ def encode_frames(frames, fps, key: str, crf: int, *, keyint: int | None = None,
                   threads: int | None = 1) -> Coded:
     """Code RGB uint8 frames with classic codec `key` ("x264", "x265", "av1") at `crf`.
 
-    yuv420p; one key frame interval over the whole clip unless `keyint` is given
+    4:2:0 (AV1 in 10 bits: the codec's pix_fmt); one key frame interval over the whole clip unless `keyint` is given
     (encoders may still insert key frames at scene cuts, as they would in a real
     stream). `threads`: encoder threads (None: the encoder's default).
     """
@@ -177,7 +179,7 @@ def encode_frames(frames, fps, key: str, crf: int, *, keyint: int | None = None,
     start = time.perf_counter()
     try:
         ctx = av.CodecContext.create(codec.encoder, "w")
-        ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
+        ctx.width, ctx.height, ctx.pix_fmt = w, h, codec.pix_fmt
         ctx.time_base = 1 / rate
         ctx.framerate = rate
         ctx.gop_size = max(1, keyint or len(frames))
