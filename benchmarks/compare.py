@@ -283,7 +283,8 @@ def render(meta: dict, record: list[dict], out: Path) -> None:
         f"{_used(record, 'predictor')}. The motion model keeps training (kpcodec/weights/MODEL_CARD.md): the kpcodec "
         "numbers change with each shipped model; the classic codecs' do not.",
         f"- **Classic codecs:** x264 preset {classic.CODECS['x264'].preset}, x265 preset "
-        f"{classic.CODECS['x265'].preset}, SVT-AV1 preset {classic.CODECS['av1'].preset}; yuv420p, one key frame "
+        f"{classic.CODECS['x265'].preset}, SVT-AV1 preset {classic.CODECS['av1'].preset}; "
+        f"{', '.join(f'{c.label} {c.pix_fmt}' for c in classic.CODECS.values())}; one key frame "
         f"per clip (keyint = clip length), {threads} thread(s) per codec (torch too).",
         "- **Rates:** kb/s over each clip's duration, means over clips. kpcodec: the whole .kpc file. Classic "
         "codecs: the whole elementary stream (parameter sets included; no MP4 container; the encoder's "
