@@ -373,6 +373,10 @@ class Decoder:
             entry = self._base_frames[n] = _BaseImage(entry, self._renderer)
         return True, entry
 
+    def _base_exists(self, n: int) -> bool:
+        """Whether the stream has a base frame n (True while its length is not known)."""
+        return self.frame_count is None or n * self.base.divisor < self.frame_count
+
     def _run_alone(self, final: bool) -> list[np.ndarray]:
         """`_run` for a stream of the base layer alone: frame t is ready once the base frames before
         and after it are (the last base frame serves the frames after it as it is), and on a cubic
@@ -381,16 +385,14 @@ class Decoder:
         while not self.finished:
             t = self._next
             n, phase = divmod(t, div)
-
-            def exists(m):
-                return self.frame_count is None or m * div < self.frame_count
-
             ok, a = self._alone_base(n, final)
-            between = phase != 0 and exists(n + 1)
+            between = phase != 0 and self._base_exists(n + 1)
             ok_b, b = self._alone_base(n + 1, final) if between else (True, None)
-            ok_q, q = self._alone_base(n + 2, final) if between and self.base.cubic and exists(n + 2) else (True, None)
+            cubic = between and self.base.cubic
+            ok_q, q = self._alone_base(n + 2, final) if cubic and self._base_exists(n + 2) else (True, None)
             if not (ok and ok_b and ok_q):
                 break
+            _, p = self._alone_base(n - 1, final) if cubic and n else (True, None)  # in: only older ones go
             self._next = t + 1
             for old in [k for k in self._base_frames if k < n - 1]:
                 del self._base_frames[old]
@@ -398,9 +400,6 @@ class Decoder:
                 continue
             if self._repeat_late(t, out):
                 continue
-            p = self._base_frames.get(n - 1) if self.base.cubic else None
-            if isinstance(p, np.ndarray):  # a base frame before the first frame shown (a seek)
-                p = self._base_frames[n - 1] = _BaseImage(p, self._renderer)
             self._batch.append((t, a, b, phase / div, (p, q)))
             if len(self._batch) == self.options.batch:
                 out += self._submit()

@@ -25,6 +25,7 @@ coded at the slow one (baselayer.PRESET) at the CRF that fits there (settle_laye
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -453,8 +454,6 @@ def lowest_fitting_crf(rate, lo: int, hi: int, rate_hi: float, budget: float) ->
     it; the rate falls as the CRF rises. A guess from LOG_RATE_PER_CRF, then interpolation on the log
     rate between the CRFs known to fit and not to, a bisection step whenever one did not halve the
     bracket: three to four encodes where a bisection of 30..63 takes seven."""
-    import math
-
     good, r_good = hi, rate_hi  # fits
     bad = r_bad = None  # the highest CRF known not to fit
     width = hi - lo + 1

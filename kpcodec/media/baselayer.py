@@ -83,12 +83,12 @@ def parse_settings(text: str, default: BaseLayerSettings = BaseLayerSettings()) 
                              bool(alone))
 
 
-def downscale(frame: np.ndarray, size: int, pix_fmt: str = PIX_FMT):
+def downscale(frame: np.ndarray, size: int):
     """An RGB uint8 frame -> PyAV frame at size x size (area filter) in the encoder's pixel format."""
     import av
 
     vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return vf.reformat(width=size, height=size, format=pix_fmt, interpolation="AREA")
+    return vf.reformat(width=size, height=size, format=PIX_FMT, interpolation="AREA")
 
 
 class BaseLayerEncoder:
