@@ -162,7 +162,7 @@ def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], f
     steps), SSIM and mediapipe face-landmark error against the original frames' landmarks."""
     import torch
 
-    from kpcodec.eval.landmarks import FaceLandmarker, fidelity_from_landmarks
+    from kpcodec.eval.landmarks import detect_video, fidelity_from_landmarks
     from kpcodec.eval.metrics import ssim
     from kpcodec.models.frames import frames_to_tensor
     from kpcodec.models.registry import load_model
@@ -182,8 +182,7 @@ def render_keep_rows(data: Path, landmarks: Path, val: dict, clips: list[str], f
         for keep in ("2", "auto"):
             idx = sent_indices(tr, keep, predictor, max_error)
             out = render_keypoints(net, state, *decoded_keypoints(tr, idx, steps, predictor))
-            with FaceLandmarker() as mark:
-                found = [mark.detect(f) for f in out]
+            found = detect_video(out, near=original)
             row = {"clip": clip, "keep": keep if keep != "auto" else f"auto (E={max_error:g} px)",
                    "frames": len(video), "sent": len(idx), "ssim": float(np.mean([ssim(a, b) for a, b in zip(video, out)])),
                    "landmark_error_px": fidelity_from_landmarks(original, found)["landmark_error_px"],

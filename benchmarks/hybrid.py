@@ -87,14 +87,14 @@ def redo_rows(args: tuple) -> tuple[str, list[dict]]:
 
 # --redo's row groups: which codecs' rows are run again.
 REDO_GROUPS = {"hybrid": ("kpcodec-hybrid",), "kpcodec": ("kpcodec", "kpcodec-hybrid"), "rate": ("kpcodec-hybrid",),
-               "classic": ("av1", "av1-low")}
+               "classic": ("av1", "av1-low"), "keypoints": ("kpcodec",)}
 
 
 def redo_group(args: tuple) -> tuple[str, list[dict]]:
     """Every row of a REDO_GROUPS group of one clip again: "hybrid" the hybrid rows (fixed settings
     and rate targets), "rate" the rate targets' alone, "kpcodec" the hybrid and keypoint-only rows
-    (the classic codecs' rows do not change when only kpcodec does), "classic" the AV1 rows (after a
-    change of their preset)."""
+    (the classic codecs' rows do not change when only kpcodec does), "keypoints" the keypoint-only
+    rows, "classic" the AV1 rows (after a change of their preset)."""
     path, max_frames, landmarks, group = args
     import torch
 
@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--only-done", action="store_true", help="report on the clips hybrid-clips.jsonl holds, run no more")
     p.add_argument("--redo", action="append", default=[],
                    help="run this fixed-setting row (e.g. 'k=1 96@3:63') again on every finished clip; 'rate': the "
-                        "rate-control rows; 'hybrid': every hybrid row; 'kpcodec': those and the keypoint-only rows "
+                        "rate-control rows; 'hybrid': every hybrid row; 'keypoints': the keypoint-only rows; "
+                        "'kpcodec': the hybrid and keypoint-only rows; 'classic': the AV1 rows "
                         "(may be given more than once)")
     p.add_argument("--reuse-speed", action="store_true", help="keep the decode-speed section of the last hybrid.json")
     p.add_argument("--drop", action="append", default=[], metavar="VARIANT=WHY",

@@ -167,7 +167,7 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
                  patterns: list[SendPattern], max_frames: int) -> list[dict]:
     import torch
 
-    from kpcodec.eval.landmarks import FaceLandmarker, fidelity_from_landmarks
+    from kpcodec.eval.landmarks import detect_video, fidelity_from_landmarks
     from kpcodec.eval.metrics import l1, psnr, ssim
     from kpcodec.train.data import decode_clip
     from kpcodec.models.frames import frames_to_tensor as to_tensor
@@ -213,8 +213,7 @@ def render_table(net, data: Path, landmarks: Path, trajs: dict, files: list[str]
                     if mask.any() else None
             if original_lm is not None:
                 try:
-                    with FaceLandmarker() as mark:
-                        found = [mark.detect(fr) for fr in decoded]
+                    found = detect_video(decoded, near=list(original_lm))
                     fid = fidelity_from_landmarks(list(original_lm), found)
                     row["landmark_error_px"] = fid["landmark_error_px"]
                 except Exception as exc:  # mediapipe missing: pixel metrics only

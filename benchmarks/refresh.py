@@ -57,11 +57,10 @@ def write_cut(data: Path, out: Path, limit: int) -> None:
             w.write(frame)
 
 
-def landmarks(frames) -> list:
-    from kpcodec.eval.landmarks import FaceLandmarker
+def landmarks(frames, near=None) -> list:
+    from kpcodec.eval.landmarks import detect_video
 
-    with FaceLandmarker() as mark:
-        return [mark.detect(f) for f in frames]
+    return detect_video(frames, near)
 
 
 def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int, tmp: Path) -> list[dict]:
@@ -84,7 +83,7 @@ def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int
             out = read(mp4, limit)
             assert len(out) == s.frames == len(source), (len(out), s.frames, len(source))
             row["ssim"] = float(np.mean([ssim(a, b) for a, b in zip(source, out)]))
-            row["landmark_error_px"] = fidelity_from_landmarks(original_lm[:len(out)], landmarks(out))["landmark_error_px"]
+            row["landmark_error_px"] = fidelity_from_landmarks(original_lm[:len(out)], landmarks(out, original_lm[:len(out)]))["landmark_error_px"]
         if mode == "off":
             plain = row
         rows.append(row)

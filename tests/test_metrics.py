@@ -240,6 +240,19 @@ def test_fidelity_missing_faces_and_short_sequences():
         lmk.fidelity_from_landmarks(faces[:3], faces[:2])
 
 
+def test_pick_face_takes_the_largest_or_the_nearest():
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0, 40, (478, 2)).astype(np.float32) + 200  # a bystander, 40 px across
+    big = rng.uniform(0, 120, (478, 2)).astype(np.float32) + 20  # the speaker, 120 px across
+    assert lmk.pick_face([]) is None
+    assert lmk.pick_face([small, big]) is big
+    assert lmk.pick_face([big, small]) is big
+    # A decoded frame is scored on the face nearest the original's, even a smaller one.
+    assert lmk.pick_face([big, small], near=small + 1) is small
+    nan_face = np.full((478, 2), np.nan, dtype=np.float32)
+    assert lmk.pick_face([small, big], near=nan_face) is big  # no usable reference: the largest
+
+
 def test_missing_mediapipe_gives_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # makes `import mediapipe` fail
     with pytest.raises(KpcodecError, match=r"kpcodec\[eval\]"):
@@ -275,3 +288,23 @@ def test_motion_fidelity_on_astronaut(astronaut):
     assert result["frames"] == 4
     assert result["face_found_share"] == 1.0
     assert result["landmark_error_px"] < 0.5
+
+
+def test_landmarker_keeps_the_largest_of_two_faces():
+    pytest.importorskip("mediapipe")
+    face = data.astronaut()[30:286, 110:366]  # 256 px around the face
+    small = (transform.resize(face, (192, 192), anti_aliasing=True) * 255).round().astype(np.uint8)
+    frame = np.full((256, 512, 3), 128, np.uint8)
+    frame[64:, :192] = small  # a smaller copy on the left, the face itself on the right
+    frame[:, 256:] = face
+    alone = np.full_like(frame, 128)
+    alone[64:, :192] = small
+    with lmk.FaceLandmarker() as marker:
+        main = marker.detect(frame)
+    with lmk.FaceLandmarker() as marker:
+        copy = marker.detect(alone)
+    with lmk.FaceLandmarker() as marker:
+        near_copy = marker.detect(frame, near=copy)
+    assert main is not None and main[:, 0].min() > 256  # the larger face
+    assert copy is not None and near_copy is not None and near_copy[:, 0].max() < 256
+    assert lmk.landmark_error(near_copy, copy) < 3

@@ -272,16 +272,18 @@ def _at_landmark_size(frame: np.ndarray) -> np.ndarray:
     return np.asarray(img)
 
 
-def _detect_all(frames: Sequence[np.ndarray], tick: Callable[[], None]) -> list[np.ndarray | None]:
-    """Face-mesh landmarks of every frame, one tracker per sequence (video mode)."""
-    from kpcodec.eval.landmarks import FaceLandmarker
+def _detect_all(frames: Sequence[np.ndarray], tick: Callable[[], None],
+                near: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray | None]:
+    """Face-mesh landmarks of every frame's main face, one tracker per sequence (video mode): the
+    largest face, or for decoded frames the one nearest the original's (`near`, frame by frame)."""
+    from kpcodec.eval.landmarks import detect_video
 
-    out = []
-    with FaceLandmarker() as marker:
+    def sized():
         for f in frames:
-            out.append(marker.detect(_at_landmark_size(f)))
+            yield _at_landmark_size(f)
             tick()
-    return out
+
+    return detect_video(sized(), near)
 
 
 def _score(row: Row, originals: Sequence[np.ndarray], decoded: Sequence[np.ndarray],
@@ -302,7 +304,7 @@ def _score(row: Row, originals: Sequence[np.ndarray], decoded: Sequence[np.ndarr
         return
     from kpcodec.eval.landmarks import fidelity_from_landmarks, landmark_error
 
-    marks = _detect_all(decoded, tick)
+    marks = _detect_all(decoded, tick, near=original_marks)
     fid = fidelity_from_landmarks(original_marks, marks)
     row.landmark_px, row.face_found, row.lip_corr = (fid["landmark_error_px"], fid["face_found_share"],
                                                      fid["lip_gap_corr"])

@@ -96,10 +96,9 @@ def evaluate_clip(model, clip: EvalClip, landmarker_factory=None) -> dict:
         "kp_spread": keypoint_spread(kps),
     }
     if landmarker_factory is not None and clip.landmarks is not None:
-        from kpcodec.eval.landmarks import fidelity_from_landmarks
+        from kpcodec.eval.landmarks import detect_video, fidelity_from_landmarks
 
-        with landmarker_factory() as mark:
-            found = [mark.detect(f) for f in decoded]
+        found = detect_video(decoded, near=list(clip.landmarks), factory=landmarker_factory)
         fid = fidelity_from_landmarks(list(clip.landmarks), found)
         frozen = fidelity_from_landmarks(list(clip.landmarks), [clip.landmarks[0]] * len(found))
         row.update({k: fid[k] for k in ("landmark_error_px", "lip_gap_corr", "eye_opening_corr", "face_found_share")})
