@@ -9,7 +9,7 @@ measures on landmark arrays that tell whether a decoded video moves like the ori
   coordinates, or ``None``: the largest face found, or with ``near=`` (the original frame's
   landmarks, for a decoded frame) the face nearest to those (``pick_face``). With one face
   allowed, mediapipe returns whichever it found first: on a clip with bystanders
-  (vox1_id10287_RfDogGJ-UnM_000900) that was a small face behind the speaker in 40% of the
+  (vox1_id10287_RfDogGJ-UnM_000900) that was a small face behind the speaker in 54 of 106
   original frames, so a decoded frame that showed the speaker scored 60-80 px.
 * ``lip_gap(lm)``, ``eye_opening(lm)``: mouth and eyelid openings, normalised by the
   inter-ocular distance so that they do not depend on face size.
