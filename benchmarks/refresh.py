@@ -57,15 +57,9 @@ def write_cut(data: Path, out: Path, limit: int) -> None:
             w.write(frame)
 
 
-def landmarks(frames, near=None) -> list:
-    from kpcodec.eval.landmarks import detect_video
-
-    return detect_video(frames, near)
-
-
 def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int, tmp: Path) -> list[dict]:
     from kpcodec import api
-    from kpcodec.eval.landmarks import fidelity_from_landmarks
+    from kpcodec.eval.landmarks import detect_video, fidelity_from_landmarks
     from kpcodec.eval.metrics import ssim
 
     source = read(path, limit)
@@ -83,7 +77,8 @@ def run_clip(name: str, path: Path, original_lm: list, configs: list, limit: int
             out = read(mp4, limit)
             assert len(out) == s.frames == len(source), (len(out), s.frames, len(source))
             row["ssim"] = float(np.mean([ssim(a, b) for a, b in zip(source, out)]))
-            row["landmark_error_px"] = fidelity_from_landmarks(original_lm[:len(out)], landmarks(out, original_lm[:len(out)]))["landmark_error_px"]
+            original = original_lm[:len(out)]
+            row["landmark_error_px"] = fidelity_from_landmarks(original, detect_video(out, original))["landmark_error_px"]
         if mode == "off":
             plain = row
         rows.append(row)
@@ -188,6 +183,7 @@ def main() -> None:
 
     import torch
 
+    from kpcodec.eval.landmarks import detect_video
     from kpcodec.models.registry import DEFAULT_MODEL
 
     torch.set_num_threads(1)
@@ -214,7 +210,7 @@ def main() -> None:
             rows += run_clip(clip, val / f"{clip}.mp4", lm, configs, args.frames, tmp)
         cut = tmp / "cut.mp4"
         write_cut(val, cut, 200)
-        rows += run_clip("cut", cut, landmarks(read(cut, 200)), configs, 200, tmp)
+        rows += run_clip("cut", cut, detect_video(read(cut, 200)), configs, 200, tmp)
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}, 1 torch thread, "
                       "shared with training runs)",
