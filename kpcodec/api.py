@@ -404,6 +404,7 @@ def info(input) -> dict:
             "mix": stream.base.mix / bitstream.MIX_FULL,  # the rendering's weight against the moved base
             "alone": stream.base.alone,  # format 2.3: the frames come from the base layer alone
             "cubic": stream.base.cubic,  # format 2.4: moved along a cubic keypoint path
+            "placed": stream.base.placed,  # format 2.5: base frames where the encoder put them
             "bytes": base_bytes,  # framing included (a 2.x file: every BASE packet's)
             "kbps": base_bytes * 8 / duration / 1000 if duration else 0.0},
     }

@@ -157,8 +157,9 @@ def encode(
     audio_bitrate: Annotated[float, typer.Option("--audio-bitrate", help="Opus audio bit rate in kb/s (6-64).")] = 12.0,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Leave the input's audio out.")] = False,
     ignore_errors: Annotated[bool, typer.Option("--ignore-errors", help="Repeat the previous frame for frames that do not decode.")] = False,
-    base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF], e.g. 96@3:63 (default: off, auto with --bitrate).")] = None,
+    base_layer: Annotated[Optional[str], typer.Option("--base-layer", help="Hybrid mode: a tiny AV1 stream the generator fuses. 'off', 'auto' (picked by --bitrate) or SIZE[@DIV][:CRF][,alone[,placed]], e.g. 96@3:63 or 256@4:52,alone,placed (default: off, auto with --bitrate).")] = None,
     bitrate: Annotated[Optional[str], typer.Option("--bitrate", "-b", help="Target total rate of source image + keypoints + base layer (audio apart), e.g. 6k; picks keep-every, base layer and source quality.")] = None,
+    base_frames: Annotated[str, typer.Option("--base-frames", help="With --bitrate, a file of the base layer alone: 'placed' (default: the base frames go where the picture changes most, format 2.5) or 'uniform' (every divisor-th frame). A fixed --base-layer says it itself: SIZE@DIV:CRF,alone,placed.")] = "placed",
     base_mix: Annotated[str, typer.Option("--base-mix", help="With a base layer: how far the decoder trusts the rendering against the moved base frame, 0-1, or 'auto' (the encoder fits it on a sample of the frames).")] = "auto",
     packet_frames: Annotated[int, typer.Option("--packet-frames", help="Sent frames per keypoint packet (and base-layer frames per BASE packet): fewer cost more bits (framing) but come out sooner and lose less when a file is cut (default 128).")] = 128,
     keyframe_interval: KeyframeInterval = None,
@@ -177,7 +178,7 @@ def encode(
             refresh=refresh, refresh_threshold=refresh_threshold, source_codec=source_codec,
             source_quality=source_quality, crop=crop, model=model, audio=not no_audio,
             audio_bitrate=audio_bitrate, ignore_errors=ignore_errors, base_layer=base_layer,
-            bitrate=bitrate, base_mix=base_mix, threads=threads, packet_frames=packet_frames,
+            bitrate=bitrate, base_mix=base_mix, base_frames=base_frames, threads=threads, packet_frames=packet_frames,
             keyframe_interval=keyframe_interval)
         with _progress("encode", quiet) as progress:
             s = api.encode(input, output, options, force=force, progress=progress, warn=_warn)
@@ -402,7 +403,9 @@ def info(
 def _base_row(base: dict | None) -> str:
     if not base:
         return "base layer (none)"
-    return (f"base layer ({base['codec'].upper()} {base['size']}x{base['size']}, 1/{base['divisor']} frame rate, "
+    rate = f"placed, 1/{base['divisor']} frame rate on average" if base.get("placed") else \
+        f"1/{base['divisor']} frame rate"
+    return (f"base layer ({base['codec'].upper()} {base['size']}x{base['size']}, {rate}, "
             f"CRF {base['crf']}, {base['frames']} frames, " +
             (f"alone{', cubic path' if base.get('cubic') else ''}: no source image, no keypoints)" if base.get("alone")
              else f"mix {base.get('mix', 1.0):.2f})"))

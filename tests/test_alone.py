@@ -54,8 +54,8 @@ def test_an_older_minor_refuses_the_alone_flag_and_1x_cannot_hold_it():
     data = (GOLDEN / "v2_3.kpc").read_bytes()
     with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the same bytes called 2.2
         bitstream.loads(data[:9] + b"\x02" + data[10:])
-    with pytest.raises(KpcFormatError, match="2.5 stream needs a newer kpcodec"):
-        bitstream.loads(data[:9] + b"\x05" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.6 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x06" + data[10:])
     with pytest.raises(KpcFormatError, match="needs format 2.3"):
         bitstream.dumps(dataclasses.replace(bitstream.loads(data), version=(1, 4)))
 
@@ -85,7 +85,7 @@ def test_an_older_minor_refuses_the_cubic_flag_which_needs_a_base_layer_alone():
     payload = bytearray(head.payload)
     assert payload[flags_at] & 0x18 == 0x18
     payload[flags_at] &= ~0x08
-    with pytest.raises(KpcFormatError, match="cubic keypoint path in a HEAD without a base layer alone"):
+    with pytest.raises(KpcFormatError, match="cubic keypoint path or placed base frames in a HEAD without a base layer alone"):
         pk.decode_head(bytes(payload))
 
 

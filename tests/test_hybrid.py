@@ -350,8 +350,11 @@ def test_a_rate_target_judges_its_choices_by_their_pictures_and_keeps_the_best()
     if best.base is not None:  # judged at the search's fast preset; written at the file's, at the CRF that fits
         assert (stream.base.size, stream.base.divisor, stream.base.alone) == (best.base.size, best.base.divisor,
                                                                              best.base.alone)
-        s = baselayer.BaseLayerSettings(stream.base.size, stream.base.divisor, stream.base.crf, stream.base.alone)
-        assert stream.base.packets == baselayer.encode_clip(frames, s, video.probe(SAMPLE).fps)
+        s = baselayer.BaseLayerSettings(stream.base.size, stream.base.divisor, stream.base.crf, stream.base.alone,
+                                        stream.base.placed)
+        assert stream.base.placed == stream.base.alone  # the rate control places a base layer alone's frames
+        assert stream.base.packets == baselayer.encode_clip(frames, s, video.probe(SAMPLE).fps,
+                                                            positions=stream.base.frames)
     if stream.base is not None and stream.base.alone:  # no source image to raise
         assert enc.source_quality is None and stream.source_data == b""
     else:

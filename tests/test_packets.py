@@ -110,8 +110,8 @@ def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
     assert len(again) < len(data)  # fewer BASE packets
     with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the mix flag in a file that says 2.0
         bitstream.loads(data[:9] + b"\x00" + data[10:])
-    with pytest.raises(KpcFormatError, match="2.5 stream needs a newer kpcodec"):
-        bitstream.loads(data[:9] + b"\x05" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.6 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x06" + data[10:])
     with pytest.raises(KpcFormatError, match="mix needs format 2.1"):  # 1.4 has no field for it
         bitstream.dumps(dataclasses.replace(s, version=(1, 4)))
     _cuts_and_flips_are_refused(data, every=7)
@@ -142,7 +142,10 @@ def test_golden_2_2_bundles_base_frames_and_decodes_exactly():
 def test_a_malformed_bundle_of_base_frames_is_a_format_error(payload, why):
     with pytest.raises(KpcFormatError, match=why):
         pk.split_base_units(payload)
-    assert pk.split_base_units(b"\x02\x02abc") == [b"ab", b"c"] and pk.split_base_units(b"\x01z") == [b"z"]
+    assert pk.split_base_units(b"\x02\x02abc") == ([0], [b"ab", b"c"]) and pk.split_base_units(b"\x01z") == ([0], [b"z"])
+    assert pk.split_base_units(b"\x02\x05\x02abc", placed=True) == ([0, 5], [b"ab", b"c"])
+    with pytest.raises(KpcFormatError, match="distance"):
+        pk.split_base_units(b"\x02\x00\x02abc", placed=True)
 
 
 def test_every_truncation_and_bit_flip_is_a_format_error():

@@ -43,7 +43,7 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (2, 4)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
+FORMAT_VERSION = (2, 5)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
 LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
 PACKET_MAJOR = 2
@@ -67,6 +67,7 @@ MAX_BASE_SIZE = 1024
 # encoder); MIX_FULL (the render alone) is what files without the field mean.
 MIX_FULL = 64
 MAX_BASE_DIVISOR = 255
+MAX_BASE_GAP = 16  # frames between two placed base frames (format 2.5), at most
 FLAG_ADAPTIVE = 0x0001  # HEAD flag (1.1): sent frames chosen by the encoder's error test
 _KNOWN_FLAGS = {0: 0, 1: FLAG_ADAPTIVE, 2: FLAG_ADAPTIVE, 3: FLAG_ADAPTIVE, 4: FLAG_ADAPTIVE}  # per minor version
 CODER_CONTEXT = 0  # KPRC coder 0: the adaptive context coder of kpcodec.bitstream.entropy
@@ -129,9 +130,21 @@ class BaseLayer:
     # Format 2.4 (with alone): the keypoints of a frame between base frames n and n+1 lie on a
     # Catmull-Rom curve through those of base frames n-1, n, n+1 and n+2, not on the line from n to n+1.
     cubic: bool = False
+    # Format 2.5 (with alone): the video frame of each base frame, in order, from 0 (the encoder placed
+    # them where the picture changes most); None: base frame n is video frame n * divisor, and the
+    # divisor is then their mean spacing.
+    frames: list[int] | None = None
 
     def frame_count(self, video_frames: int) -> int:
-        return -(-video_frames // self.divisor)
+        return len(self.frames) if self.frames is not None else -(-video_frames // self.divisor)
+
+    def frame_of(self, n: int) -> int:
+        """The video frame base frame n shows."""
+        return self.frames[n] if self.frames is not None else n * self.divisor
+
+    @property
+    def placed(self) -> bool:
+        return self.frames is not None
 
     @property
     def bytes(self) -> int:
@@ -140,7 +153,8 @@ class BaseLayer:
     @property
     def label(self) -> str:
         """Its settings as --base-layer writes them: SIZE@DIV:CRF[,alone]."""
-        return f"{self.size}@{self.divisor}:{self.crf}" + (",alone" if self.alone else "")
+        return f"{self.size}@{self.divisor}:{self.crf}" + (",alone" if self.alone else "") + \
+            (",placed" if self.placed else "")
 
 
 @dataclass
@@ -331,9 +345,25 @@ def _check_base(b: BaseLayer, frame_count: int) -> None:
         raise KpcFormatError(f"unknown base-layer codec {b.codec!r}")
     if b.cubic and not b.alone:
         raise KpcFormatError("a cubic keypoint path is for a stream of the base layer alone")
+    if b.placed:
+        _check_base_frames(b, frame_count)
     if len(b.packets) != b.frame_count(frame_count):
         raise KpcFormatError(f"base layer has {len(b.packets)} packets, {b.frame_count(frame_count)} expected "
                              f"({frame_count} frames, divisor {b.divisor})")
+
+
+def _check_base_frames(b: BaseLayer, frame_count: int) -> None:
+    """A placed base layer's frames: 0 first, increasing by 1..MAX_BASE_GAP, inside the video."""
+    if not b.alone:
+        raise KpcFormatError("placed base frames are for a stream of the base layer alone")
+    f = np.asarray(b.frames, np.int64).reshape(-1)
+    if (frame_count and not len(f)) or (len(f) and f[0] != 0):  # a HEAD's base layer has none yet
+        raise KpcFormatError("placed base frames must start at frame 0")
+    gaps = np.diff(f)
+    if np.any(gaps < 1) or np.any(gaps > MAX_BASE_GAP):
+        raise KpcFormatError(f"placed base frames must follow each other by 1..{MAX_BASE_GAP} frames")
+    if frame_count and f[-1] >= frame_count:
+        raise KpcFormatError(f"a base frame at frame {int(f[-1])} of a stream of {frame_count} frames")
 
 
 def _encode_base(b: BaseLayer, frame_count: int) -> bytes:

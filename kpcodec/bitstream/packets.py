@@ -2,8 +2,9 @@
 
 A 2.x file is ``MAGIC``, major 2, minor 0 to 4, then packets until an END packet (2.1 adds the
 base layer's mix to HEAD, 2.2 several base frames to a BASE packet, 2.3 a stream of the base layer
-alone: no SOURCE, no KEYPOINTS, 2.4 its cubic keypoint path; a writer marks a file alone 2.4 or
-2.3, one with a base layer 2.2, others 2.0, the oldest minor that reads it). Each packet is
+alone: no SOURCE, no KEYPOINTS, 2.4 its cubic keypoint path, 2.5 its base frames placed by the
+encoder, each BASE packet saying where; a writer marks a file alone 2.5, 2.4 or 2.3, one with a base
+layer 2.2, others 2.0, the oldest minor that reads it). Each packet is
 
     type (1 byte, an ASCII letter) | seq (varint) | frame (varint) | length (varint) | payload | CRC-32
 
@@ -20,7 +21,8 @@ lost packet); ``frame`` is the video frame the packet is about. The types:
   prior; the others carry on the levels, the models and the decoder's predictor from the packet
   before, so only the coder's flush and the framing (about 10 bytes) are paid per packet.
 * ``B`` BASE: temporal units of the hybrid mode's base layer, the first for video frame ``frame``,
-  the next for the base frames after it (2.2: a count and the sizes first; 2.0/2.1: one unit). A
+  the next for the base frames after it (2.2: a count and the sizes first; 2.0/2.1: one unit; 2.5
+  placed: the count, then each later unit's distance in frames from the one before it). A
   packet costs ~9 bytes of framing: one a base frame was 0.7 kb/s at 10 base frames a second, 22%
   of a 96-px CRF 63 base layer; a file bundles the base frames of each keypoint packet.
 * ``A`` AUDIO: a second or so of the Opus sound: u32 the whole track's length (48-kHz ticks), then
@@ -50,12 +52,13 @@ from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
-VERSION = (2, 4)  # the newest this module reads and writes
-MINORS = (0, 1, 2, 3, 4)  # of major 2
+VERSION = (2, 5)  # the newest this module reads and writes
+MINORS = (0, 1, 2, 3, 4, 5)  # of major 2
 MIX_MINOR = 1  # the first minor with the HEAD's base-layer mix
 BUNDLE_MINOR = 2  # the first minor whose BASE packets hold a count of units
 ALONE_MINOR = 3  # the first minor with a stream of the base layer alone
 CUBIC_MINOR = 4  # the first minor with the base layer alone's cubic keypoint path
+PLACED_MINOR = 5  # the first minor with the base layer alone's base frames placed by the encoder
 PREAMBLE = kc.MAGIC + bytes((2, 0))  # every 2.x preamble is this long; 2.1 differs in its last byte
 TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
          "E": "END"}
@@ -71,6 +74,7 @@ _HEAD_FLAG_BASE = 0x0002  # HEAD flags bit 1 (2.0): base-layer settings follow
 _HEAD_FLAG_MIX = 0x0004  # HEAD flags bit 2 (2.1): the base layer's mix (u8) follows its settings
 _HEAD_FLAG_ALONE = 0x0008  # HEAD flags bit 3 (2.3): the frames come from the base layer alone
 _HEAD_FLAG_CUBIC = 0x0010  # HEAD flags bit 4 (2.4, with bit 3): the keypoint path between base frames is cubic
+_HEAD_FLAG_PLACED = 0x0020  # HEAD flags bit 5 (2.5, with bit 3): BASE packets say where each base frame is
 _MAX_VARINT = 10
 
 
@@ -204,11 +208,12 @@ def read_varint(data, pos: int) -> tuple[int | None, int]:
 
 
 def preamble(head: Packet) -> bytes:
-    """The preamble of a file whose HEAD packet is `head`: 2.4 when its frames come from the base
-    layer alone on a cubic keypoint path, 2.3 on a linear one, 2.2 when it has a base layer (its
-    BASE packets are 2.2's), else 2.0 (the oldest version that reads it)."""
+    """The preamble of a file whose HEAD packet is `head`: 2.5 when its frames come from the base
+    layer alone from placed base frames, 2.4 on a cubic keypoint path, 2.3 on a linear one, 2.2 when
+    it has a base layer (its BASE packets are 2.2's), else 2.0 (the oldest version that reads it)."""
     _, base = decode_head(head.payload)
-    minor = 0 if base is None else CUBIC_MINOR if base.cubic else ALONE_MINOR if base.alone else BUNDLE_MINOR
+    minor = 0 if base is None else PLACED_MINOR if base.placed else CUBIC_MINOR if base.cubic else \
+        ALONE_MINOR if base.alone else BUNDLE_MINOR
     return kc.MAGIC + bytes((VERSION[0], minor))
 
 
@@ -240,13 +245,14 @@ def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
     mix = base is not None and base.mix != kc.MIX_FULL
     flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0) | \
         (_HEAD_FLAG_MIX if mix else 0) | (_HEAD_FLAG_ALONE if base is not None and base.alone else 0) | \
-        (_HEAD_FLAG_CUBIC if base is not None and base.cubic else 0)
+        (_HEAD_FLAG_CUBIC if base is not None and base.cubic else 0) | \
+        (_HEAD_FLAG_PLACED if base is not None and base.placed else 0)
     out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
            struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
            struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
            struct.pack("<H", flags)]
     if base is not None:
-        kc._check_base(replace(base, packets=[]), 0)
+        kc._check_base(replace(base, packets=[], frames=[] if base.placed else None), 0)
         codec = next(k for k, v in kc.BASE_CODECS.items() if v == base.codec)
         out.append(struct.pack("<BHBB", codec, base.size, base.divisor, base.crf))
         if mix:
@@ -264,21 +270,23 @@ def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.
     predictor = r.text("utf-8", "predictor name")
     (flags,) = r.unpack("H")
     known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0) | \
-        (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0) | (_HEAD_FLAG_CUBIC if minor >= CUBIC_MINOR else 0)
+        (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0) | (_HEAD_FLAG_CUBIC if minor >= CUBIC_MINOR else 0) | \
+        (_HEAD_FLAG_PLACED if minor >= PLACED_MINOR else 0)
     if flags & ~known:
         raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
     if flags & (_HEAD_FLAG_MIX | _HEAD_FLAG_ALONE) and not flags & _HEAD_FLAG_BASE:
         raise KpcFormatError("a base-layer mix or a base layer alone in a HEAD without a base layer")
-    if flags & _HEAD_FLAG_CUBIC and not flags & _HEAD_FLAG_ALONE:
-        raise KpcFormatError("a cubic keypoint path in a HEAD without a base layer alone")
+    if flags & (_HEAD_FLAG_CUBIC | _HEAD_FLAG_PLACED) and not flags & _HEAD_FLAG_ALONE:
+        raise KpcFormatError("a cubic keypoint path or placed base frames in a HEAD without a base layer alone")
     base = None
     if flags & _HEAD_FLAG_BASE:
         codec, size, divisor, crf = r.unpack("BHBB")
         if codec not in kc.BASE_CODECS:
             raise KpcFormatError(f"unknown base-layer codec {codec} in HEAD")
         (mix,) = r.unpack("B") if flags & _HEAD_FLAG_MIX else (kc.MIX_FULL,)
+        placed = bool(flags & _HEAD_FLAG_PLACED)
         base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix, bool(flags & _HEAD_FLAG_ALONE),
-                            bool(flags & _HEAD_FLAG_CUBIC))
+                            bool(flags & _HEAD_FLAG_CUBIC), [] if placed else None)  # BASE packets say where
         kc._check_base(base, 0)
     r.finish(True)
     h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,
@@ -483,13 +491,12 @@ class PacketWriter:
     def base_frame(self, frame: int, data: bytes) -> list[Packet]:
         if self.base is None:
             raise KpcFormatError("a base-layer packet in a stream whose HEAD has no base layer")
-        if frame % self.base.divisor:
+        if not self.base.placed and frame % self.base.divisor:
             raise KpcFormatError(f"base frame at frame {frame}, not a multiple of divisor {self.base.divisor}")
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise KpcFormatError("empty or non-bytes packet in the base layer")
         last = self._base_waiting[-1][0] if self._base_waiting else self._base_last
-        if last is not None and frame != last + self.base.divisor:
-            raise KpcFormatError(f"base frame at frame {frame} after the one at {last}: base frames go in order")
+        check_base_step(self.base, last, frame)
         self._base_waiting.append((int(frame), bytes(data)))
         if len(self._base_waiting) >= self.packet_frames:
             self._flush_base()
@@ -499,7 +506,9 @@ class PacketWriter:
         if not self._base_waiting:
             return
         units = [u for _, u in self._base_waiting]
-        payload = varint(len(units)) + b"".join(varint(len(u)) for u in units[:-1]) + b"".join(units)
+        gaps = b"".join(varint(b - a) for (a, _), (b, _) in zip(self._base_waiting, self._base_waiting[1:])) \
+            if self.base.placed else b""
+        payload = varint(len(units)) + gaps + b"".join(varint(len(u)) for u in units[:-1]) + b"".join(units)
         self._out.append(self._packet("B", self._base_waiting[0][0], payload))
         self._base_last = self._base_waiting[-1][0]
         self._base_waiting = []
@@ -546,7 +555,7 @@ def stream_events(stream: kc.KpcStream):
     if base is not None:
         yield replace(base, packets=[])
     sources = [SourceImage(r.frame, r.codec, r.data) for r in stream.refreshes]
-    bases = [] if base is None else [BaseFrame(n * base.divisor, p) for n, p in enumerate(base.packets)]
+    bases = [] if base is None else [BaseFrame(base.frame_of(n), p) for n, p in enumerate(base.packets)]
     restarts = {int(f) for f in stream.restarts}
     if tuple(stream.write_version)[0] >= 2:  # a 2.0 keyframe at every source image
         restarts |= {r.frame for r in sources}
@@ -590,7 +599,8 @@ def stream_packets(stream: kc.KpcStream, packet_frames: int = DEFAULT_PACKET_FRA
     w = out = None
     for item in stream_events(replace(stream, restarts=sorted(restarts), version=VERSION)):
         if isinstance(item, kc.Header):
-            w = PacketWriter(item, stream.base and replace(stream.base, packets=[]), packet_frames)
+            w = PacketWriter(item, stream.base and replace(stream.base, packets=[], frames=stream.base.frames and []),
+                             packet_frames)
             out = w.take()
         elif isinstance(item, SourceImage):
             out += w.source(item.frame, item.codec, item.data)
@@ -618,7 +628,7 @@ def read_stream(data: bytes) -> kc.KpcStream:
     reader.close()
     h, base = reader.header, None
     source, refreshes, restarts, extra = None, [], [], []
-    idx, kps, jacs, base_packets = [], [], [], []
+    idx, kps, jacs, base_packets, base_frames = [], [], [], [], []
     sound: list[AudioSlice] = []
     frame_count = 0
     for item in items:
@@ -636,9 +646,10 @@ def read_stream(data: bytes) -> kc.KpcStream:
             kps.append(item.keypoints)
             jacs.append(item.jacobians)
         elif isinstance(item, BaseFrame):
-            if base is not None and item.frame != len(base_packets) * base.divisor:
+            if base is not None and not base.placed and item.frame != len(base_packets) * base.divisor:
                 raise KpcFormatError(f"base frame {item.frame} out of order")
             base_packets.append(item.data)
+            base_frames.append(item.frame)
         elif isinstance(item, Extra):
             extra.append((item.kind, item.payload))
         elif isinstance(item, AudioSlice):
@@ -648,7 +659,7 @@ def read_stream(data: bytes) -> kc.KpcStream:
     if sound:  # the sound as the in-memory stream holds it: one opus chunk, first among the extras
         extra.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
     if base is not None:
-        base = replace(base, packets=base_packets)
+        base = replace(base, packets=base_packets, frames=base_frames if base.placed else None)
         kc._check_base(base, frame_count)
         if base.alone:
             return kc.KpcStream.base_alone(replace(h, frame_count=frame_count), base, extra, (VERSION[0], reader.minor))
@@ -688,12 +699,32 @@ def split_packet(buf, at: int = 0) -> tuple[Packet | None, int]:
     return Packet(kind, seq, frame, body[pos:]), pos + length + 4
 
 
-def split_base_units(payload: bytes, at: int = 0) -> list[bytes]:
-    """The temporal units of a 2.2 BASE payload: varint n >= 1, the sizes (varints >= 1) of the
-    first n - 1, then the n units, the last taking the rest (at least a byte)."""
+def check_base_step(base: kc.BaseLayer, last: int | None, frame: int) -> None:
+    """A base frame at `frame` after the one at `last` (None: the first): every divisor-th frame from
+    0, or placed (2.5) from 0 on by 1..MAX_BASE_GAP frames."""
+    if not base.placed:
+        if last is not None and frame != last + base.divisor:
+            raise KpcFormatError(f"base frame at frame {frame} after the one at {last}: base frames go in order")
+    elif last is None and frame != 0:
+        raise KpcFormatError(f"the first base frame is at frame {frame}, not 0")
+    elif last is not None and not 1 <= frame - last <= kc.MAX_BASE_GAP:
+        raise KpcFormatError(f"base frame at frame {frame} after the one at {last}: placed base frames follow "
+                             f"each other by 1..{kc.MAX_BASE_GAP} frames")
+
+
+def split_base_units(payload: bytes, at: int = 0, placed: bool = False) -> tuple[list[int], list[bytes]]:
+    """The frame offsets (from the packet's frame) and temporal units of a 2.2 BASE payload: varint
+    n >= 1, (2.5 placed: the distances of units 2..n from the one before, varints >= 1), the sizes
+    (varints >= 1) of the first n - 1, then the n units, the last taking the rest (at least a byte)."""
     n, pos = read_varint(payload, 0)
     if not n or n > len(payload):
         raise KpcFormatError(f"bad base-layer packet at byte {at} (count {n})")
+    offsets = [0]
+    for _ in range(n - 1 if placed else 0):
+        gap, pos = read_varint(payload, pos)
+        if gap is None or not 1 <= gap <= kc.MAX_BASE_GAP:
+            raise KpcFormatError(f"bad base-layer packet at byte {at} (a distance of {gap} frames)")
+        offsets.append(offsets[-1] + gap)
     sizes = []
     for _ in range(n - 1):
         size, pos = read_varint(payload, pos)
@@ -706,7 +737,7 @@ def split_base_units(payload: bytes, at: int = 0) -> list[bytes]:
     for size in sizes:
         units.append(payload[pos:pos + size])
         pos += size
-    return units + [payload[pos:]]
+    return offsets, units + [payload[pos:]]
 
 
 class PacketReader:
@@ -732,6 +763,8 @@ class PacketReader:
         self.packets: list[tuple[str, int]] = []  # (type, bytes) of every packet read
         self._source_at = None  # frame of the last source image
         self._source_pending = False  # a source image whose keyframe has not come yet
+        self._base_last = None  # the frame of the last placed base frame read
+        self._base_joined = False  # True after a jump, until a base frame is read
 
     @classmethod
     def after_head(cls, header: kc.Header, base: kc.BaseLayer | None = None, seq: int | None = None) -> PacketReader:
@@ -753,6 +786,7 @@ class PacketReader:
         self._pos, self.seq = offset, None
         self.coder.contexts, self.coder.last_frame = None, -1
         self.last_frame, self._source_pending = -1, False
+        self._base_last, self._base_joined = None, True
 
     def feed(self, data: bytes) -> list:
         self._buf += data
@@ -820,10 +854,24 @@ class PacketReader:
         if p.kind == "B":
             if self.base is None:
                 raise KpcFormatError(f"base-layer packet at byte {at} in a stream without a base layer")
-            if p.frame % self.base.divisor or not p.payload:
+            if (not self.base.placed and p.frame % self.base.divisor) or not p.payload:
                 raise KpcFormatError(f"bad base-layer packet at byte {at} (frame {p.frame})")
-            units = split_base_units(p.payload, at) if self.minor >= BUNDLE_MINOR else [p.payload]
-            return [BaseFrame(p.frame + n * self.base.divisor, u) for n, u in enumerate(units)]
+            if self.minor >= BUNDLE_MINOR:
+                offsets, units = split_base_units(p.payload, at, self.base.placed)
+            else:
+                offsets, units = [0], [p.payload]
+            if self.base.placed:
+                frames = [p.frame + o for o in offsets]
+                try:
+                    for f in frames:
+                        if not self._base_joined:  # after a jump: the first base frame read is any
+                            check_base_step(self.base, self._base_last, f)
+                        self._base_last, self._base_joined = f, False
+                except KpcFormatError as exc:
+                    raise KpcFormatError(f"base-layer packet at byte {at}: {exc}") from None
+            else:
+                frames = [p.frame + n * self.base.divisor for n in range(len(units))]
+            return [BaseFrame(f, u) for f, u in zip(frames, units)]
         if p.kind == "A":
             return [decode_audio_slice(p.payload, at)]
         if p.kind == "X":

@@ -26,6 +26,7 @@ rendered, and only the keypoints of frames waiting for the next sent one are hel
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -104,6 +105,7 @@ class Decoder:
         self._base_frames: dict = {}  # base frame number -> small frame (None: did not decode)
         self._base_decoder = None
         self._base_decoded = 0  # base frames out of the AV1 decoder (or marked bad)
+        self._placed: list[int] = []  # the video frame of each base frame read, in order
         if base is not None:
             self._set_base(base)
         self.frame_count: int | None = None  # known at End
@@ -256,7 +258,8 @@ class Decoder:
     def _base_push(self, item: pk.BaseFrame) -> None:
         from kpcodec.media import baselayer
 
-        n = item.frame // self.base.divisor
+        n = len(self._placed)  # base frames come in order
+        self._placed.append(item.frame)
         if self._base_decoder is None:
             self._base_decoder = baselayer.BaseLayerDecoder()
         try:
@@ -375,18 +378,45 @@ class Decoder:
 
     def _base_exists(self, n: int) -> bool:
         """Whether the stream has a base frame n (True while its length is not known)."""
+        if self.base.placed:
+            return n < len(self._placed) or self.frame_count is None
         return self.frame_count is None or n * self.base.divisor < self.frame_count
+
+    def _alone_span(self, t: int, final: bool):
+        """(ready, n, fraction): frame t lies `fraction` of the way from base frame n to n + 1 (0 on
+        a base frame, and after the last); not ready while a base frame at or before it may still
+        come (placed base frames: where the next one is, only its BASE packet says)."""
+        if not self.base.placed:
+            n, phase = divmod(t, self.base.divisor)
+            return True, n, (phase / self.base.divisor if phase and self._base_exists(n + 1) else 0.0)
+        pos, ended = self._placed, final or self.frame_count is not None
+        n = bisect.bisect_right(pos, t) - 1
+        if n + 1 >= len(pos) and not ended:
+            return False, 0, 0.0
+        n = max(n, 0)
+        if n + 1 >= len(pos) or t <= pos[n]:
+            return True, n, 0.0
+        return True, n, (t - pos[n]) / (pos[n + 1] - pos[n])
+
+    def _knots(self, n: int) -> tuple[int, int, int, int]:
+        """The video frames of placed base frames n - 1, n, n + 1, n + 2 (a missing end neighbour one
+        span further out)."""
+        pos = self._placed
+        a, b = pos[n], pos[n + 1]
+        return (pos[n - 1] if n else 2 * a - b, a, b, pos[n + 2] if n + 2 < len(pos) else 2 * b - a)
 
     def _run_alone(self, final: bool) -> list[np.ndarray]:
         """`_run` for a stream of the base layer alone: frame t is ready once the base frames before
         and after it are (the last base frame serves the frames after it as it is), and on a cubic
         path (2.4) the one after those too where there is one."""
-        out, div = [], self.base.divisor
+        out = []
         while not self.finished:
             t = self._next
-            n, phase = divmod(t, div)
+            ready, n, frac = self._alone_span(t, final)
+            if not ready:
+                break
             ok, a = self._alone_base(n, final)
-            between = phase != 0 and self._base_exists(n + 1)
+            between = frac != 0
             ok_b, b = self._alone_base(n + 1, final) if between else (True, None)
             cubic = between and self.base.cubic
             ok_q, q = self._alone_base(n + 2, final) if cubic and self._base_exists(n + 2) else (True, None)
@@ -400,7 +430,8 @@ class Decoder:
                 continue
             if self._repeat_late(t, out):
                 continue
-            self._batch.append((t, a, b, phase / div, (p, q)))
+            knots = self._knots(n) if cubic and self.base.placed else None
+            self._batch.append((t, a, b, frac, (p, q), knots))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
         return out
@@ -409,7 +440,7 @@ class Decoder:
         """Frames of a stream of the base layer alone: a base frame upsampled where the frame has
         one (or only one of its two decoded), else the two moved to it and blended."""
         out, pairs = [None] * len(chunk), []
-        for n, (t, a, b, w, _) in enumerate(chunk):
+        for n, (t, a, b, w, *_) in enumerate(chunk):
             if a is not None and (b is None or w == 0):
                 out[n] = a
             elif b is not None and a is None:
@@ -418,8 +449,10 @@ class Decoder:
                 pairs.append(n)
         if pairs:
             outer = [_outer(*chunk[n][1:3], *chunk[n][4]) for n in pairs] if self.base.cubic else None
+            knots = [chunk[n][5] for n in pairs] if self.base.cubic and self.base.placed else None
             moved = self._renderer.between([chunk[n][1].moving() for n in pairs],
-                                           [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs], outer)
+                                           [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs], outer,
+                                           knots)
             for n, frame in zip(pairs, moved):
                 out[n] = frame
         size = (self.header.height, self.header.width, 3)

@@ -35,6 +35,7 @@ import numpy as np
 from kpcodec.media import baselayer, source_image
 
 from kpcodec import bitstream
+from kpcodec.codec import placement
 from kpcodec.errors import UsageError
 
 WINDOW_S = 10.0
@@ -99,14 +100,20 @@ class Plan:
     target_kbps: float | None = None
     keep_every: int = 2
     source_quality: int = source_image.DEFAULT_QUALITY
+    placed: bool = True  # a base layer alone that the rate control picks places its base frames (2.5)
 
     @property
     def wants_base(self) -> bool:
         return self.mode != "off"
 
 
-def plan(base_layer=None, bitrate=None) -> Plan:
-    """Check --base-layer and --bitrate together."""
+BASE_FRAMES = ("placed", "uniform")
+
+
+def plan(base_layer=None, bitrate=None, base_frames: str = "placed") -> Plan:
+    """Check --base-layer, --bitrate and --base-frames together."""
+    if base_frames not in BASE_FRAMES:
+        raise UsageError(f"--base-frames {base_frames!r}: expected {' or '.join(BASE_FRAMES)}")
     target = parse_bitrate(bitrate) if bitrate is not None else None
     if isinstance(base_layer, baselayer.BaseLayerSettings):
         mode, settings = "fixed", base_layer
@@ -123,7 +130,7 @@ def plan(base_layer=None, bitrate=None) -> Plan:
     # The keypoints' share: keep-every 2 (causal, no latency) unless the target is tiny.
     keep = 2 if target >= 2.5 else 4
     quality = source_image.DEFAULT_QUALITY if target >= 2.5 and mode == "off" else HYBRID_SOURCE_QUALITY
-    return Plan(mode, None, target, keep, quality)
+    return Plan(mode, None, target, keep, quality, base_frames == "placed")
 
 
 def hybrid_models() -> list[str]:
@@ -178,7 +185,9 @@ class BaseLayerPass:
         self.window = max(1, int(round(WINDOW_S * float(self.fps)))) if plan.target_kbps is not None else 0
         self._buffer: list[np.ndarray] = []
         self._encoder = None
+        self._placer = None  # placed base frames (format 2.5): where the frames coded go
         self._packets: list[bytes] = []
+        self._placements: dict[int, list[int]] = {}  # divisor -> base frames placed on the buffer
         self._source_bytes = 0
         self.source_at, self.pick = source_at, pick
         self._decided = False
@@ -190,6 +199,24 @@ class BaseLayerPass:
         self.settings = settings
         if settings is not None:
             self._encoder = baselayer.BaseLayerEncoder(settings, self.fps)
+            self._placer = placement.Placer(settings.divisor) if settings.placed else None
+
+    def _code(self, i: int, frame: np.ndarray) -> None:
+        """Video frame i into the base layer being coded (if it is or makes a base frame)."""
+        if self._placer is None:
+            self._packets += [p for _, p in self._encoder.push(i, frame)]
+            return
+        for _, placed in self._placer.push(i, frame):
+            self._packets += [p for _, p in self._encoder.code(placed)]
+
+    def _place(self, divisor: int) -> list[int]:
+        """The base frames placed on the buffered frames at a mean spacing of `divisor` (once each)."""
+        if divisor not in self._placements:
+            self._placements[divisor] = placement.place(self._buffer, divisor)
+        return self._placements[divisor]
+
+    def _positions(self, settings) -> list[int] | None:
+        return self._place(settings.divisor) if settings is not None and settings.placed else None
 
     def push(self, i: int, frame: np.ndarray) -> None:
         self.count = i + 1
@@ -204,7 +231,7 @@ class BaseLayerPass:
                     self._decide(self._estimated_fixed_kbps())
             return
         if self._encoder is not None:
-            self._packets += [p for _, p in self._encoder.push(i, frame)]
+            self._code(i, frame)
 
     def _estimated_fixed_kbps(self, source_bytes: int | None = None) -> float:
         """Header, source image (`source_bytes`, default at the plan's quality) and keypoints, kb/s:
@@ -232,7 +259,7 @@ class BaseLayerPass:
         self._start(_settings(best.base))
         if self._encoder is not None:
             for j, frame in enumerate(buffer):
-                self._packets += [p for _, p in self._encoder.push(j, frame)]
+                self._code(j, frame)
 
     def _decide(self, fixed_kbps: float) -> None:
         """Settings for the base budget that `fixed_kbps` leaves; codes the buffered frames."""
@@ -242,7 +269,7 @@ class BaseLayerPass:
         self._start(_settings(layer))
         if self._encoder is not None:
             for j, frame in enumerate(self._buffer):
-                self._packets += [p for _, p in self._encoder.push(j, frame)]
+                self._code(j, frame)
         self._buffer = []
 
     def finish(self, stream_at, keep: int) -> list[Choice]:
@@ -261,8 +288,12 @@ class BaseLayerPass:
         if self._encoder is None:
             return [Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None,
                            self.source_quality)]
+        if self._placer is not None:
+            for _, placed in self._placer.flush():
+                self._packets += [p for _, p in self._encoder.code(placed)]
         self._packets += [p for _, p in self._encoder.flush()]
-        return [Choice(keep, _layer(self.settings, self._packets), self.source_quality)]
+        frames = self._placer.placed if self._placer is not None else None
+        return [Choice(keep, _layer(self.settings, self._packets, frames), self.source_quality)]
 
     def candidates(self, stream_at, keep: int) -> list[Choice]:
         """Rate-distortion choices for a clip that fits the look-ahead, on exact sizes (`stream_at(k)`:
@@ -294,40 +325,46 @@ class BaseLayerPass:
                 out.append(Choice(keep, self._trial(settings), q, budget, CRF_MIN))
         out.append(keypoints_only)
         fitted = False
+        place = self._place if self.plan.placed else None
         for candidate in ALONE_CANDIDATES:
             settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,),
-                                       ALONE_CRF_MIN)
+                                       ALONE_CRF_MIN, place)
             # One that cannot spend the budget even at ALONE_CRF_MIN is not judged where a costlier one can.
             if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
                 continue
             fitted = True
-            out.append(Choice(keep, self._trial(replace(settings, alone=True)), 0,
+            out.append(Choice(keep, self._trial(replace(settings, alone=True, placed=self.plan.placed)), 0,
                               self.plan.target_kbps - alone_kbps, ALONE_CRF_MIN))
         return out
 
     def _trial(self, settings: baselayer.BaseLayerSettings) -> bitstream.BaseLayer:
         """The buffered frames' base layer at the search's fast preset, to be judged (`settle` codes the
         winner's again at the file's preset)."""
-        return _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps, preset=baselayer.SEARCH_PRESET))
+        positions = self._positions(settings)
+        return _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps, preset=baselayer.SEARCH_PRESET,
+                                                      positions=positions), positions)
 
     def settle(self, choice: Choice) -> Choice:
         """The judged `choice` with its base layer coded at the file's preset (settle_layer), at the CRF
         that fits its budget there; the look-ahead's frames are let go."""
         if choice.base is not None and choice.budget_kbps is not None:
-            choice = replace(choice, base=settle_layer(self._buffer, self.fps, _settings(choice.base),
-                                                       choice.budget_kbps, choice.crf_min), budget_kbps=None)
+            settings = _settings(choice.base)
+            choice = replace(choice, base=settle_layer(self._buffer, self.fps, settings, choice.budget_kbps,
+                                                       choice.crf_min, self._positions(settings)), budget_kbps=None)
         self._buffer = []
         return choice
 
 
 def _settings(layer: bitstream.BaseLayer | None) -> baselayer.BaseLayerSettings | None:
     """The settings a base layer was coded at (None: no base layer)."""
-    return None if layer is None else baselayer.BaseLayerSettings(layer.size, layer.divisor, layer.crf, layer.alone)
+    return None if layer is None else baselayer.BaseLayerSettings(layer.size, layer.divisor, layer.crf, layer.alone,
+                                                                  layer.placed)
 
 
-def _layer(settings: baselayer.BaseLayerSettings, packets) -> bitstream.BaseLayer:
+def _layer(settings: baselayer.BaseLayerSettings, packets, frames=None) -> bitstream.BaseLayer:
+    """The BASE of `packets` coded at `settings` (`frames`: where placed base frames are)."""
     return bitstream.BaseLayer(settings.size, settings.divisor, settings.crf, list(packets), alone=settings.alone,
-                               cubic=settings.alone)
+                               cubic=settings.alone, frames=None if frames is None else list(frames))
 
 
 KEEP_CHOICES = (1, 2, 4)
@@ -393,32 +430,33 @@ def _packets_kbps(packets, frames, fps) -> float:
     return _kbps(sum(len(p) + 1 for p in packets), len(frames) / float(fps))
 
 
-def _rate(frames, fps, settings) -> float:
-    """The base layer's rate on `frames` at the search's fast preset."""
-    return _packets_kbps(baselayer.encode_clip(frames, settings, fps, preset=baselayer.SEARCH_PRESET), frames, fps)
+def _rate(frames, fps, settings, positions=None) -> float:
+    """The base layer's rate on `frames` at the search's fast preset (`positions`: placed base frames)."""
+    return _packets_kbps(baselayer.encode_clip(frames, settings, fps, preset=baselayer.SEARCH_PRESET,
+                                               positions=positions), frames, fps)
 
 
 def settle_layer(frames, fps, settings: baselayer.BaseLayerSettings, budget_kbps: float,
-                 crf_min: int = CRF_MIN) -> bitstream.BaseLayer:
+                 crf_min: int = CRF_MIN, positions=None) -> bitstream.BaseLayer:
     """The file's own encode (baselayer.PRESET) of `settings` found by the fast search: its rate at a
     CRF is a few per cent (up to ~15%) lower than the search's, so from the searched CRF it steps down
     while the rate still fits `budget_kbps` (not below `crf_min`), or up until it fits (up to 63)."""
     def coded(crf):
         s = replace(settings, crf=crf)
-        packets = baselayer.encode_clip(frames, s, fps)
+        packets = baselayer.encode_clip(frames, s, fps, positions=positions)
         return s, packets, _packets_kbps(packets, frames, fps) <= budget_kbps
 
     s, packets, fits = coded(settings.crf)
     if not fits:
         while not fits and s.crf < CRF_RANGE_TOP:
             s, packets, fits = coded(s.crf + 1)
-        return _layer(s, packets)
+        return _layer(s, packets, positions)
     while s.crf > crf_min:
         lower, lower_packets, fits = coded(s.crf - 1)
         if not fits:
             break
         s, packets = lower, lower_packets
-    return _layer(s, packets)
+    return _layer(s, packets, positions)
 
 
 def choose_layer(frames, fps, budget_kbps: float, candidates=CANDIDATES,
@@ -429,16 +467,18 @@ def choose_layer(frames, fps, budget_kbps: float, candidates=CANDIDATES,
 
 
 def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES,
-                    crf_min: int = CRF_MIN) -> baselayer.BaseLayerSettings | None:
+                    crf_min: int = CRF_MIN, place=None) -> baselayer.BaseLayerSettings | None:
     """The base-layer settings whose rate on `frames` comes closest under `budget_kbps` (CRF down to
     `crf_min`), or None when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only
-    wins there)."""
+    wins there). `place(divisor)`: the base frames placed at that mean spacing (None: every
+    divisor-th frame)."""
     for size, div in candidates:
         top = baselayer.BaseLayerSettings(size, div, CRF_RANGE_TOP)
-        rate_top = _rate(frames, fps, top)
+        positions = place(div) if place is not None else None
+        rate_top = _rate(frames, fps, top, positions)
         if rate_top > budget_kbps:
             continue
-        crf = lowest_fitting_crf(lambda c: _rate(frames, fps, replace(top, crf=c)), crf_min, CRF_RANGE_TOP,
+        crf = lowest_fitting_crf(lambda c: _rate(frames, fps, replace(top, crf=c), positions), crf_min, CRF_RANGE_TOP,
                                  rate_top, budget_kbps)
         return replace(top, crf=crf)
     return None

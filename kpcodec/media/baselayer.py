@@ -44,13 +44,16 @@ TEMPORAL_DELIMITER = b"\x12\x00"
 
 @dataclass(frozen=True)
 class BaseLayerSettings:
-    """What the BASE chunk records: resolution, frame-rate divisor, CRF, and whether the frames come
-    from the base layer alone (format 2.3: no source image, no keypoints)."""
+    """What the BASE chunk records: resolution, frame-rate divisor, CRF, whether the frames come
+    from the base layer alone (format 2.3: no source image, no keypoints) and, with alone, whether
+    the encoder places the base frames where the picture changes most (format 2.5; the divisor is
+    then their mean spacing, kpcodec.codec.placement)."""
 
     size: int = 96
     divisor: int = 3
     crf: int = 63
     alone: bool = False
+    placed: bool = False
 
     def __post_init__(self):
         lo, hi = SIZES
@@ -60,27 +63,32 @@ class BaseLayerSettings:
             raise UsageError(f"base-layer frame-rate divisor must be in 1..{MAX_DIVISOR} (got {self.divisor})")
         if not CRF_RANGE[0] <= self.crf <= CRF_RANGE[1]:
             raise UsageError(f"base-layer CRF must be in {CRF_RANGE[0]}..{CRF_RANGE[1]} (got {self.crf})")
+        if self.placed and not self.alone:
+            raise UsageError("placed base frames are for a base layer alone (SIZE@DIV:CRF,alone,placed)")
 
     def __str__(self) -> str:
-        return f"{self.size}@{self.divisor}:{self.crf}" + (ALONE_SUFFIX if self.alone else "")
+        return f"{self.size}@{self.divisor}:{self.crf}" + (ALONE_SUFFIX if self.alone else "") + \
+            (PLACED_SUFFIX if self.placed else "")
 
     def frame_indices(self, frame_count: int) -> range:
         return range(0, frame_count, self.divisor)
 
 
 ALONE_SUFFIX = ",alone"
-_SETTING = re.compile(r"^(\d+)(?:@(\d+))?(?::(\d+))?(,alone)?$")
+PLACED_SUFFIX = ",placed"
+_SETTING = re.compile(r"^(\d+)(?:@(\d+))?(?::(\d+))?(,alone)?(,placed)?$")
 
 
 def parse_settings(text: str, default: BaseLayerSettings = BaseLayerSettings()) -> BaseLayerSettings:
-    """'SIZE[@DIV][:CRF][,alone]' (e.g. '96', '96@2', '128@3:60', '128@4:55,alone') -> settings;
-    missing parts from `default`."""
+    """'SIZE[@DIV][:CRF][,alone[,placed]]' (e.g. '96', '96@2', '128@3:60', '128@4:55,alone',
+    '256@4:52,alone,placed') -> settings; missing parts from `default`."""
     m = _SETTING.match(text.strip().lower())
     if not m:
-        raise UsageError(f"--base-layer {text!r}: expected off, auto or SIZE[@DIV][:CRF][,alone], e.g. 96@2:63")
-    size, div, crf, alone = m.groups()
+        raise UsageError(f"--base-layer {text!r}: expected off, auto or SIZE[@DIV][:CRF][,alone[,placed]], "
+                         "e.g. 96@2:63")
+    size, div, crf, alone, placed = m.groups()
     return BaseLayerSettings(int(size), int(div) if div else default.divisor, int(crf) if crf else default.crf,
-                             bool(alone))
+                             bool(alone), bool(placed))
 
 
 def downscale(frame: np.ndarray, size: int):
@@ -129,8 +137,13 @@ class BaseLayerEncoder:
         return out
 
     def push(self, index: int, frame: np.ndarray) -> list[tuple[int, bytes]]:
+        """Video frame `index`: coded if it is a base frame (every divisor-th)."""
         if index % self.settings.divisor:
             return []
+        return self.code(frame)
+
+    def code(self, frame: np.ndarray) -> list[tuple[int, bytes]]:
+        """The next base frame, whichever video frame it is (placed base frames)."""
         vf = downscale(frame, self.settings.size)
         vf.pts = self._coded
         vf.time_base = self._ctx.time_base
@@ -178,11 +191,16 @@ class BaseLayerDecoder:
             raise VideoError(f"bad base-layer packet: {e}") from e
 
 
-def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET) -> list[bytes]:
-    """All base packets of a clip of RGB frames (every video frame; the divisor picks)."""
+def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET,
+                positions=None) -> list[bytes]:
+    """All base packets of a clip of RGB frames (every video frame; the divisor picks, or the video
+    frames `positions` where base frames are placed)."""
     enc = BaseLayerEncoder(settings, fps, threads, preset)
     packets = []
-    for i, frame in enumerate(frames):
+    if positions is not None:
+        for i in positions:
+            packets += enc.code(frames[i])
+    for i, frame in enumerate(frames if positions is None else ()):
         packets += enc.push(i, frame)
     packets += enc.flush()
     return [data for _, data in packets]

@@ -98,20 +98,26 @@ class MotionModel(nn.Module):
         return _warp_full(up, (sparse * mask.unsqueeze(-1)).sum(dim=1))
 
     def between(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
-                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None) -> torch.Tensor:
+                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None) -> torch.Tensor:
         """Frames between two base frames of a stream of the base layer alone (format 2.3): each of
         the upsampled base frames (B,3,H,W) moved, by the dense motion network with it as the source,
         to the keypoints a fraction `a` (B,) of the way from a's keypoints to b's, and the two blended
         by `a`. The keypoints are the detector's on the base frames themselves: no bits are sent.
         `outer` (format 2.4's cubic path): the keypoints and Jacobians of the base frames before a and
-        after b, (kp_p, jac_p, kp_q, jac_q); the path is then the Catmull-Rom curve through all four."""
+        after b, (kp_p, jac_p, kp_q, jac_q); the path is then the Catmull-Rom curve through all four.
+        `knots` (format 2.5's placed base frames, with `outer`): (B,4) the video frames of the base
+        frames before a, a, b and after b; the curve is then the non-uniform one (`hermite`)."""
         if outer is None:
             kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
             jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
-        else:
+        elif knots is None:
             kp_p, jac_p, kp_q, jac_q = outer
             kp = catmull_rom(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1))
             jac = catmull_rom(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1))
+        else:
+            kp_p, jac_p, kp_q, jac_q = outer
+            kp = hermite(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1), knots.view(-1, 4, 1, 1))
+            jac = hermite(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1), knots.view(-1, 4, 1, 1, 1))
 
         def moved(up, kp_from, jac_from):
             return _warp_full(up, self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"])
@@ -133,6 +139,21 @@ def catmull_rom(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.
     a2 = a * a
     a3 = a2 * a
     return 0.5 * (2 * p1 + (p2 - p0) * a + (2 * p0 - 5 * p1 + 4 * p2 - p3) * a2 + (3 * (p1 - p2) + p3 - p0) * a3)
+
+
+def hermite(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, a: torch.Tensor,
+            knots: torch.Tensor) -> torch.Tensor:
+    """The Catmull-Rom curve through p0..p3 at knot times knots[:, 0..3] (t0 < t1 < t2 < t3, along
+    dim 1), a fraction `a` of the way from p1 (at t1) to p2 (at t2): a cubic Hermite segment whose
+    tangents are the finite differences (p2 - p0) / (t2 - t0) and (p3 - p1) / (t3 - t1). On uniform
+    knots it is `catmull_rom`. An end's missing neighbour is the end itself, one span further out."""
+    t0, t1, t2, t3 = knots.unbind(1)
+    h = t2 - t1
+    m1 = (p2 - p0) * (h / (t2 - t0))
+    m2 = (p3 - p1) * (h / (t3 - t1))
+    a2 = a * a
+    a3 = a2 * a
+    return (2 * a3 - 3 * a2 + 1) * p1 + (a3 - 2 * a2 + a) * m1 + (3 * a2 - 2 * a3) * p2 + (a3 - a2) * m2
 
 
 def _warp_full(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

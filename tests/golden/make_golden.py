@@ -149,6 +149,16 @@ def golden_stream_2_4() -> KpcStream:
                                 [("note", b"golden 2.4")], (2, 4))
 
 
+def golden_stream_2_5() -> KpcStream:
+    """Format 2.5: 2.4's stream with its base frames placed by the encoder, 9 base frames at frames
+    0, 2, 3, 8, 14, 18, 22, 27, 32 of 33 (spans 1 to 6), written 3 base frames a BASE packet."""
+    header = replace(golden_stream_2_0().header, frame_count=33)
+    packets = [hashlib.sha256(b"base 2.5 %d" % i).digest()[: 3 + i % 13] for i in range(9)]
+    base = BaseLayer(size=16, divisor=4, crf=52, packets=packets, alone=True, cubic=True,
+                     frames=[0, 2, 3, 8, 14, 18, 22, 27, 32])
+    return KpcStream.base_alone(header, base, [("note", b"golden 2.5")], (2, 5))
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
@@ -163,7 +173,7 @@ def write(name: str, stream: KpcStream) -> None:
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
            "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
            "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2, "v2_3": golden_stream_2_3,
-           "v2_4": golden_stream_2_4}
+           "v2_4": golden_stream_2_4, "v2_5": golden_stream_2_5}
 
 
 def main() -> None:
