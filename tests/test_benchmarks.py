@@ -65,3 +65,17 @@ def test_auto_rows_send_fewer_frames_as_the_error_bound_grows():
     assert rq.label({"keep": "auto", "max_error": 2.5}) == "auto (E=2.5 px)" and rq.label({"keep": 4}) == "4"
     rows = [{"keep": "auto", "max_error": 2.0, "scale": 1}, {"keep": 2, "scale": 1}, {"keep": 1, "scale": 2}]
     assert [rq.label(r) for r in sorted(rows, key=rq.row_order)] == ["1", "2", "auto (E=2 px)"]
+
+
+def test_placement_gain_at_equal_rate_reads_the_uniform_line_in_log_rate():
+    import placement as pl
+
+    assert pl.at_rate([(4.0, 0.90), (8.0, 0.92)], 8.0) == pytest.approx(0.92)
+    assert pl.at_rate([(8.0, 0.92), (4.0, 0.90)], np.sqrt(32.0)) == pytest.approx(0.91)  # halfway in log rate
+    rows = [{"clip": "a", "setting": "256@4", "crf": c, "mode": m, "kbps": r, "ssim": s}
+            for c, m, r, s in ((52, "uniform", 8.0, 0.92), (56, "uniform", 4.0, 0.90), (52, "placed", 8.0, 0.925),
+                               (56, "placed", 4.4, 0.90))]
+    g = {r["crf"]: r for r in pl.gains(rows)}
+    assert g[52]["gain_same_crf"] == pytest.approx(0.005) and g[52]["gain_equal_rate"] == pytest.approx(0.005)
+    assert g[56]["gain_same_crf"] == pytest.approx(0.0) and g[56]["gain_equal_rate"] < 0  # more bits, same SSIM
+    assert g[56]["rate_change"] == pytest.approx(0.1)

@@ -138,6 +138,13 @@ def test_placement_keeps_the_uniform_count_and_puts_base_frames_where_the_pictur
     assert fast > 1.3 * slow, (fast, slow)
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 9])
+def test_a_short_clip_has_its_first_and_last_frames_as_base_frames(count):
+    frames = _moving_clip(count)
+    pos = placement.place(frames, 4)
+    assert pos[0] == 0 and pos[-1] == count - 1 and sorted(set(pos)) == pos
+
+
 def test_the_placer_holds_a_window_not_the_clip():
     frames = _moving_clip(200)
     p = placement.Placer(4)

@@ -1,0 +1,154 @@
+"""Placed base frames (format 2.5) against every divisor-th one (2.4), through the codec: on the monitor
+clips (kpcodec.train.evaluate.MONITOR_CLIPS, first 250 frames), each setting encoded as
+`encode --base-layer SIZE@DIV:CRF,alone[,placed]` does (kpcodec.codec.encoder.Encoder) and decoded as
+`decode` does; kb/s of the whole .kpc, SSIM over every frame. Two CRFs per setting give the uniform
+files' rate-SSIM line (in log rate) on each clip, so a placed file is also scored against the uniform
+SSIM at its own rate ("at equal rate").
+
+    python benchmarks/placement.py [--settings 256@4,128@4] [--crfs 52,56] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from compare import git_commit, machine  # noqa: E402
+
+
+def code(frames, fps, setting: str, threads: int) -> tuple[float, float, list[int], float]:
+    """(kb/s, SSIM over every frame, base frames, decode fps) of one file."""
+    from kpcodec import bitstream
+    from kpcodec.bitstream import packets as pk
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.eval.metrics import ssim
+    from kpcodec.options import DecodeOptions, EncodeOptions
+
+    with Encoder(EncodeOptions(base_layer=setting, audio=False, threads=threads), fps, len(frames)) as enc:
+        packets = [p for f in frames for p in enc.push(f)]
+        data = pk.join(packets + enc.flush())
+    stream = bitstream.loads(data)
+    start = time.perf_counter()
+    shown = list(Decoder(stream, DecodeOptions(threads=threads, audio=False)).frames())
+    fps_dec = len(shown) / (time.perf_counter() - start)
+    score = float(np.mean([ssim(f, g) for f, g in zip(frames, shown)]))
+    kbps = len(data) * 8 / (len(frames) / float(fps)) / 1000
+    base = stream.base
+    return kbps, score, [base.frame_of(n) for n in range(len(base.packets))], fps_dec
+
+
+def run(data: Path, settings: list[str], crfs: list[int], threads: int) -> list[dict]:
+    import torch
+
+    from kpcodec.media import video
+    from kpcodec.train.evaluate import MONITOR_CLIPS
+
+    torch.set_num_threads(threads)
+    rows = []
+    for clip in MONITOR_CLIPS:
+        path = data / clip
+        frames = np.stack(list(video.read_frames(str(path), 256))[:250])
+        fps = video.probe(str(path)).fps
+        for setting in settings:
+            for crf in crfs:
+                for mode in ("uniform", "placed"):
+                    text = f"{setting}:{crf},alone" + (",placed" if mode == "placed" else "")
+                    kbps, score, where, dec_fps = code(frames, fps, text, threads)
+                    row = {"clip": Path(clip).stem, "setting": setting, "crf": crf, "mode": mode, "kbps": kbps,
+                           "ssim": score, "base_frames": len(where), "spans": np.bincount(np.diff(where)).tolist(),
+                           "decode_fps": dec_fps}
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
+    return rows
+
+
+def at_rate(points: list[tuple[float, float]], kbps: float) -> float:
+    """SSIM of the line through two (kb/s, SSIM) points, in log rate, at `kbps`."""
+    (r0, s0), (r1, s1) = sorted(points)
+    if r1 <= r0:
+        return (s0 + s1) / 2
+    return s0 + (s1 - s0) * (math.log(kbps) - math.log(r0)) / (math.log(r1) - math.log(r0))
+
+
+def gains(rows: list[dict]) -> list[dict]:
+    """Per clip, setting and CRF: the placed file's SSIM less the uniform one's at the same CRF and at
+    the placed file's rate."""
+    out = []
+    for r in rows:
+        if r["mode"] != "placed":
+            continue
+        same = [u for u in rows if u["mode"] == "uniform" and u["clip"] == r["clip"] and u["setting"] == r["setting"]]
+        twin = next(u for u in same if u["crf"] == r["crf"])
+        line = [(u["kbps"], u["ssim"]) for u in same]
+        out.append({**r, "uniform_kbps": twin["kbps"], "uniform_ssim": twin["ssim"],
+                    "gain_same_crf": r["ssim"] - twin["ssim"], "rate_change": r["kbps"] / twin["kbps"] - 1,
+                    "gain_equal_rate": r["ssim"] - at_rate(line, r["kbps"]) if len(line) >= 2 else float("nan")})
+    return out
+
+
+def render(meta: dict, rows: list[dict], out: Path) -> None:
+    g = gains(rows)
+    md = ["# Placed base frames (format 2.5) against every divisor-th one (2.4)", "",
+          f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}", f"- **Code:** git {meta['git']}",
+          f"- **Command:** `{meta['command']}`",
+          "- **Data:** the 6 monitor clips of the val split (kpcodec.train.evaluate.MONITOR_CLIPS), first 250 frames",
+          "- **What:** each setting encoded as `encode --base-layer SIZE@DIV:CRF,alone` (uniform: every DIV-th "
+          "frame, 2.4) and `...,alone,placed` (2.5: as many base frames, placed by kpcodec.codec.placement), "
+          "decoded as `decode` does. kb/s: the whole .kpc; SSIM over every frame. *At equal rate*: the placed "
+          "file's SSIM less the uniform files' (two CRFs, a line in log rate) at the placed file's rate.", "",
+          "| setting | CRF | uniform kb/s | uniform SSIM | placed kb/s | placed SSIM | rate | SSIM, same CRF | "
+          "SSIM at equal rate | clips better at equal rate |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (setting, crf) in dict.fromkeys((r["setting"], r["crf"]) for r in g):
+        s = [r for r in g if r["setting"] == setting and r["crf"] == crf]
+        m = {k: float(np.mean([r[k] for r in s])) for k in ("uniform_kbps", "uniform_ssim", "kbps", "ssim",
+                                                             "rate_change", "gain_same_crf", "gain_equal_rate")}
+        better = sum(r["gain_equal_rate"] > 0 for r in s)
+        md.append(f"| {setting} | {crf} | {m['uniform_kbps']:.2f} | {m['uniform_ssim']:.4f} | {m['kbps']:.2f} | "
+                  f"{m['ssim']:.4f} | {m['rate_change']:+.1%} | {m['gain_same_crf']:+.4f} | {m['gain_equal_rate']:+.4f} | "
+                  f"{better} of {len(s)} |")
+    allg = [r["gain_equal_rate"] for r in g]
+    md += ["", f"Over all {len(allg)} placed files: SSIM at equal rate {np.mean(allg):+.4f} on average, "
+               f"median {np.median(allg):+.4f}, from {min(allg):+.4f} to {max(allg):+.4f}.", "",
+           "Per clip:", "",
+           "| clip | setting | CRF | uniform kb/s | uniform SSIM | placed kb/s | placed SSIM | at equal rate | "
+           "base frames | spans 1, 2, ... |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    md += [f"| {r['clip']} | {r['setting']} | {r['crf']} | {r['uniform_kbps']:.2f} | {r['uniform_ssim']:.4f} | "
+           f"{r['kbps']:.2f} | {r['ssim']:.4f} | {r['gain_equal_rate']:+.4f} | {r['base_frames']} | "
+           f"{', '.join(map(str, r['spans'][1:]))} |" for r in g]
+    (out / "placement.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--settings", default="256@4,128@4")
+    p.add_argument("--crfs", default="52,56")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    rows = run(args.data, args.settings.split(","), [int(c) for c in args.crfs.split(",")], args.threads)
+    meta = {"command": "python benchmarks/placement.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+            "git": git_commit(), "seconds": time.perf_counter() - start}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "placement.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    render(meta, rows, args.out)
+    print(f"{len(rows)} rows -> {args.out / 'placement.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
