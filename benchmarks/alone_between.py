@@ -11,9 +11,7 @@ encode writes). Same bits for all four; SSIM over every frame.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import time
 from dataclasses import replace
@@ -23,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import git_commit, machine  # noqa: E402
+from compare import run_meta  # noqa: E402
 
 
 def run(data: Path, settings: list[str], threads: int) -> list[dict]:
@@ -119,9 +117,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     rows = run(args.data, args.settings.split(","), args.threads)
-    meta = {"command": "python benchmarks/alone_between.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "git": git_commit(), "seconds": time.perf_counter() - start}
+    meta = run_meta("alone_between.py", argv, start)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "alone-between.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     render(meta, rows, args.out)

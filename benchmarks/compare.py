@@ -174,6 +174,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_meta(script: str, argv, start: float, **extra) -> dict:
+    """What a benchmark's results record about its run: the command (`script` with `argv`, default the
+    process's arguments; under nice, said), date, machine, commit and wall seconds since `start`
+    (time.perf_counter), then `extra`."""
+    niceness = os.nice(0)
+    args = argv if argv is not None else sys.argv[1:]
+    return {"command": (f"nice -n {niceness} " if niceness else "") + f"python benchmarks/{script} "
+                       + " ".join(shlex.quote(a) for a in args),
+            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+            "git": git_commit(), "seconds": time.perf_counter() - start, **extra}
+
+
 def write_results(out: Path, lines: list[str], command: str, **payload) -> None:
     """`out`.md (the report's lines) and `out`.json (the command, machine, commit and `payload`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,15 +248,8 @@ def main(argv=None) -> int:
                        "notes": r.notes, "kpcodec": r.kpcodec, "rows": d["rows"], "headline": d["headline"]})
         print(f"[{i}/{len(clips)}] {Path(name).name}: {r.frames} frames in {time.perf_counter() - t:.0f} s",
               file=sys.stderr, flush=True)
-    niceness = os.nice(0)
-    meta = {
-        "command": (f"nice -n {niceness} " if niceness else "") + "python benchmarks/compare.py "
-                   + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "nice": niceness,
-        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-        "git": git_commit(), "seconds": time.perf_counter() - start, "split": args.split,
-        "max_frames": args.max_frames, "threads": args.threads, "model": model,
-    }
+    meta = run_meta("compare.py", argv, start, nice=os.nice(0), split=args.split, max_frames=args.max_frames,
+                    threads=args.threads, model=model)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps({"meta": meta, "clips": record}, indent=1, allow_nan=False)
                                            + "\n")

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare import git_commit, machine, markdown_table, mean_rows  # noqa: E402
+from compare import markdown_table, mean_rows, run_meta  # noqa: E402
 
 from kpcodec.eval import classic, report  # noqa: E402
 from kpcodec.eval import compare as cmp  # noqa: E402
@@ -327,11 +325,8 @@ def main(argv=None) -> int:
         speeds = speed(args.data / args.speed_clip)
     from kpcodec.models.registry import DEFAULT_HYBRID_MODEL, DEFAULT_MODEL
 
-    meta = {"command": "python benchmarks/hybrid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "git": git_commit(), "seconds": time.perf_counter() - start, "max_frames": args.max_frames,
-            "model": DEFAULT_MODEL, "hybrid_model": DEFAULT_HYBRID_MODEL, "workers": args.workers,
-            "dropped": parse_drops(args.drop, record)}
+    meta = run_meta("hybrid.py", argv, start, max_frames=args.max_frames, model=DEFAULT_MODEL,
+                    hybrid_model=DEFAULT_HYBRID_MODEL, workers=args.workers, dropped=parse_drops(args.drop, record))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hybrid.json").write_text(json.dumps({"meta": meta, "clips": record, "speed": speeds}, indent=1) + "\n")
     render(meta, record, speeds, args.out)

@@ -10,10 +10,8 @@ SSIM at its own rate ("at equal rate").
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import git_commit, machine  # noqa: E402
+from compare import run_meta  # noqa: E402
 
 
 def code(frames, fps, setting: str, threads: int) -> tuple[float, float, list[int], float]:
@@ -140,9 +138,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     rows = run(args.data, args.settings.split(","), [int(c) for c in args.crfs.split(",")], args.threads)
-    meta = {"command": "python benchmarks/placement.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "git": git_commit(), "seconds": time.perf_counter() - start}
+    meta = run_meta("placement.py", argv, start)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "placement.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     render(meta, rows, args.out)

@@ -9,9 +9,7 @@ no face of the training data's kind, so it shows the model's limits, not the val
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare import git_commit, machine, markdown_table, mean_rows  # noqa: E402
+from compare import markdown_table, mean_rows, run_meta  # noqa: E402
 
 from kpcodec.eval import classic, report  # noqa: E402
 from kpcodec.eval import compare as cmp  # noqa: E402
@@ -39,9 +37,7 @@ def main(argv=None) -> int:
     r = cmp.compare(args.clip, codecs=CODECS, keep_every=(1, 2, 4), landmarks=True, threads=None,
                     hybrid_kbps=TARGETS, low_res=LOW_RES)
     d = r.to_dict(per_frame=False)
-    meta = {"command": "python benchmarks/sample.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "git": git_commit(), "seconds": time.perf_counter() - start}
+    meta = run_meta("sample.py", argv, start)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sample.json").write_text(json.dumps({"meta": meta, "result": d}, indent=1) + "\n")
     rows = mean_rows([d["rows"]])

@@ -33,6 +33,28 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
 
 
+def run(runner, *args, **kw):
+    """The CLI run in-process with `args` (str() each), as a test invokes it."""
+    from kpcodec.cli import app
+
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def golden_module():
+    """tests/golden/make_golden.py, which makes the golden streams."""
+    import sys
+
+    sys.path.insert(0, str(GOLDEN))
+    try:
+        import make_golden
+    finally:
+        sys.path.remove(str(GOLDEN))
+    return make_golden
+
+
 @pytest.fixture
 def runner():
     from typer.testing import CliRunner

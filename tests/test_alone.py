@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +13,14 @@ import pytest
 
 from kpcodec import bitstream
 from kpcodec.bitstream import packets as pk
-from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media import baselayer, video
+
+from conftest import run, golden_module
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
 SAMPLE = ROOT / "samples" / "astronaut.mp4"
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _golden():
-    sys.path.insert(0, str(GOLDEN))
-    try:
-        import make_golden
-    finally:
-        sys.path.remove(str(GOLDEN))
-    return make_golden
 
 
 # --------------------------------------------------------------------------- bitstream
@@ -44,7 +31,7 @@ def test_golden_2_3_decodes_exactly_and_is_written_back_byte_for_byte():
     assert s.version == (2, 3) and data[8:10] == b"\x02\x03"
     assert s.base.alone and s.base.label == "16@4:58,alone" and len(s.base.packets) == 10
     assert s.source_data == b"" and len(s.sent_indices) == 0 and s.keypoints.shape == (0, 10, 2)
-    assert s.base.packets == _golden().golden_stream_2_3().base.packets
+    assert s.base.packets == golden_module().golden_stream_2_3().base.packets
     assert pk.join(pk.stream_packets(s, 3)) == data
     kinds = [k for k, _ in bitstream.chunk_table(data)]
     assert "SRCF" not in kinds and "KPRC" not in kinds and 1 < kinds.count("BASE") < 10
@@ -65,7 +52,7 @@ def test_golden_2_4_the_cubic_path_decodes_exactly_and_is_written_back_byte_for_
     s = bitstream.loads(data)
     assert s.version == (2, 4) and data[8:10] == b"\x02\x04"
     assert s.base.alone and s.base.cubic and s.base.label == "16@4:52,alone" and len(s.base.packets) == 9
-    assert s.header.frame_count == 33 and s.base.packets == _golden().golden_stream_2_4().base.packets
+    assert s.header.frame_count == 33 and s.base.packets == golden_module().golden_stream_2_4().base.packets
     assert pk.join(pk.stream_packets(s, 3)) == data
     # 2.3's linear path is still written as 2.3
     assert pk.join(pk.stream_packets(dataclasses.replace(s, base=dataclasses.replace(s.base, cubic=False)), 3))[8:10] \
@@ -90,7 +77,7 @@ def test_an_older_minor_refuses_the_cubic_flag_which_needs_a_base_layer_alone():
 
 
 def test_a_source_image_or_keypoints_in_a_stream_alone_are_refused():
-    g = _golden()
+    g = golden_module()
     alone = g.golden_stream_2_3()
     with pytest.raises(KpcFormatError, match="no source image and no keypoints"):
         pk.stream_packets(dataclasses.replace(alone, source_codec="png", source_data=g.tiny_png()))

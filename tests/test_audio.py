@@ -7,18 +7,13 @@ import struct
 import av
 import numpy as np
 import pytest
-from conftest import make_clip_with_audio
+from conftest import make_clip_with_audio, run
 
 from kpcodec.media import audio
 
 from kpcodec import bitstream
-from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media.video import VideoWriter, probe
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

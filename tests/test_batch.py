@@ -7,12 +7,9 @@ import shutil
 
 import pytest
 
-from kpcodec.cli import app
 from kpcodec.scale import batch as b
 
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
+from conftest import run
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ import pytest
 from kpcodec.codec import adaptive
 
 from kpcodec import bitstream
-from kpcodec.cli import app
 from kpcodec.media.video import probe
 
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
+from conftest import run
 
 
 def encode_tiny(runner, clip, out, *extra):

@@ -15,19 +15,14 @@ from kpcodec.media import baselayer
 from kpcodec import bitstream
 
 from kpcodec.codec import ratecontrol
-from kpcodec.cli import app
 from kpcodec.errors import UsageError
 from kpcodec.models.registry import build_model, get_config, load_model
 from kpcodec.train.grow import grow
 
-from conftest import make_clip
+from conftest import make_clip, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "astronaut.mp4"
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def moving_frames(n: int = 12, size: int = 64) -> np.ndarray:

@@ -11,17 +11,12 @@ import pytest
 
 from kpcodec import api, bitstream
 from kpcodec.bitstream import packets as pk
-from kpcodec.cli import app
 from kpcodec.errors import KpcFormatError
 from kpcodec.media.video import read_frames
 
-from conftest import make_clip
+from conftest import make_clip, run
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def as_2_0(stream, **changes):

@@ -8,17 +8,12 @@ import tempfile
 
 import av
 import pytest
-from conftest import make_clip_with_audio
+from conftest import make_clip_with_audio, run
 
 from kpcodec import bitstream
-from kpcodec.cli import app
 from kpcodec.media.video import probe
 
 KPCODEC = [sys.executable, "-m", "kpcodec"]
-
-
-def run(runner, *args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
 
 
 @pytest.fixture(scope="module")

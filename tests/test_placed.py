@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
-import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +12,15 @@ import pytest
 
 from kpcodec import bitstream
 from kpcodec.bitstream import packets as pk
-from kpcodec.cli import app
 from kpcodec.codec import placement, ratecontrol
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media import baselayer, video
 
+from conftest import run, golden_module
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
 SAMPLE = ROOT / "samples" / "astronaut.mp4"
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _golden():
-    sys.path.insert(0, str(GOLDEN))
-    try:
-        import make_golden
-    finally:
-        sys.path.remove(str(GOLDEN))
-    return make_golden
 
 
 # --------------------------------------------------------------------------- bitstream
@@ -43,7 +28,7 @@ def _golden():
 def test_golden_2_5_decodes_exactly_and_is_written_back_byte_for_byte():
     data = (GOLDEN / "v2_5.kpc").read_bytes()
     s = bitstream.loads(data)
-    want = _golden().golden_stream_2_5()
+    want = golden_module().golden_stream_2_5()
     assert s.version == (2, 5) and data[8:10] == b"\x02\x05"
     assert s.base.placed and s.base.alone and s.base.cubic and s.base.label == "16@4:52,alone,placed"
     assert s.base.frames == [0, 2, 3, 8, 14, 18, 22, 27, 32] and s.base.packets == want.base.packets

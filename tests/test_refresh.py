@@ -11,17 +11,14 @@ from skimage.transform import resize
 
 from kpcodec import bitstream as bs
 from kpcodec.codec import refresh as rf
-from kpcodec.cli import app
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "astronaut.mp4"
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media.video import VideoWriter
 
+from conftest import run
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def one_line_error(result, code, needle):

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_clip
+from conftest import make_clip, run
 
 from kpcodec import bitstream
-from kpcodec.cli import app
 
 KPCODEC = [sys.executable, "-m", "kpcodec"]
-
-
-def run(runner, *args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 # ------------------------------------------------------------------ interruption

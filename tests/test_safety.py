@@ -10,18 +10,13 @@ import sys
 
 import av
 import pytest
-from conftest import make_clip, make_clip_with_audio
+from conftest import make_clip, make_clip_with_audio, run
 
 from kpcodec import cli
 
 from kpcodec.media import video
-from kpcodec.cli import app
 from kpcodec.errors import UsageError
 from kpcodec.media.video import probe
-
-
-def run(runner, *args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
 
 
 def encode_tiny(runner, clip, out, *extra):
