@@ -310,12 +310,23 @@ class Encoder:
         judged = [self._judge(stream, len(settled) > 1, sample) for stream, _ in settled]
         best = self._best(choices, judged) if len(settled) > 1 else 0
         (stream, quality), verdict = settled[best], judged[best]
-        chosen = self.base.settle(choices[best]) if self.base is not None else choices[best]
-        if chosen is not choices[best]:
-            # Judged at the search's fast preset: the winner's base layer coded at the file's (its mix
-            # fitted again on it).
-            stream, quality = self._settle(chosen, every, header, stream_at)
-            verdict = self._judge(stream, False, sample)
+        finalists = self._finalists(choices, judged, best)
+        if len(finalists) > 1:
+            # Close at the search's fast preset: each coded at the file's and judged again.
+            finals = [self.base.settle(choices[n], release=False) for n in finalists]
+            settled = [self._settle(c, every, header, stream_at) for c in finals]
+            verdicts = [self._judge(stream, True, sample) for stream, _ in settled]
+            self.rdo += [(c, v.ssim) for c, v in zip(finals, verdicts)]
+            self.base.release()
+            k = max(range(len(finals)), key=lambda j: (verdicts[j].ssim, -j))
+            chosen, (stream, quality), verdict = finals[k], settled[k], verdicts[k]
+        else:
+            chosen = self.base.settle(choices[best]) if self.base is not None else choices[best]
+            if chosen is not choices[best]:
+                # Judged at the search's fast preset: the winner's base layer coded at the file's (its mix
+                # fitted again on it).
+                stream, quality = self._settle(chosen, every, header, stream_at)
+                verdict = self._judge(stream, False, sample)
         if stream.base is not None:
             stream.base = replace(stream.base, mix=verdict.mix)
         self.header, self.base_stream = stream.header, stream.base
@@ -420,6 +431,16 @@ class Encoder:
         sample = {t: f for t, f in self.mix_sample.frames.items() if t < count}
         return self._best(choices, [self._judge(self._settle(c, every, header, stream_at, fill=False)[0], True, sample)
                                     for c in choices])
+
+    def _finalists(self, choices: list, judged: list, best: int) -> list[int]:
+        """The choices worth coding at the file's preset and judging again (rc.FINAL_MARGIN): the best
+        first; none but it where nothing is close or the choices were not scored."""
+        if self.base is None or judged[best].ssim is None:
+            return [best]
+        close = sorted((n for n, v in enumerate(judged) if n != best and choices[n].base is not None
+                        and choices[n].budget_kbps is not None and v.ssim is not None
+                        and v.ssim >= judged[best].ssim - rc.FINAL_MARGIN), key=lambda n: -judged[n].ssim)
+        return [best] + close[:rc.FINALISTS - 1] if choices[best].budget_kbps is not None else [best]
 
     def _best(self, choices: list, judged: list) -> int:
         """Rate-distortion: the index of the choice with the best picture on the sample (ties: the

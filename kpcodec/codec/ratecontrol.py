@@ -64,6 +64,14 @@ BASE_FRAMING = 21  # the BASE chunk's framing and fields, bytes
 # 2026-12-07), losing by 0.013-0.021 at 8k (runs/exp/rdo_margin.log): one quality is judged, not three,
 # for a third of their cost (each is a CRF search and a decode with the generator).
 RDO_QUALITIES = (30,)
+# The choices are judged with their base layers coded at the search's fast preset; those within
+# FINAL_MARGIN SSIM of the best (at most FINALISTS of them) are coded at the file's preset and judged
+# again, and the best of those is the file: the slow preset lowers the CRF that fits by 1-2 steps, by
+# more for some sizes than others, which can reorder close choices (the shipped sample at 4k: 192@4:63
+# 0.8506 against 128@6:56 0.8498 at the fast preset, 0.868 against 0.876 once coded at preset 2 as
+# 192@4:63 and 128@6:54; the whole clip 0.867 against 0.875).
+FINAL_MARGIN = 0.01
+FINALISTS = 2
 # (size, divisor) of the files of the base layer alone a rate target is judged at, the most costly
 # first, each at the lowest CRF (down to ALONE_CRF_MIN) that fits. The decoder moves the base frames
 # on both sides of a frame to it, so a lower frame rate costs less than a held frame does: on six val
@@ -344,15 +352,20 @@ class BaseLayerPass:
         return _layer(settings, baselayer.encode_clip(self._buffer, settings, self.fps, preset=baselayer.SEARCH_PRESET,
                                                       positions=positions), positions)
 
-    def settle(self, choice: Choice) -> Choice:
+    def settle(self, choice: Choice, release: bool = True) -> Choice:
         """The judged `choice` with its base layer coded at the file's preset (settle_layer), at the CRF
-        that fits its budget there; the look-ahead's frames are let go."""
+        that fits its budget there; the look-ahead's frames are let go unless `release` is False."""
         if choice.base is not None and choice.budget_kbps is not None:
             settings = _settings(choice.base)
             choice = replace(choice, base=settle_layer(self._buffer, self.fps, settings, choice.budget_kbps,
                                                        choice.crf_min, self._positions(settings)), budget_kbps=None)
-        self._buffer = []
+        if release:
+            self.release()
         return choice
+
+    def release(self) -> None:
+        """Lets the look-ahead's frames go (the choice is made)."""
+        self._buffer = []
 
 
 def _settings(layer: bitstream.BaseLayer | None) -> baselayer.BaseLayerSettings | None:
