@@ -19,7 +19,10 @@ picture. A clip that fits the window is judged whole, on exact sizes; a longer o
 frames when it fills (its fixed costs estimated as above), and the base layer goes on with the winner.
 
 The CRF search codes at SVT-AV1's fast preset (baselayer.SEARCH_PRESET); the file's base layer is
-coded at the slow one (baselayer.PRESET) at the CRF that fits there (settle_layer).
+coded at the slow one (baselayer.PRESET) at the CRF that fits there (settle_layer). On a clip judged
+whole, the choices within FINAL_MARGIN of the best are coded at the slow preset and judged again (a
+longer clip's look-ahead keeps the fast preset's verdict). A base layer alone places its base frames
+(kpcodec.codec.placement, format 2.5) unless the plan says uniform.
 
 `--base-layer SIZE[@DIV][:CRF]` fixes the settings (no look-ahead); `off` never sends one.
 """
