@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,7 @@ from kpcodec.bitstream import packets as pk
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media import baselayer, video
 
-from conftest import run, golden_module
-
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden"
-SAMPLE = ROOT / "samples" / "astronaut.mp4"
+from conftest import GOLDEN, SAMPLE, golden_module, run, sample_kpc
 
 
 # --------------------------------------------------------------------------- bitstream
@@ -109,17 +104,9 @@ def sample_frames():
 
 
 @pytest.fixture(scope="module")
-def alone_file(sample_frames, tmp_path_factory):
+def alone_file(tmp_path_factory):
     """24 sample frames at 128@4:45 alone, encoded as encode does, with the shipped hybrid model."""
-    from kpcodec.codec.encoder import Encoder
-    from kpcodec.options import EncodeOptions
-
-    with Encoder(EncodeOptions(base_layer="128@4:45,alone", audio=False), video.probe(SAMPLE).fps) as enc:
-        packets = [p for f in sample_frames for p in enc.push(f)]
-        data = pk.join(packets + enc.flush())
-    path = tmp_path_factory.mktemp("alone") / "a.kpc"
-    path.write_bytes(data)
-    return path
+    return sample_kpc(tmp_path_factory.mktemp("alone"), "128@4:45,alone")
 
 
 def test_encode_writes_the_base_layer_alone(alone_file):

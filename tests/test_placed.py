@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,7 @@ from kpcodec.codec import placement, ratecontrol
 from kpcodec.errors import KpcFormatError, UsageError
 from kpcodec.media import baselayer, video
 
-from conftest import run, golden_module
-
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden"
-SAMPLE = ROOT / "samples" / "astronaut.mp4"
+from conftest import GOLDEN, SAMPLE, golden_module, run, sample_kpc
 
 
 # --------------------------------------------------------------------------- bitstream
@@ -180,17 +175,9 @@ def sample_frames():
 
 
 @pytest.fixture(scope="module")
-def placed_file(sample_frames, tmp_path_factory):
+def placed_file(tmp_path_factory):
     """24 sample frames at 128@4:45 alone with placed base frames, encoded as encode does."""
-    from kpcodec.codec.encoder import Encoder
-    from kpcodec.options import EncodeOptions
-
-    with Encoder(EncodeOptions(base_layer="128@4:45,alone,placed", audio=False), video.probe(SAMPLE).fps) as enc:
-        packets = [p for f in sample_frames for p in enc.push(f)]
-        data = pk.join(packets + enc.flush())
-    path = tmp_path_factory.mktemp("placed") / "p.kpc"
-    path.write_bytes(data)
-    return path
+    return sample_kpc(tmp_path_factory.mktemp("placed"), "128@4:45,alone,placed")
 
 
 def test_encode_places_the_base_frames(placed_file, sample_frames):
