@@ -435,12 +435,14 @@ class Encoder:
     def _finalists(self, choices: list, judged: list, best: int) -> list[int]:
         """The choices worth coding at the file's preset and judging again (rc.FINAL_MARGIN): the best
         first; none but it where nothing is close or the choices were not scored."""
-        if self.base is None or judged[best].ssim is None:
+        def settles(n):  # a base layer still at the search's preset, scored
+            return choices[n].budget_kbps is not None and judged[n].ssim is not None
+
+        if self.base is None or not settles(best):
             return [best]
-        close = sorted((n for n, v in enumerate(judged) if n != best and choices[n].base is not None
-                        and choices[n].budget_kbps is not None and v.ssim is not None
-                        and v.ssim >= judged[best].ssim - rc.FINAL_MARGIN), key=lambda n: -judged[n].ssim)
-        return [best] + close[:rc.FINALISTS - 1] if choices[best].budget_kbps is not None else [best]
+        close = [n for n in range(len(choices))
+                 if n != best and settles(n) and judged[n].ssim >= judged[best].ssim - rc.FINAL_MARGIN]
+        return [best] + sorted(close, key=lambda n: -judged[n].ssim)[:rc.FINALISTS - 1]
 
     def _best(self, choices: list, judged: list) -> int:
         """Rate-distortion: the index of the choice with the best picture on the sample (ties: the

@@ -216,9 +216,13 @@ class BaseLayerPass:
         """Video frame i into the base layer being coded (if it is or makes a base frame)."""
         if self._placer is None:
             self._packets += [p for _, p in self._encoder.push(i, frame)]
-            return
-        for _, placed in self._placer.push(i, frame):
-            self._packets += [p for _, p in self._encoder.code(placed)]
+        else:
+            self._code_placed(self._placer.push(i, frame))
+
+    def _code_placed(self, placed) -> None:
+        """The base frames the placer put down, [(video frame, frame)], into the base layer."""
+        for _, frame in placed:
+            self._packets += [p for _, p in self._encoder.code(frame)]
 
     def _place(self, divisor: int) -> list[int]:
         """The base frames placed on the buffered frames at a mean spacing of `divisor` (once each)."""
@@ -300,8 +304,7 @@ class BaseLayerPass:
             return [Choice(settle_keypoint_only(self.plan, stream_at, self.count, self.fps, keep), None,
                            self.source_quality)]
         if self._placer is not None:
-            for _, placed in self._placer.flush():
-                self._packets += [p for _, p in self._encoder.code(placed)]
+            self._code_placed(self._placer.flush())
         self._packets += [p for _, p in self._encoder.flush()]
         frames = self._placer.placed if self._placer is not None else None
         return [Choice(keep, _layer(self.settings, self._packets, frames), self.source_quality)]
@@ -367,8 +370,9 @@ class BaseLayerPass:
         return choice
 
     def release(self) -> None:
-        """Lets the look-ahead's frames go (the choice is made)."""
+        """Lets the look-ahead's frames go (the choice is made), and the placements made on them."""
         self._buffer = []
+        self._placements = {}
 
 
 def _settings(layer: bitstream.BaseLayer | None) -> baselayer.BaseLayerSettings | None:

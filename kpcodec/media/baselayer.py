@@ -197,11 +197,8 @@ def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1, pres
     frames `positions` where base frames are placed)."""
     enc = BaseLayerEncoder(settings, fps, threads, preset)
     packets = []
-    if positions is not None:
-        for i in positions:
-            packets += enc.code(frames[i])
-    for i, frame in enumerate(frames if positions is None else ()):
-        packets += enc.push(i, frame)
+    for i in settings.frame_indices(len(frames)) if positions is None else positions:
+        packets += enc.code(frames[i])
     packets += enc.flush()
     return [data for _, data in packets]
 
