@@ -61,7 +61,7 @@ def run(data: Path, settings: list[str], threads: int) -> list[dict]:
             straight = bitstream.KpcStream.base_alone(h, replace(base, cubic=False), version=pk.VERSION)
             moved_linear = list(Decoder(straight, DecodeOptions(threads=1, audio=False)).frames())
             with torch.inference_mode():
-                up = tensor_to_frames(net.base_image(frames_to_tensor(baselayer.decode_clip(base.packets))))
+                up = tensor_to_frames(net.base_image(frames_to_tensor(baselayer.decode_clip(base.packets)), restore=True))
             up = np.stack(up).astype(np.float32)
             n = len(up)
             held, linear = [], []

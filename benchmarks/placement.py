@@ -23,26 +23,38 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare import run_meta  # noqa: E402
 
 
-def code(frames, fps, setting: str, threads: int) -> tuple[float, float, list[int], float]:
-    """(kb/s, SSIM over every frame, base frames, decode fps) of one file."""
-    from kpcodec import bitstream
+def encoded(frames, fps, setting: str, threads: int) -> bytes:
+    """The .kpc that `encode --base-layer setting` makes of `frames`."""
     from kpcodec.bitstream import packets as pk
-    from kpcodec.codec.decoder import Decoder
     from kpcodec.codec.encoder import Encoder
-    from kpcodec.eval.metrics import ssim
-    from kpcodec.options import DecodeOptions, EncodeOptions
+    from kpcodec.options import EncodeOptions
 
     with Encoder(EncodeOptions(base_layer=setting, audio=False, threads=threads), fps, len(frames)) as enc:
         packets = [p for f in frames for p in enc.push(f)]
-        data = pk.join(packets + enc.flush())
+        return pk.join(packets + enc.flush())
+
+
+def decoded(data: bytes, frames, fps, threads: int, model: str | None = None) -> tuple[float, list[float], list[int], float]:
+    """(kb/s, SSIM of every frame, base frames, decode fps) of one file decoded as `decode [--model]` does."""
+    from kpcodec import bitstream
+    from kpcodec.codec.decoder import Decoder
+    from kpcodec.eval.metrics import ssim
+    from kpcodec.options import DecodeOptions
+
     stream = bitstream.loads(data)
     start = time.perf_counter()
-    shown = list(Decoder(stream, DecodeOptions(threads=threads, audio=False)).frames())
+    shown = list(Decoder(stream, DecodeOptions(threads=threads, audio=False, model=model)).frames())
     fps_dec = len(shown) / (time.perf_counter() - start)
-    score = float(np.mean([ssim(f, g) for f, g in zip(frames, shown)]))
+    scores = [ssim(f, g) for f, g in zip(frames, shown)]
     kbps = len(data) * 8 / (len(frames) / float(fps)) / 1000
     base = stream.base
-    return kbps, score, [base.frame_of(n) for n in range(len(base.packets))], fps_dec
+    return kbps, scores, [base.frame_of(n) for n in range(len(base.packets))], fps_dec
+
+
+def code(frames, fps, setting: str, threads: int) -> tuple[float, float, list[int], float]:
+    """(kb/s, SSIM over every frame, base frames, decode fps) of one file."""
+    kbps, scores, where, fps_dec = decoded(encoded(frames, fps, setting, threads), frames, fps, threads)
+    return kbps, float(np.mean(scores)), where, fps_dec
 
 
 def run(data: Path, settings: list[str], crfs: list[int], threads: int) -> list[dict]:

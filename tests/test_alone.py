@@ -117,7 +117,7 @@ def test_encode_writes_the_base_layer_alone(alone_file):
 
 
 def test_base_frames_show_as_they_are_and_frames_between_are_moved_to_them(alone_file, sample_frames):
-    """Frames 0, 4, 8... are their base frames upsampled; the frames between are closer to the input
+    """Frames 0, 4, 8... are their base frames upsampled (by the model's restorer); the frames between are closer to the input
     than the base frame before them held (the baseline low-resolution AV1 is scored at)."""
     import torch
 
@@ -131,7 +131,7 @@ def test_base_frames_show_as_they_are_and_frames_between_are_moved_to_them(alone
     assert len(out) == 24 and all(f.shape == (256, 256, 3) for f in out)
     small = baselayer.decode_clip(s.base.packets)
     with torch.inference_mode():
-        up = tensor_to_frames(dec.net.base_image(frames_to_tensor(small)))
+        up = tensor_to_frames(dec.net.base_image(frames_to_tensor(small), restore=True))
     for n in range(6):
         assert np.array_equal(out[4 * n], up[n])
     between = [t for t in range(20) if t % 4]
@@ -159,7 +159,7 @@ def test_frames_between_follow_the_cubic_keypoint_path(alone_file):
     linear = list(Decoder(dataclasses.replace(s, base=dataclasses.replace(s.base, cubic=False)), one).frames())
     net = dec.net
     with torch.inference_mode():
-        up = net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)))
+        up = net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)), restore=True)
         kp, jac = net.detect(up)
     for t, (p, n, m, q) in ((1, (0, 0, 1, 2)), (6, (0, 1, 2, 3)), (18, (3, 4, 5, 5))):
         a = torch.tensor([(t % 4) / 4])

@@ -79,3 +79,19 @@ def test_placement_gain_at_equal_rate_reads_the_uniform_line_in_log_rate():
     assert g[52]["gain_same_crf"] == pytest.approx(0.005) and g[52]["gain_equal_rate"] == pytest.approx(0.005)
     assert g[56]["gain_same_crf"] == pytest.approx(0.0) and g[56]["gain_equal_rate"] < 0  # more bits, same SSIM
     assert g[56]["rate_change"] == pytest.approx(0.1)
+
+
+def test_restorer_table_gives_the_gain_of_the_same_files_by_setting(tmp_path):
+    import restorer as rs
+
+    def row(clip, setting, bicubic, restored, between=True):
+        return {"clip": clip, "setting": setting, "kbps": 5.0, "bicubic_ssim": bicubic, "restorer_ssim": restored,
+                "bicubic_base": bicubic + 0.01, "restorer_base": restored + 0.02, "bicubic_fps": 50.0,
+                "restorer_fps": 40.0, "bicubic_between": bicubic if between else None,
+                "restorer_between": restored if between else None}
+
+    rows = [row("a", "128@4:55", 0.90, 0.905), row("b", "128@4:55", 0.80, 0.799), row("a", "256@4:56", 0.93, 0.93)]
+    rs.render({"date": "d", "machine": "m", "git": "g", "command": "c"}, rows, tmp_path)
+    table = (tmp_path / "restorer.md").read_text()
+    assert "| 128@4:55 | 5.00 | 0.8500 | 0.8520 | +0.0020 | +0.0120 | +0.0020 | 1 of 2 | 50 | 40 |" in table
+    assert "| 256@4:56 | 5.00 | 0.9300 | 0.9300 | +0.0000 |" in table

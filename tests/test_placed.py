@@ -200,7 +200,7 @@ def test_base_frames_show_where_they_are_placed_and_frames_between_follow_the_un
     assert len(out) == 24
     net, pos = dec.net, s.base.frames
     with torch.inference_mode():
-        up = net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)))
+        up = net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)), restore=True)
         kp, jac = net.detect(up)
     frames = tensor_to_frames(up)
     for n, t in enumerate(pos):

@@ -373,7 +373,7 @@ class Decoder:
             return False, None
         entry = self._base_frames[n]
         if isinstance(entry, np.ndarray):
-            entry = self._base_frames[n] = _BaseImage(entry, self._renderer)
+            entry = self._base_frames[n] = _BaseImage(entry, self._renderer, restore=True)
         return True, entry
 
     def _base_exists(self, n: int) -> bool:
@@ -510,14 +510,15 @@ class Decoder:
 
 class _BaseImage:
     """A decoded base frame and, once a render asks, its upsampled tensor, kept for the frames
-    after it that the same base frame serves (the bicubic upsample was ~2.8 ms a video frame)."""
+    after it that the same base frame serves (the bicubic upsample was ~2.8 ms a video frame);
+    `restore`: a stream of the base layer alone's, upsampled by the model's restorer if it has one."""
 
-    def __init__(self, small: np.ndarray, renderer: Renderer):
-        self.small, self._renderer, self._up, self._kp = small, renderer, None, None
+    def __init__(self, small: np.ndarray, renderer: Renderer, restore: bool = False):
+        self.small, self._renderer, self._restore, self._up, self._kp = small, renderer, restore, None, None
 
     def upsampled(self):
         if self._up is None:  # two workers may both compute it: the same tensor either way
-            self._up = self._renderer.upsample_base(self.small)
+            self._up = self._renderer.upsample_base(self.small, self._restore)
         return self._up
 
     def moving(self):

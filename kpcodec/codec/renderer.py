@@ -51,13 +51,14 @@ class Renderer:
         with _torch().inference_mode():
             return self.net.prepare_source(frames_to_tensor([image]))
 
-    def upsample_base(self, small: np.ndarray):
+    def upsample_base(self, small: np.ndarray, restore: bool = False):
         """A decoded base frame (h, w, 3) uint8 as the model takes it: (1, 3, H, W), upsampled to
-        the model size (a render given it does not upsample it again)."""
+        the model size (a render given it does not upsample it again); `restore`: a stream of the
+        base layer alone's, through the model's restorer if it has one (MotionModel.base_image)."""
         from kpcodec.models.frames import frames_to_tensor
 
         with _torch().inference_mode():
-            return self.net.base_image(frames_to_tensor([small]))
+            return self.net.base_image(frames_to_tensor([small]), restore)
 
     def detect_base(self, up):
         """Keypoints and Jacobians (1,K,2), (1,K,2,2) of an upsampled base frame (upsample_base)."""

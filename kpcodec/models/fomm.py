@@ -13,6 +13,7 @@ from kpcodec.models.blocks import warp
 from kpcodec.models.generator import Generator
 from kpcodec.models.keypoints import KeypointDetector
 from kpcodec.models.motion import DenseMotion
+from kpcodec.models.restorer import BaseRestorer
 
 
 @dataclass
@@ -33,6 +34,7 @@ class MotionModel(nn.Module):
         self.detector = KeypointDetector(cfg)
         self.dense_motion = DenseMotion(cfg)
         self.generator = Generator(cfg)
+        self.restorer = BaseRestorer(cfg.base_restorer, cfg.restorer_depth) if cfg.base_restorer else None
 
     def detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B,3,H,W) in [0,1] -> keypoints (B,K,2) in [-1,1], Jacobians (B,K,2,2)."""
@@ -74,12 +76,16 @@ class MotionModel(nn.Module):
             base = self.move_base(base, motion["mask"], base_kp, base_jac, kp, jac)
         return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image, base), base
 
-    def base_image(self, small: torch.Tensor) -> torch.Tensor:
-        """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size."""
+    def base_image(self, small: torch.Tensor, restore: bool = False) -> torch.Tensor:
+        """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size;
+        `restore` (a stream of the base layer alone): then through the restorer, where the model
+        has one and the frames were upsampled."""
         size = self.cfg.image_size
         up = small.float()
         if up.shape[-1] != size:
             up = F.interpolate(up, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+            if restore and self.restorer is not None:
+                up = self.restorer(up)
         return up
 
     def move_base(self, small: torch.Tensor, mask: torch.Tensor, kp_from: torch.Tensor | None, jac_from,

@@ -48,6 +48,11 @@ class ModelConfig:
     base_skips: bool = False
     # The base frame corrects the keypoints' flow before the generator warps (kpcodec.models.generator).
     flow_refine: bool = False
+    # A learned upsampler for the frames of a stream of the base layer alone, in place of the bicubic
+    # one where a base frame is smaller than the model size (kpcodec.models.restorer): its width in
+    # channels (0: none) and its depth in convolutions.
+    base_restorer: int = 0
+    restorer_depth: int = 6
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +84,9 @@ CONFIGS: dict[str, ModelConfig] = {
         # fomm-256-fast-wide + base-layer fusion, grown from it (its output without a base layer
         # is fast-wide's at step 0) and trained on frames that went through the AV1 base layer.
         replace(_WIDE, name="fomm-256-hybrid", base_fusion=True),
+        # The same with a base-layer restorer (kpcodec.models.restorer) for streams of the base layer
+        # alone; hybrid files render as with fomm-256-hybrid (the restorer is not on their path).
+        replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
         # Grown from a trained fomm-256-hybrid (the new paths start at zero): the base frame also
         # corrects the keypoints' flow; and, in -refine, it is also added at the decoder's half and full sizes.
         replace(_WIDE, name="fomm-256-hybrid-flow", base_fusion=True, flow_refine=True),

@@ -1,0 +1,201 @@
+"""Train the base-layer restorer (kpcodec.models.restorer): the learned upsampler that a stream of
+the base layer alone goes through before its frames are moved and shown.
+
+Data: the first FRAMES frames of every train clip, coded through the real base layer
+(kpcodec.media.baselayer, at TRAIN_PRESET) at two settings drawn per clip from what the rate
+control picks below the model size (SETTINGS, CRF 48-63), decoded; each pair is (decoded base
+frame, the original frame), cached per clip under `--cache`. The monitor: the six monitor val
+clips at four settings, coded at the file's preset (baselayer.PRESET). Loss 1 - SSIM + L1 on
+random 128-px crops (flipped half the time), Adam. The run checkpoints every `--save-every`
+steps and resumes from its checkpoint.
+
+    python -m kpcodec.train.restorer --data ../shared/data --out runs/restorer --minutes 40 [--init W.pt]
+    python -m kpcodec.train.restorer --out runs/restorer --export runs/restorer/model.pt --into fomm-256-hybrid-v2
+    python -m kpcodec.train.export runs/restorer/model.pt --name fomm-256-hybrid-v3 \
+        --config fomm-256-hybrid-restore --default-hybrid
+(--export writes the shipped model `--into` with the checkpoint's restorer added, for
+kpcodec.train.export; without --into, the restorer's weights alone.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kpcodec.eval.metrics import ssim as ssim_np
+from kpcodec.media import baselayer, video
+from kpcodec.models.restorer import BaseRestorer
+from kpcodec.train import losses
+from kpcodec.train.data import manifest_rows
+from kpcodec.train.evaluate import MONITOR_CLIPS
+
+FRAMES = 160
+TRAIN_PRESET = 4  # close to the file's preset 2 in its artefacts, at a third of its time
+SETTINGS = ((192, 4), (160, 3), (128, 3), (128, 4), (128, 6), (96, 4), (64, 6))
+CRFS = (48, 63)
+MONITOR_SETTINGS = ((192, 4, 56), (160, 3, 54), (128, 4, 55), (96, 4, 52))
+CROP, BATCH = 128, 8
+
+
+def upsample(small: np.ndarray, size: int = 256) -> torch.Tensor:
+    """(N,s,s,3) uint8 -> (N,3,size,size) in [0,1], bicubic as MotionModel.base_image."""
+    t = torch.from_numpy(np.ascontiguousarray(small)).permute(0, 3, 1, 2).float() / 255
+    if t.shape[-1] == size:
+        return t
+    return F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+def coded_pairs(frames: np.ndarray, fps: float, settings, preset: int) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
+    """[((size, divisor, crf), decoded base frames, their original frames)] of one clip."""
+    out = []
+    for size, div, crf in settings:
+        s = baselayer.BaseLayerSettings(size, div, crf, alone=True)
+        idx = list(s.frame_indices(len(frames)))
+        out.append(((size, div, crf), baselayer.decode_clip(baselayer.encode_clip(frames, s, fps, preset=preset)),
+                    frames[idx]))
+    return out
+
+
+def build_cache(data: Path, cache: Path, split: str) -> list[Path]:
+    """One .npz per clip (train: SETTINGS drawn per clip; val: the monitor clips at MONITOR_SETTINGS)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = manifest_rows(data, split)
+    if split == "val":
+        rows = [r for r in rows if r["file"] in MONITOR_CLIPS]
+    paths = []
+    for k, row in enumerate(rows):
+        path = cache / f"{split}-{Path(row['file']).stem}.npz"
+        paths.append(path)
+        if path.is_file():
+            continue
+        frames = np.stack(list(islice(video.read_frames(data / row["file"]), FRAMES if split == "train" else 100)))
+        if split == "train":
+            rng = random.Random(k)
+            settings = [(*c, rng.randint(*CRFS)) for c in rng.sample(SETTINGS, 2)]
+        else:
+            settings = MONITOR_SETTINGS
+        pairs = coded_pairs(frames, float(row["fps"]), settings, TRAIN_PRESET if split == "train" else baselayer.PRESET)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, settings=np.array([p[0] for p in pairs]),
+                 **{f"small{j}": p[1] for j, p in enumerate(pairs)}, **{f"target{j}": p[2] for j, p in enumerate(pairs)})
+        tmp.replace(path)
+    return paths
+
+
+def load_pairs(paths, max_size: int = 255) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
+    out = []
+    for path in paths:
+        z = np.load(path)
+        for j, setting in enumerate(z["settings"]):
+            if setting[0] <= max_size:
+                out.append((tuple(int(v) for v in setting), z[f"small{j}"], z[f"target{j}"]))
+    return out
+
+
+def evaluate(net: BaseRestorer, monitor) -> dict[str, tuple[float, float]]:
+    """Mean SSIM of the monitor's base frames by setting: (bicubic, restored)."""
+    def u8(x):
+        return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+    scores: dict[tuple, list] = {}
+    with torch.inference_mode():
+        for setting, small, target in monitor:
+            up = upsample(small[::2])
+            out = net(up)
+            scores.setdefault(setting, []).append(
+                (np.mean([ssim_np(a, b) for a, b in zip(u8(up), target[::2])]),
+                 np.mean([ssim_np(a, b) for a, b in zip(u8(out), target[::2])])))
+    return {f"{s[0]}@{s[1]}:{s[2]}": (round(float(np.mean([a for a, _ in v])), 4), round(float(np.mean([b for _, b in v])), 4))
+            for s, v in scores.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--out", type=Path, default=Path("runs/restorer"))
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache/restorer"))
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--init", type=Path, default=None, help="start from these restorer weights")
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--channels", type=int, default=32, help="the restorer's width (a new run; a resumed one keeps its own)")
+    ap.add_argument("--depth", type=int, default=6, help="the restorer's convolutions (a new run)")
+    ap.add_argument("--export", type=Path, default=None, help="write the checkpoint's restorer weights and stop")
+    ap.add_argument("--into", default=None, help="with --export: a shipped model's weights, the restorer added")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    ckpt = a.out / "checkpoint.pt"
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
+    arch = tuple(ck.get("arch", (32, 6))) if ck is not None else (a.channels, a.depth)
+    net = BaseRestorer(*arch)
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr)
+    step, seed = 0, 0
+    if ck is not None:
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        for group in opt.param_groups:  # a resumed run takes --lr (a lower one to finish)
+            group["lr"] = a.lr
+        step, seed = ck["step"], ck["step"]
+    elif a.init is not None:
+        net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))
+    if a.export is not None:
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        if a.into is not None:
+            from kpcodec.models.registry import load_model
+
+            state = {**load_model(a.into).state_dict(), **{f"restorer.{k}": v for k, v in state.items()}}
+        torch.save(state, a.export)
+        print(f"exported step {step} to {a.export}")
+        return
+    train = load_pairs(build_cache(a.data, a.cache, "train"))
+    monitor = load_pairs(build_cache(a.data, a.cache, "val"))
+    items = [(k, i) for k, (_, small, _) in enumerate(train) for i in range(len(small))]
+    rng = random.Random(seed)
+    log = open(a.out / "log.jsonl", "a")
+    print(f"step {step}: {len(items)} train pairs, monitor {evaluate(net, monitor)}", flush=True)
+    t0 = time.time()
+    while (a.steps is None or step < a.steps) and time.time() - t0 < a.minutes * 60:
+        ups, targets = [], []
+        for _ in range(BATCH):
+            k, i = items[rng.randrange(len(items))]
+            _, small, target = train[k]
+            y, x = rng.randrange(0, 256 - CROP + 1, 8), rng.randrange(0, 256 - CROP + 1, 8)
+            up = upsample(small[i:i + 1])[..., y:y + CROP, x:x + CROP]
+            tt = torch.from_numpy(target[i:i + 1, y:y + CROP, x:x + CROP]).permute(0, 3, 1, 2).float() / 255
+            if rng.random() < 0.5:
+                up, tt = up.flip(-1), tt.flip(-1)
+            ups.append(up)
+            targets.append(tt)
+        up, tt = torch.cat(ups), torch.cat(targets)
+        out = net(up)
+        loss = (1 - losses.ssim(out, tt)) + (out - tt).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % a.save_every == 0:
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "arch": arch}, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+        if step % a.val_every == 0:
+            row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0), "monitor": evaluate(net, monitor)}
+            print(json.dumps(row), flush=True)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "arch": arch}, ckpt.with_suffix(".tmp"))
+    ckpt.with_suffix(".tmp").replace(ckpt)
+    print(f"step {step}: monitor {evaluate(net, monitor)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
