@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import run_meta  # noqa: E402
+from compare import MONITOR_DATA, run_header, run_meta  # noqa: E402
 
 
 def run(data: Path, settings: list[str], threads: int) -> list[dict]:
@@ -82,18 +82,15 @@ def run(data: Path, settings: list[str], threads: int) -> list[dict]:
 
 
 def render(meta: dict, rows: list[dict], out: Path) -> None:
-    md = ["# The base layer alone: what the decoder shows between base frames", "",
-          f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}", f"- **Code:** git {meta['git']}",
-          f"- **Command:** `{meta['command']}`",
-          "- **Data:** the 6 monitor clips of the val split (kpcodec.train.evaluate.MONITOR_CLIPS), first 250 frames",
-          "- **What:** one coded base layer per setting; the frames between base frames shown held (the "
-          "low-resolution AV1 baseline), linearly blended, or as kpcodec decodes a file of the base layer alone "
-          "(both base frames moved to the frame by keypoints detected on them, then blended), on 2.3's linear "
-          "keypoint path or on 2.4's cubic one (what encode writes). kb/s: the whole .kpc. SSIM over "
-          "every frame (base frames included: the same in all four).", "",
-          "| setting | kb/s | held | linear blend | moved, linear path (2.3) | kpcodec: moved, cubic path (2.4) | "
-          "cubic - held | cubic - linear blend | cubic - linear path | dec fps (1 thread) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md = run_header("The base layer alone: what the decoder shows between base frames", meta, MONITOR_DATA,
+                    "- **What:** one coded base layer per setting; the frames between base frames shown held (the "
+                    "low-resolution AV1 baseline), linearly blended, or as kpcodec decodes a file of the base layer alone "
+                    "(both base frames moved to the frame by keypoints detected on them, then blended), on 2.3's linear "
+                    "keypoint path or on 2.4's cubic one (what encode writes). kb/s: the whole .kpc. SSIM over "
+                    "every frame (base frames included: the same in all four).", "",
+                    "| setting | kb/s | held | linear blend | moved, linear path (2.3) | kpcodec: moved, cubic path (2.4) | "
+                    "cubic - held | cubic - linear blend | cubic - linear path | dec fps (1 thread) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in dict.fromkeys(r["setting"] for r in rows):
         g = [r for r in rows if r["setting"] == s]
         m = {key: float(np.mean([r[key] for r in g]))

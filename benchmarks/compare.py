@@ -186,6 +186,16 @@ def run_meta(script: str, argv, start: float, **extra) -> dict:
             "git": git_commit(), "seconds": time.perf_counter() - start, **extra}
 
 
+MONITOR_DATA = "- **Data:** the 6 monitor clips of the val split (kpcodec.train.evaluate.MONITOR_CLIPS), first 250 frames"
+
+
+def run_header(title: str, meta: dict, *lines: str) -> list[str]:
+    """A report's first lines: its title, then the run's date, machine, commit and command (run_meta),
+    then `lines`."""
+    return [f"# {title}", "", f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}",
+            f"- **Code:** git {meta['git']}", f"- **Command:** `{meta['command']}`", *lines]
+
+
 def write_results(out: Path, lines: list[str], command: str, **payload) -> None:
     """`out`.md (the report's lines) and `out`.json (the command, machine, commit and `payload`)."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import run_meta  # noqa: E402
+from compare import MONITOR_DATA, run_header, run_meta  # noqa: E402
 
 
 def encoded(frames, fps, setting: str, threads: int) -> bytes:
@@ -108,17 +108,14 @@ def gains(rows: list[dict]) -> list[dict]:
 
 def render(meta: dict, rows: list[dict], out: Path) -> None:
     g = gains(rows)
-    md = ["# Placed base frames (format 2.5) against every divisor-th one (2.4)", "",
-          f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}", f"- **Code:** git {meta['git']}",
-          f"- **Command:** `{meta['command']}`",
-          "- **Data:** the 6 monitor clips of the val split (kpcodec.train.evaluate.MONITOR_CLIPS), first 250 frames",
-          "- **What:** each setting encoded as `encode --base-layer SIZE@DIV:CRF,alone` (uniform: every DIV-th "
-          "frame, 2.4) and `...,alone,placed` (2.5: as many base frames, placed by kpcodec.codec.placement), "
-          "decoded as `decode` does. kb/s: the whole .kpc; SSIM over every frame. *At equal rate*: the placed "
-          "file's SSIM less the uniform files' (two CRFs, a line in log rate) at the placed file's rate.", "",
-          "| setting | CRF | uniform kb/s | uniform SSIM | placed kb/s | placed SSIM | rate | SSIM, same CRF | "
-          "SSIM at equal rate | clips better at equal rate |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md = run_header("Placed base frames (format 2.5) against every divisor-th one (2.4)", meta, MONITOR_DATA,
+                    "- **What:** each setting encoded as `encode --base-layer SIZE@DIV:CRF,alone` (uniform: every DIV-th "
+                    "frame, 2.4) and `...,alone,placed` (2.5: as many base frames, placed by kpcodec.codec.placement), "
+                    "decoded as `decode` does. kb/s: the whole .kpc; SSIM over every frame. *At equal rate*: the placed "
+                    "file's SSIM less the uniform files' (two CRFs, a line in log rate) at the placed file's rate.", "",
+                    "| setting | CRF | uniform kb/s | uniform SSIM | placed kb/s | placed SSIM | rate | SSIM, same CRF | "
+                    "SSIM at equal rate | clips better at equal rate |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (setting, crf) in dict.fromkeys((r["setting"], r["crf"]) for r in g):
         s = [r for r in g if r["setting"] == setting and r["crf"] == crf]
         m = {k: float(np.mean([r[k] for r in s])) for k in ("uniform_kbps", "uniform_ssim", "kbps", "ssim",

@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare import run_meta  # noqa: E402
+from compare import MONITOR_DATA, run_header, run_meta  # noqa: E402
 from placement import decoded, encoded  # noqa: E402
 
 MODELS = {"bicubic": "fomm-256-hybrid-v2", "restorer": "fomm-256-hybrid-v3"}
@@ -53,17 +53,14 @@ def run(data: Path, settings: list[str], threads: int, frames_per_clip: int = 25
 
 
 def render(meta: dict, rows: list[dict], out: Path) -> None:
-    md = ["# The base-layer restorer against the bicubic upsample (streams of the base layer alone)", "",
-          f"- **Date:** {meta['date']}", f"- **Machine:** {meta['machine']}", f"- **Code:** git {meta['git']}",
-          f"- **Command:** `{meta['command']}`",
-          "- **Data:** the 6 monitor clips of the val split (kpcodec.train.evaluate.MONITOR_CLIPS), first 250 frames",
-          "- **What:** each setting encoded once as `encode --base-layer SIZE@DIV:CRF,alone,placed`, decoded with "
-          f"`{MODELS['restorer']}` (the restorer) and `{MODELS['bicubic']}` (bicubic); the same bits. SSIM over "
-          "every frame, the base frames and the frames between; decode fps on the command's threads, one run "
-          "each (the machine is shared: compare the two in a row, not across rows)", "",
-          "| setting | kb/s | bicubic SSIM | restorer SSIM | gain | gain, base frames | gain, frames between | "
-          "clips better | decode fps, bicubic | decode fps, restorer |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md = run_header("The base-layer restorer against the bicubic upsample (streams of the base layer alone)", meta, MONITOR_DATA,
+                    "- **What:** each setting encoded once as `encode --base-layer SIZE@DIV:CRF,alone,placed`, decoded with "
+                    f"`{MODELS['restorer']}` (the restorer) and `{MODELS['bicubic']}` (bicubic); the same bits. SSIM over "
+                    "every frame, the base frames and the frames between; decode fps on the command's threads, one run "
+                    "each (the machine is shared: compare the two in a row, not across rows)", "",
+                    "| setting | kb/s | bicubic SSIM | restorer SSIM | gain | gain, base frames | gain, frames between | "
+                    "clips better | decode fps, bicubic | decode fps, restorer |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for setting in dict.fromkeys(r["setting"] for r in rows):
         s = [r for r in rows if r["setting"] == setting]
 
