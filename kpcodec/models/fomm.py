@@ -13,7 +13,7 @@ from kpcodec.models.blocks import warp
 from kpcodec.models.generator import Generator
 from kpcodec.models.keypoints import KeypointDetector
 from kpcodec.models.motion import DenseMotion
-from kpcodec.models.restorer import BaseRestorer
+from kpcodec.models.restorer import BaseRestorer, bicubic
 
 
 @dataclass
@@ -80,12 +80,9 @@ class MotionModel(nn.Module):
         """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size;
         `restore` (a stream of the base layer alone): then through the restorer, where the model
         has one and the frames were upsampled."""
-        size = self.cfg.image_size
-        up = small.float()
-        if up.shape[-1] != size:
-            up = F.interpolate(up, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
-            if restore and self.restorer is not None:
-                up = self.restorer(up)
+        up = bicubic(small.float(), self.cfg.image_size)
+        if restore and self.restorer is not None and small.shape[-1] != self.cfg.image_size:
+            up = self.restorer(up)
         return up
 
     def move_base(self, small: torch.Tensor, mask: torch.Tensor, kp_from: torch.Tensor | None, jac_from,

@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def bicubic(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Frames (B,3,s,s) in [0,1] bicubic-upsampled to size x size (clamped to [0,1]); as they are at that size."""
+    if frames.shape[-1] == size:
+        return frames
+    return F.interpolate(frames, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
 class BaseRestorer(nn.Module):
     def __init__(self, channels: int = 32, depth: int = 6, unshuffle: int = 2):
         super().__init__()

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kpcodec.eval.metrics import ssim as ssim_np
 from kpcodec.media import baselayer, video
-from kpcodec.models.restorer import BaseRestorer
+from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+from kpcodec.models.restorer import BaseRestorer, bicubic
 from kpcodec.train import losses
 from kpcodec.train.data import manifest_rows
 from kpcodec.train.evaluate import MONITOR_CLIPS
@@ -46,10 +46,7 @@ CROP, BATCH = 128, 8
 
 def upsample(small: np.ndarray, size: int = 256) -> torch.Tensor:
     """(N,s,s,3) uint8 -> (N,3,size,size) in [0,1], bicubic as MotionModel.base_image."""
-    t = torch.from_numpy(np.ascontiguousarray(small)).permute(0, 3, 1, 2).float() / 255
-    if t.shape[-1] == size:
-        return t
-    return F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+    return bicubic(frames_to_tensor(small), size)
 
 
 def coded_pairs(frames: np.ndarray, fps: float, settings, preset: int) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
@@ -101,17 +98,14 @@ def load_pairs(paths, max_size: int = 255) -> list[tuple[tuple, np.ndarray, np.n
 
 def evaluate(net: BaseRestorer, monitor) -> dict[str, tuple[float, float]]:
     """Mean SSIM of the monitor's base frames by setting: (bicubic, restored)."""
-    def u8(x):
-        return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
     scores: dict[tuple, list] = {}
     with torch.inference_mode():
         for setting, small, target in monitor:
             up = upsample(small[::2])
             out = net(up)
             scores.setdefault(setting, []).append(
-                (np.mean([ssim_np(a, b) for a, b in zip(u8(up), target[::2])]),
-                 np.mean([ssim_np(a, b) for a, b in zip(u8(out), target[::2])])))
+                (np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(up), target[::2])]),
+                 np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(out), target[::2])])))
     return {f"{s[0]}@{s[1]}:{s[2]}": (round(float(np.mean([a for a, _ in v])), 4), round(float(np.mean([b for _, b in v])), 4))
             for s, v in scores.items()}
 
