@@ -95,3 +95,23 @@ def test_restorer_table_gives_the_gain_of_the_same_files_by_setting(tmp_path):
     table = (tmp_path / "restorer.md").read_text()
     assert "| 128@4:55 | 5.00 | 0.8500 | 0.8520 | +0.0020 | +0.0120 | +0.0020 | 1 of 2 | 50 | 40 |" in table
     assert "| 256@4:56 | 5.00 | 0.9300 | 0.9300 | +0.0000 |" in table
+
+
+def test_base_encoder_table_gives_the_bd_rate_of_the_filters_off_by_size(tmp_path):
+    import argparse
+
+    import base_encoder as be
+
+    def rows(clip, size, scale):  # "off": the same SSIM for `scale` times the bits
+        return [{"clip": clip, "size": size, "filters": f, "crf": crf, "kbps": kb * (scale if f == "off" else 1), "ssim": q}
+                for f in ("on", "off") for crf, kb, q in ((42, 10.0, 0.93), (56, 5.0, 0.90), (62, 3.0, 0.86))]
+
+    data = rows("a", 128, 0.9) + rows("b", 128, 0.95) + rows("a", 256, 1.1) + rows("b", 256, 1.1)
+    s = {r["size"]: r for r in be.summary(data)}
+    assert s[128]["bd_mean"] == pytest.approx(-7.5) and s[128]["better"] == 2
+    assert s[256]["bd_median"] == pytest.approx(10.0) and s[256]["better"] == 0
+    args = argparse.Namespace(crfs=[42, 56, 62], frames=160, divisor=4, model="m")
+    be.render({"date": "d", "machine": "m", "git": "g", "command": "c", "filters_off": "x=0"}, args, data, tmp_path)
+    table = (tmp_path / "base-encoder.md").read_text()
+    assert "| 128 | -7.5% | -7.5% | 2 of 2 | 6.00 / 5.55 | 0.8967 / 0.8967 |" in table
+    assert "| 256 | +10.0% | +10.0% | 0 of 2 |" in table

@@ -12,7 +12,7 @@ from kpcodec.models.registry import DEFAULT_HYBRID_MODEL, build_model, get_confi
 from kpcodec.models.restorer import BaseRestorer
 from kpcodec.options import DecodeOptions
 
-from conftest import sample_kpc
+from conftest import SAMPLE, sample_kpc
 
 
 def test_an_untrained_restorer_is_the_bicubic_upsample():
@@ -93,3 +93,84 @@ def test_the_trainer_codes_its_data_through_the_base_layer_resumes_and_exports(t
     net = build_model("fomm-256-hybrid-restore")
     net.load_state_dict(state)  # every tensor of the config, none more
     assert torch.equal(state["restorer.last.weight"], ck["model"]["last.weight"])
+    # a 3-frame restorer started from the 1-frame one's weights (widened), exported into a model of its config
+    tr.main(args + ["--export", str(tmp_path / "r1.pt")])
+    out3 = ["--data", str(data), "--out", str(tmp_path / "run3"), "--cache", str(cache), "--frames", "3"]
+    tr.main(out3 + ["--steps", "1", "--init", str(tmp_path / "r1.pt")])
+    ck3 = torch.load(tmp_path / "run3" / "checkpoint.pt", weights_only=False)
+    assert ck3["step"] == 1 and ck3["arch"][-1] == 3 and ck3["model"]["body.0.weight"].shape[1] == 36
+    tr.main(out3 + ["--export", str(tmp_path / "m3.pt"), "--into", "fomm-256-hybrid-v2"])
+    build_model("fomm-256-hybrid-restore3").load_state_dict(torch.load(tmp_path / "m3.pt", weights_only=True))
+
+
+def _three_frame(seed: int = 0) -> BaseRestorer:
+    """A 3-frame restorer whose every weight (the neighbours' too) is random: its output depends on them."""
+    torch.manual_seed(seed)
+    r = BaseRestorer(frames=3).eval()
+    torch.nn.init.normal_(r.last.weight, std=0.05)
+    return r
+
+
+def test_a_three_frame_restorer_widened_from_a_one_frame_one_starts_as_it():
+    one = BaseRestorer().eval()
+    torch.nn.init.normal_(one.last.weight, std=0.05)
+    three = BaseRestorer(frames=3)
+    three.widen(one.state_dict())
+    up, before, after = torch.rand(3, 2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(three(up, before, after), one(up), atol=1e-6)
+        assert torch.equal(three(up), three(up, up, up))  # a missing neighbour is the frame itself
+    with pytest.raises(ValueError):
+        BaseRestorer(frames=2)
+
+
+def test_a_three_frame_restorer_sees_the_neighbours_in_a_sequence_and_given():
+    net = build_model("fomm-256-hybrid-restore3").eval()
+    net.restorer = _three_frame()
+    small = torch.rand(4, 3, 128, 128)
+    with torch.inference_mode():
+        seq = net.base_image(small, restore=True)
+        one = net.base_image(small[1:2], restore=True, before=small[0:1], after=small[2:3])
+        alone = net.base_image(small[1:2], restore=True)
+    assert torch.allclose(seq[1:2], one, atol=1e-6)
+    assert (seq[1:2] - alone).abs().max() > 1e-3  # the neighbours count
+
+
+def test_the_decoder_gives_a_three_frame_restorer_the_base_frames_around_each(tmp_path, monkeypatch):
+    """Streaming (packet by packet) or whole: base frame n of a stream of the base layer alone is
+    restored with base frames n - 1 and n + 1 beside it (the ends their own), as the model
+    restores the whole sequence at once."""
+    from kpcodec.bitstream import packets as pk
+    from kpcodec.media import baselayer
+    from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
+
+    path = sample_kpc(tmp_path, "128@4:50,alone", frames=14)
+    s = bitstream.loads(path.read_bytes())
+    net = load_model(s.header.model, inference=True)
+    monkeypatch.setattr(net, "restorer", _three_frame(1))
+    one = DecodeOptions(audio=False, threads=1)
+    whole = np.stack(list(Decoder(s, one).frames()))
+    packets = pk.stream_packets(s, 1)  # a base frame a packet: the decoder waits for the next
+    dec = Decoder(packets[0], one)
+    streamed = [f for p in packets[1:] for f in dec.push(p)] + dec.flush()
+    assert np.array_equal(np.stack(streamed), whole)
+    with torch.inference_mode():
+        want = tensor_to_frames(net.base_image(frames_to_tensor(baselayer.decode_clip(s.base.packets)), restore=True))
+    assert len(want) == 4
+    for n in range(4):
+        assert np.array_equal(whole[4 * n], want[n]), n
+
+
+def test_base_frames_the_decoder_restores_are_coded_without_av1s_cdef_and_loop_restoration(monkeypatch):
+    from kpcodec.media import baselayer
+
+    from kpcodec.media import video
+
+    frames = np.stack(list(video.read_frames(SAMPLE, 256))[:8])
+    alone, fused = (baselayer.BaseLayerSettings(96, 2, 50, alone=a) for a in (True, False))
+    assert alone.restored and not fused.restored
+    assert not baselayer.BaseLayerSettings(256, 2, 50, alone=True).restored  # at the model size: not restored
+    coded = {s: baselayer.encode_clip(frames, s, 25, preset=8) for s in (alone, fused)}
+    assert coded[alone] != coded[fused]
+    monkeypatch.setattr(baselayer, "RESTORED_SVT_PARAMS", "")
+    assert baselayer.encode_clip(frames, alone, 25, preset=8) == coded[fused]  # the only difference

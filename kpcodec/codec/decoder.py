@@ -19,7 +19,9 @@ each as soon as the next sent frame is known (it restarts at 2.0 keyframes); the
 prepared once, when its first frame is due; a hybrid model fuses the base layer, whose packets are
 decoded as they come. A stream of the base layer alone (format 2.3) has no source image and no
 keypoints: each frame is its base frame upsampled, or, between two, both moved to it by keypoints
-detected on them and blended (MotionModel.between), so a frame waits for the base frame after it.
+detected on them and blended (MotionModel.between), so a frame waits for the base frame after it
+(and, where the model's restorer sees 3 base frames, for the one after that: it restores each base
+frame with its neighbours).
 `threads` >= 2 renders batches on single-threaded workers, a few in flight
 (kpcodec.codec.parallel). Memory does not grow with the clip: frames are handed out as they are
 rendered, and only the keypoints of frames waiting for the next sent one are held.
@@ -147,6 +149,13 @@ class Decoder:
     def _set_base(self, base: bitstream.BaseLayer) -> None:
         if self.net.cfg.base_fusion or base.alone:
             self.base, self.base_label, self.alone = base, base.label, base.alone
+
+    @property
+    def _restorer_frames(self) -> int:
+        """The base frames the model's restorer sees (3: it waits for the one after too), 1 where
+        it has none or the base frames are not upsampled."""
+        r = self.net.restorer
+        return r.frames if r is not None and self.base.size != self.net.cfg.image_size else 1
 
     @property
     def fuse(self) -> bool:
@@ -373,7 +382,12 @@ class Decoder:
             return False, None
         entry = self._base_frames[n]
         if isinstance(entry, np.ndarray):
-            entry = self._base_frames[n] = _BaseImage(entry, self._renderer, restore=True)
+            near = (None, None)
+            if self._restorer_frames == 3:  # it sees the base frames before and after (kept: n - 1 goes later)
+                if self._base_exists(n + 1) and not self._base_in(n + 1, final):
+                    return False, None
+                near = tuple(_small(self._base_frames.get(k)) for k in (n - 1, n + 1))
+            entry = self._base_frames[n] = _BaseImage(entry, self._renderer, True, *near)
         return True, entry
 
     def _base_exists(self, n: int) -> bool:
@@ -513,12 +527,14 @@ class _BaseImage:
     after it that the same base frame serves (the bicubic upsample was ~2.8 ms a video frame);
     `restore`: a stream of the base layer alone's, upsampled by the model's restorer if it has one."""
 
-    def __init__(self, small: np.ndarray, renderer: Renderer, restore: bool = False):
+    def __init__(self, small: np.ndarray, renderer: Renderer, restore: bool = False, before: np.ndarray | None = None,
+                 after: np.ndarray | None = None):
         self.small, self._renderer, self._restore, self._up, self._kp = small, renderer, restore, None, None
+        self._near = (before, after)  # the base frames before and after (a 3-frame restorer), None: none
 
     def upsampled(self):
         if self._up is None:  # two workers may both compute it: the same tensor either way
-            self._up = self._renderer.upsample_base(self.small, self._restore)
+            self._up = self._renderer.upsample_base(self.small, self._restore, *self._near)
         return self._up
 
     def moving(self):
@@ -532,6 +548,11 @@ class _BaseImage:
         from kpcodec.models.frames import tensor_to_frames
 
         return tensor_to_frames(self.upsampled())[0]
+
+
+def _small(entry) -> np.ndarray | None:
+    """The decoded base frame of a `_base_frames` entry (None: missing or did not decode)."""
+    return entry.small if isinstance(entry, _BaseImage) else entry
 
 
 def _outer(a: _BaseImage, b: _BaseImage, p: _BaseImage | None, q: _BaseImage | None):

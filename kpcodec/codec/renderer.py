@@ -51,14 +51,19 @@ class Renderer:
         with _torch().inference_mode():
             return self.net.prepare_source(frames_to_tensor([image]))
 
-    def upsample_base(self, small: np.ndarray, restore: bool = False):
+    def upsample_base(self, small: np.ndarray, restore: bool = False, before: np.ndarray | None = None,
+                      after: np.ndarray | None = None):
         """A decoded base frame (h, w, 3) uint8 as the model takes it: (1, 3, H, W), upsampled to
         the model size (a render given it does not upsample it again); `restore`: a stream of the
-        base layer alone's, through the model's restorer if it has one (MotionModel.base_image)."""
+        base layer alone's, through the model's restorer if it has one (MotionModel.base_image),
+        which may see the base frames `before` and `after` it (None: it has none there)."""
         from kpcodec.models.frames import frames_to_tensor
 
+        def tensor(frame):
+            return frames_to_tensor([small if frame is None else frame])
+
         with _torch().inference_mode():
-            return self.net.base_image(frames_to_tensor([small]), restore)
+            return self.net.base_image(tensor(small), restore, tensor(before), tensor(after))
 
     def detect_base(self, up):
         """Keypoints and Jacobians (1,K,2), (1,K,2,2) of an upsampled base frame (upsample_base)."""

@@ -34,7 +34,8 @@ class MotionModel(nn.Module):
         self.detector = KeypointDetector(cfg)
         self.dense_motion = DenseMotion(cfg)
         self.generator = Generator(cfg)
-        self.restorer = BaseRestorer(cfg.base_restorer, cfg.restorer_depth) if cfg.base_restorer else None
+        self.restorer = BaseRestorer(cfg.base_restorer, cfg.restorer_depth, frames=cfg.restorer_frames) \
+            if cfg.base_restorer else None
 
     def detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B,3,H,W) in [0,1] -> keypoints (B,K,2) in [-1,1], Jacobians (B,K,2,2)."""
@@ -76,13 +77,21 @@ class MotionModel(nn.Module):
             base = self.move_base(base, motion["mask"], base_kp, base_jac, kp, jac)
         return self.generator.decode(state.features, motion["flow"], motion["occlusion"], state.image, base), base
 
-    def base_image(self, small: torch.Tensor, restore: bool = False) -> torch.Tensor:
+    def base_image(self, small: torch.Tensor, restore: bool = False, before: torch.Tensor | None = None,
+                   after: torch.Tensor | None = None) -> torch.Tensor:
         """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size;
         `restore` (a stream of the base layer alone): then through the restorer, where the model
-        has one and the frames were upsampled."""
-        up = bicubic(small.float(), self.cfg.image_size)
-        if restore and self.restorer is not None and small.shape[-1] != self.cfg.image_size:
-            up = self.restorer(up)
+        has one and the frames were upsampled. A restorer of 3 frames sees the base frames `before`
+        and `after` each (B,3,s,s); without them, `small` is consecutive base frames of one stream,
+        each the others' neighbours (the ends their own)."""
+        size = self.cfg.image_size
+        up = bicubic(small.float(), size)
+        if restore and self.restorer is not None and small.shape[-1] != size:
+            if self.restorer.frames == 1:
+                return self.restorer(up)
+            before = bicubic(before.float(), size) if before is not None else torch.cat([up[:1], up[:-1]])
+            after = bicubic(after.float(), size) if after is not None else torch.cat([up[1:], up[-1:]])
+            up = self.restorer(up, before, after)
         return up
 
     def move_base(self, small: torch.Tensor, mask: torch.Tensor, kp_from: torch.Tensor | None, jac_from,

@@ -53,6 +53,8 @@ class ModelConfig:
     # channels (0: none) and its depth in convolutions.
     base_restorer: int = 0
     restorer_depth: int = 6
+    # The base frames the restorer sees: 1, or 3 (the one before and the one after too).
+    restorer_frames: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +89,8 @@ CONFIGS: dict[str, ModelConfig] = {
         # The same with a base-layer restorer (kpcodec.models.restorer) for streams of the base layer
         # alone; hybrid files render as with fomm-256-hybrid (the restorer is not on their path).
         replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
+        # The same with a restorer that also sees the base frames before and after.
+        replace(_WIDE, name="fomm-256-hybrid-restore3", base_fusion=True, base_restorer=32, restorer_frames=3),
         # Grown from a trained fomm-256-hybrid (the new paths start at zero): the base frame also
         # corrects the keypoints' flow; and, in -refine, it is also added at the decoder's half and full sizes.
         replace(_WIDE, name="fomm-256-hybrid-flow", base_fusion=True, flow_refine=True),

@@ -4,10 +4,13 @@ the base layer alone goes through before its frames are moved and shown.
 Data: the first FRAMES frames of every train clip, coded through the real base layer
 (kpcodec.media.baselayer, at TRAIN_PRESET) at two settings drawn per clip from what the rate
 control picks below the model size (SETTINGS, CRF 48-63), decoded; each pair is (decoded base
-frame, the original frame), cached per clip under `--cache`. The monitor: the six monitor val
+frame, the original frame), cached per clip under `--cache` (coded as a file of the base layer alone
+is, so without AV1's CDEF and loop restoration since session 39: baselayer.RESTORED_SVT_PARAMS; a cache
+of another encoder setting wants another --cache). The monitor: the six monitor val
 clips at four settings, coded at the file's preset (baselayer.PRESET). Loss 1 - SSIM + L1 on
 random 128-px crops (flipped half the time), Adam. The run checkpoints every `--save-every`
-steps and resumes from its checkpoint.
+steps and resumes from its checkpoint. `--frames 3` trains a restorer that also sees the base frames
+before and after (a clip's ends their own); `--init` then takes a 1-frame restorer's weights (widened).
 
     python -m kpcodec.train.restorer --data ../shared/data --out runs/restorer --minutes 40 [--init W.pt]
     python -m kpcodec.train.restorer --out runs/restorer --export runs/restorer/model.pt --into fomm-256-hybrid-v2
@@ -96,13 +99,20 @@ def load_pairs(paths, max_size: int = 255) -> list[tuple[tuple, np.ndarray, np.n
     return out
 
 
+def neighbours(up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(before, after) of each of a clip's consecutive upsampled base frames (B,3,H,W): the ends their own."""
+    return torch.cat([up[:1], up[:-1]]), torch.cat([up[1:], up[-1:]])
+
+
 def evaluate(net: BaseRestorer, monitor) -> dict[str, tuple[float, float]]:
-    """Mean SSIM of the monitor's base frames by setting: (bicubic, restored)."""
+    """Mean SSIM of the monitor's base frames by setting: (bicubic, restored); every other frame
+    scored, each with its own neighbours."""
     scores: dict[tuple, list] = {}
     with torch.inference_mode():
         for setting, small, target in monitor:
-            up = upsample(small[::2])
-            out = net(up)
+            up = upsample(small)
+            out = net(up, *neighbours(up))[::2]
+            up = up[::2]
             scores.setdefault(setting, []).append(
                 (np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(up), target[::2])]),
                  np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(out), target[::2])])))
@@ -124,6 +134,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels", type=int, default=32, help="the restorer's width (a new run; a resumed one keeps its own)")
     ap.add_argument("--depth", type=int, default=6, help="the restorer's convolutions (a new run)")
+    ap.add_argument("--frames", type=int, default=1, choices=(1, 3),
+                    help="base frames the restorer sees: 3 adds the one before and after (a new run)")
     ap.add_argument("--export", type=Path, default=None, help="write the checkpoint's restorer weights and stop")
     ap.add_argument("--into", default=None, help="with --export: a shipped model's weights, the restorer added")
     a = ap.parse_args(argv)
@@ -131,7 +143,7 @@ def main(argv=None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     ckpt = a.out / "checkpoint.pt"
     ck = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
-    arch = tuple(ck.get("arch", (32, 6))) if ck is not None else (a.channels, a.depth)
+    arch = tuple(ck.get("arch", (32, 6))) if ck is not None else (a.channels, a.depth, 2, a.frames)
     net = BaseRestorer(*arch)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     step, seed = 0, 0
@@ -142,7 +154,7 @@ def main(argv=None) -> None:
             group["lr"] = a.lr
         step, seed = ck["step"], ck["step"]
     elif a.init is not None:
-        net.load_state_dict(torch.load(a.init, map_location="cpu", weights_only=True))
+        net.widen(torch.load(a.init, map_location="cpu", weights_only=True))  # a 1-frame init for 3 frames too
     if a.export is not None:
         state = {k: v.clone() for k, v in net.state_dict().items()}
         if a.into is not None:
@@ -165,14 +177,17 @@ def main(argv=None) -> None:
             k, i = items[rng.randrange(len(items))]
             _, small, target = train[k]
             y, x = rng.randrange(0, 256 - CROP + 1, 8), rng.randrange(0, 256 - CROP + 1, 8)
-            up = upsample(small[i:i + 1])[..., y:y + CROP, x:x + CROP]
+            near = [max(i - 1, 0), i, min(i + 1, len(small) - 1)]
+            before, up, after = upsample(small[near])[..., y:y + CROP, x:x + CROP].unbind(0)
+            before, up, after = before[None], up[None], after[None]
             tt = torch.from_numpy(target[i:i + 1, y:y + CROP, x:x + CROP]).permute(0, 3, 1, 2).float() / 255
             if rng.random() < 0.5:
-                up, tt = up.flip(-1), tt.flip(-1)
-            ups.append(up)
+                before, up, after, tt = before.flip(-1), up.flip(-1), after.flip(-1), tt.flip(-1)
+            ups.append(torch.stack([before, up, after]))
             targets.append(tt)
-        up, tt = torch.cat(ups), torch.cat(targets)
-        out = net(up)
+        before, up, after = torch.cat(ups, dim=1)
+        tt = torch.cat(targets)
+        out = net(up, before, after)
         loss = (1 - losses.ssim(out, tt)) + (out - tt).abs().mean()
         opt.zero_grad()
         loss.backward()
