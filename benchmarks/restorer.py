@@ -1,9 +1,10 @@
-"""The base-layer restorer (fomm-256-hybrid-v3) against the bicubic upsample (fomm-256-hybrid-v2) on the
-same files: on the monitor clips (kpcodec.train.evaluate.MONITOR_CLIPS, first 250 frames), each setting
-encoded once as `encode --base-layer SIZE@DIV:CRF,alone,placed` does and decoded as `decode` and
-`decode --model fomm-256-hybrid-v2` do. SSIM over every frame, over the base frames and over the frames
-between; decode speed of each (one run each, on `--threads`). A setting at the model size (256) is
-not upsampled, so both decode it alike: the control.
+"""The base-layer restorer of the default model of files with a base layer against the bicubic upsample
+(fomm-256-hybrid-v2) and against the restorer before it (fomm-256-hybrid-v3) on the same files: on the
+monitor clips (kpcodec.train.evaluate.MONITOR_CLIPS, first 250 frames), each setting encoded once as
+`encode --base-layer SIZE@DIV:CRF,alone,placed` does and decoded as `decode` and `decode --model M` do.
+SSIM over every frame, over the base frames and over the frames between; decode speed of each (one run
+each, on `--threads`). A setting at the model size (256) is not upsampled, so all decode it alike: the
+control.
 
     python benchmarks/restorer.py [--settings 96@4:52,128@4:55,160@3:54,192@4:56,256@4:56] [--threads 2]
 """
@@ -22,7 +23,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare import MONITOR_DATA, run_header, run_meta  # noqa: E402
 from placement import decoded, encoded  # noqa: E402
 
-MODELS = {"bicubic": "fomm-256-hybrid-v2", "restorer": "fomm-256-hybrid-v3"}
+from kpcodec.models.registry import DEFAULT_HYBRID_MODEL  # noqa: E402
+
+MODELS = {"bicubic": "fomm-256-hybrid-v2", "previous": "fomm-256-hybrid-v3", "restorer": DEFAULT_HYBRID_MODEL}
 
 
 def run(data: Path, settings: list[str], threads: int, frames_per_clip: int = 250) -> list[dict]:
@@ -55,12 +58,14 @@ def run(data: Path, settings: list[str], threads: int, frames_per_clip: int = 25
 def render(meta: dict, rows: list[dict], out: Path) -> None:
     md = run_header("The base-layer restorer against the bicubic upsample (streams of the base layer alone)", meta, MONITOR_DATA,
                     "- **What:** each setting encoded once as `encode --base-layer SIZE@DIV:CRF,alone,placed`, decoded with "
-                    f"`{MODELS['restorer']}` (the restorer) and `{MODELS['bicubic']}` (bicubic); the same bits. SSIM over "
-                    "every frame, the base frames and the frames between; decode fps on the command's threads, one run "
-                    "each (the machine is shared: compare the two in a row, not across rows)", "",
+                    f"`{MODELS['restorer']}` (the restorer), `{MODELS['previous']}` (the restorer before it) and "
+                    f"`{MODELS['bicubic']}` (bicubic); the same bits. SSIM over every frame, the base frames and the frames "
+                    "between; gains over bicubic; decode fps on the command's threads, one run each (the machine is "
+                    "shared: compare them in a row, not across rows)", "",
                     "| setting | kb/s | bicubic SSIM | restorer SSIM | gain | gain, base frames | gain, frames between | "
-                    "clips better | decode fps, bicubic | decode fps, restorer |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                    "clips better | previous restorer's gain | clips where the restorer beats it | decode fps, bicubic | "
+                    "decode fps, restorer |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for setting in dict.fromkeys(r["setting"] for r in rows):
         s = [r for r in rows if r["setting"] == setting]
 
@@ -69,13 +74,16 @@ def render(meta: dict, rows: list[dict], out: Path) -> None:
             return float(np.mean(v)) if v else float("nan")
 
         gain = [r["restorer_ssim"] - r["bicubic_ssim"] for r in s]
+        over = [r["restorer_ssim"] - r["previous_ssim"] for r in s]
         md.append(f"| {setting} | {mean('kbps'):.2f} | {mean('bicubic_ssim'):.4f} | {mean('restorer_ssim'):.4f} | "
                   f"{np.mean(gain):+.4f} | {mean('restorer_base') - mean('bicubic_base'):+.4f} | "
                   f"{mean('restorer_between') - mean('bicubic_between'):+.4f} | {sum(g > 0 for g in gain)} of {len(s)} | "
+                  f"{mean('previous_ssim') - mean('bicubic_ssim'):+.4f} | {sum(g > 0 for g in over)} of {len(s)} | "
                   f"{mean('bicubic_fps'):.0f} | {mean('restorer_fps'):.0f} |")
-    md += ["", "Per clip:", "", "| clip | setting | kb/s | bicubic SSIM | restorer SSIM | gain |", "|---|---|---:|---:|---:|---:|"]
-    md += [f"| {r['clip']} | {r['setting']} | {r['kbps']:.2f} | {r['bicubic_ssim']:.4f} | {r['restorer_ssim']:.4f} | "
-           f"{r['restorer_ssim'] - r['bicubic_ssim']:+.4f} |" for r in rows]
+    md += ["", "Per clip:", "", "| clip | setting | kb/s | bicubic SSIM | previous restorer SSIM | restorer SSIM | gain |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['clip']} | {r['setting']} | {r['kbps']:.2f} | {r['bicubic_ssim']:.4f} | {r['previous_ssim']:.4f} | "
+           f"{r['restorer_ssim']:.4f} | {r['restorer_ssim'] - r['bicubic_ssim']:+.4f} |" for r in rows]
     (out / "restorer.md").write_text("\n".join(md) + "\n")
 
 

@@ -86,6 +86,7 @@ def test_restorer_table_gives_the_gain_of_the_same_files_by_setting(tmp_path):
 
     def row(clip, setting, bicubic, restored, between=True):
         return {"clip": clip, "setting": setting, "kbps": 5.0, "bicubic_ssim": bicubic, "restorer_ssim": restored,
+                "previous_ssim": (bicubic + restored) / 2,
                 "bicubic_base": bicubic + 0.01, "restorer_base": restored + 0.02, "bicubic_fps": 50.0,
                 "restorer_fps": 40.0, "bicubic_between": bicubic if between else None,
                 "restorer_between": restored if between else None}
@@ -93,7 +94,8 @@ def test_restorer_table_gives_the_gain_of_the_same_files_by_setting(tmp_path):
     rows = [row("a", "128@4:55", 0.90, 0.905), row("b", "128@4:55", 0.80, 0.799), row("a", "256@4:56", 0.93, 0.93)]
     rs.render({"date": "d", "machine": "m", "git": "g", "command": "c"}, rows, tmp_path)
     table = (tmp_path / "restorer.md").read_text()
-    assert "| 128@4:55 | 5.00 | 0.8500 | 0.8520 | +0.0020 | +0.0120 | +0.0020 | 1 of 2 | 50 | 40 |" in table
+    assert "| 128@4:55 | 5.00 | 0.8500 | 0.8520 | +0.0020 | +0.0120 | +0.0020 | 1 of 2 | +0.0010 | 1 of 2 | 50 | 40 |" in table
+    assert "| a | 128@4:55 | 5.00 | 0.9000 | 0.9025 | 0.9050 | +0.0050 |" in table
     assert "| 256@4:56 | 5.00 | 0.9300 | 0.9300 | +0.0000 |" in table
 
 

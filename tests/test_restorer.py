@@ -1,5 +1,6 @@
-"""The base-layer restorer (kpcodec.models.restorer) and the shipped model that carries it
-(fomm-256-hybrid-v3): a learned upsampler on the path of a stream of the base layer alone only."""
+"""The base-layer restorer (kpcodec.models.restorer) and the shipped models that carry it
+(fomm-256-hybrid-v3, and -v4, trained on base frames coded without AV1's CDEF and loop restoration):
+a learned upsampler on the path of a stream of the base layer alone only."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,12 +35,19 @@ def test_the_model_restores_only_upsampled_frames_of_the_base_layer_alone():
     assert build_model("fomm-256-hybrid").restorer is None
 
 
-def test_v3_is_v2_with_a_trained_restorer():
-    assert DEFAULT_HYBRID_MODEL == "fomm-256-hybrid-v3" and get_config("fomm-256-hybrid-restore").base_restorer
-    v2, v3 = load_model("fomm-256-hybrid-v2").state_dict(), load_model("fomm-256-hybrid-v3").state_dict()
-    assert set(v3) - set(v2) == {k for k in v3 if k.startswith("restorer.")} != set()
-    assert all(torch.equal(v2[k], v3[k]) for k in v2)  # hybrid files render as with v2
-    assert v3["restorer.last.weight"].abs().max() > 0  # trained: not the bicubic upsample
+@pytest.mark.parametrize("name", ["fomm-256-hybrid-v3", "fomm-256-hybrid-v4"])
+def test_v3_and_v4_are_v2_with_a_trained_restorer(name):
+    assert DEFAULT_HYBRID_MODEL == "fomm-256-hybrid-v4" and get_config("fomm-256-hybrid-restore").base_restorer
+    v2, v = load_model("fomm-256-hybrid-v2").state_dict(), load_model(name).state_dict()
+    assert set(v) - set(v2) == {k for k in v if k.startswith("restorer.")} != set()
+    assert all(torch.equal(v2[k], v[k]) for k in v2)  # hybrid files render as with v2
+    assert v["restorer.last.weight"].abs().max() > 0  # trained: not the bicubic upsample
+
+
+def test_v4s_restorer_is_v3s_trained_further():
+    v3, v4 = load_model("fomm-256-hybrid-v3").state_dict(), load_model("fomm-256-hybrid-v4").state_dict()
+    assert not torch.equal(v3["restorer.last.weight"], v4["restorer.last.weight"])
+    assert (v3["restorer.last.weight"] - v4["restorer.last.weight"]).abs().max() < v3["restorer.last.weight"].abs().max()
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +59,17 @@ def _decoded(path, model=None):
     return np.stack(list(Decoder(bitstream.loads(path.read_bytes()), DecodeOptions(audio=False, model=model)).frames()))
 
 
-def test_a_file_of_the_base_layer_alone_names_v3_and_decodes_through_its_restorer(alone_file):
-    assert bitstream.loads(alone_file.read_bytes()).header.model == "fomm-256-hybrid-v3"
+def test_a_file_of_the_base_layer_alone_names_the_default_and_decodes_through_its_restorer(alone_file):
+    assert bitstream.loads(alone_file.read_bytes()).header.model == DEFAULT_HYBRID_MODEL
     with_restorer, without = _decoded(alone_file), _decoded(alone_file, "fomm-256-hybrid-v2")
     assert with_restorer.shape == without.shape == (12, 256, 256, 3)
     diff = np.abs(with_restorer.astype(int) - without).mean()
     assert 0.05 < diff < 10  # restored, not replaced
 
 
-def test_a_hybrid_file_renders_the_same_with_v3_and_v2(tmp_path):
+def test_a_hybrid_file_renders_the_same_with_the_default_and_v2(tmp_path):
     path = sample_kpc(tmp_path, "64@2:60", frames=6)
-    assert bitstream.loads(path.read_bytes()).header.model == "fomm-256-hybrid-v3"
+    assert bitstream.loads(path.read_bytes()).header.model == DEFAULT_HYBRID_MODEL
     assert np.array_equal(_decoded(path), _decoded(path, "fomm-256-hybrid-v2"))
 
 

@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("runs/restorer"))
-    ap.add_argument("--cache", type=Path, default=Path("runs/cache/restorer"))
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache/restorer-rc"))  # coded without CDEF/LR (session 39)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=5e-4)
