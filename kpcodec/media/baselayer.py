@@ -35,9 +35,10 @@ SEARCH_PRESET = 8
 # 2026-12-07, MODEL_CARD session 34). The AV1 stream says its depth; a decoder outputs RGB 8-bit either way.
 PIX_FMT = "yuv420p10le"
 # AV1's in-loop CDEF and loop-restoration filters, off where the decoder's restorer takes their place
-# (a stream of the base layer alone, frames below the model size): on six val clips, preset 2, CRF
-# 42-62, both off cost -4.2% bits at equal SSIM of the upsampled base frames at 96 px, -3.1% at 128,
-# -1.9% at 192; at 256 (not restored) +6.0%, and the deblocking filter off +2.0% at 128 (session 39).
+# (a stream of the base layer alone, frames below the model size): on the six monitor val clips, preset
+# 2, CRF 42-62, both off need -4.1% bits for the same SSIM of the restored base frames at 96 px, -3.1%
+# at 128, -1.9% at 192; at 256 (not restored) +6.2% (benchmarks/results/base-encoder.md); the
+# deblocking filter off too: +2.0% at 128 (MODEL_CARD session 39).
 RESTORED_SVT_PARAMS = "enable-restoration=0:enable-cdef=0"
 SIZES = (32, 256)  # allowed range of the base-layer size (even; 256 = the model's own size)
 MAX_DIVISOR = 8
