@@ -48,7 +48,7 @@ def run(data: Path, settings: list[str], threads: int) -> list[dict]:
         fps = video.probe(str(path)).fps
         seconds = len(frames) / float(fps)
         for text in settings:
-            s = baselayer.parse_settings(text)
+            s = baselayer.parse_settings(text + baselayer.ALONE_SUFFIX)  # coded as encode codes a base layer alone
             base = bitstream.BaseLayer(s.size, s.divisor, s.crf, baselayer.encode_clip(frames, s, fps), alone=True,
                                        cubic=True)
             h = bitstream.Header(name, sha, 256, 256, fps.numerator, fps.denominator, len(frames), s.divisor, k,
