@@ -32,13 +32,8 @@ def coded(frames, size: int, divisor: int, crf: int, fps: float, filters_off: bo
     """The base packets of `frames` at size@divisor:crf, the in-loop filters on or off."""
     from kpcodec.media import baselayer
 
-    settings = baselayer.BaseLayerSettings(size, divisor, crf, alone=True)
-    saved = baselayer.BaseLayerSettings.restored
-    baselayer.BaseLayerSettings.restored = property(lambda s: filters_off)
-    try:
-        return baselayer.encode_clip(frames, settings, fps)
-    finally:
-        baselayer.BaseLayerSettings.restored = saved
+    return baselayer.encode_clip(frames, baselayer.BaseLayerSettings(size, divisor, crf, alone=True), fps,
+                                 restored=filters_off)
 
 
 def run(data: Path, sizes: list[int], divisor: int, crfs: list[int], model: str, frames_per_clip: int) -> list[dict]:

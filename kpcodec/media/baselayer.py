@@ -117,7 +117,8 @@ class BaseLayerEncoder:
     Frames whose index is not a multiple of the divisor are ignored, so a caller pushes every
     video frame. SVT-AV1 looks ahead, so packets come out a few frames late."""
 
-    def __init__(self, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET):
+    def __init__(self, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET,
+                 restored: bool | None = None):
         import av
 
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a config banner at its info level
@@ -132,7 +133,8 @@ class BaseLayerEncoder:
         ctx.time_base = 1 / rate
         ctx.framerate = rate
         ctx.gop_size = 1 << 20  # one key frame; a source refresh does not need a new one
-        params = f"lp={max(1, threads)}" + (f":{RESTORED_SVT_PARAMS}" if settings.restored else "")
+        restored = settings.restored if restored is None else restored  # a benchmark may set it either way
+        params = f"lp={max(1, threads)}" + (f":{RESTORED_SVT_PARAMS}" if restored else "")
         ctx.options = {"crf": str(settings.crf), "preset": str(preset), "svtav1-params": params}
         ctx.open()
         self._ctx = ctx
@@ -205,10 +207,11 @@ class BaseLayerDecoder:
 
 
 def encode_clip(frames, settings: BaseLayerSettings, fps, threads: int = 1, preset: int = PRESET,
-                positions=None) -> list[bytes]:
+                positions=None, restored: bool | None = None) -> list[bytes]:
     """All base packets of a clip of RGB frames (every video frame; the divisor picks, or the video
-    frames `positions` where base frames are placed)."""
-    enc = BaseLayerEncoder(settings, fps, threads, preset)
+    frames `positions` where base frames are placed); `restored` (None: settings.restored) codes them
+    without AV1's CDEF and loop restoration (RESTORED_SVT_PARAMS)."""
+    enc = BaseLayerEncoder(settings, fps, threads, preset, restored)
     packets = []
     for i in settings.frame_indices(len(frames)) if positions is None else positions:
         packets += enc.code(frames[i])

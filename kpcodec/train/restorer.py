@@ -111,8 +111,9 @@ def evaluate(net: BaseRestorer, monitor) -> dict[str, tuple[float, float]]:
     with torch.inference_mode():
         for setting, small, target in monitor:
             up = upsample(small)
-            out = net(up, *neighbours(up))[::2]
+            before, after = neighbours(up)
             up = up[::2]
+            out = net(up, before[::2], after[::2])
             scores.setdefault(setting, []).append(
                 (np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(up), target[::2])]),
                  np.mean([ssim_np(a, b) for a, b in zip(tensor_to_frames(out), target[::2])])))
@@ -177,15 +178,15 @@ def main(argv=None) -> None:
             k, i = items[rng.randrange(len(items))]
             _, small, target = train[k]
             y, x = rng.randrange(0, 256 - CROP + 1, 8), rng.randrange(0, 256 - CROP + 1, 8)
-            near = [max(i - 1, 0), i, min(i + 1, len(small) - 1)]
-            before, up, after = upsample(small[near])[..., y:y + CROP, x:x + CROP].unbind(0)
-            before, up, after = before[None], up[None], after[None]
+            near = [max(i - 1, 0), i, min(i + 1, len(small) - 1)] if net.frames == 3 else [i]
+            seq = upsample(small[near])[..., y:y + CROP, x:x + CROP]  # (before, frame, after) or (frame,)
             tt = torch.from_numpy(target[i:i + 1, y:y + CROP, x:x + CROP]).permute(0, 3, 1, 2).float() / 255
             if rng.random() < 0.5:
-                before, up, after, tt = before.flip(-1), up.flip(-1), after.flip(-1), tt.flip(-1)
-            ups.append(torch.stack([before, up, after]))
+                seq, tt = seq.flip(-1), tt.flip(-1)
+            ups.append(seq)
             targets.append(tt)
-        before, up, after = torch.cat(ups, dim=1)
+        seq = torch.stack(ups, dim=1)  # (1 or 3, BATCH, 3, CROP, CROP)
+        before, up, after = seq[0], seq[len(seq) // 2], seq[-1]
         tt = torch.cat(targets)
         out = net(up, before, after)
         loss = (1 - losses.ssim(out, tt)) + (out - tt).abs().mean()
