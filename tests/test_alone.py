@@ -213,13 +213,18 @@ def test_a_bad_or_missing_base_frame_is_one_line_or_skipped(runner, alone_file, 
 
 # --------------------------------------------------------------------------- rate control
 
-def test_the_rate_control_judges_files_of_the_base_layer_alone():
+def test_the_rate_control_judges_files_of_the_base_layer_alone(monkeypatch):
     """A rate target's choices include the base layer alone at each of ALONE_CANDIDATES that fits
-    (no source image to pay for), judged with the others by their decoded pictures."""
+    (no source image to pay for), judged with the others by their decoded pictures; its CRF search
+    measures them coded as a base layer alone is (without the in-loop filters below 256 px)."""
     from kpcodec.codec import ratecontrol
     from kpcodec.codec.encoder import Encoder
     from kpcodec.options import EncodeOptions
 
+    searched = []  # (settings, placed) of every trial rate of the CRF search
+    rate = ratecontrol._rate
+    monkeypatch.setattr(ratecontrol, "_rate", lambda f, fps, s, positions=None:
+                        searched.append((s, positions is not None)) or rate(f, fps, s, positions))
     frames = list(video.read_frames(SAMPLE, 256))[:75]
     with Encoder(EncodeOptions(bitrate="12k", audio=False), video.probe(SAMPLE).fps, len(frames)) as enc:
         packets = [p for f in frames for p in enc.push(f)]
@@ -234,3 +239,7 @@ def test_the_rate_control_judges_files_of_the_base_layer_alone():
     seconds = len(frames) / float(video.probe(SAMPLE).fps)
     for c, _ in alone:  # each fits the target with the header
         assert (c.base.bytes + ratecontrol.HEADER_BYTES) * 8 / seconds / 1000 <= 12
+    # the search measured the alone candidates (placed) as alone, the hybrid ones (not placed) as hybrid
+    assert {placed for _, placed in searched} == {True, False}
+    assert all(st.alone == placed for st, placed in searched)
+    assert any(st.restored for st, _ in searched)

@@ -342,7 +342,7 @@ class BaseLayerPass:
         place = self._place if self.plan.placed else None
         for candidate in ALONE_CANDIDATES:
             settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,),
-                                       ALONE_CRF_MIN, place)
+                                       ALONE_CRF_MIN, place, alone=True)
             # One that cannot spend the budget even at ALONE_CRF_MIN is not judged where a costlier one can.
             if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
                 continue
@@ -487,13 +487,14 @@ def choose_layer(frames, fps, budget_kbps: float, candidates=CANDIDATES,
 
 
 def choose_settings(frames, fps, budget_kbps: float, candidates=CANDIDATES,
-                    crf_min: int = CRF_MIN, place=None) -> baselayer.BaseLayerSettings | None:
+                    crf_min: int = CRF_MIN, place=None, alone: bool = False) -> baselayer.BaseLayerSettings | None:
     """The base-layer settings whose rate on `frames` comes closest under `budget_kbps` (CRF down to
     `crf_min`), or None when even the cheapest of `candidates` at CRF 63 does not fit (keypoint-only
     wins there). `place(divisor)`: the base frames placed at that mean spacing (None: every
-    divisor-th frame)."""
+    divisor-th frame). `alone`: measured as a base layer alone is coded (its in-loop filters off
+    where it is restored, BaseLayerSettings.restored)."""
     for size, div in candidates:
-        top = baselayer.BaseLayerSettings(size, div, CRF_RANGE_TOP)
+        top = baselayer.BaseLayerSettings(size, div, CRF_RANGE_TOP, alone=alone)
         positions = place(div) if place is not None else None
         rate_top = _rate(frames, fps, top, positions)
         if rate_top > budget_kbps:

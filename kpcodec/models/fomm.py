@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kpcodec.models.between import BetweenRefiner
 from kpcodec.models.blocks import warp
 from kpcodec.models.generator import Generator
 from kpcodec.models.keypoints import KeypointDetector
@@ -36,6 +37,8 @@ class MotionModel(nn.Module):
         self.generator = Generator(cfg)
         self.restorer = BaseRestorer(cfg.base_restorer, cfg.restorer_depth, frames=cfg.restorer_frames) \
             if cfg.base_restorer else None
+        self.refiner = BetweenRefiner(cfg.between_refiner, cfg.between_depth, cfg.between_unshuffle) \
+            if cfg.between_refiner else None
 
     def detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B,3,H,W) in [0,1] -> keypoints (B,K,2) in [-1,1], Jacobians (B,K,2,2)."""
@@ -118,7 +121,16 @@ class MotionModel(nn.Module):
         `outer` (format 2.4's cubic path): the keypoints and Jacobians of the base frames before a and
         after b, (kp_p, jac_p, kp_q, jac_q); the path is then the Catmull-Rom curve through all four.
         `knots` (format 2.5's placed base frames, with `outer`): (B,4) the video frames of the base
-        frames before a, a, b and after b; the curve is then the non-uniform one (`hermite`)."""
+        frames before a, a, b and after b; the curve is then the non-uniform one (`hermite`).
+        A model with a between refiner (kpcodec.models.between) blends the two moved frames with it."""
+        moved_a, moved_b = self.between_parts(up_a, kp_a, jac_a, up_b, kp_b, jac_b, a, outer, knots)
+        if self.refiner is not None:
+            return self.refiner(moved_a, moved_b, a)
+        return torch.lerp(moved_a, moved_b, a.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+    def between_parts(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
+                      kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None):
+        """The two base frames of `between`, each moved to the frame (B,3,H,W): what it blends."""
         if outer is None:
             kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
             jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
@@ -134,7 +146,7 @@ class MotionModel(nn.Module):
         def moved(up, kp_from, jac_from):
             return _warp_full(up, self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"])
 
-        return torch.lerp(moved(up_a, kp_a, jac_a), moved(up_b, kp_b, jac_b), a.view(-1, 1, 1, 1)).clamp_(0, 1)
+        return moved(up_a, kp_a, jac_a), moved(up_b, kp_b, jac_b)
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> dict:
         kp_s, jac_s = self.detect(source)

@@ -55,6 +55,11 @@ class ModelConfig:
     restorer_depth: int = 6
     # The base frames the restorer sees: 1, or 3 (the one before and the one after too).
     restorer_frames: int = 1
+    # A learned blend of the two moved base frames between base frames (kpcodec.models.between), in
+    # place of the plain blend by distance: its width in channels (0: none), depth and unshuffle.
+    between_refiner: int = 0
+    between_depth: int = 6
+    between_unshuffle: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +96,8 @@ CONFIGS: dict[str, ModelConfig] = {
         replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
         # The same with a restorer that also sees the base frames before and after.
         replace(_WIDE, name="fomm-256-hybrid-restore3", base_fusion=True, base_restorer=32, restorer_frames=3),
+        # fomm-256-hybrid-restore with a learned blend between base frames (kpcodec.models.between).
+        replace(_WIDE, name="fomm-256-hybrid-between", base_fusion=True, base_restorer=32, between_refiner=48),
         # Grown from a trained fomm-256-hybrid (the new paths start at zero): the base frame also
         # corrects the keypoints' flow; and, in -refine, it is also added at the decoder's half and full sizes.
         replace(_WIDE, name="fomm-256-hybrid-flow", base_fusion=True, flow_refine=True),
