@@ -4,12 +4,9 @@ coded once, then the frames between base frames shown four ways from the same de
 held (the base frame before, upsampled: the low-resolution AV1 baseline of hybrid.md), a linear blend
 of the two around the frame, and kpcodec's decoder (both moved to the frame by keypoints detected on
 them, then blended: MotionModel.between) on 2.3's linear keypoint path and on 2.4's cubic one (what
-encode writes); and the same decoded by the model before the between refiner (`--plain`: the plain
-blend of the two moved frames, where the default model blends them with its refiner,
-kpcodec.models.between). Same bits for all; SSIM over every frame, and over the frames between base
-frames alone.
+encode writes). Same bits for all four; SSIM over every frame.
 
-    python benchmarks/alone_between.py [--settings 96@3:55,128@4:55,128@6:52] [--threads 2] [--plain fomm-256-hybrid-v4]
+    python benchmarks/alone_between.py [--settings 96@3:55,128@4:55,128@6:52] [--threads 2]
 """
 from __future__ import annotations
 
@@ -27,10 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare import MONITOR_DATA, run_header, run_meta  # noqa: E402
 
 
-PLAIN = "fomm-256-hybrid-v4"  # the default hybrid model before the between refiner (-v5)
-
-
-def run(data: Path, settings: list[str], threads: int, plain: str = PLAIN) -> list[dict]:
+def run(data: Path, settings: list[str], threads: int) -> list[dict]:
     import torch
 
     from kpcodec import bitstream
@@ -66,9 +60,6 @@ def run(data: Path, settings: list[str], threads: int, plain: str = PLAIN) -> li
             decode_s = time.perf_counter() - start
             straight = bitstream.KpcStream.base_alone(h, replace(base, cubic=False), version=pk.VERSION)
             moved_linear = list(Decoder(straight, DecodeOptions(threads=1, audio=False)).frames())
-            p_name, p_sha, _ = shipped_model(plain)
-            before = bitstream.KpcStream.base_alone(replace(h, model=p_name, weights_sha256=p_sha), base, version=pk.VERSION)
-            moved_plain = list(Decoder(before, DecodeOptions(threads=1, audio=False)).frames())
             with torch.inference_mode():
                 up = tensor_to_frames(net.base_image(frames_to_tensor(baselayer.decode_clip(base.packets)), restore=True))
             up = np.stack(up).astype(np.float32)
@@ -79,14 +70,10 @@ def run(data: Path, settings: list[str], threads: int, plain: str = PLAIN) -> li
                 a = phase / s.divisor if i + 1 < n else 0.0
                 held.append(up[i])
                 linear.append((1 - a) * up[i] + a * up[min(i + 1, n - 1)])
-            scores = {label: [ssim(f, np.clip(np.rint(g), 0, 255).astype(np.uint8)) for f, g in zip(frames, shown)]
-                      for label, shown in (("held", held), ("linear", linear), ("moved_linear", moved_linear),
-                                           ("plain", moved_plain), ("kpcodec", moved))}
-            # frames between base frames: not a base frame, and not after the last one (held there)
-            between = [t for t in range(len(frames)) if t % s.divisor and t // s.divisor + 1 < n]
-            score = {**{label: float(np.mean(v)) for label, v in scores.items()},
-                     **{f"{label}_between": float(np.mean([v[t] for t in between]))
-                        for label, v in scores.items() if label in ("plain", "kpcodec")}}
+            score = {label: float(np.mean([ssim(f, np.clip(np.rint(g), 0, 255).astype(np.uint8))
+                                           for f, g in zip(frames, shown)]))
+                     for label, shown in (("held", held), ("linear", linear), ("moved_linear", moved_linear),
+                                          ("kpcodec", moved))}
             row = {"clip": Path(clip).stem, "setting": str(s), "kbps": len(data_) * 8 / seconds / 1000,
                    "frames": len(frames), "decode_fps": len(frames) / decode_s, **score}
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -95,32 +82,26 @@ def run(data: Path, settings: list[str], threads: int, plain: str = PLAIN) -> li
 
 
 def render(meta: dict, rows: list[dict], out: Path) -> None:
-    plain = meta.get("plain", PLAIN)
     md = run_header("The base layer alone: what the decoder shows between base frames", meta, MONITOR_DATA,
                     "- **What:** one coded base layer per setting; the frames between base frames shown held (the "
                     "low-resolution AV1 baseline), linearly blended, or as kpcodec decodes a file of the base layer alone "
                     "(both base frames moved to the frame by keypoints detected on them, then blended), on 2.3's linear "
-                    f"keypoint path or on 2.4's cubic one (what encode writes), blended plainly (`{plain}`) or by the "
-                    "default model's between refiner (kpcodec). kb/s: the whole .kpc. SSIM over every frame (base "
-                    "frames included: the same in all), and, for the refiner, over the frames between base frames.", "",
-                    "| setting | kb/s | held | linear blend | moved, linear path (2.3) | moved, cubic path (2.4), plain blend | "
-                    "kpcodec: cubic path, refined | refined - plain | refined - plain, frames between | kpcodec - held | "
-                    "kpcodec - linear blend | dec fps (1 thread) |",
-                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    keys = ("kbps", "held", "linear", "moved_linear", "plain", "kpcodec", "plain_between", "kpcodec_between", "decode_fps")
+                    "keypoint path or on 2.4's cubic one (what encode writes). kb/s: the whole .kpc. SSIM over "
+                    "every frame (base frames included: the same in all four).", "",
+                    "| setting | kb/s | held | linear blend | moved, linear path (2.3) | kpcodec: moved, cubic path (2.4) | "
+                    "cubic - held | cubic - linear blend | cubic - linear path | dec fps (1 thread) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in dict.fromkeys(r["setting"] for r in rows):
         g = [r for r in rows if r["setting"] == s]
-        m = {key: float(np.mean([r[key] for r in g])) for key in keys}
+        m = {key: float(np.mean([r[key] for r in g]))
+             for key in ("kbps", "held", "linear", "moved_linear", "kpcodec", "decode_fps")}
         md.append(f"| {s} (mean of {len(g)}) | {m['kbps']:.2f} | {m['held']:.4f} | {m['linear']:.4f} | "
-                  f"{m['moved_linear']:.4f} | {m['plain']:.4f} | {m['kpcodec']:.4f} | {m['kpcodec'] - m['plain']:+.4f} | "
-                  f"{m['kpcodec_between'] - m['plain_between']:+.4f} | {m['kpcodec'] - m['held']:+.4f} | "
-                  f"{m['kpcodec'] - m['linear']:+.4f} | {m['decode_fps']:.0f} |")
-    md += ["", "Per clip:", "", "| clip | setting | kb/s | held | linear blend | moved, linear path | moved, cubic path, "
-           "plain | kpcodec: refined | plain, frames between | refined, frames between |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"{m['moved_linear']:.4f} | {m['kpcodec']:.4f} | {m['kpcodec'] - m['held']:+.4f} | "
+                  f"{m['kpcodec'] - m['linear']:+.4f} | {m['kpcodec'] - m['moved_linear']:+.4f} | {m['decode_fps']:.0f} |")
+    md += ["", "Per clip:", "", "| clip | setting | kb/s | held | linear blend | moved, linear path | moved, cubic path |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['clip']} | {r['setting']} | {r['kbps']:.2f} | {r['held']:.4f} | {r['linear']:.4f} | "
-           f"{r['moved_linear']:.4f} | {r['plain']:.4f} | {r['kpcodec']:.4f} | {r['plain_between']:.4f} | "
-           f"{r['kpcodec_between']:.4f} |" for r in rows]
+           f"{r['moved_linear']:.4f} | {r['kpcodec']:.4f} |" for r in rows]
     (out / "alone-between.md").write_text("\n".join(md) + "\n")
 
 
@@ -129,12 +110,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--settings", default="96@3:55,128@4:55,128@6:52")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--plain", default=PLAIN, help="the model whose plain blend the refiner is compared with")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    rows = run(args.data, args.settings.split(","), args.threads, args.plain)
-    meta = {**run_meta("alone_between.py", argv, start), "plain": args.plain}
+    rows = run(args.data, args.settings.split(","), args.threads)
+    meta = run_meta("alone_between.py", argv, start)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "alone-between.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     render(meta, rows, args.out)

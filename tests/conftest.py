@@ -81,6 +81,19 @@ def runner():
     return CliRunner()
 
 
+def make_train_data(root: Path, clips: int = 2, frames: int = 12) -> Path:
+    """A data folder as shared/data is laid out: `clips` train clips of make_clip's portrait (64x64,
+    25 fps), one person each, and their manifest.csv."""
+    (root / "talking-heads" / "train").mkdir(parents=True)
+    rows = ["file,split,source_repo,source_path,license,identity,fps,frames,width,height,seconds,generated,notes"]
+    for i in range(clips):
+        name = f"talking-heads/train/c{i}.mp4"
+        make_clip(root / name, frames=frames, size=(64, 64))
+        rows.append(f"{name},train,x,x,MIT,p{i},25,{frames},64,64,{frames / 25:g},no,")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def make_clip_with_audio(path: Path, seconds: float = 2.0, fps: int = 25, size=(96, 80), tone: float = 440.0,
                          rate: int = 44100, audio_codec: str = "aac", audio_delay: float = 0.0) -> Path:
     """make_clip's drifting portrait with a sine-wave audio track (stereo AAC by default).

@@ -65,17 +65,11 @@ def test_the_between_config_is_the_restore_config_with_a_refiner():
 def test_the_trainer_caches_moved_frames_resumes_and_exports(tmp_path, monkeypatch):
     import numpy as np
 
-    from conftest import make_clip
+    from conftest import make_train_data
     from kpcodec.train import between as tb
     from kpcodec.train import restorer as tr
 
-    data = tmp_path / "data"
-    (data / "talking-heads" / "train").mkdir(parents=True)
-    rows = ["file,split,source_repo,source_path,license,identity,fps,frames,width,height,seconds,generated,notes"]
-    for i in range(2):
-        make_clip(data / f"talking-heads/train/c{i}.mp4", frames=12, size=(64, 64))
-        rows.append(f"talking-heads/train/c{i}.mp4,train,x,x,MIT,p{i},25,12,64,64,0.48,no,")
-    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    data = make_train_data(tmp_path / "data")
     monkeypatch.setattr(tr, "SETTINGS", ((64, 4), (96, 3)))
     out, cache = tmp_path / "run", tmp_path / "cache"
     args = ["--data", str(data), "--out", str(out), "--source", str(tmp_path / "source"), "--cache", str(cache),

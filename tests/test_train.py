@@ -9,20 +9,12 @@ import torch
 
 from kpcodec.train import losses
 from kpcodec.train.run import run_training
-from tests.conftest import make_clip
+from tests.conftest import make_clip, make_train_data
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "talking-heads" / "train").mkdir(parents=True)
-    rows = ["file,split,source_repo,source_path,license,identity,fps,frames,width,height,seconds,generated,notes"]
-    for i in range(2):
-        name = f"talking-heads/train/c{i}.mp4"
-        make_clip(root / name, frames=24, size=(64, 64))
-        rows.append(f"{name},train,x,x,MIT,p{i},25,24,64,64,0.96,no,")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return make_train_data(tmp_path_factory.mktemp("data"), frames=24)
 
 
 def test_train_resume_and_compact_checkpoint(data_dir, tmp_path):

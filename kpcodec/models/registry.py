@@ -96,7 +96,8 @@ CONFIGS: dict[str, ModelConfig] = {
         replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
         # The same with a restorer that also sees the base frames before and after.
         replace(_WIDE, name="fomm-256-hybrid-restore3", base_fusion=True, base_restorer=32, restorer_frames=3),
-        # fomm-256-hybrid-restore with a learned blend between base frames (kpcodec.models.between).
+        # fomm-256-hybrid-restore with a learned blend between base frames (kpcodec.models.between);
+        # not shipped: trained in session 40, it stayed at the plain blend (+0.0001 SSIM, MODEL_CARD).
         replace(_WIDE, name="fomm-256-hybrid-between", base_fusion=True, base_restorer=32, between_refiner=48),
         # Grown from a trained fomm-256-hybrid (the new paths start at zero): the base frame also
         # corrects the keypoints' flow; and, in -refine, it is also added at the decoder's half and full sizes.

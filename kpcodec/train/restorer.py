@@ -22,9 +22,7 @@ kpcodec.train.export; without --into, the restorer's weights alone.)
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from kpcodec.eval.metrics import ssim as ssim_np
 from kpcodec.media import baselayer, video
 from kpcodec.models.frames import frames_to_tensor, tensor_to_frames
 from kpcodec.models.restorer import BaseRestorer, bicubic
-from kpcodec.train import losses
+from kpcodec.train import small_net
 from kpcodec.train.data import manifest_rows
 from kpcodec.train.evaluate import MONITOR_CLIPS
 
@@ -126,53 +124,25 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("runs/restorer"))
     ap.add_argument("--cache", type=Path, default=Path("runs/cache/restorer-rc"))  # coded without CDEF/LR (session 39)
-    ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--init", type=Path, default=None, help="start from these restorer weights")
-    ap.add_argument("--save-every", type=int, default=250)
-    ap.add_argument("--val-every", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels", type=int, default=32, help="the restorer's width (a new run; a resumed one keeps its own)")
     ap.add_argument("--depth", type=int, default=6, help="the restorer's convolutions (a new run)")
     ap.add_argument("--frames", type=int, default=1, choices=(1, 3),
                     help="base frames the restorer sees: 3 adds the one before and after (a new run)")
-    ap.add_argument("--export", type=Path, default=None, help="write the checkpoint's restorer weights and stop")
-    ap.add_argument("--into", default=None, help="with --export: a shipped model's weights, the restorer added")
+    small_net.add_options(ap, "restorer")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    ckpt = a.out / "checkpoint.pt"
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.is_file() else None
-    arch = tuple(ck.get("arch", (32, 6))) if ck is not None else (a.channels, a.depth, 2, a.frames)
-    net = BaseRestorer(*arch)
-    opt = torch.optim.Adam(net.parameters(), lr=a.lr)
-    step, seed = 0, 0
-    if ck is not None:
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        for group in opt.param_groups:  # a resumed run takes --lr (a lower one to finish)
-            group["lr"] = a.lr
-        step, seed = ck["step"], ck["step"]
-    elif a.init is not None:
-        net.widen(torch.load(a.init, map_location="cpu", weights_only=True))  # a 1-frame init for 3 frames too
+    run = small_net.open_run(a.out, BaseRestorer, (a.channels, a.depth, 2, a.frames), a.lr, legacy_arch=(32, 6))
+    if not run.resumed and a.init is not None:
+        run.net.widen(torch.load(a.init, map_location="cpu", weights_only=True))  # a 1-frame init for 3 frames too
     if a.export is not None:
-        state = {k: v.clone() for k, v in net.state_dict().items()}
-        if a.into is not None:
-            from kpcodec.models.registry import load_model
-
-            state = {**load_model(a.into).state_dict(), **{f"restorer.{k}": v for k, v in state.items()}}
-        torch.save(state, a.export)
-        print(f"exported step {step} to {a.export}")
-        return
+        return small_net.export(run, a.export, a.into, "restorer")
     train = load_pairs(build_cache(a.data, a.cache, "train"))
     monitor = load_pairs(build_cache(a.data, a.cache, "val"))
     items = [(k, i) for k, (_, small, _) in enumerate(train) for i in range(len(small))]
-    rng = random.Random(seed)
-    log = open(a.out / "log.jsonl", "a")
-    print(f"step {step}: {len(items)} train pairs, monitor {evaluate(net, monitor)}", flush=True)
-    t0 = time.time()
-    while (a.steps is None or step < a.steps) and time.time() - t0 < a.minutes * 60:
+    net = run.net
+
+    def draw(rng):
         ups, targets = [], []
         for _ in range(BATCH):
             k, i = items[rng.randrange(len(items))]
@@ -186,25 +156,9 @@ def main(argv=None) -> None:
             ups.append(seq)
             targets.append(tt)
         seq = torch.stack(ups, dim=1)  # (1 or 3, BATCH, 3, CROP, CROP)
-        before, up, after = seq[0], seq[len(seq) // 2], seq[-1]
-        tt = torch.cat(targets)
-        out = net(up, before, after)
-        loss = (1 - losses.ssim(out, tt)) + (out - tt).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % a.save_every == 0:
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "arch": arch}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
-        if step % a.val_every == 0:
-            row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0), "monitor": evaluate(net, monitor)}
-            print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, "arch": arch}, ckpt.with_suffix(".tmp"))
-    ckpt.with_suffix(".tmp").replace(ckpt)
-    print(f"step {step}: monitor {evaluate(net, monitor)}", flush=True)
+        return (seq[len(seq) // 2], seq[0], seq[-1]), torch.cat(targets)  # (frame, before, after)
+
+    small_net.train(run, a, draw, lambda: evaluate(net, monitor), f"{len(items)} train pairs")
 
 
 if __name__ == "__main__":
