@@ -1,12 +1,12 @@
 """The base-layer restorer of the default model of files with a base layer against the bicubic upsample
-(fomm-256-hybrid-v2) and against the restorer before it (fomm-256-hybrid-v3) on the same files: on the
+(fomm-256-hybrid-v2) and against the restorer before it (fomm-256-hybrid-v4) on the same files: on the
 monitor clips (kpcodec.train.evaluate.MONITOR_CLIPS, first 250 frames), each setting encoded once as
 `encode --base-layer SIZE@DIV:CRF,alone,placed` does and decoded as `decode` and `decode --model M` do.
 SSIM over every frame, over the base frames and over the frames between; decode speed of each (one run
-each, on `--threads`). A setting at the model size (256) is not upsampled, so all decode it alike: the
-control.
+each, on `--threads`). At the model size (256) the base frames are not upsampled: `-v2` and `-v4` show
+them as decoded, a model with restore_full (`-v5`) restores them too.
 
-    python benchmarks/restorer.py [--settings 96@4:52,128@4:55,160@3:54,192@4:56,256@4:56] [--threads 2]
+    python benchmarks/restorer.py [--settings 96@4:52,128@4:55,160@3:54,192@4:56,256@4:50,256@4:58] [--threads 2]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from placement import decoded, encoded  # noqa: E402
 
 from kpcodec.models.registry import DEFAULT_HYBRID_MODEL  # noqa: E402
 
-MODELS = {"bicubic": "fomm-256-hybrid-v2", "previous": "fomm-256-hybrid-v3", "restorer": DEFAULT_HYBRID_MODEL}
+MODELS = {"bicubic": "fomm-256-hybrid-v2", "previous": "fomm-256-hybrid-v4", "restorer": DEFAULT_HYBRID_MODEL}
 
 
 def run(data: Path, settings: list[str], threads: int, frames_per_clip: int = 250) -> list[dict]:
@@ -90,7 +90,7 @@ def render(meta: dict, rows: list[dict], out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--settings", default="96@4:52,128@4:55,160@3:54,192@4:56,256@4:56")
+    p.add_argument("--settings", default="96@4:52,128@4:55,160@3:54,192@4:56,256@4:50,256@4:58")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

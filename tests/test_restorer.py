@@ -35,19 +35,36 @@ def test_the_model_restores_only_upsampled_frames_of_the_base_layer_alone():
     assert build_model("fomm-256-hybrid").restorer is None
 
 
-@pytest.mark.parametrize("name", ["fomm-256-hybrid-v3", "fomm-256-hybrid-v4"])
-def test_v3_and_v4_are_v2_with_a_trained_restorer(name):
-    assert DEFAULT_HYBRID_MODEL == "fomm-256-hybrid-v4" and get_config("fomm-256-hybrid-restore").base_restorer
+def test_a_restore_full_model_restores_base_frames_at_the_model_size_too():
+    net = build_model("fomm-256-hybrid-restore-full").eval()
+    torch.nn.init.normal_(net.restorer.last.weight, std=0.05)
+    full = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        restored = net.base_image(full, restore=True)
+        assert torch.equal(restored, net.restorer(full))
+        assert torch.equal(net.base_image(full), full)  # a hybrid file's base frame: as it came
+    assert (restored - full).abs().mean() > 1e-3
+    assert net.restores(256) and net.restores(128)
+    plain = build_model("fomm-256-hybrid-restore")
+    assert not plain.restores(256) and plain.restores(128) and not build_model("fomm-256-hybrid").restores(128)
+    assert set(net.state_dict()) == set(plain.state_dict())  # the same tensors: only where the restorer runs differs
+
+
+@pytest.mark.parametrize("name", ["fomm-256-hybrid-v3", "fomm-256-hybrid-v4", "fomm-256-hybrid-v5"])
+def test_v3_v4_and_v5_are_v2_with_a_trained_restorer(name):
+    assert DEFAULT_HYBRID_MODEL == "fomm-256-hybrid-v5" and get_config("fomm-256-hybrid-restore").base_restorer
+    assert load_model(name).cfg.restore_full == (name == "fomm-256-hybrid-v5")  # -v5 restores 256-px base frames too
     v2, v = load_model("fomm-256-hybrid-v2").state_dict(), load_model(name).state_dict()
     assert set(v) - set(v2) == {k for k in v if k.startswith("restorer.")} != set()
     assert all(torch.equal(v2[k], v[k]) for k in v2)  # hybrid files render as with v2
     assert v["restorer.last.weight"].abs().max() > 0  # trained: not the bicubic upsample
 
 
-def test_v4s_restorer_is_v3s_trained_further():
-    v3, v4 = load_model("fomm-256-hybrid-v3").state_dict(), load_model("fomm-256-hybrid-v4").state_dict()
-    assert not torch.equal(v3["restorer.last.weight"], v4["restorer.last.weight"])
-    assert (v3["restorer.last.weight"] - v4["restorer.last.weight"]).abs().max() < v3["restorer.last.weight"].abs().max()
+@pytest.mark.parametrize("before,after", [("fomm-256-hybrid-v3", "fomm-256-hybrid-v4"), ("fomm-256-hybrid-v4", "fomm-256-hybrid-v5")])
+def test_each_restorer_is_the_one_before_trained_further(before, after):
+    a, b = load_model(before).state_dict(), load_model(after).state_dict()
+    assert not torch.equal(a["restorer.last.weight"], b["restorer.last.weight"])
+    assert (a["restorer.last.weight"] - b["restorer.last.weight"]).abs().max() < a["restorer.last.weight"].abs().max()
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +96,16 @@ def test_the_trainer_codes_its_data_through_the_base_layer_resumes_and_exports(t
 
     data = make_train_data(tmp_path / "data")
     monkeypatch.setattr(tr, "SETTINGS", ((64, 4), (96, 3)))
-    out, cache = tmp_path / "run", tmp_path / "cache"
+    monkeypatch.setattr(tr, "FULL_SETTINGS", ((256, 4), (256, 6)))
+    out, cache, full = tmp_path / "run", tmp_path / "cache", tmp_path / "full"
     args = ["--data", str(data), "--out", str(out), "--cache", str(cache), "--save-every", "1"]
-    tr.main(args + ["--steps", "2"])
+    tr.main(args + ["--steps", "2", "--full-cache", str(full)])
     pairs = tr.load_pairs(sorted(cache.glob("train-*.npz")))
     assert {p[0][:2] for p in pairs} == {(64, 4), (96, 3)}  # each clip at both settings
     assert all(small.shape[1:] == (s[0], s[0], 3) and target.shape[1:] == (256, 256, 3) and len(small) == len(target)
                for s, small, target in pairs)
+    at_full = tr.load_pairs(sorted(full.glob("train-*.npz")), max_size=256)  # and at the model size
+    assert {p[0][:2] for p in at_full} == {(256, 4), (256, 6)} and all(p[1].shape[1:] == (256, 256, 3) for p in at_full)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
     tr.main(args + ["--steps", "3", "--lr", "1e-4"])
     ck = torch.load(out / "checkpoint.pt", weights_only=False)

@@ -153,9 +153,8 @@ class Decoder:
     @property
     def _restorer_frames(self) -> int:
         """The base frames the model's restorer sees (3: it waits for the one after too), 1 where
-        it has none or the base frames are not upsampled."""
-        r = self.net.restorer
-        return r.frames if r is not None and self.base.size != self.net.cfg.image_size else 1
+        it has none or does not restore base frames of this size."""
+        return self.net.restorer.frames if self.net.restores(self.base.size) else 1
 
     @property
     def fuse(self) -> bool:

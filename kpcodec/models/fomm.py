@@ -84,18 +84,23 @@ class MotionModel(nn.Module):
                    after: torch.Tensor | None = None) -> torch.Tensor:
         """Base-layer frames (B,3,s,s) in [0,1], any size s, bicubic-upsampled to the model size;
         `restore` (a stream of the base layer alone): then through the restorer, where the model
-        has one and the frames were upsampled. A restorer of 3 frames sees the base frames `before`
+        restores frames of that size (`restores`). A restorer of 3 frames sees the base frames `before`
         and `after` each (B,3,s,s); without them, `small` is consecutive base frames of one stream,
         each the others' neighbours (the ends their own)."""
         size = self.cfg.image_size
         up = bicubic(small.float(), size)
-        if restore and self.restorer is not None and small.shape[-1] != size:
+        if restore and self.restores(small.shape[-1]):
             if self.restorer.frames == 1:
                 return self.restorer(up)
             before = bicubic(before.float(), size) if before is not None else torch.cat([up[:1], up[:-1]])
             after = bicubic(after.float(), size) if after is not None else torch.cat([up[1:], up[-1:]])
             up = self.restorer(up, before, after)
         return up
+
+    def restores(self, size: int) -> bool:
+        """Whether base frames of a stream of the base layer alone, `size` px, go through the restorer:
+        where the model has one and they are upsampled, or at the model size too (cfg.restore_full)."""
+        return self.restorer is not None and (size != self.cfg.image_size or self.cfg.restore_full)
 
     def move_base(self, small: torch.Tensor, mask: torch.Tensor, kp_from: torch.Tensor | None, jac_from,
                   kp_to: torch.Tensor, jac_to) -> torch.Tensor:

@@ -55,6 +55,8 @@ class ModelConfig:
     restorer_depth: int = 6
     # The base frames the restorer sees: 1, or 3 (the one before and the one after too).
     restorer_frames: int = 1
+    # The restorer also on base frames at the model size (not upsampled: AV1's artefacts only).
+    restore_full: bool = False
     # A learned blend of the two moved base frames between base frames (kpcodec.models.between), in
     # place of the plain blend by distance: its width in channels (0: none), depth and unshuffle.
     between_refiner: int = 0
@@ -96,6 +98,8 @@ CONFIGS: dict[str, ModelConfig] = {
         replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
         # The same with a restorer that also sees the base frames before and after.
         replace(_WIDE, name="fomm-256-hybrid-restore3", base_fusion=True, base_restorer=32, restorer_frames=3),
+        # The same, its restorer also on base frames at the model size.
+        replace(_WIDE, name="fomm-256-hybrid-restore-full", base_fusion=True, base_restorer=32, restore_full=True),
         # fomm-256-hybrid-restore with a learned blend between base frames (kpcodec.models.between);
         # not shipped: trained in session 40, it stayed at the plain blend (+0.0001 SSIM, MODEL_CARD).
         replace(_WIDE, name="fomm-256-hybrid-between", base_fusion=True, base_restorer=32, between_refiner=48),

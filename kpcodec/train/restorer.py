@@ -42,6 +42,11 @@ TRAIN_PRESET = 4  # close to the file's preset 2 in its artefacts, at a third of
 SETTINGS = ((192, 4), (160, 3), (128, 3), (128, 4), (128, 6), (96, 4), (64, 6))
 CRFS = (48, 63)
 MONITOR_SETTINGS = ((192, 4, 56), (160, 3, 54), (128, 4, 55), (96, 4, 52))
+# Base frames at the model size (`--full-cache`, for a model that restores them too: restore_full):
+# coded as encode codes them there, with AV1's in-loop filters.
+FULL_SETTINGS = ((256, 3), (256, 4), (256, 6))
+FULL_CRFS = (40, 62)
+FULL_MONITOR = ((256, 4, 50), (256, 4, 58))
 CROP, BATCH = 128, 8
 
 
@@ -61,8 +66,11 @@ def coded_pairs(frames: np.ndarray, fps: float, settings, preset: int) -> list[t
     return out
 
 
-def build_cache(data: Path, cache: Path, split: str) -> list[Path]:
-    """One .npz per clip (train: SETTINGS drawn per clip; val: the monitor clips at MONITOR_SETTINGS)."""
+def build_cache(data: Path, cache: Path, split: str, full: bool = False, part: tuple[int, int] = (0, 1)) -> list[Path]:
+    """One .npz per clip (train: two of SETTINGS drawn per clip; val: the monitor clips at
+    MONITOR_SETTINGS); `full`: at the model size (FULL_SETTINGS, FULL_MONITOR); `part` (I, N): build
+    only the clips k with k % N == I (parallel builds)."""
+    choices, crfs, monitor = (FULL_SETTINGS, FULL_CRFS, FULL_MONITOR) if full else (SETTINGS, CRFS, MONITOR_SETTINGS)
     cache.mkdir(parents=True, exist_ok=True)
     rows = manifest_rows(data, split)
     if split == "val":
@@ -71,14 +79,14 @@ def build_cache(data: Path, cache: Path, split: str) -> list[Path]:
     for k, row in enumerate(rows):
         path = cache / f"{split}-{Path(row['file']).stem}.npz"
         paths.append(path)
-        if path.is_file():
+        if path.is_file() or k % part[1] != part[0]:
             continue
         frames = np.stack(list(islice(video.read_frames(data / row["file"]), FRAMES if split == "train" else 100)))
         if split == "train":
             rng = random.Random(k)
-            settings = [(*c, rng.randint(*CRFS)) for c in rng.sample(SETTINGS, 2)]
+            settings = [(*c, rng.randint(*crfs)) for c in rng.sample(choices, 2)]
         else:
-            settings = MONITOR_SETTINGS
+            settings = monitor
         pairs = coded_pairs(frames, float(row["fps"]), settings, TRAIN_PRESET if split == "train" else baselayer.PRESET)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, settings=np.array([p[0] for p in pairs]),
@@ -90,6 +98,8 @@ def build_cache(data: Path, cache: Path, split: str) -> list[Path]:
 def load_pairs(paths, max_size: int = 255) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
     out = []
     for path in paths:
+        if not path.is_file():
+            continue
         z = np.load(path)
         for j, setting in enumerate(z["settings"]):
             if setting[0] <= max_size:
@@ -129,6 +139,10 @@ def main(argv=None) -> None:
     ap.add_argument("--depth", type=int, default=6, help="the restorer's convolutions (a new run)")
     ap.add_argument("--frames", type=int, default=1, choices=(1, 3),
                     help="base frames the restorer sees: 3 adds the one before and after (a new run)")
+    ap.add_argument("--full-cache", type=Path, default=None,
+                    help="also train on (and monitor) base frames at the model size, cached here")
+    ap.add_argument("--cache-only", action="store_true", help="build the caches and stop")
+    ap.add_argument("--part", default="0/1", help="with --cache-only: build the clips k with k %% N == I (I/N)")
     small_net.add_options(ap, "restorer")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -137,8 +151,14 @@ def main(argv=None) -> None:
         run.net.widen(torch.load(a.init, map_location="cpu", weights_only=True))  # a 1-frame init for 3 frames too
     if a.export is not None:
         return small_net.export(run, a.export, a.into, "restorer")
-    train = load_pairs(build_cache(a.data, a.cache, "train"))
-    monitor = load_pairs(build_cache(a.data, a.cache, "val"))
+    part = tuple(int(v) for v in a.part.split("/"))
+    paths = {split: build_cache(a.data, a.cache, split, part=part) for split in ("val", "train")}
+    full = {split: build_cache(a.data, a.full_cache, split, full=True, part=part) if a.full_cache else []
+            for split in ("val", "train")}
+    if a.cache_only:
+        return
+    train = load_pairs(paths["train"]) + load_pairs(full["train"], max_size=256)
+    monitor = load_pairs(paths["val"]) + load_pairs(full["val"], max_size=256)
     items = [(k, i) for k, (_, small, _) in enumerate(train) for i in range(len(small))]
     net = run.net
 
