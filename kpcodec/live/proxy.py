@@ -36,6 +36,11 @@ class LossyProxy:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
+    def started(self) -> float | None:
+        """When the first datagram came in (time.monotonic()): the clock the scheduled outages run on."""
+        return self._first
+
+    @property
     def url(self) -> str:
         return f"udp://127.0.0.1:{self.port}"
 

@@ -11,8 +11,12 @@ clips at four settings, coded at the file's preset (baselayer.PRESET). Loss 1 - 
 random 128-px crops (flipped half the time), Adam. The run checkpoints every `--save-every`
 steps and resumes from its checkpoint. `--frames 3` trains a restorer that also sees the base frames
 before and after (a clip's ends their own); `--init` then takes a 1-frame restorer's weights (widened).
+`--full-cache` adds base frames at the model size (two of FULL_SETTINGS per clip, CRF 40-62, coded as
+encode codes them there: with the filters), for a model that restores those too (config
+fomm-256-hybrid-restore-full, `-v5`); both kinds are drawn alike and both monitored.
 
     python -m kpcodec.train.restorer --data ../shared/data --out runs/restorer --minutes 40 [--init W.pt]
+        [--full-cache runs/cache/restorer-full]
     python -m kpcodec.train.restorer --out runs/restorer --export runs/restorer/model.pt --into fomm-256-hybrid-v2
     python -m kpcodec.train.export runs/restorer/model.pt --name fomm-256-hybrid-v3 \
         --config fomm-256-hybrid-restore --default-hybrid
