@@ -4,8 +4,9 @@ Between two base frames the decoder moves each (restored) base frame to the fram
 keypoints and blends the two by how far the frame is from the first, `a` (MotionModel.between). The
 refiner looks at both moved frames and at `a`, and predicts per pixel a correction of the blend
 weight (which of the two to trust where one was occluded or moved wrong) and a residual (what the
-ghosting of a plain blend smeared). Like the restorer (kpcodec.models.restorer) it works at half
-resolution (pixel unshuffle by 2), and its last convolution starts at zero: an untrained refiner is
+ghosting of a plain blend smeared). Like the restorer (kpcodec.models.restorer) it works on pixel-
+unshuffled frames (by `unshuffle`: 4 in config fomm-256-hybrid-between, a quarter of the resolution,
+so that its convolutions see far for little cost), and its last convolution starts at zero: an untrained refiner is
 the plain blend, weight `a`, no residual.
 """
 from __future__ import annotations

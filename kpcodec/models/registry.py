@@ -98,7 +98,7 @@ CONFIGS: dict[str, ModelConfig] = {
         replace(_WIDE, name="fomm-256-hybrid-restore", base_fusion=True, base_restorer=32),
         # The same with a restorer that also sees the base frames before and after.
         replace(_WIDE, name="fomm-256-hybrid-restore3", base_fusion=True, base_restorer=32, restorer_frames=3),
-        # The same, its restorer also on base frames at the model size.
+        # fomm-256-hybrid-restore, its restorer also on base frames at the model size (-v5).
         replace(_WIDE, name="fomm-256-hybrid-restore-full", base_fusion=True, base_restorer=32, restore_full=True),
         # fomm-256-hybrid-restore with a learned blend between base frames (kpcodec.models.between);
         # not shipped: trained in session 40, it stayed at the plain blend (+0.0001 SSIM, MODEL_CARD).

@@ -41,7 +41,7 @@ from kpcodec.train.data import manifest_rows
 from kpcodec.train.evaluate import MONITOR_CLIPS
 
 PER_SETTING = 16  # train frames cached per clip and setting
-FULL_CRFS = (45, 60)  # the model-size setting's CRF range (train)
+FULL_CRFS = (45, 60)  # the CRF range of the setting at the model size (one of restorer.FULL_SETTINGS; train)
 FULL_MONITOR = (256, 4, 56)
 CROP, BATCH = 128, 8
 
@@ -85,7 +85,7 @@ def build_cache(model, data: Path, source: Path, cache: Path, split: str, part: 
         rng = random.Random(k)
         z = np.load(src)
         coded = [(tuple(int(v) for v in s), z[f"small{j}"]) for j, s in enumerate(z["settings"])]
-        full = (256, rng.choice((3, 4, 6)), rng.randint(*FULL_CRFS)) if split == "train" else FULL_MONITOR
+        full = (*rng.choice(restorer.FULL_SETTINGS), rng.randint(*FULL_CRFS)) if split == "train" else FULL_MONITOR
         coded.append(restorer.coded_pairs(frames, float(row["fps"]), [full],
                                           restorer.TRAIN_PRESET if split == "train" else baselayer.PRESET)[0][:2])
         items, settings = [], []
