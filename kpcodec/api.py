@@ -350,7 +350,7 @@ class _Sound:
 
 
 _BUDGET_PARTS = {"header": ("magic", "HEAD", "KEND"), "source": ("SRCF",), "refresh": ("SRCR",),
-                 "keypoints": ("KPTS", "KPRC"), "base": ("BASE",),
+                 "keypoints": ("KPTS", "KPRC", "MOTN"), "base": ("BASE",),  # MOTN: 2.6's keypoint offsets
                  "audio": (audio_codec.CHUNK_TYPE,)}
 
 
@@ -391,6 +391,7 @@ def info(input) -> dict:
                  "packets": len(track.packets)}
     table = bitstream.chunk_table(data)
     base_bytes = sum(n for kind, n in table if kind == "BASE")
+    motion_bytes = sum(n for kind, n in table if kind == "MOTN")
     return {
         "file": str(input), "format_version": "%d.%d" % stream.version, "header": header,
         "duration_s": duration, "bytes": len(data), "kbps": len(data) * 8 / duration / 1000 if duration else 0.0,
@@ -405,6 +406,10 @@ def info(input) -> dict:
             "alone": stream.base.alone,  # format 2.3: the frames come from the base layer alone
             "cubic": stream.base.cubic,  # format 2.4: moved along a cubic keypoint path
             "placed": stream.base.placed,  # format 2.5: base frames where the encoder put them
+            # format 2.6: the keypoints' offsets between base frames (MOTION packets, framing included)
+            "motion": None if stream.base.motion is None else {
+                "frames": len(stream.base.motion.frames), "bytes": motion_bytes,
+                "kbps": motion_bytes * 8 / duration / 1000 if duration else 0.0},
             "bytes": base_bytes,  # framing included (a 2.x file: every BASE packet's)
             "kbps": base_bytes * 8 / duration / 1000 if duration else 0.0},
     }

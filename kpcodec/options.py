@@ -85,6 +85,7 @@ class EncodeOptions:
     bitrate: str | float | None = None  # target total kb/s ("6k"), audio apart
     base_mix: str | float = "auto"  # the rendering's weight against the moved base: fitted, or 0..1
     base_frames: str = "placed"  # a base layer alone under --bitrate: "placed" (format 2.5) or "uniform"
+    motion: bool = True  # a base layer alone: send the keypoints' offsets between base frames (format 2.6)
     threads: int | None = None
     batch: int = 8
     packet_frames: int = 128  # sent frames per keypoint packet (kpcodec.bitstream.packets); 1 for live
@@ -104,7 +105,7 @@ class EncodeOptions:
         from kpcodec.codec.patterns import SendPattern
         from kpcodec.media import audio, source_image
 
-        plan = ratecontrol.plan(self.base_layer, self.bitrate, self.base_frames)  # the rate control settles after the look-ahead
+        plan = ratecontrol.plan(self.base_layer, self.bitrate, self.base_frames, self.motion)  # the rate control settles after the look-ahead
         keep_every = parse_keep_every(self.keep_every if plan.target_kbps is None else plan.keep_every)
         source_quality = (plan.source_quality if plan.target_kbps is not None
                           else self.source_quality if self.source_quality is not None

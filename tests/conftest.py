@@ -43,15 +43,15 @@ def run(runner, *args, **kw):
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "astronaut.mp4"
 
 
-def sample_kpc(directory: Path, base_layer: str, frames: int = 24) -> Path:
-    """The first `frames` frames of the shipped sample encoded as encode does with `base_layer`, as
-    `directory`/sample.kpc."""
+def sample_kpc(directory: Path, base_layer: str, frames: int = 24, motion: bool = True) -> Path:
+    """The first `frames` frames of the shipped sample encoded as encode does with `base_layer` (and
+    `motion`), as `directory`/sample.kpc."""
     from kpcodec.bitstream import packets as pk
     from kpcodec.codec.encoder import Encoder
     from kpcodec.media import video
     from kpcodec.options import EncodeOptions
 
-    with Encoder(EncodeOptions(base_layer=base_layer, audio=False), video.probe(SAMPLE).fps) as enc:
+    with Encoder(EncodeOptions(base_layer=base_layer, audio=False, motion=motion), video.probe(SAMPLE).fps) as enc:
         packets = [p for f in list(video.read_frames(SAMPLE, 256))[:frames] for p in enc.push(f)]
         data = pk.join(packets + enc.flush())
     path = directory / "sample.kpc"

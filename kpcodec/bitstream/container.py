@@ -43,7 +43,7 @@ from kpcodec.bitstream import decorrelate, entropy
 from kpcodec.bitstream import quantize as q
 from kpcodec.errors import KpcFormatError, KpcodecError, KpcVersionError
 
-FORMAT_VERSION = (2, 5)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
+FORMAT_VERSION = (2, 6)  # the newest kpcodec writes (kpcodec.bitstream.packets; 2.0 where a file needs no more)
 LATEST_MINOR_1 = 4  # the newest 1.x minor version (1.4)
 READABLE_MINORS = (0, 1, 2, 3, 4)  # of major 1, and any newer minor of major 1, leniently
 PACKET_MAJOR = 2
@@ -114,6 +114,27 @@ class Refresh:
 
 
 @dataclass
+class Motion:
+    """Format 2.6 (a stream of the base layer alone): the keypoints' offsets from their path for the
+    frames between base frames, in levels of HEAD's kp_step: `frames` (F,) in order, `levels` (F, 2K),
+    each row a frame's K (x, y) pairs. An offset is how far the encoder's keypoints, detected on the
+    original frame, lie from the same path through the keypoints it detected on the original base
+    frames; a decoder adds it to its path through the keypoints it detects on the decoded ones."""
+
+    frames: list[int]
+    levels: np.ndarray
+
+    @classmethod
+    def empty(cls, num_keypoints: int) -> Motion:
+        return cls([], np.zeros((0, 2 * num_keypoints), np.int64))
+
+    def offsets(self, step: float) -> np.ndarray:
+        """(F, K, 2) float32 offsets in the keypoints' units."""
+        levels = np.asarray(self.levels, np.int64)
+        return (levels.reshape(len(levels), -1, 2) * np.float64(step)).astype(np.float32)
+
+
+@dataclass
 class BaseLayer:
     """The hybrid mode's base layer (the BASE chunk): base frame n belongs to video frame
     n * divisor and is packet n, coded at size x size (kpcodec.media.baselayer)."""
@@ -134,6 +155,9 @@ class BaseLayer:
     # them where the picture changes most); None: base frame n is video frame n * divisor, and the
     # divisor is then their mean spacing.
     frames: list[int] | None = None
+    # Format 2.6 (with alone): the keypoints' offsets from their path between base frames (MOTION
+    # packets); None: none are sent, the path alone moves the base frames.
+    motion: Motion | None = None
 
     def frame_count(self, video_frames: int) -> int:
         return len(self.frames) if self.frames is not None else -(-video_frames // self.divisor)
@@ -154,7 +178,7 @@ class BaseLayer:
     def label(self) -> str:
         """Its settings as --base-layer writes them: SIZE@DIV:CRF[,alone]."""
         return f"{self.size}@{self.divisor}:{self.crf}" + (",alone" if self.alone else "") + \
-            (",placed" if self.placed else "")
+            (",placed" if self.placed else "") + (",motion" if self.motion is not None else "")
 
 
 @dataclass
@@ -345,6 +369,8 @@ def _check_base(b: BaseLayer, frame_count: int) -> None:
         raise KpcFormatError(f"unknown base-layer codec {b.codec!r}")
     if b.cubic and not b.alone:
         raise KpcFormatError("a cubic keypoint path is for a stream of the base layer alone")
+    if b.motion is not None and not b.alone:
+        raise KpcFormatError("keypoint offsets (motion) are for a stream of the base layer alone")
     if b.placed:
         _check_base_frames(b, frame_count)
     if len(b.packets) != b.frame_count(frame_count):

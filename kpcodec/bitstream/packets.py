@@ -52,16 +52,17 @@ from kpcodec.bitstream import quantize as q
 from kpcodec.bitstream.container import varint
 from kpcodec.errors import KpcFormatError
 
-VERSION = (2, 5)  # the newest this module reads and writes
-MINORS = (0, 1, 2, 3, 4, 5)  # of major 2
+VERSION = (2, 6)  # the newest this module reads and writes
+MINORS = (0, 1, 2, 3, 4, 5, 6)  # of major 2
 MIX_MINOR = 1  # the first minor with the HEAD's base-layer mix
 BUNDLE_MINOR = 2  # the first minor whose BASE packets hold a count of units
 ALONE_MINOR = 3  # the first minor with a stream of the base layer alone
 CUBIC_MINOR = 4  # the first minor with the base layer alone's cubic keypoint path
 PLACED_MINOR = 5  # the first minor with the base layer alone's base frames placed by the encoder
+MOTION_MINOR = 6  # the first minor with MOTION packets (keypoint offsets between base frames)
 PREAMBLE = kc.MAGIC + bytes((2, 0))  # every 2.x preamble is this long; 2.1 differs in its last byte
-TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "A": "AUDIO", "X": "EXTRA", "I": "INDEX",
-         "E": "END"}
+TYPES = {"H": "HEAD", "S": "SOURCE", "K": "KEYPOINTS", "B": "BASE", "M": "MOTION", "A": "AUDIO", "X": "EXTRA",
+         "I": "INDEX", "E": "END"}
 AUDIO_SLICE_S = 1.0  # seconds of sound per AUDIO packet
 # Sent frames per keypoint packet in a file: the framing and the coder's flush (~14 bytes) against
 # 7-17 bytes per sent frame at keep-every 2 (the smooth 2-min sample loop: +1.5% bits against 1.3 at
@@ -75,6 +76,7 @@ _HEAD_FLAG_MIX = 0x0004  # HEAD flags bit 2 (2.1): the base layer's mix (u8) fol
 _HEAD_FLAG_ALONE = 0x0008  # HEAD flags bit 3 (2.3): the frames come from the base layer alone
 _HEAD_FLAG_CUBIC = 0x0010  # HEAD flags bit 4 (2.4, with bit 3): the keypoint path between base frames is cubic
 _HEAD_FLAG_PLACED = 0x0020  # HEAD flags bit 5 (2.5, with bit 3): BASE packets say where each base frame is
+_HEAD_FLAG_MOTION = 0x0040  # HEAD flags bit 6 (2.6, with bit 4): MOTION packets offset the keypoint path
 _MAX_VARINT = 10
 
 
@@ -212,8 +214,8 @@ def preamble(head: Packet) -> bytes:
     layer alone from placed base frames, 2.4 on a cubic keypoint path, 2.3 on a linear one, 2.2 when
     it has a base layer (its BASE packets are 2.2's), else 2.0 (the oldest version that reads it)."""
     _, base = decode_head(head.payload)
-    minor = 0 if base is None else PLACED_MINOR if base.placed else CUBIC_MINOR if base.cubic else \
-        ALONE_MINOR if base.alone else BUNDLE_MINOR
+    minor = 0 if base is None else MOTION_MINOR if base.motion is not None else PLACED_MINOR if base.placed else \
+        CUBIC_MINOR if base.cubic else ALONE_MINOR if base.alone else BUNDLE_MINOR
     return kc.MAGIC + bytes((VERSION[0], minor))
 
 
@@ -246,13 +248,17 @@ def encode_head(h: kc.Header, base: kc.BaseLayer | None) -> bytes:
     flags = (kc.FLAG_ADAPTIVE if h.adaptive else 0) | (_HEAD_FLAG_BASE if base is not None else 0) | \
         (_HEAD_FLAG_MIX if mix else 0) | (_HEAD_FLAG_ALONE if base is not None and base.alone else 0) | \
         (_HEAD_FLAG_CUBIC if base is not None and base.cubic else 0) | \
-        (_HEAD_FLAG_PLACED if base is not None and base.placed else 0)
+        (_HEAD_FLAG_PLACED if base is not None and base.placed else 0) | \
+        (_HEAD_FLAG_MOTION if base is not None and base.motion is not None else 0)
+    if base is not None and base.motion is not None and not base.cubic:
+        raise KpcFormatError("keypoint offsets (motion) are for a cubic keypoint path")
     out = [kc._short_string(h.model, "utf-8", "model name"), kc._sha_bytes(h.weights_sha256),
            struct.pack("<HHIIHB", h.width, h.height, h.fps_num, h.fps_den, h.keep_every, h.num_keypoints),
            struct.pack("<ff", h.kp_step, h.jac_step), kc._short_string(h.predictor, "utf-8", "predictor name"),
            struct.pack("<H", flags)]
     if base is not None:
-        kc._check_base(replace(base, packets=[], frames=[] if base.placed else None), 0)
+        kc._check_base(replace(base, packets=[], frames=[] if base.placed else None,
+                               motion=None if base.motion is None else kc.Motion.empty(h.num_keypoints)), 0)
         codec = next(k for k, v in kc.BASE_CODECS.items() if v == base.codec)
         out.append(struct.pack("<BHBB", codec, base.size, base.divisor, base.crf))
         if mix:
@@ -271,13 +277,15 @@ def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.
     (flags,) = r.unpack("H")
     known = kc.FLAG_ADAPTIVE | _HEAD_FLAG_BASE | (_HEAD_FLAG_MIX if minor >= MIX_MINOR else 0) | \
         (_HEAD_FLAG_ALONE if minor >= ALONE_MINOR else 0) | (_HEAD_FLAG_CUBIC if minor >= CUBIC_MINOR else 0) | \
-        (_HEAD_FLAG_PLACED if minor >= PLACED_MINOR else 0)
+        (_HEAD_FLAG_PLACED if minor >= PLACED_MINOR else 0) | (_HEAD_FLAG_MOTION if minor >= MOTION_MINOR else 0)
     if flags & ~known:
         raise KpcFormatError(f"reserved HEAD flags are set (0x{flags & ~known:04x})")
     if flags & (_HEAD_FLAG_MIX | _HEAD_FLAG_ALONE) and not flags & _HEAD_FLAG_BASE:
         raise KpcFormatError("a base-layer mix or a base layer alone in a HEAD without a base layer")
     if flags & (_HEAD_FLAG_CUBIC | _HEAD_FLAG_PLACED) and not flags & _HEAD_FLAG_ALONE:
         raise KpcFormatError("a cubic keypoint path or placed base frames in a HEAD without a base layer alone")
+    if flags & _HEAD_FLAG_MOTION and not flags & _HEAD_FLAG_CUBIC:
+        raise KpcFormatError("keypoint offsets (motion) in a HEAD without a cubic keypoint path")
     base = None
     if flags & _HEAD_FLAG_BASE:
         codec, size, divisor, crf = r.unpack("BHBB")
@@ -286,7 +294,8 @@ def decode_head(payload: bytes, minor: int = VERSION[1]) -> tuple[kc.Header, kc.
         (mix,) = r.unpack("B") if flags & _HEAD_FLAG_MIX else (kc.MIX_FULL,)
         placed = bool(flags & _HEAD_FLAG_PLACED)
         base = kc.BaseLayer(size, divisor, crf, [], kc.BASE_CODECS[codec], mix, bool(flags & _HEAD_FLAG_ALONE),
-                            bool(flags & _HEAD_FLAG_CUBIC), [] if placed else None)  # BASE packets say where
+                            bool(flags & _HEAD_FLAG_CUBIC), [] if placed else None,  # BASE packets say where
+                            kc.Motion.empty(k) if flags & _HEAD_FLAG_MOTION else None)  # MOTION packets, what
         kc._check_base(base, 0)
     r.finish(True)
     h = kc.Header(model, sha, width, height, fps_num, fps_den, 1, keep_every, k, kp_step, jac_step, predictor,
@@ -398,6 +407,22 @@ class KeypointCoder:
 # Writing
 
 
+def _motion_context(num_keypoints: int) -> entropy.Context:
+    """MOTION packets' levels: one stream of 2K per frame, models from flat counts in each packet (a
+    packet decodes without the ones before it)."""
+    return entropy.Context([2 * num_keypoints], models=[entropy._StreamModels()])
+
+
+def encode_motion(levels: np.ndarray) -> bytes:
+    """(F, 2K) levels of keypoint offsets -> a MOTION packet's coded part."""
+    levels = np.asarray(levels, np.int64)
+    return entropy.encode_group(_motion_context(levels.shape[1] // 2), [levels])
+
+
+def decode_motion(data: bytes, frames: int, num_keypoints: int) -> np.ndarray:
+    return entropy.decode_group(_motion_context(num_keypoints), data, frames)[0]
+
+
 class PacketWriter:
     """Stream content in, packets out, in stream order (see the module's docstring).
 
@@ -418,6 +443,9 @@ class PacketWriter:
         self._waiting: list = []  # (index, kp, jac) of sent frames not yet in a packet
         self._base_waiting: list[tuple[int, bytes]] = []  # (frame, unit) of base frames not yet in a packet
         self._base_last: int | None = None  # the frame of the last base frame in a packet
+        self._base_done: set[int] = set()  # the frames of the base frames in packets (motion: placed ones)
+        self._motion_waiting: list[tuple[int, np.ndarray]] = []  # (frame, levels) not yet in a MOTION packet
+        self._motion_next = 0  # the first frame no MOTION packet covers yet
         self._restart = True
         self._source_frame = None  # the frame of the last source image
         self._out: list[Packet] = [self._packet("H", 0, encode_head(header, base))]
@@ -511,7 +539,42 @@ class PacketWriter:
         payload = varint(len(units)) + gaps + b"".join(varint(len(u)) for u in units[:-1]) + b"".join(units)
         self._out.append(self._packet("B", self._base_waiting[0][0], payload))
         self._base_last = self._base_waiting[-1][0]
+        self._base_done.update(f for f, _ in self._base_waiting)
         self._base_waiting = []
+        self._flush_motion()
+
+    def motion(self, motion: kc.Motion) -> list[Packet]:
+        """Keypoint offsets of frames between base frames (format 2.6), in frame order; each goes out
+        in a MOTION packet right after the BASE packet of the base frame after it."""
+        if self.base is None or self.base.motion is None:
+            raise KpcFormatError("keypoint offsets (motion) in a stream whose HEAD has none")
+        last = self._motion_waiting[-1][0] if self._motion_waiting else self._motion_next - 1
+        levels = np.asarray(motion.levels, np.int64).reshape(len(motion.frames), 2 * self.header.num_keypoints)
+        for f, row in zip(motion.frames, levels):
+            if int(f) <= last:
+                raise KpcFormatError(f"keypoint offsets of frame {f} after those of frame {last}")
+            self._motion_waiting.append((int(f), row))
+            last = int(f)
+        return self._take()
+
+    def _is_base(self, frame: int) -> bool:
+        return frame in self._base_done if self.base.placed else frame % self.base.divisor == 0
+
+    def _flush_motion(self) -> None:
+        """A MOTION packet for the frames from the last one's end to the last base frame in a packet:
+        each that is not a base frame needs its offsets waiting."""
+        if self.base.motion is None or self._base_last is None or self._base_last <= self._motion_next:
+            return
+        first, end = self._motion_next, self._base_last
+        between = [f for f in range(first, end) if not self._is_base(f)]
+        rows = self._motion_waiting[:len(between)]
+        if [f for f, _ in rows] != between:
+            raise KpcFormatError(f"keypoint offsets missing for the frames between base frames in {first}..{end - 1}")
+        if not between:  # base frames only: the next packet covers them
+            return
+        self._motion_waiting = self._motion_waiting[len(between):]
+        self._motion_next = end
+        self._out.append(self._packet("M", first, varint(end - first) + encode_motion(np.stack([r for _, r in rows]))))
 
     def audio(self, s: AudioSlice) -> list[Packet]:
         """Some of the sound; the keypoints waiting go out first (packets stay in time order)."""
@@ -528,6 +591,8 @@ class PacketWriter:
     def end(self, frame_count: int, index: bool = True) -> list[Packet]:
         """The rest: waiting base frames and keypoints, the INDEX (unless `index` is False) and END."""
         self._flush_keypoints()
+        if self._motion_waiting:
+            raise KpcFormatError(f"keypoint offsets of frame {self._motion_waiting[0][0]}, after the last base frame")
         if not isinstance(frame_count, (int, np.integer)) or frame_count < max(1, self.coder.last_frame + 1):
             raise KpcFormatError(f"frame count {frame_count} does not cover the sent frames")
         at = 0
@@ -554,6 +619,8 @@ def stream_events(stream: kc.KpcStream):
     yield h
     if base is not None:
         yield replace(base, packets=[])
+        if base.motion is not None:
+            yield base.motion
     sources = [SourceImage(r.frame, r.codec, r.data) for r in stream.refreshes]
     bases = [] if base is None else [BaseFrame(base.frame_of(n), p) for n, p in enumerate(base.packets)]
     restarts = {int(f) for f in stream.restarts}
@@ -612,6 +679,8 @@ def stream_packets(stream: kc.KpcStream, packet_frames: int = DEFAULT_PACKET_FRA
                 out += w.keypoints(i, kp, jac)
         elif isinstance(item, BaseFrame):
             out += w.base_frame(item.frame, item.data)
+        elif isinstance(item, kc.Motion):
+            out += w.motion(item)
         elif isinstance(item, AudioSlice):
             out += w.audio(item)
         elif isinstance(item, Extra):
@@ -629,6 +698,7 @@ def read_stream(data: bytes) -> kc.KpcStream:
     h, base = reader.header, None
     source, refreshes, restarts, extra = None, [], [], []
     idx, kps, jacs, base_packets, base_frames = [], [], [], [], []
+    motion_frames, motion_levels = [], []
     sound: list[AudioSlice] = []
     frame_count = 0
     for item in items:
@@ -650,6 +720,9 @@ def read_stream(data: bytes) -> kc.KpcStream:
                 raise KpcFormatError(f"base frame {item.frame} out of order")
             base_packets.append(item.data)
             base_frames.append(item.frame)
+        elif isinstance(item, kc.Motion):
+            motion_frames += item.frames
+            motion_levels.append(item.levels)
         elif isinstance(item, Extra):
             extra.append((item.kind, item.payload))
         elif isinstance(item, AudioSlice):
@@ -659,7 +732,9 @@ def read_stream(data: bytes) -> kc.KpcStream:
     if sound:  # the sound as the in-memory stream holds it: one opus chunk, first among the extras
         extra.insert(0, (opus.CHUNK_TYPE, opus.pack(join_audio(sound))))
     if base is not None:
-        base = replace(base, packets=base_packets, frames=base_frames if base.placed else None)
+        motion = None if base.motion is None else kc.Motion(
+            motion_frames, np.concatenate([base.motion.levels, *motion_levels]))
+        base = replace(base, packets=base_packets, frames=base_frames if base.placed else None, motion=motion)
         kc._check_base(base, frame_count)
         if base.alone:
             return kc.KpcStream.base_alone(replace(h, frame_count=frame_count), base, extra, (VERSION[0], reader.minor))
@@ -765,6 +840,9 @@ class PacketReader:
         self._source_pending = False  # a source image whose keyframe has not come yet
         self._base_last = None  # the frame of the last placed base frame read
         self._base_joined = False  # True after a jump, until a base frame is read
+        self._base_seen: set[int] = set()  # the frames of the base frames read (MOTION packets skip them)
+        self._base_top = -1  # the frame of the last base frame read
+        self._motion_next = 0  # the frame the next MOTION packet starts at
 
     @classmethod
     def after_head(cls, header: kc.Header, base: kc.BaseLayer | None = None, seq: int | None = None) -> PacketReader:
@@ -871,7 +949,11 @@ class PacketReader:
                     raise KpcFormatError(f"base-layer packet at byte {at}: {exc}") from None
             else:
                 frames = [p.frame + n * self.base.divisor for n in range(len(units))]
+            self._base_seen.update(frames)
+            self._base_top = max(self._base_top, frames[-1])
             return [BaseFrame(f, u) for f, u in zip(frames, units)]
+        if p.kind == "M":
+            return [self._motion(p, at)]
         if p.kind == "A":
             return [decode_audio_slice(p.payload, at)]
         if p.kind == "X":
@@ -888,6 +970,25 @@ class PacketReader:
         self.ended = True
         return [End(count)]
 
+    def _motion(self, p: Packet, at: int) -> kc.Motion:
+        """A MOTION packet: the span it covers (from where the last one ended, up to a base frame
+        already read), then the offsets of its frames that are not base frames, range coded."""
+        if self.minor < MOTION_MINOR or self.base is None or self.base.motion is None:
+            raise KpcFormatError(f"MOTION packet at byte {at} in a stream without keypoint offsets")
+        span, pos = read_varint(p.payload, 0)
+        if span is None or span < 1 or p.frame != self._motion_next or p.frame + span > self._base_top:
+            raise KpcFormatError(f"bad MOTION packet at byte {at} (frame {p.frame}): it must start at frame "
+                                 f"{self._motion_next} and end at a base frame read before it")
+        frames = [f for f in range(p.frame, p.frame + span) if f not in self._base_seen]
+        if not frames:
+            raise KpcFormatError(f"MOTION packet at byte {at} covers no frame between base frames")
+        try:
+            levels = decode_motion(p.payload[pos:], len(frames), self.header.num_keypoints)
+        except KpcFormatError as exc:
+            raise KpcFormatError(f"MOTION packet at byte {at}: {exc}") from None
+        self._motion_next = p.frame + span
+        return kc.Motion(frames, levels)
+
     def close(self) -> None:
         """The input has ended: a missing END or a packet not whole is a cut stream."""
         if self._need_preamble:
@@ -903,7 +1004,7 @@ def packet_table(data: bytes) -> list[tuple[str, int]]:
     sound, an extra's own name, INDX, KEND), framing and CRC checked, payloads not decoded."""
     check_preamble(data)
     table, pos, sources = [("magic", len(PREAMBLE))], len(PREAMBLE), 0
-    names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "A": "opus", "I": "INDX", "E": "KEND"}
+    names = {"H": "HEAD", "K": "KPRC", "B": "BASE", "M": "MOTN", "A": "opus", "I": "INDX", "E": "KEND"}
     while pos < len(data):
         packet, size = split_packet(data[pos:], pos)
         if packet is None:

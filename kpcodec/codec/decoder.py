@@ -108,6 +108,8 @@ class Decoder:
         self._base_decoder = None
         self._base_decoded = 0  # base frames out of the AV1 decoder (or marked bad)
         self._placed: list[int] = []  # the video frame of each base frame read, in order
+        self._offsets: dict[int, np.ndarray] = {}  # frame -> its keypoints' offset from the path (2.6)
+        self._motion_until = 0  # the frames before it have their offsets in (those that have any)
         if base is not None:
             self._set_base(base)
         self.frame_count: int | None = None  # known at End
@@ -198,6 +200,10 @@ class Decoder:
                 self._base_push(item)
         elif isinstance(item, bitstream.BaseLayer):
             self._set_base(item)
+        elif isinstance(item, bitstream.Motion):
+            self._offsets.update(zip(item.frames, item.offsets(self.header.kp_step)))
+            if item.frames:
+                self._motion_until = max(self._motion_until, item.frames[-1] + 1)
         elif isinstance(item, pk.Extra):
             self.extras.append((item.kind, item.payload))
         elif isinstance(item, pk.End):
@@ -435,8 +441,12 @@ class Decoder:
             ok_q, q = self._alone_base(n + 2, final) if cubic and self._base_exists(n + 2) else (True, None)
             if not (ok and ok_b and ok_q):
                 break
+            if between and self.base.motion is not None and t >= self._motion_until and \
+                    not (final or self.frame_count is not None):
+                break  # its MOTION packet comes after the BASE packet of the base frame after it
             _, p = self._alone_base(n - 1, final) if cubic and n else (True, None)  # in: only older ones go
             self._next = t + 1
+            offset = self._offsets.pop(t, None)
             for old in [k for k in self._base_frames if k < n - 1]:
                 del self._base_frames[old]
             if t < self.start:
@@ -444,7 +454,7 @@ class Decoder:
             if self._repeat_late(t, out):
                 continue
             knots = self._knots(n) if cubic and self.base.placed else None
-            self._batch.append((t, a, b, frac, (p, q), knots))
+            self._batch.append((t, a, b, frac, (p, q), knots, offset))
             if len(self._batch) == self.options.batch:
                 out += self._submit()
         return out
@@ -463,9 +473,13 @@ class Decoder:
         if pairs:
             outer = [_outer(*chunk[n][1:3], *chunk[n][4]) for n in pairs] if self.base.cubic else None
             knots = [chunk[n][5] for n in pairs] if self.base.cubic and self.base.placed else None
+            offsets = None
+            if any(chunk[n][6] is not None for n in pairs):
+                k = self.header.num_keypoints
+                offsets = [chunk[n][6] if chunk[n][6] is not None else np.zeros((k, 2), np.float32) for n in pairs]
             moved = self._renderer.between([chunk[n][1].moving() for n in pairs],
                                            [chunk[n][2].moving() for n in pairs], [chunk[n][3] for n in pairs], outer,
-                                           knots)
+                                           knots, offsets)
             for n, frame in zip(pairs, moved):
                 out[n] = frame
         size = (self.header.height, self.header.width, 3)

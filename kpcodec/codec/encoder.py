@@ -27,7 +27,7 @@ import numpy as np
 from kpcodec import bitstream
 from kpcodec.bitstream import packets as pk
 from kpcodec.bitstream.quantize import DEFAULT_JAC_STEP, DEFAULT_KP_STEP
-from kpcodec.codec import adaptive, fusion
+from kpcodec.codec import adaptive, fusion, motion
 from kpcodec.codec import ratecontrol as rc
 from kpcodec.codec import refresh as rf
 from kpcodec.codec.parallel import OrderedPool, torch_thread_count, torch_threads
@@ -76,7 +76,7 @@ class Encoder:
         self.pattern = (SendPattern.parse(o.keep_pattern) if o.keep_pattern
                         else SendPattern.keep_every(1 if self.auto else o.keep_every))
         # A rate target detects every frame: the rate control may settle on another keep-every.
-        self.detected = SendPattern.keep_every(1) if plan.target_kbps is not None else self.pattern
+        self.detected = SendPattern.keep_every(1) if plan.target_kbps is not None or plan.sends_motion else self.pattern
         self.name, self.sha, self.net = shipped_model(o.model or (rc.default_hybrid_model() if plan.wants_base else None))
         if plan.wants_base and not self.net.cfg.base_fusion:
             raise UsageError(f"model {self.name!r} cannot use a base layer "
@@ -85,7 +85,8 @@ class Encoder:
         rdo = plan.target_kbps is not None  # a rate target's split is judged by its pictures
         self.base = (rc.BaseLayerPass(plan, self.fps, o.source_quality, o.source_codec, frame_count or None,
                                       source_at=self._source_at if rdo else None,
-                                      pick=self._pick if rdo else None)
+                                      pick=self._pick if rdo else None,
+                                      motion_kbps=self._motion_kbps if plan.sends_motion else None)
                      if plan.wants_base else None)
         # the frames the base-layer mix is fitted on and a rate target's choices are judged on
         # (kpcodec.codec.fusion)
@@ -361,8 +362,10 @@ class Encoder:
         a file of the base layer alone has neither source image nor keypoints (quality None)."""
         o, count = self.options, self.frames
         if choice.base is not None and choice.base.alone:  # no source image, no keypoints (format 2.3)
-            return bitstream.KpcStream.base_alone(replace(header, keep_every=choice.base.divisor), choice.base,
-                                                  version=pk.VERSION), None
+            base, header = choice.base, replace(header, keep_every=choice.base.divisor)
+            if o.plan.sends_motion and base.cubic:
+                base, header = replace(base, motion=self._motion(base, count)), replace(header, kp_step=motion.STEP)
+            return bitstream.KpcStream.base_alone(header, base, version=pk.VERSION), None
         keep = o.keep_every
         if choice.keep != keep and not self.refreshes:
             keep = choice.keep
@@ -403,6 +406,23 @@ class Encoder:
         if not (fit or score) or not sample:
             return fusion.Verdict(stream.base.mix if stream.base is not None else bitstream.MIX_FULL, None)
         return fusion.judge(stream, sample, o.threads, fit=fit, score=score)
+
+    def _motion(self, base: bitstream.BaseLayer, count: int) -> bitstream.Motion:
+        """The keypoint offsets (format 2.6) of a base layer alone's frames between base frames."""
+        _, kps, jacs = self._detected(count)
+        frames = [base.frame_of(n) for n in range(base.frame_count(count))]
+        return motion.offsets(kps, jacs, frames, motion.STEP, base.placed)
+
+    def _motion_kbps(self, base_frames, count: int) -> float:
+        """The rate control's cost of the keypoint offsets of base frames at `base_frames` over the first
+        `count` frames (the detector caught up first)."""
+        if self._batch:
+            self._collect(self._pool.submit(self._batch))
+            self._batch = []
+        self._collect(self._pool.drain())
+        _, kps, jacs = self._detected(count)
+        m = motion.offsets(kps, jacs, list(base_frames), motion.STEP, self.options.plan.placed)
+        return motion.motion_bytes(m) * 8 / (count / float(self.fps)) / 1000
 
     def _detected(self, count: int):
         """(frame numbers, keypoints, Jacobians) of every frame detected below `count`."""

@@ -112,17 +112,25 @@ class Plan:
     keep_every: int = 2
     source_quality: int = source_image.DEFAULT_QUALITY
     placed: bool = True  # a base layer alone that the rate control picks places its base frames (2.5)
+    motion: bool = True  # a base layer alone sends its keypoints' offsets between base frames (2.6)
 
     @property
     def wants_base(self) -> bool:
         return self.mode != "off"
 
+    @property
+    def sends_motion(self) -> bool:
+        """Whether a file of the base layer alone may come and carry keypoint offsets (kpcodec.codec.motion):
+        the encoder then detects keypoints on every frame."""
+        return self.motion and (self.target_kbps is not None and self.wants_base or
+                                (self.settings is not None and self.mode == "fixed" and self.settings.alone))
+
 
 BASE_FRAMES = ("placed", "uniform")
 
 
-def plan(base_layer=None, bitrate=None, base_frames: str = "placed") -> Plan:
-    """Check --base-layer, --bitrate and --base-frames together."""
+def plan(base_layer=None, bitrate=None, base_frames: str = "placed", motion: bool = True) -> Plan:
+    """Check --base-layer, --bitrate, --base-frames and --motion together."""
     if base_frames not in BASE_FRAMES:
         raise UsageError(f"--base-frames {base_frames!r}: expected {' or '.join(BASE_FRAMES)}")
     target = parse_bitrate(bitrate) if bitrate is not None else None
@@ -135,13 +143,14 @@ def plan(base_layer=None, bitrate=None, base_frames: str = "placed") -> Plan:
         else:
             mode, settings = "fixed", baselayer.parse_settings(text, DEFAULT_SETTINGS)
     if target is None:
-        return Plan(mode, settings if mode == "fixed" else DEFAULT_SETTINGS if mode == "auto" else None)
+        return Plan(mode, settings if mode == "fixed" else DEFAULT_SETTINGS if mode == "auto" else None,
+                    motion=bool(motion))
     if mode == "fixed":
         raise UsageError("--bitrate picks the base layer itself: use --base-layer auto or off with it")
     # The keypoints' share: keep-every 2 (causal, no latency) unless the target is tiny.
     keep = 2 if target >= 2.5 else 4
     quality = source_image.DEFAULT_QUALITY if target >= 2.5 and mode == "off" else HYBRID_SOURCE_QUALITY
-    return Plan(mode, None, target, keep, quality, base_frames == "placed")
+    return Plan(mode, None, target, keep, quality, base_frames == "placed", bool(motion))
 
 
 def hybrid_models() -> list[str]:
@@ -185,7 +194,7 @@ class BaseLayerPass:
     encoder judges the choices finish() returns), else on the look-ahead as it fills (`pick`)."""
 
     def __init__(self, plan: Plan, fps: Fraction, source_quality: int, source_codec: str,
-                 expected_frames: int | None = None, source_at=None, pick=None):
+                 expected_frames: int | None = None, source_at=None, pick=None, motion_kbps=None):
         self.plan = plan
         self.fps = Fraction(fps)
         # The clip's length as the container states it (None: unknown, e.g. a pipe or a camera):
@@ -201,6 +210,9 @@ class BaseLayerPass:
         self._placements: dict[int, list[int]] = {}  # divisor -> base frames placed on the buffer
         self._source_bytes = 0
         self.source_at, self.pick = source_at, pick
+        # motion_kbps(base frames, frames): the keypoint offsets' rate of a base layer alone with base
+        # frames at those video frames, over the first `frames` frames (None: none are sent)
+        self.motion_kbps = motion_kbps
         self._decided = False
         self.count = 0
         if self.window == 0:
@@ -341,14 +353,18 @@ class BaseLayerPass:
         fitted = False
         place = self._place if self.plan.placed else None
         for candidate in ALONE_CANDIDATES:
-            settings = choose_settings(self._buffer, self.fps, self.plan.target_kbps - alone_kbps, (candidate,),
-                                       ALONE_CRF_MIN, place, alone=True)
+            budget = self.plan.target_kbps - alone_kbps
+            if self.motion_kbps is not None:
+                div = candidate[1]
+                budget -= self.motion_kbps(place(div) if place is not None else range(0, len(self._buffer), div),
+                                           len(self._buffer))
+            settings = choose_settings(self._buffer, self.fps, budget, (candidate,), ALONE_CRF_MIN, place, alone=True)
             # One that cannot spend the budget even at ALONE_CRF_MIN is not judged where a costlier one can.
             if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
                 continue
             fitted = True
             out.append(Choice(keep, self._trial(replace(settings, alone=True, placed=self.plan.placed)), 0,
-                              self.plan.target_kbps - alone_kbps, ALONE_CRF_MIN))
+                              budget, ALONE_CRF_MIN))
         return out
 
     def _trial(self, settings: baselayer.BaseLayerSettings) -> bitstream.BaseLayer:

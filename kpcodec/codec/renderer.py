@@ -70,12 +70,13 @@ class Renderer:
         with _torch().inference_mode():
             return self.net.detect(up)
 
-    def between(self, a_frames, b_frames, a, outer=None, knots=None) -> list[np.ndarray]:
+    def between(self, a_frames, b_frames, a, outer=None, knots=None, offsets=None) -> list[np.ndarray]:
         """Frames between base frames (a stream of the base layer alone): `a_frames`/`b_frames` are
         (upsampled tensor, keypoints, Jacobians) of the base frames before and after each frame, `a`
         (B,) how far it is from the first (MotionModel.between); `outer` (the cubic path) the
         (keypoints, Jacobians, keypoints, Jacobians) of the base frames before and after those two;
-        `knots` (placed base frames) the video frames of those four, (B, 4)."""
+        `knots` (placed base frames) the video frames of those four, (B, 4); `offsets` (format 2.6) the
+        keypoints' offsets from that path, (B, K, 2)."""
         from kpcodec.models.frames import tensor_to_frames
 
         torch = _torch()
@@ -84,7 +85,8 @@ class Renderer:
             ub, kb, jb = (torch.cat(x) for x in zip(*b_frames))
             around = None if outer is None else tuple(torch.cat(x) for x in zip(*outer))
             knots = None if knots is None else _floats(knots)
-            return list(tensor_to_frames(self.net.between(ua, ka, ja, ub, kb, jb, _floats(a), around, knots)))
+            offsets = None if offsets is None else _floats(np.stack(offsets))
+            return list(tensor_to_frames(self.net.between(ua, ka, ja, ub, kb, jb, _floats(a), around, knots, offsets)))
 
     def render(self, state, kp, jac, base=(None, None, None), mix=None) -> list[np.ndarray]:
         """Frames for a batch of keypoints (B, K, 2) and Jacobians (B, K, 2, 2), numpy or tensors.

@@ -118,7 +118,8 @@ class MotionModel(nn.Module):
         return _warp_full(up, (sparse * mask.unsqueeze(-1)).sum(dim=1))
 
     def between(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
-                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None) -> torch.Tensor:
+                kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None,
+                offset: torch.Tensor | None = None) -> torch.Tensor:
         """Frames between two base frames of a stream of the base layer alone (format 2.3): each of
         the upsampled base frames (B,3,H,W) moved, by the dense motion network with it as the source,
         to the keypoints a fraction `a` (B,) of the way from a's keypoints to b's, and the two blended
@@ -127,26 +128,19 @@ class MotionModel(nn.Module):
         after b, (kp_p, jac_p, kp_q, jac_q); the path is then the Catmull-Rom curve through all four.
         `knots` (format 2.5's placed base frames, with `outer`): (B,4) the video frames of the base
         frames before a, a, b and after b; the curve is then the non-uniform one (`hermite`).
+        `offset` (format 2.6, (B,K,2)): added to the path's keypoints (the encoder's MOTION packets).
         A model with a between refiner (kpcodec.models.between) blends the two moved frames with it."""
-        moved_a, moved_b = self.between_parts(up_a, kp_a, jac_a, up_b, kp_b, jac_b, a, outer, knots)
+        moved_a, moved_b = self.between_parts(up_a, kp_a, jac_a, up_b, kp_b, jac_b, a, outer, knots, offset)
         if self.refiner is not None:
             return self.refiner(moved_a, moved_b, a)
         return torch.lerp(moved_a, moved_b, a.view(-1, 1, 1, 1)).clamp_(0, 1)
 
     def between_parts(self, up_a: torch.Tensor, kp_a: torch.Tensor, jac_a: torch.Tensor, up_b: torch.Tensor,
-                      kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None):
+                      kp_b: torch.Tensor, jac_b: torch.Tensor, a: torch.Tensor, outer=None, knots=None, offset=None):
         """The two base frames of `between`, each moved to the frame (B,3,H,W): what it blends."""
-        if outer is None:
-            kp = torch.lerp(kp_a, kp_b, a.view(-1, 1, 1))
-            jac = torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
-        elif knots is None:
-            kp_p, jac_p, kp_q, jac_q = outer
-            kp = catmull_rom(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1))
-            jac = catmull_rom(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1))
-        else:
-            kp_p, jac_p, kp_q, jac_q = outer
-            kp = hermite(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1), knots.view(-1, 4, 1, 1))
-            jac = hermite(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1), knots.view(-1, 4, 1, 1, 1))
+        kp, jac = keypoint_path(kp_a, jac_a, kp_b, jac_b, a, outer, knots)
+        if offset is not None:
+            kp = kp + offset
 
         def moved(up, kp_from, jac_from):
             return _warp_full(up, self.dense_motion(self.dense_motion.small_source(up), kp_from, jac_from, kp, jac)["flow"])
@@ -160,6 +154,21 @@ class MotionModel(nn.Module):
         image = self.generator.decode(self.generator.encode(source), motion["flow"], motion["occlusion"], source)
         return {"image": image, "kp_source": kp_s, "jac_source": jac_s, "kp_driving": kp_d,
                 "jac_driving": jac_d, **motion}
+
+
+def keypoint_path(kp_a, jac_a, kp_b, jac_b, a: torch.Tensor, outer=None, knots=None):
+    """The keypoints (B,K,2) and Jacobians a fraction `a` (B,) of the way from base frame a's to b's:
+    on the line (format 2.3), on the Catmull-Rom curve through `outer`'s (kp_p, jac_p, kp_q, jac_q) of
+    the base frames before a and after b too (2.4), or, with `knots` (B,4) their video frames, on the
+    non-uniform curve (2.5, `hermite`)."""
+    if outer is None:
+        return torch.lerp(kp_a, kp_b, a.view(-1, 1, 1)), torch.lerp(jac_a, jac_b, a.view(-1, 1, 1, 1))
+    kp_p, jac_p, kp_q, jac_q = outer
+    if knots is None:
+        return (catmull_rom(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1)),
+                catmull_rom(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1)))
+    return (hermite(kp_p, kp_a, kp_b, kp_q, a.view(-1, 1, 1), knots.view(-1, 4, 1, 1)),
+            hermite(jac_p, jac_a, jac_b, jac_q, a.view(-1, 1, 1, 1), knots.view(-1, 4, 1, 1, 1)))
 
 
 def catmull_rom(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for kpcodec
 
 from kpcodec.bitstream import packets  # noqa: E402
-from kpcodec.bitstream.container import BaseLayer, Header, KpcStream, Refresh, dumps, loads  # noqa: E402
+from kpcodec.bitstream.container import BaseLayer, Header, KpcStream, Motion, Refresh, dumps, loads  # noqa: E402
 
 
 def tiny_png(width: int = 8, height: int = 8) -> bytes:
@@ -159,6 +159,19 @@ def golden_stream_2_5() -> KpcStream:
     return KpcStream.base_alone(header, base, [("note", b"golden 2.5")], (2, 5))
 
 
+def golden_stream_2_6() -> KpcStream:
+    """Format 2.6: 2.5's stream with the keypoint offsets of its frames between base frames (MOTION
+    packets), levels drawn from a fixed generator (mostly 0 and +-1, a few far out), written 3 base
+    frames a BASE packet."""
+    s = golden_stream_2_5()
+    between = [t for t in range(33) if t not in s.base.frames and t < s.base.frames[-1]]
+    rng = np.random.default_rng(26)
+    levels = rng.choice([0, 0, 0, 1, -1, 2, -3], size=(len(between), 20)).astype(np.int64)
+    levels[3, 5], levels[-1, 0] = 40, -300  # escapes
+    base = replace(s.base, motion=Motion(between, levels))
+    return KpcStream.base_alone(s.header, base, [("note", b"golden 2.6")], (2, 6))
+
+
 def write(name: str, stream: KpcStream) -> None:
     data = packets.join(packets.stream_packets(stream, 3)) if stream.version[0] == 2 else dumps(stream)
     decoded = loads(data)
@@ -173,7 +186,8 @@ def write(name: str, stream: KpcStream) -> None:
 STREAMS = {"v1_0": golden_stream, "v1_1": golden_stream_1_1, "v1_2": golden_stream_1_2,
            "v1_3": golden_stream_1_3, "v1_4": golden_stream_1_4, "v2_0": golden_stream_2_0,
            "v2_1": golden_stream_2_1, "v2_2": golden_stream_2_2, "v2_3": golden_stream_2_3,
-           "v2_4": golden_stream_2_4, "v2_5": golden_stream_2_5}
+           "v2_4": golden_stream_2_4, "v2_5": golden_stream_2_5,
+           "v2_6": golden_stream_2_6}
 
 
 def main() -> None:
