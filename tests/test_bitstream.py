@@ -274,7 +274,7 @@ def test_header_properties():
 def test_layout_matches_spec():
     data = small_file()
     assert data[:8] == bs.MAGIC == b"\x89KPC\r\n\x1a\n"
-    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (2, 5) and bs.LATEST_MINOR_1 == 4
+    assert data[8:10] == b"\x01\x00" and bs.FORMAT_VERSION == (2, 6) and bs.LATEST_MINOR_1 == 4
     pre, chunks = split(data)
     assert [k for k, _ in chunks] == ["HEAD", "SRCF", "KPTS", "KEND"]
     assert join(pre, chunks) == data  # framing and CRC as the spec says

@@ -253,7 +253,7 @@ def test_explicit_crop_and_predictors(runner, clip, tmp_path):
 def test_version(runner):
     result = run(runner, "--version")
     assert result.exit_code == 0
-    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 2.5" in result.stdout
+    assert "kpcodec 0.1.0" in result.stdout and ".kpc format 2.6" in result.stdout
 
 
 def test_threads_option_decodes_the_same_video_and_rejects_nonsense(runner, clip, tmp_path):

@@ -255,7 +255,7 @@ def test_info_on_broken_files_is_one_line(tmp_path_factory, data):
 
 # ------------------------------------------------------------------ format 2.x packets
 
-PACKET_SEEDS = [(ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes() for name in ("v2_0", "v2_1", "v2_2", "v2_3", "v2_4", "v2_5")]
+PACKET_SEEDS = [(ROOT / "tests" / "golden" / f"{name}.kpc").read_bytes() for name in ("v2_0", "v2_1", "v2_2", "v2_3", "v2_4", "v2_5", "v2_6")]
 
 
 def _packets_of(data: bytes) -> tuple[bytes, list]:

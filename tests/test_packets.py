@@ -105,8 +105,8 @@ def test_golden_2_1_decodes_exactly_with_its_base_layer_mix():
     assert len(again) < len(data)  # fewer BASE packets
     with pytest.raises(KpcFormatError, match="reserved HEAD flags"):  # the mix flag in a file that says 2.0
         bitstream.loads(data[:9] + b"\x00" + data[10:])
-    with pytest.raises(KpcFormatError, match="2.6 stream needs a newer kpcodec"):
-        bitstream.loads(data[:9] + b"\x06" + data[10:])
+    with pytest.raises(KpcFormatError, match="2.7 stream needs a newer kpcodec"):
+        bitstream.loads(data[:9] + b"\x07" + data[10:])
     with pytest.raises(KpcFormatError, match="mix needs format 2.1"):  # 1.4 has no field for it
         bitstream.dumps(dataclasses.replace(s, version=(1, 4)))
     _cuts_and_flips_are_refused(data, every=7)

@@ -177,7 +177,7 @@ def sample_frames():
 @pytest.fixture(scope="module")
 def placed_file(tmp_path_factory):
     """24 sample frames at 128@4:45 alone with placed base frames, encoded as encode does."""
-    return sample_kpc(tmp_path_factory.mktemp("placed"), "128@4:45,alone,placed")
+    return sample_kpc(tmp_path_factory.mktemp("placed"), "128@4:45,alone,placed", motion=False)  # 2.5 as such
 
 
 def test_encode_places_the_base_frames(placed_file, sample_frames):
