@@ -79,6 +79,11 @@ def test_placement_gain_at_equal_rate_reads_the_uniform_line_in_log_rate():
     assert g[52]["gain_same_crf"] == pytest.approx(0.005) and g[52]["gain_equal_rate"] == pytest.approx(0.005)
     assert g[56]["gain_same_crf"] == pytest.approx(0.0) and g[56]["gain_equal_rate"] < 0  # more bits, same SSIM
     assert g[56]["rate_change"] == pytest.approx(0.1)
+    # --compare motion: the same table, the first way "without", the second "with"
+    motion = [dict(r, mode={"uniform": "without", "placed": "with"}[r["mode"]]) for r in rows]
+    m = {r["crf"]: r for r in pl.gains(motion, "without", "with")}
+    assert m[52]["gain_equal_rate"] == pytest.approx(0.005) and m[56]["rate_change"] == pytest.approx(0.1)
+    assert set(pl.COMPARISONS) == {"placed", "motion"} and pl.COMPARISONS["placed"][1] == "placement"
 
 
 def test_restorer_table_gives_the_gain_of_the_same_files_by_setting(tmp_path):
