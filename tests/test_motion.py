@@ -189,3 +189,30 @@ def test_cli_info_shows_the_offsets_and_no_motion_leaves_them_out(runner, motion
     assert d["base_layer"]["motion"]["frames"] == len(bitstream.read_file(motion_files[0]).base.motion.frames)
     d = json.loads(run(runner, "info", motion_files[1], "--json").stdout)
     assert d["format_version"] == "2.5" and d["base_layer"]["motion"] is None
+
+
+def test_the_rate_control_judges_the_winner_without_its_offsets_too():
+    """A base layer alone with offsets, judged best, is judged again without them, their bits in its base
+    layer: the file is whichever looks better (at a low target the offsets can cost more than they give)."""
+    from kpcodec.codec import ratecontrol as rc
+    from kpcodec.codec.encoder import Encoder
+    from kpcodec.media import video
+    from kpcodec.options import EncodeOptions
+
+    from conftest import SAMPLE
+
+    c = rc.Choice(4, None, 0, budget_kbps=5.0, motion=True, motion_kbps=0.3)
+    twin = rc.BaseLayerPass.without_motion(c)
+    assert not twin.motion and twin.motion_kbps == 0.0 and twin.budget_kbps == pytest.approx(5.3)
+    assert rc.BaseLayerPass.without_motion(twin) is None
+    assert rc.BaseLayerPass.without_motion(dataclasses.replace(c, budget_kbps=None)) is None
+
+    frames = list(video.read_frames(SAMPLE, 256))[:40]
+    with Encoder(EncodeOptions(bitrate="8k", audio=False, threads=1), video.probe(SAMPLE).fps, len(frames)) as enc:
+        data = pk.join([p for f in frames for p in enc.push(f)] + enc.flush())
+    judged = [c for c, _ in enc.rdo if c.base is not None and c.base.alone]
+    with_offsets = [c for c in judged if c.motion]
+    assert with_offsets and all(c.motion_kbps > 0 for c in with_offsets)
+    assert any(not c.motion for c in judged[-2:])  # the twin, among the finals
+    s = bitstream.loads(data)
+    assert (s.base.motion is not None) == (s.version == (2, 6))

@@ -311,10 +311,13 @@ class Encoder:
         judged = [self._judge(stream, len(settled) > 1, sample) for stream, _ in settled]
         best = self._best(choices, judged) if len(settled) > 1 else 0
         (stream, quality), verdict = settled[best], judged[best]
-        finalists = self._finalists(choices, judged, best)
+        finalists = [choices[n] for n in self._finalists(choices, judged, best)]
+        twin = rc.BaseLayerPass.without_motion(choices[best]) if judged[best].ssim is not None else None
+        if twin is not None:  # the winner without its keypoint offsets, their bits in its base layer, judged too
+            finalists.append(twin)
         if len(finalists) > 1:
             # Close at the search's fast preset: each coded at the file's and judged again.
-            finals = [self.base.settle(choices[n], release=False) for n in finalists]
+            finals = [self.base.settle(c, release=False) for c in finalists]
             settled = [self._settle(c, every, header, stream_at) for c in finals]
             verdicts = [self._judge(stream, True, sample) for stream, _ in settled]
             self.rdo += [(c, v.ssim) for c, v in zip(finals, verdicts)]
@@ -363,7 +366,7 @@ class Encoder:
         o, count = self.options, self.frames
         if choice.base is not None and choice.base.alone:  # no source image, no keypoints (format 2.3)
             base, header = choice.base, replace(header, keep_every=choice.base.divisor)
-            if o.plan.sends_motion and base.cubic:
+            if choice.motion and base.cubic:
                 base, header = replace(base, motion=self._motion(base, count)), replace(header, kp_step=motion.STEP)
             return bitstream.KpcStream.base_alone(header, base, version=pk.VERSION), None
         keep = o.keep_every

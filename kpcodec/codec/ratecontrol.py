@@ -17,6 +17,9 @@ frames around each frame to it by keypoints it detects on them) at ALONE_CANDIDA
 encoder decodes each on the same sample of frames (kpcodec.codec.fusion.judge) and keeps the best
 picture. A clip that fits the window is judged whole, on exact sizes; a longer one on the window's
 frames when it fills (its fixed costs estimated as above), and the base layer goes on with the winner.
+A file of the base layer alone carries its keypoint offsets (format 2.6, kpcodec.codec.motion; not with
+--no-motion): their exact rate on the buffered frames comes out of its base layer's budget, and on a clip
+judged whole the winner is judged again without them, their bits in its base layer (`without_motion`).
 
 The CRF search codes at SVT-AV1's fast preset (baselayer.SEARCH_PRESET); the file's base layer is
 coded at the slow one (baselayer.PRESET) at the CRF that fits there (settle_layer). On a clip judged
@@ -179,6 +182,10 @@ class Choice:
     # own encode settles at (BaseLayerPass.settle); None: the base layer is the file's already.
     budget_kbps: float | None = None
     crf_min: int = CRF_MIN
+    # A base layer alone with its keypoint offsets (format 2.6, kpcodec.codec.motion), and their rate, which
+    # the budget leaves out.
+    motion: bool = False
+    motion_kbps: float = 0.0
 
 
 def _kbps(nbytes: int, seconds: float) -> float:
@@ -319,7 +326,8 @@ class BaseLayerPass:
             self._code_placed(self._placer.flush())
         self._packets += [p for _, p in self._encoder.flush()]
         frames = self._placer.placed if self._placer is not None else None
-        return [Choice(keep, _layer(self.settings, self._packets, frames), self.source_quality)]
+        return [Choice(keep, _layer(self.settings, self._packets, frames), self.source_quality,
+                       motion=self.plan.sends_motion and self.settings.alone)]
 
     def candidates(self, stream_at, keep: int) -> list[Choice]:
         """Rate-distortion choices for a clip that fits the look-ahead, on exact sizes (`stream_at(k)`:
@@ -353,19 +361,28 @@ class BaseLayerPass:
         fitted = False
         place = self._place if self.plan.placed else None
         for candidate in ALONE_CANDIDATES:
-            budget = self.plan.target_kbps - alone_kbps
+            div, motion = candidate[1], 0.0
             if self.motion_kbps is not None:
-                div = candidate[1]
-                budget -= self.motion_kbps(place(div) if place is not None else range(0, len(self._buffer), div),
-                                           len(self._buffer))
+                motion = self.motion_kbps(place(div) if place is not None else range(0, len(self._buffer), div),
+                                          len(self._buffer))
+            budget = self.plan.target_kbps - alone_kbps - motion
             settings = choose_settings(self._buffer, self.fps, budget, (candidate,), ALONE_CRF_MIN, place, alone=True)
             # One that cannot spend the budget even at ALONE_CRF_MIN is not judged where a costlier one can.
             if settings is None or (settings.crf == ALONE_CRF_MIN and fitted):
                 continue
             fitted = True
             out.append(Choice(keep, self._trial(replace(settings, alone=True, placed=self.plan.placed)), 0,
-                              budget, ALONE_CRF_MIN))
+                              budget, ALONE_CRF_MIN, self.motion_kbps is not None, motion))
         return out
+
+    @staticmethod
+    def without_motion(choice: Choice) -> Choice | None:
+        """A judged base layer alone with keypoint offsets, without them: their bits go to the base layer
+        (its budget; settle codes it at the CRF that fits); None for any other choice. Where the offsets
+        cost a larger share of a low target, the base layer's bits can be worth more (hybrid.md, 3k)."""
+        if not choice.motion or choice.budget_kbps is None:
+            return None
+        return replace(choice, motion=False, motion_kbps=0.0, budget_kbps=choice.budget_kbps + choice.motion_kbps)
 
     def _trial(self, settings: baselayer.BaseLayerSettings) -> bitstream.BaseLayer:
         """The buffered frames' base layer at the search's fast preset, to be judged (`settle` codes the
