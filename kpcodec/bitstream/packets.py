@@ -574,6 +574,7 @@ class PacketWriter:
             return
         self._motion_waiting = self._motion_waiting[len(between):]
         self._motion_next = end
+        self._base_done = {f for f in self._base_done if f >= end}  # flat memory: only those still to cover
         self._out.append(self._packet("M", first, varint(end - first) + encode_motion(np.stack([r for _, r in rows]))))
 
     def audio(self, s: AudioSlice) -> list[Packet]:
@@ -987,6 +988,7 @@ class PacketReader:
         except KpcFormatError as exc:
             raise KpcFormatError(f"MOTION packet at byte {at}: {exc}") from None
         self._motion_next = p.frame + span
+        self._base_seen = {f for f in self._base_seen if f >= self._motion_next}  # flat memory
         return kc.Motion(frames, levels)
 
     def close(self) -> None:

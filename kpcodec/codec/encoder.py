@@ -253,10 +253,7 @@ class Encoder:
     def flush(self, extra_chunks=()) -> list[pk.Packet]:
         """The packets still due once every frame is in, with `extra_chunks` ((type, payload), e.g.
         audio) and the END; `header` then holds the frame count."""
-        if self._batch:
-            self._collect(self._pool.submit(self._batch))
-            self._batch = []
-        self._collect(self._pool.drain())
+        self._catch_up()
         if self.frames == 0:
             raise UsageError("no frames were pushed")
         if not self.streaming:
@@ -412,20 +409,25 @@ class Encoder:
 
     def _motion(self, base: bitstream.BaseLayer, count: int) -> bitstream.Motion:
         """The keypoint offsets (format 2.6) of a base layer alone's frames between base frames."""
+        return self._offsets([base.frame_of(n) for n in range(base.frame_count(count))], base.placed, count)
+
+    def _offsets(self, base_frames, placed: bool, count: int) -> bitstream.Motion:
         _, kps, jacs = self._detected(count)
-        frames = [base.frame_of(n) for n in range(base.frame_count(count))]
-        return motion.offsets(kps, jacs, frames, motion.STEP, base.placed)
+        return motion.offsets(kps, jacs, list(base_frames), motion.STEP, placed)
 
     def _motion_kbps(self, base_frames, count: int) -> float:
         """The rate control's cost of the keypoint offsets of base frames at `base_frames` over the first
         `count` frames (the detector caught up first)."""
+        self._catch_up()
+        m = self._offsets(base_frames, self.options.plan.placed, count)
+        return motion.motion_bytes(m) * 8 / (count / float(self.fps)) / 1000
+
+    def _catch_up(self) -> None:
+        """The detector's results of every frame pushed so far collected (the batch in hand submitted)."""
         if self._batch:
             self._collect(self._pool.submit(self._batch))
             self._batch = []
         self._collect(self._pool.drain())
-        _, kps, jacs = self._detected(count)
-        m = motion.offsets(kps, jacs, list(base_frames), motion.STEP, self.options.plan.placed)
-        return motion.motion_bytes(m) * 8 / (count / float(self.fps)) / 1000
 
     def _detected(self, count: int):
         """(frame numbers, keypoints, Jacobians) of every frame detected below `count`."""
@@ -440,10 +442,7 @@ class Encoder:
         the first `count` frames looks best on the sample's frames among them (the detector caught up
         first; the source image at each choice's quality as it is, the target's fit comes at the end)."""
         o = self.options
-        if self._batch:
-            self._collect(self._pool.submit(self._batch))
-            self._batch = []
-        self._collect(self._pool.drain())
+        self._catch_up()
         every = self._detected(count)
         header = replace(self.header, frame_count=count, keep_every=o.plan.keep_every)
 
